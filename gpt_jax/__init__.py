@@ -1,0 +1,1 @@
+"""gpt_jax: GPT-family language models in JAX/Flax."""

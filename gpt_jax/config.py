@@ -1,0 +1,77 @@
+"""The default configuration: every knob of a run, with a sane default.
+
+Experiment files under `experiments/` call `base_config()` and change what differs, so each one
+reads like a table of hyperparameters. Any value can be overridden on the command line, e.g.
+`--config.model.n_layer=4`.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.steps = 1000  # optimizer steps
+  c.batch_size = 32  # sequences per optimizer step, over all devices and microbatches
+  c.grad_accum = 1  # microbatches per optimizer step (batch_size must divide by it)
+  c.seq_len = 256
+  c.log_every = 10
+  c.eval_every = 200
+  c.eval_batches = 16  # validation batches per evaluation; 0 = the whole validation split
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+
+  c.model = model = ml_collections.ConfigDict()
+  model.vocab_size = 8192  # also the size the tokenizer is trained to
+  model.n_layer = 6
+  model.n_head = 6
+  model.n_kv_head = 6  # < n_head: grouped-query attention; 1: multi-query
+  model.n_embd = 384
+  model.d_ff = 0  # MLP hidden size; 0 = 4·n_embd (gelu) or the LLaMA rule (swiglu)
+  model.block_size = 1024  # rows of the learned position table
+  model.position = 'learned'  # 'learned' (GPT-2) or 'rope' (LLaMA)
+  model.rope_theta = 10000.0
+  model.norm = 'layernorm'  # 'layernorm' or 'rmsnorm'
+  model.norm_eps = 1e-5
+  model.mlp = 'gelu'  # 'gelu' or 'swiglu'
+  model.bias = True
+  model.tie_embeddings = True
+  model.dropout = 0.0
+  model.init_std = 0.02
+  model.attention = 'xla'  # 'xla' (jax.nn.dot_product_attention), 'cudnn' or 'reference'
+  model.sliding_window = 0  # > 0: local banded attention over this many positions
+  model.local_layers = 'all'  # with sliding_window: 'all' or 'alternate' (GPT-3: dense, local, ...)
+  model.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'
+  model.param_dtype = 'float32'
+  model.remat = 'none'  # 'none', 'full' or 'dots' (save matmul outputs only)
+  model.scan_layers = False  # nn.scan over layers: one compiled layer, fast compile when deep
+
+  c.optim = optim = ml_collections.ConfigDict()
+  optim.lr = 1e-3
+  optim.warmup_steps = 100
+  optim.min_lr_ratio = 0.1  # cosine decays to lr·min_lr_ratio at the last step
+  optim.b1 = 0.9
+  optim.b2 = 0.95
+  optim.eps = 1e-8
+  optim.weight_decay = 0.1  # on matrices only; not on norms, biases or embeddings
+  optim.grad_clip = 1.0  # global-norm clipping; 0 = off
+
+  c.loss = loss = ml_collections.ConfigDict()
+  loss.z_loss = 0.0  # weight of log(Z)² (PaLM), keeps the softmax normaliser near 1
+
+  c.data = data = ml_collections.ConfigDict()
+  data.corpus = 'shakespeare'  # 'shakespeare' or paths/dirs/globs (comma-separated) of .txt/.md/.jsonl[.gz]
+  data.text_field = 'text'  # the field holding the text in .jsonl files
+  data.tokenizer = ''  # '' = train a BPE tokenizer on the training split; or a .model file
+  data.val_fraction = 0.05
+  data.min_chars = 200  # quality filter: shorter documents are dropped
+  data.min_letter_fraction = 0.6  # quality filter: documents with fewer letters are dropped
+  data.num_epochs = 1  # passes over the training split that `steps` may use
+  data.cache_dir = ''  # where prepared data is kept; '' = ~/.cache/gpt_jax
+
+  c.sample = sample = ml_collections.ConfigDict()
+  sample.num = 3  # sample lines printed after training; 0 = none
+  sample.max_tokens = 64
+  sample.temperature = 0.8
+  sample.prompt = ''
+  return c
