@@ -1,0 +1,118 @@
+"""Parameter counts, model FLOPs per token, and device peaks: the numbers behind MFU and scaling laws.
+
+Counts come from the config alone (no arrays), so they work for models far too big to build here.
+"""
+
+import functools
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gpt_jax.model import mlp_hidden_size
+
+# Dense bfloat16 peak FLOP/s per chip, from the vendors' data sheets.
+PEAK_FLOPS = {
+    'TPU v4': 275e12,
+    'TPU v5 lite': 197e12,  # v5e
+    'TPU v5e': 197e12,
+    'TPU v5p': 459e12,
+    'TPU v5': 459e12,
+    'TPU v6 lite': 918e12,  # v6e (Trillium)
+    'TPU v6e': 918e12,
+    'A100': 312e12,
+    'H100': 989e12,  # SXM
+    'H200': 989e12,
+}
+
+
+def param_count(model: ml_collections.ConfigDict, *, embeddings: bool = True) -> int:
+  """Number of parameters. embeddings=False leaves out the token and position tables (Kaplan's N)."""
+  D, V, H, K = model.n_embd, model.vocab_size, model.n_head, model.n_kv_head
+  E, F = D // H, mlp_hidden_size(model)
+  bias = int(model.bias)
+  attn = D * H * E + 2 * D * K * E + H * E * D + bias * (H * E + 2 * K * E + D)
+  n_mlp_in = 2 if model.mlp == 'swiglu' else 1
+  mlp = n_mlp_in * (D * F + bias * F) + F * D + bias * D
+  norm = D * (1 + int(model.norm == 'layernorm' and model.bias))
+  total = model.n_layer * (attn + mlp + 2 * norm) + norm
+  if not model.tie_embeddings:
+    total += D * V
+  if embeddings:
+    total += V * D + (model.block_size * D if model.position == 'learned' else 0)
+  return total
+
+
+def flops_per_token(model: ml_collections.ConfigDict, seq_len: int) -> float:
+  """Training FLOPs per token (forward + backward): 6·N plus the attention term.
+
+  N counts every weight a token is multiplied with: the non-embedding parameters plus the output
+  head (tied or not). The attention term is PaLM's 12·n_layer·H·E·T over the full T×T score matrix
+  (the convention of published MFU numbers), with T capped by a sliding window.
+  """
+  n_matmul = param_count(model, embeddings=False)
+  if model.tie_embeddings:
+    n_matmul += model.vocab_size * model.n_embd
+  context = min(seq_len, model.sliding_window) if model.sliding_window > 0 else seq_len
+  return 6 * n_matmul + 12 * model.n_layer * model.n_embd * context
+
+
+def _cache_path() -> str:
+  root = os.environ.get('GPT_JAX_CACHE') or os.path.expanduser('~/.cache/gpt_jax')
+  return os.path.join(root, 'cpu_peak.json')
+
+
+def _cpu_name() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def measure_cpu_peak(n: int = 2048, repeats: int = 5) -> float:
+  """Float32 FLOP/s of a large jitted matmul on one CPU device: the practical peak here."""
+  a = jnp.ones((n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n**3 / best
+
+
+@functools.cache
+def device_peak_flops(device=None) -> float:
+  """Peak FLOP/s of one device: the table above for accelerators, a cached measurement on CPU."""
+  device = device or jax.devices()[0]
+  if device.platform != 'cpu':
+    kind = device.device_kind
+    for name in sorted(PEAK_FLOPS, key=len, reverse=True):
+      if name.lower() in kind.lower():
+        return PEAK_FLOPS[name]
+    return float('nan')  # unknown accelerator: MFU is reported as NaN rather than guessed
+  key = f'{_cpu_name()} / {os.cpu_count()} cores / jax {jax.__version__}'
+  path = _cache_path()
+  try:
+    with open(path) as f:
+      cached = json.load(f)
+    if cached.get('key') == key:
+      return float(cached['flops'])
+  except (OSError, ValueError, KeyError):
+    pass
+  flops = measure_cpu_peak()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump({'key': key, 'flops': flops}, f)
+  os.replace(tmp, path)
+  return flops

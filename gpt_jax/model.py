@@ -1,0 +1,234 @@
+"""A decoder-only Transformer, configured (not forked) into GPT-2 or LLaMA style.
+
+GPT-2: learned position embeddings, pre-LN LayerNorm blocks with a final LayerNorm, a 4x GELU
+MLP, and the output head tied to the token embedding (logits = h · W_eᵀ).
+LLaMA: rotary position embeddings (RoPE), RMSNorm, a SwiGLU MLP, optionally an untied head.
+Both: multi-head, grouped-query or multi-query attention (`n_kv_head` divides `n_head`).
+
+Every parameter carries logical axis names (embed, mlp, heads, kv_heads, kv, vocab, layers) and
+activations are constrained with logical names (batch, length, ...); `sharding.py` maps them to a
+device mesh. Shape suffixes: B batch, L length, D n_embd, H heads, K kv heads, E head dim, F MLP
+hidden, V vocab.
+"""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gpt_jax import attention
+from gpt_jax.errors import UserError
+
+CHOICES = {
+    'position': ('learned', 'rope'),
+    'norm': ('layernorm', 'rmsnorm'),
+    'mlp': ('gelu', 'swiglu'),
+    'attention': attention.IMPLEMENTATIONS,
+    'local_layers': ('all', 'alternate'),
+    'dtype': ('float32', 'bfloat16'),
+    'param_dtype': ('float32', 'bfloat16'),
+    'remat': ('none', 'full', 'dots'),
+}
+
+
+def validate(model: ml_collections.ConfigDict, seq_len: int) -> None:
+  """Raises UserError for a model config that cannot be built or cannot run at seq_len."""
+  for key, allowed in CHOICES.items():
+    if model[key] not in allowed:
+      raise UserError(f'model.{key}={model[key]!r} is not one of {allowed}; pick one of them')
+  for key in ('vocab_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd', 'block_size'):
+    if model[key] <= 0:
+      raise UserError(f'model.{key}={model[key]} must be positive')
+  if model.n_embd % model.n_head:
+    raise UserError(f'model.n_embd={model.n_embd} is not divisible by model.n_head={model.n_head}; '
+                    'choose n_embd as a multiple of n_head')
+  if model.n_head % model.n_kv_head:
+    raise UserError(f'model.n_head={model.n_head} is not divisible by model.n_kv_head='
+                    f'{model.n_kv_head}; choose n_kv_head as a divisor of n_head')
+  if model.position == 'rope' and (model.n_embd // model.n_head) % 2:
+    raise UserError(f'RoPE needs an even head size, got n_embd/n_head = '
+                    f'{model.n_embd // model.n_head}; change n_embd or n_head')
+  if model.position == 'learned' and seq_len > model.block_size:
+    raise UserError(f'seq_len={seq_len} is beyond the learned position table '
+                    f'(model.block_size={model.block_size}); lower seq_len or raise block_size')
+  if model.scan_layers and model.sliding_window > 0 and model.local_layers == 'alternate':
+    raise UserError("model.scan_layers needs identical layers, but local_layers='alternate' mixes "
+                    "dense and local ones; set scan_layers=False or local_layers='all'")
+
+
+def mlp_hidden_size(model: ml_collections.ConfigDict) -> int:
+  if model.d_ff:
+    return model.d_ff
+  if model.mlp == 'gelu':
+    return 4 * model.n_embd
+  # LLaMA: 2/3 of 4·D (so SwiGLU's three matrices cost what GELU's two do), rounded up to 256.
+  return 256 * math.ceil(int(8 * model.n_embd / 3) / 256)
+
+
+def layer_window(model: ml_collections.ConfigDict, layer: int) -> int:
+  """The attention window of a layer: 0 (dense) or model.sliding_window."""
+  if model.sliding_window <= 0 or (model.local_layers == 'alternate' and layer % 2 == 0):
+    return 0
+  return model.sliding_window
+
+
+def _param(std: float, names: tuple):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def _norm(model, name: str) -> nn.Module:
+  common = dict(epsilon=model.norm_eps, dtype=model.dtype, param_dtype=model.param_dtype,
+                scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)), name=name)
+  if model.norm == 'rmsnorm':
+    return nn.RMSNorm(**common)
+  return nn.LayerNorm(use_bias=model.bias,
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                      **common)
+
+
+def _dense(model, features, in_names: tuple, out_names: tuple, std: float, name: str, axis=-1):
+  return nn.DenseGeneral(
+      features=features, axis=axis, use_bias=model.bias, dtype=model.dtype,
+      param_dtype=model.param_dtype, kernel_init=_param(std, in_names + out_names),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, out_names), name=name)
+
+
+def rope(x_BLHE: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding: rotates feature pairs (i, i + E/2) by position · theta^(-2i/E)."""
+  E = x_BLHE.shape[-1]
+  inv_freq = theta ** (-jnp.arange(0, E, 2, dtype=jnp.float32) / E)
+  angles_BLE = positions_BL[..., None].astype(jnp.float32) * inv_freq
+  sin, cos = jnp.sin(angles_BLE)[:, :, None, :], jnp.cos(angles_BLE)[:, :, None, :]
+  x1, x2 = jnp.split(x_BLHE.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BLHE.dtype)
+
+
+class Attention(nn.Module):
+  config: ml_collections.FrozenConfigDict
+  window: int
+
+  @nn.compact
+  def __call__(self, x_BLD, positions_BL):
+    c = self.config
+    E = c.n_embd // c.n_head
+    out_std = c.init_std / math.sqrt(2 * c.n_layer)  # GPT-2: residual branches scaled by depth
+    q_BLHE = _dense(c, (c.n_head, E), ('embed',), ('heads', 'kv'), c.init_std, 'query')(x_BLD)
+    k_BLKE = _dense(c, (c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std, 'key')(x_BLD)
+    v_BLKE = _dense(c, (c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std, 'value')(x_BLD)
+    if c.position == 'rope':
+      q_BLHE = rope(q_BLHE, positions_BL, c.rope_theta)
+      k_BLKE = rope(k_BLKE, positions_BL, c.rope_theta)
+    q_BLHE = nn.with_logical_constraint(q_BLHE, ('batch', 'length', 'heads', 'kv'))
+    k_BLKE = nn.with_logical_constraint(k_BLKE, ('batch', 'length', 'kv_heads', 'kv'))
+    v_BLKE = nn.with_logical_constraint(v_BLKE, ('batch', 'length', 'kv_heads', 'kv'))
+    out_BLHE = attention.attention(q_BLHE, k_BLKE, v_BLKE, implementation=c.attention,
+                                   window=self.window)
+    return _dense(c, c.n_embd, ('heads', 'kv'), ('embed',), out_std, 'out', axis=(-2, -1))(out_BLHE)
+
+
+class MLP(nn.Module):
+  config: ml_collections.FrozenConfigDict
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    c = self.config
+    F = mlp_hidden_size(c)
+    out_std = c.init_std / math.sqrt(2 * c.n_layer)
+    if c.mlp == 'swiglu':
+      gate_BLF = _dense(c, F, ('embed',), ('mlp',), c.init_std, 'gate')(x_BLD)
+      up_BLF = _dense(c, F, ('embed',), ('mlp',), c.init_std, 'up')(x_BLD)
+      h_BLF = nn.silu(gate_BLF) * up_BLF
+    else:
+      h_BLF = nn.gelu(_dense(c, F, ('embed',), ('mlp',), c.init_std, 'fc')(x_BLD), approximate=True)
+    h_BLF = nn.with_logical_constraint(h_BLF, ('batch', 'length', 'mlp'))
+    return _dense(c, c.n_embd, ('mlp',), ('embed',), out_std, 'proj')(h_BLF)
+
+
+class Block(nn.Module):
+  """Pre-LN residual block: x + Attention(Norm(x)), then x + MLP(Norm(x))."""
+  config: ml_collections.FrozenConfigDict
+  window: int = 0
+
+  @nn.compact
+  def __call__(self, x_BLD, positions_BL, deterministic: bool):
+    c = self.config
+    h_BLD = Attention(c, self.window, name='attn')(_norm(c, 'ln_1')(x_BLD), positions_BL)
+    x_BLD = x_BLD + nn.Dropout(c.dropout)(h_BLD, deterministic=deterministic)
+    h_BLD = MLP(c, name='mlp')(_norm(c, 'ln_2')(x_BLD))
+    x_BLD = x_BLD + nn.Dropout(c.dropout)(h_BLD, deterministic=deterministic)
+    return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
+
+
+class ScanBlock(Block):
+  """A Block in nn.scan's (carry, x) -> (carry, y) form."""
+
+  def __call__(self, x_BLD, positions_BL, deterministic: bool):
+    return super().__call__(x_BLD, positions_BL, deterministic), None
+
+
+REMAT_POLICIES = {
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class GPT(nn.Module):
+  """tokens_BL (int32) -> logits_BLV. `config` is the frozen `config.model`."""
+  config: ml_collections.FrozenConfigDict
+
+  @nn.compact
+  def __call__(self, tokens_BL, positions_BL=None, deterministic: bool = True):
+    c = self.config
+    if positions_BL is None:
+      positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
+    wte = nn.Embed(c.vocab_size, c.n_embd, dtype=c.dtype, param_dtype=c.param_dtype,
+                   embedding_init=_param(c.init_std, ('vocab', 'embed')), name='wte')
+    x_BLD = wte(tokens_BL)
+    if c.position == 'learned':
+      wpe_PD = self.param('wpe', _param(c.init_std, (None, 'embed')), (c.block_size, c.n_embd),
+                          c.param_dtype)
+      x_BLD = x_BLD + jnp.asarray(wpe_PD, c.dtype)[positions_BL]
+    x_BLD = nn.Dropout(c.dropout)(x_BLD, deterministic=deterministic)
+    x_BLD = nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
+
+    block = ScanBlock if c.scan_layers else Block
+    if c.remat != 'none':
+      # Argument 3 of __call__ (counting self) is the Python bool `deterministic`.
+      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], static_argnums=(3,))
+    if c.scan_layers:
+      layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                       in_axes=(nn.broadcast, nn.broadcast), length=c.n_layer,
+                       metadata_params={nn.PARTITION_NAME: 'layers'})
+      x_BLD, _ = layers(c, layer_window(c, 0), name='layers')(x_BLD, positions_BL, deterministic)
+    else:
+      for i in range(c.n_layer):
+        x_BLD = block(c, layer_window(c, i), name=f'h_{i}')(x_BLD, positions_BL, deterministic)
+
+    x_BLD = _norm(c, 'ln_f')(x_BLD)
+    if c.tie_embeddings:
+      logits_BLV = wte.attend(x_BLD)
+    else:
+      logits_BLV = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
+                            kernel_init=_param(c.init_std, ('embed', 'vocab')), name='lm_head')(x_BLD)
+    return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
+
+
+def build(model: ml_collections.ConfigDict) -> GPT:
+  return GPT(ml_collections.FrozenConfigDict(model))
+
+
+def init_params(gpt: GPT, rng: jax.Array, seq_len: int):
+  """Unboxed parameters; their logical names come from `logical_axes`."""
+  tokens = jnp.zeros((1, seq_len), jnp.int32)
+  return nn.meta.unbox(gpt.init(rng, tokens)['params'])
+
+
+def logical_axes(gpt: GPT, seq_len: int):
+  """The logical axis names of every parameter (a tree of PartitionSpecs), from shapes only."""
+  abstract = jax.eval_shape(functools.partial(gpt.init, tokens_BL=jnp.zeros((1, seq_len), jnp.int32)),
+                            jax.random.key(0))
+  return nn.get_partition_spec(abstract)['params']
