@@ -27,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
   model.n_head = 6
   model.n_kv_head = 6  # < n_head: grouped-query attention; 1: multi-query
   model.n_embd = 384
+  model.head_dim = 0  # 0 = n_embd // n_head; set when n_head·head_dim != n_embd (GPT-3 XL)
   model.d_ff = 0  # MLP hidden size; 0 = 4·n_embd (gelu) or the LLaMA rule (swiglu)
   model.block_size = 1024  # rows of the learned position table
   model.position = 'learned'  # 'learned' (GPT-2) or 'rope' (LLaMA)

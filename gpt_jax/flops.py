@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gpt_jax.model import mlp_hidden_size
+from gpt_jax.model import head_size, mlp_hidden_size
 
 # Dense bfloat16 peak FLOP/s per chip, from the vendors' data sheets.
 PEAK_FLOPS = {
@@ -33,7 +33,7 @@ PEAK_FLOPS = {
 def param_count(model: ml_collections.ConfigDict, *, embeddings: bool = True) -> int:
   """Number of parameters. embeddings=False leaves out the token and position tables (Kaplan's N)."""
   D, V, H, K = model.n_embd, model.vocab_size, model.n_head, model.n_kv_head
-  E, F = D // H, mlp_hidden_size(model)
+  E, F = head_size(model), mlp_hidden_size(model)
   bias = int(model.bias)
   attn = D * H * E + 2 * D * K * E + H * E * D + bias * (H * E + 2 * K * E + D)
   n_mlp_in = 2 if model.mlp == 'swiglu' else 1
@@ -58,7 +58,7 @@ def flops_per_token(model: ml_collections.ConfigDict, seq_len: int) -> float:
   if model.tie_embeddings:
     n_matmul += model.vocab_size * model.n_embd
   context = min(seq_len, model.sliding_window) if model.sliding_window > 0 else seq_len
-  return 6 * n_matmul + 12 * model.n_layer * model.n_embd * context
+  return 6 * n_matmul + 12 * model.n_layer * model.n_head * head_size(model) * context
 
 
 def _cache_path() -> str:

@@ -39,24 +39,30 @@ def validate(model: ml_collections.ConfigDict, seq_len: int) -> None:
   for key, allowed in CHOICES.items():
     if model[key] not in allowed:
       raise UserError(f'model.{key}={model[key]!r} is not one of {allowed}; pick one of them')
+  if model.head_dim < 0:
+    raise UserError(f'model.head_dim={model.head_dim} must be >= 0 (0 = n_embd // n_head)')
   for key in ('vocab_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd', 'block_size'):
     if model[key] <= 0:
       raise UserError(f'model.{key}={model[key]} must be positive')
-  if model.n_embd % model.n_head:
+  if not model.head_dim and model.n_embd % model.n_head:
     raise UserError(f'model.n_embd={model.n_embd} is not divisible by model.n_head={model.n_head}; '
                     'choose n_embd as a multiple of n_head')
   if model.n_head % model.n_kv_head:
     raise UserError(f'model.n_head={model.n_head} is not divisible by model.n_kv_head='
                     f'{model.n_kv_head}; choose n_kv_head as a divisor of n_head')
-  if model.position == 'rope' and (model.n_embd // model.n_head) % 2:
-    raise UserError(f'RoPE needs an even head size, got n_embd/n_head = '
-                    f'{model.n_embd // model.n_head}; change n_embd or n_head')
+  if model.position == 'rope' and head_size(model) % 2:
+    raise UserError(f'RoPE needs an even head size, got {head_size(model)}; change n_embd, '
+                    'n_head or head_dim')
   if model.position == 'learned' and seq_len > model.block_size:
     raise UserError(f'seq_len={seq_len} is beyond the learned position table '
                     f'(model.block_size={model.block_size}); lower seq_len or raise block_size')
   if model.scan_layers and model.sliding_window > 0 and model.local_layers == 'alternate':
     raise UserError("model.scan_layers needs identical layers, but local_layers='alternate' mixes "
                     "dense and local ones; set scan_layers=False or local_layers='all'")
+
+
+def head_size(model: ml_collections.ConfigDict) -> int:
+  return model.head_dim or model.n_embd // model.n_head
 
 
 def mlp_hidden_size(model: ml_collections.ConfigDict) -> int:
@@ -114,7 +120,7 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BLD, positions_BL):
     c = self.config
-    E = c.n_embd // c.n_head
+    E = head_size(c)
     out_std = c.init_std / math.sqrt(2 * c.n_layer)  # GPT-2: residual branches scaled by depth
     q_BLHE = _dense(c, (c.n_head, E), ('embed',), ('heads', 'kv'), c.init_std, 'query')(x_BLD)
     k_BLKE = _dense(c, (c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std, 'key')(x_BLD)

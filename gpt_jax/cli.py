@@ -1,0 +1,91 @@
+"""Command-line plumbing shared by the entry points: config flags and one-line errors.
+
+`--config=FILE[:ARG]` loads FILE's `get_config(ARG)`; `--config.a.b=VALUE` overrides any key.
+Every failure a user can fix ends as one line on stderr and exit status 2, never a traceback.
+"""
+
+import importlib.util
+import os
+import sys
+from typing import Callable
+
+from absl import flags
+from ml_collections import config_flags
+
+from gpt_jax.errors import UserError
+
+
+def load_experiment(spec: str):
+  """The config of `FILE[:ARG]`: FILE's get_config(ARG), or get_config() without ARG."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise UserError(f'--config={spec}: no such file {path!r}; pass an experiment file such as '
+                    '--config=experiments/tiny.py')
+  module_spec = importlib.util.spec_from_file_location(f'experiment_{abs(hash(path))}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:
+    raise UserError(f'cannot load {path}: {type(e).__name__}: {e}') from None
+  if not hasattr(module, 'get_config'):
+    raise UserError(f'{path} has no get_config() function; an experiment file defines one')
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _unknown_key(config, key: str) -> bool:
+  node = config
+  for part in key.split('.'):
+    if not hasattr(node, 'keys') or part not in node:
+      return True
+    node = node[part]
+  return False
+
+
+def _apply_overrides(config, argv: list[str], extra_flags: Callable[[flags.FlagValues], None]):
+  """Parses `--config.a.b=v` overrides (typed by the config) and the flags extra_flags defines."""
+  for arg in argv[1:]:
+    key = arg[len('--config.'):].split('=', 1)[0] if arg.startswith('--config.') else None
+    if key is not None and _unknown_key(config, key):
+      raise UserError(f'unknown config key config.{key}; check the spelling against '
+                      'gpt_jax/config.py')
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_dict('config', config, flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  extra_flags(flag_values)
+  try:
+    flag_values(argv)
+  except (flags.Error, TypeError, ValueError) as e:
+    raise UserError(f'{e}; run with --helpfull to list the flags') from None
+  return flag_values
+
+
+def default_workdir(config_arg: str) -> str:
+  """runs/<experiment name>[_<arg>] for --config=experiments/<name>.py[:<arg>]."""
+  path, _, arg = config_arg.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join('runs', f'{name}_{arg}' if arg else name)
+
+
+def parse_train_args(argv: list[str]):
+  """(config, workdir) from `--config=FILE[:ARG] [--config.x=v ...] [--workdir=DIR]`."""
+  specs = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')]
+  if not specs:
+    raise UserError('missing --config=FILE; pass an experiment file, e.g. --config=experiments/tiny.py')
+  config = load_experiment(specs[-1])
+  define = lambda fv: flags.DEFINE_string('workdir', '', 'Run directory; default runs/<experiment>.',
+                                          flag_values=fv)
+  flag_values = _apply_overrides(config, [a for a in argv if not a.startswith('--config=')], define)
+  return config, flag_values.workdir or default_workdir(specs[-1])
+
+
+def run(fn: Callable[[], object]) -> None:
+  """Runs fn; a UserError or Ctrl-C becomes one line on stderr and a non-zero exit."""
+  try:
+    fn()
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print('interrupted; run the same command again to resume from the last checkpoint',
+          file=sys.stderr)
+    sys.exit(130)

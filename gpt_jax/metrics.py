@@ -1,0 +1,61 @@
+"""Where a run's metrics go: DIR/metrics.jsonl, TensorBoard event files, and a loss-curve PNG."""
+
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+import tensorboardX  # noqa: E402
+
+from gpt_jax import files  # noqa: E402
+
+
+def read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsLog:
+  """Appends one JSON object per logged step. On resume from step S, records after S are dropped
+  (atomically) so the file matches an uninterrupted run."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    kept = [r for r in read_jsonl(self.path) if r['step'] <= resume_step]
+    files.write_text(self.path, ''.join(json.dumps(r) + '\n' for r in kept))
+    self._file = open(self.path, 'a', encoding='utf-8')
+    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, record: dict) -> None:
+    self._file.write(json.dumps(record) + '\n')
+    self._file.flush()
+    for key, value in record.items():
+      if key != 'step' and isinstance(value, (int, float)) and math.isfinite(value):
+        self._tensorboard.add_scalar(key, value, record['step'])
+
+  def close(self) -> None:
+    self._file.close()
+    self._tensorboard.close()
+
+
+def plot_losses(records: list[dict], path: str, title: str) -> None:
+  """Train and validation loss against step, written atomically to `path` (PNG)."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for key, style in (('train_loss', '-'), ('val_loss', 'o-')):
+    points = [(r['step'], r[key]) for r in records if key in r]
+    if points:
+      ax.plot(*zip(*points), style, label=key.replace('_', ' '), markersize=4)
+  ax.set_xlabel('step')
+  ax.set_ylabel('loss (nats/token)')
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  with files.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120)
+  plt.close(fig)

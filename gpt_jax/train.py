@@ -1,0 +1,254 @@
+"""Pretraining on next-token loss: `python -m gpt_jax.train --config=FILE [--config.x.y=v] --workdir=DIR`.
+
+The train step and eval step are pure functions of (state, batch), jitted once with the state
+donated; everything host-side (data, logging, checkpoints) stays in the loop around them. A run
+resumes automatically from the latest checkpoint in DIR and then reproduces, bit for bit, the
+metrics an uninterrupted run would have logged.
+"""
+
+import functools
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from gpt_jax import checkpoint, data, files, flops, losses, metrics, model, optim, sample
+from gpt_jax.errors import UserError
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # optimizer steps taken
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # the dropout key of step s is fold_in(rng, s)
+
+
+def init_state(gpt: model.GPT, tx: optax.GradientTransformation, config) -> TrainState:
+  param_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  params = model.init_params(gpt, param_rng, config.seq_len)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=dropout_rng)
+
+
+def make_train_step(gpt: model.GPT, tx: optax.GradientTransformation, config):
+  """(state, batch) -> (state, metrics). batch['tokens'] is (B, L+1); batch['mask'] (B, L) is
+  optional and zeroes targets that must not count. With grad_accum = k the batch is split into k
+  microbatches whose gradients are summed in a scan, so memory is that of B/k rows."""
+  lr_schedule = optim.schedule(config.optim, config.steps)
+
+  def loss_fn(params, tokens_BL1, mask_BL, rng, normalizer):
+    logits_BLV = gpt.apply({'params': params}, tokens_BL1[:, :-1], deterministic=False,
+                           rngs={'dropout': rng})
+    return losses.next_token_loss(logits_BLV, tokens_BL1[:, 1:], mask_BL,
+                                  z_loss=config.loss.z_loss, normalizer=normalizer)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch):
+    tokens_BL1 = batch['tokens']
+    mask_BL = batch.get('mask', jnp.ones(tokens_BL1[:, 1:].shape, jnp.float32))
+    normalizer = jnp.maximum(mask_BL.sum(), 1.0)
+    rng = jax.random.fold_in(state.rng, state.step)
+    if config.grad_accum == 1:
+      (loss, terms), grads = grad_fn(state.params, tokens_BL1, mask_BL, rng, normalizer)
+    else:
+      def microbatch(carry, xs):
+        tokens, mask, i = xs
+        out, grads = grad_fn(state.params, tokens, mask, jax.random.fold_in(rng, i), normalizer)
+        return jax.tree.map(jnp.add, carry, (out, grads)), None
+
+      split = lambda x: x.reshape(config.grad_accum, -1, *x.shape[1:])
+      zeros = jax.tree.map(jnp.zeros_like,
+                           jax.eval_shape(grad_fn, state.params, split(tokens_BL1)[0],
+                                          split(mask_BL)[0], rng, normalizer))
+      ((loss, terms), grads), _ = jax.lax.scan(
+          microbatch, zeros, (split(tokens_BL1), split(mask_BL), jnp.arange(config.grad_accum)))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state)
+    return new_state, {'train_loss': terms['ce'], 'z_loss': terms['z_loss'], 'loss': loss,
+                       'grad_norm': optax.global_norm(grads), 'lr': lr_schedule(state.step)}
+
+  return train_step
+
+
+def make_eval_step(gpt: model.GPT):
+  """(state, tokens_BL1) -> summed next-token loss and the number of targets."""
+
+  def eval_step(state: TrainState, tokens_BL1):
+    logits_BLV = gpt.apply({'params': state.params}, tokens_BL1[:, :-1])
+    mask_BL = jnp.ones(tokens_BL1[:, 1:].shape, jnp.float32)
+    loss_sum, _ = losses.next_token_loss(logits_BLV, tokens_BL1[:, 1:], mask_BL, normalizer=1.0)
+    return {'loss_sum': loss_sum, 'targets': mask_BL.sum()}
+
+  return eval_step
+
+
+def evaluate(eval_step, state: TrainState, batches, bytes_per_token: float) -> dict:
+  """Validation loss (nats/token), perplexity and bits per byte over `batches`."""
+  totals = [eval_step(state, batch) for batch in batches]
+  loss = float(sum(t['loss_sum'] for t in totals) / sum(t['targets'] for t in totals))
+  return {'val_loss': loss, 'val_ppl': math.exp(min(loss, 700.0)),
+          'val_bpb': loss / (math.log(2) * bytes_per_token)}
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  model.validate(config.model, config.seq_len)
+  for key in ('steps', 'batch_size', 'grad_accum', 'seq_len', 'log_every', 'eval_every',
+              'checkpoint_every', 'keep_checkpoints'):
+    if config[key] <= 0:
+      raise UserError(f'{key}={config[key]} must be positive')
+  if config.batch_size % (config.grad_accum * jax.process_count()):
+    raise UserError(f'batch_size={config.batch_size} is not divisible by grad_accum='
+                    f'{config.grad_accum} × {jax.process_count()} processes; change one of them')
+
+
+class _Preemption:
+  """Turns SIGTERM (a TPU preemption notice) into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
+  validate_config(config)
+  prepared = data.prepare(config.data, config.model.vocab_size, log=log)
+  process_batch = config.batch_size // jax.process_count()
+  train_ds = data.train_dataset(prepared, seq_len=config.seq_len, batch_size=process_batch,
+                                seed=config.seed, num_epochs=config.data.num_epochs,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+  if config.steps > len(train_ds):
+    raise UserError(
+        f'steps={config.steps} needs {config.steps} batches but {config.data.num_epochs} epoch(s) '
+        f'of the training split give {len(train_ds)} at batch_size={config.batch_size}, '
+        f'seq_len={config.seq_len}; lower steps or raise data.num_epochs')
+  val_batches = data.eval_batches(prepared, 'val', seq_len=config.seq_len,
+                                  batch_size=process_batch // config.grad_accum,
+                                  max_batches=config.eval_batches)
+
+  gpt = model.build(config.model)
+  tx = optim.optimizer(config.optim, config.steps)
+  state_fn = functools.partial(init_state, gpt, tx, config)
+  abstract_state = jax.eval_shape(state_fn)
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
+  resume_step = ckpts.latest_step()
+  if resume_step is not None:
+    ckpts.check_params_match(resume_step, abstract_state.params)
+
+  # Everything above only reads DIR; from here on the run writes into it.
+  is_main = jax.process_index() == 0
+  if is_main:
+    files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    prepared.tokenizer.save(os.path.join(workdir, 'tokenizer.model'))
+  data_iterator = iter(train_ds.to_iter_dataset())
+  if resume_step is None:
+    state = jax.jit(state_fn)()
+  else:
+    state = ckpts.restore(resume_step, abstract_state, data_iterator)
+    log(f'resuming from step {resume_step} in {workdir}')
+  start = int(state.step)
+  metrics_log = metrics.MetricsLog(workdir, resume_step=start) if is_main else None
+
+  n_params = flops.param_count(config.model)
+  flops_per_step = flops.flops_per_token(config.model, config.seq_len) * config.batch_size * config.seq_len
+  peak = flops.device_peak_flops() * jax.device_count()
+  log(f'model: {n_params / 1e6:.2f}M parameters ({flops.param_count(config.model, embeddings=False) / 1e6:.2f}M '
+      f'without embeddings), {flops_per_step / 1e9:.1f} GFLOP per step; {len(train_ds)} batches '
+      f'available, training {config.steps}')
+
+  train_step = jax.jit(make_train_step(gpt, tx, config), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(gpt))
+  bytes_per_token = prepared.bytes_per_token('val')
+  preemption = _Preemption()
+  record = {}
+  bar = tqdm.tqdm(total=config.steps, initial=start, disable=not is_main, dynamic_ncols=True)
+  try:
+    interval_start, interval_steps = time.perf_counter(), 0
+    for step in range(start + 1, config.steps + 1):
+      state, step_metrics = train_step(state, {'tokens': jnp.asarray(next(data_iterator))})
+      interval_steps += 1
+      bar.update()
+      last = step == config.steps
+      if step % config.log_every == 0 or step % config.eval_every == 0 or last:
+        step_metrics = jax.device_get(step_metrics)
+        seconds = time.perf_counter() - interval_start
+        tokens_per_sec = interval_steps * config.batch_size * config.seq_len / seconds
+        record = {'step': step, **{k: float(v) for k, v in step_metrics.items()},
+                  'tokens_per_sec': tokens_per_sec,
+                  'mfu': tokens_per_sec * flops_per_step / (config.batch_size * config.seq_len) / peak}
+        if step % config.eval_every == 0 or last:
+          record.update(evaluate(eval_step, state, val_batches, bytes_per_token))
+        if metrics_log:
+          metrics_log.write(record)
+        bar.set_postfix({k: f'{record[k]:.4g}' for k in ('train_loss', 'val_loss') if k in record})
+        interval_start, interval_steps = time.perf_counter(), 0
+      if step % config.checkpoint_every == 0 or last or preemption.requested:
+        ckpts.save(step, state, data_iterator, force=True)
+      if preemption.requested:
+        ckpts.wait()
+        raise SystemExit(f'stopped by SIGTERM: saved a checkpoint at step {step} in {workdir}; '
+                         'run the same command again to resume')
+    ckpts.wait()
+  finally:
+    bar.close()
+    preemption.restore()
+    ckpts.close()
+    if metrics_log:
+      metrics_log.close()
+
+  if is_main:
+    metrics.plot_losses(metrics.read_jsonl(metrics_log.path), os.path.join(workdir, 'loss.png'),
+                        title=os.path.basename(os.path.abspath(workdir)))
+    if config.sample.num > 0:
+      for i, text in enumerate(generate_text(gpt, state.params, prepared.tokenizer, config)):
+        log(f'--- sample {i + 1} ---\n{text}')
+  return record
+
+
+def generate_text(gpt, params, tokenizer, config) -> list[str]:
+  """config.sample.num continuations of config.sample.prompt, starting as a new document does."""
+  prompt = [tokenizer.eos_id] + tokenizer.encode(config.sample.prompt)
+  limit = config.model.block_size if config.model.position == 'learned' else config.seq_len
+  max_new = min(config.sample.max_tokens, limit - len(prompt))
+  if max_new <= 0:
+    raise UserError(f'sample.prompt is {len(prompt)} tokens, no room left in the {limit}-token '
+                    'context; shorten the prompt')
+  prompt_BP = jnp.asarray(np.tile(prompt, (config.sample.num, 1)), jnp.int32)
+  tokens = sample.generate(gpt, params, prompt_BP, jax.random.PRNGKey(config.seed),
+                           max_new_tokens=max_new, temperature=config.sample.temperature)
+  texts = []
+  for row in np.asarray(tokens)[:, len(prompt):].tolist():
+    if tokenizer.eos_id in row:
+      row = row[:row.index(tokenizer.eos_id)]
+    texts.append(config.sample.prompt + tokenizer.decode(row))
+  return texts
+
+
+def main(argv=None) -> None:
+  from gpt_jax import cli  # the absl flag definitions live with the other entry points
+  config, workdir = cli.parse_train_args(sys.argv if argv is None else argv)
+  cli.run(lambda: train(config, workdir))
+
+
+if __name__ == '__main__':
+  main()

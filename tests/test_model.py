@@ -1,0 +1,207 @@
+"""The model: shapes, causality, attention paths, GQA, RoPE, init loss, parameter and FLOP counts."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt_jax import attention, config, flops, model
+from gpt_jax.errors import UserError
+
+GPT2 = dict(vocab_size=97, n_layer=2, n_head=4, n_kv_head=4, n_embd=32, block_size=32)
+LLAMA = dict(GPT2, position='rope', norm='rmsnorm', mlp='swiglu', bias=False,
+             tie_embeddings=False, n_kv_head=2)
+VARIANTS = {
+    'gpt2': GPT2,
+    'llama_gqa': LLAMA,
+    'mqa': dict(LLAMA, n_kv_head=1),
+    'scan_remat': dict(GPT2, scan_layers=True, remat='full'),
+    'local_alternate': dict(GPT2, sliding_window=4, local_layers='alternate'),
+    'reference_attention': dict(LLAMA, attention='reference'),
+    'head_dim': dict(GPT2, head_dim=16),
+}
+
+
+def model_config(**overrides):
+  c = config.base_config().model
+  c.update(overrides)
+  return c
+
+
+def build(**overrides):
+  """(config, jitted apply, params) of a small model."""
+  cfg = model_config(**overrides)
+  gpt = model.build(cfg)
+  params = jax.jit(model.init_params, static_argnums=(0, 2))(gpt, jax.random.PRNGKey(0), 16)
+  return cfg, jax.jit(gpt.apply, static_argnames='deterministic'), params
+
+
+def random_tokens(shape, vocab=97, seed=1):
+  return jax.random.randint(jax.random.PRNGKey(seed), shape, 0, vocab, dtype=jnp.int32)
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_shapes_and_param_count(name):
+  cfg, gpt, params = build(**VARIANTS[name])
+  logits = gpt({'params': params}, random_tokens((3, 16)))
+  assert logits.shape == (3, 16, 97) and logits.dtype == jnp.float32
+  assert sum(p.size for p in jax.tree.leaves(params)) == flops.param_count(cfg)
+
+
+@pytest.mark.parametrize('name', ['gpt2', 'llama_gqa', 'local_alternate'])
+def test_causal(name):
+  """Changing a token never changes the logits at earlier positions."""
+  _, gpt, params = build(**VARIANTS[name])
+  tokens = random_tokens((2, 16))
+  changed = tokens.at[:, 9].set((tokens[:, 9] + 1) % 97)
+  a = gpt({'params': params}, tokens)
+  b = gpt({'params': params}, changed)
+  np.testing.assert_array_equal(a[:, :9], b[:, :9])
+  assert not np.allclose(a[:, 9:], b[:, 9:])
+
+
+def qkv(B=2, L=24, H=8, K=2, E=16, seed=0):
+  kq, kk, kv = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return (jax.random.normal(kq, (B, L, H, E)), jax.random.normal(kk, (B, L, K, E)),
+          jax.random.normal(kv, (B, L, K, E)))
+
+
+@pytest.mark.parametrize('K', [8, 2, 1])
+@pytest.mark.parametrize('window', [0, 5])
+def test_attention_paths_agree(K, window):
+  q, k, v = qkv(K=K)
+  def out_and_grads(impl):
+    loss = lambda q, k, v: jnp.sum(jnp.sin(attention.attention(q, k, v, implementation=impl,
+                                                               window=window)))
+    return jax.jit(lambda q, k, v: (attention.attention(q, k, v, implementation=impl, window=window),
+                                    jax.grad(loss, argnums=(0, 1, 2))(q, k, v)))(q, k, v)
+
+  (ref, ref_grads), (xla, xla_grads) = out_and_grads('reference'), out_and_grads('xla')
+  np.testing.assert_allclose(ref, xla, atol=2e-5)
+  for g_ref, g_xla in zip(ref_grads, xla_grads):
+    np.testing.assert_allclose(g_ref, g_xla, atol=5e-5)
+
+
+def test_window_covering_sequence_is_full_attention():
+  q, k, v = qkv()
+  full = attention.reference_attention(q, k, v)
+  for impl in ('reference', 'xla'):
+    np.testing.assert_allclose(attention.attention(q, k, v, implementation=impl, window=24), full,
+                               atol=2e-5)
+
+
+def test_window_limits_what_a_position_sees():
+  mask = np.asarray(attention.causal_mask(6, 6, window=3))
+  np.testing.assert_array_equal(mask[5], [0, 0, 0, 1, 1, 1])
+  np.testing.assert_array_equal(mask[1], [1, 1, 0, 0, 0, 0])
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+  q, k, v = qkv(H=8, K=2)
+  gqa = attention.reference_attention(q, k, v)
+  mha = attention.reference_attention(q, jnp.repeat(k, 4, axis=2), jnp.repeat(v, 4, axis=2))
+  np.testing.assert_allclose(gqa, mha, atol=1e-6)
+
+
+def test_gqa_model_with_all_kv_heads_is_mha():
+  """n_kv_head == n_head builds exactly the multi-head model: same parameters, same logits."""
+  cfg, gpt, params = build(**GPT2)
+  assert params['h_0']['attn']['key']['kernel'].shape == (32, 4, 8)
+  assert params['h_0']['attn']['query']['kernel'].shape == (32, 4, 8)
+
+
+def test_rope_depends_only_on_relative_position():
+  q = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 1, 16))
+  k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 1, 16))
+  score = lambda i, j: jnp.sum(model.rope(q, jnp.array([[i]]), 1e4) *
+                               model.rope(k, jnp.array([[j]]), 1e4))
+  np.testing.assert_allclose(score(7, 3), score(107, 103), rtol=1e-4)
+  np.testing.assert_allclose(score(0, 0), jnp.sum(q * k), rtol=1e-5)
+  assert abs(score(7, 3) - score(7, 4)) > 1e-3
+
+
+def test_initial_loss_is_log_vocab():
+  from gpt_jax import losses
+  _, gpt, params = build(**dict(GPT2, vocab_size=512))
+  tokens = random_tokens((4, 17), vocab=512)
+  logits = gpt({'params': params}, tokens[:, :-1])
+  loss, _ = losses.next_token_loss(logits, tokens[:, 1:], jnp.ones((4, 16)))
+  assert abs(float(loss) - math.log(512)) < 0.05
+
+
+def test_bfloat16_compute_tracks_float32():
+  _, gpt32, params = build(**GPT2)
+  _, gpt16, _ = build(**dict(GPT2, dtype='bfloat16'))
+  tokens = random_tokens((2, 16))
+  a = gpt32({'params': params}, tokens)
+  b = gpt16({'params': params}, tokens)
+  assert b.dtype == jnp.bfloat16
+  np.testing.assert_allclose(a, b.astype(jnp.float32), atol=0.05)
+
+
+def test_dropout_changes_training_forward_only():
+  _, gpt, params = build(**dict(GPT2, dropout=0.5))
+  tokens = random_tokens((2, 16))
+  eval_a = gpt({'params': params}, tokens)
+  eval_b = gpt({'params': params}, tokens)
+  train = gpt({'params': params}, tokens, deterministic=False,
+                    rngs={'dropout': jax.random.PRNGKey(3)})
+  np.testing.assert_array_equal(eval_a, eval_b)
+  assert not np.allclose(eval_a, train)
+
+
+def test_logical_axes_name_every_parameter():
+  cfg, gpt, _ = build(**LLAMA)
+  axes = model.logical_axes(model.build(cfg), 16)
+  assert tuple(axes['wte']['embedding']) == ('vocab', 'embed')
+  assert tuple(axes['h_0']['attn']['key']['kernel']) == ('embed', 'kv_heads', 'kv')
+  assert tuple(axes['h_0']['mlp']['gate']['kernel']) == ('embed', 'mlp')
+  assert tuple(axes['lm_head']['kernel']) == ('embed', 'vocab')
+
+
+def test_gpt2_124m_param_count_golden():
+  """The published GPT-2 small: 124,439,808 parameters (vocab 50257, context 1024)."""
+  cfg = model_config(vocab_size=50257, n_layer=12, n_head=12, n_kv_head=12, n_embd=768,
+                     block_size=1024)
+  assert flops.param_count(cfg) == 124_439_808
+  assert flops.param_count(cfg, embeddings=False) == 124_439_808 - 50257 * 768 - 1024 * 768
+  # 6·(N_nonembedding + the tied head) + 12·layers·d·T (PaLM's MFU convention)
+  expected = 6 * (85_056_000 + 50257 * 768) + 12 * 12 * 768 * 1024
+  assert flops.param_count(cfg, embeddings=False) == 85_056_000
+  assert flops.flops_per_token(cfg, 1024) == expected
+
+
+def test_gpt3_presets_build_and_count():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('gpt3', 'experiments/gpt3.py')
+  gpt3 = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(gpt3)
+  expected_millions = {'small': 125, 'medium': 350, 'large': 760, 'xl': 1300, '2.7b': 2700,
+                       '6.7b': 6700, '13b': 13000, '175b': 175000}
+  for size, millions in expected_millions.items():
+    c = gpt3.get_config(size)
+    model.validate(c.model, c.seq_len)
+    n = flops.param_count(c.model)
+    assert abs(n / 1e6 - millions) / millions < 0.06, (size, n)
+  with pytest.raises(UserError, match='unknown GPT-3 size'):
+    gpt3.get_config('huge')
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(n_embd=30, n_head=4), 'not divisible by model.n_head'),
+    (dict(n_head=4, n_kv_head=3), 'not divisible by model.n_kv_head'),
+    (dict(mlp='relu'), "model.mlp='relu' is not one of"),
+    (dict(position='rope', n_embd=36, n_head=4), 'even head size'),
+    (dict(scan_layers=True, sliding_window=4, local_layers='alternate'), 'identical layers'),
+])
+def test_bad_model_configs(overrides, message):
+  with pytest.raises(UserError, match=message):
+    model.validate(model_config(**dict(GPT2, **overrides)), seq_len=16)
+
+
+def test_seq_len_beyond_position_table():
+  with pytest.raises(UserError, match='beyond the learned position table'):
+    model.validate(model_config(**GPT2), seq_len=33)
+  model.validate(model_config(**dict(GPT2, position='rope')), seq_len=33)  # RoPE has no table
