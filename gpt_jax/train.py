@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import tqdm
 
-from gpt_jax import checkpoint, data, files, flops, losses, metrics, model, optim, sample
+from gpt_jax import checkpoint, cli, data, files, flops, losses, metrics, model, optim, sample
 from gpt_jax.errors import UserError
 
 
@@ -78,7 +78,7 @@ def make_train_step(gpt: model.GPT, tx: optax.GradientTransformation, config):
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               opt_state=opt_state)
     return new_state, {'train_loss': terms['ce'], 'z_loss': terms['z_loss'], 'loss': loss,
-                       'grad_norm': optax.global_norm(grads), 'lr': lr_schedule(state.step)}
+                       'grad_norm': optax.tree.norm(grads), 'lr': lr_schedule(state.step)}
 
   return train_step
 
@@ -183,16 +183,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
   record = {}
   bar = tqdm.tqdm(total=config.steps, initial=start, disable=not is_main, dynamic_ncols=True)
   try:
+    # Throughput is measured over the steps of each log interval, leaving out the time spent
+    # compiling, evaluating and checkpointing between intervals.
     interval_start, interval_steps = time.perf_counter(), 0
     for step in range(start + 1, config.steps + 1):
       state, step_metrics = train_step(state, {'tokens': jnp.asarray(next(data_iterator))})
-      interval_steps += 1
       bar.update()
+      if step == start + 1:
+        jax.block_until_ready(state)
+        interval_start = time.perf_counter()
+      else:
+        interval_steps += 1
       last = step == config.steps
       if step % config.log_every == 0 or step % config.eval_every == 0 or last:
         step_metrics = jax.device_get(step_metrics)
         seconds = time.perf_counter() - interval_start
-        tokens_per_sec = interval_steps * config.batch_size * config.seq_len / seconds
+        tokens_per_sec = interval_steps * config.batch_size * config.seq_len / max(seconds, 1e-9)
         record = {'step': step, **{k: float(v) for k, v in step_metrics.items()},
                   'tokens_per_sec': tokens_per_sec,
                   'mfu': tokens_per_sec * flops_per_step / (config.batch_size * config.seq_len) / peak}
@@ -201,9 +207,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
         if metrics_log:
           metrics_log.write(record)
         bar.set_postfix({k: f'{record[k]:.4g}' for k in ('train_loss', 'val_loss') if k in record})
-        interval_start, interval_steps = time.perf_counter(), 0
+        interval_steps = 0
       if step % config.checkpoint_every == 0 or last or preemption.requested:
         ckpts.save(step, state, data_iterator, force=True)
+      if interval_steps == 0:
+        interval_start = time.perf_counter()
       if preemption.requested:
         ckpts.wait()
         raise SystemExit(f'stopped by SIGTERM: saved a checkpoint at step {step} in {workdir}; '
@@ -245,9 +253,7 @@ def generate_text(gpt, params, tokenizer, config) -> list[str]:
 
 
 def main(argv=None) -> None:
-  from gpt_jax import cli  # the absl flag definitions live with the other entry points
-  config, workdir = cli.parse_train_args(sys.argv if argv is None else argv)
-  cli.run(lambda: train(config, workdir))
+  cli.run(lambda: train(*cli.parse_train_args(sys.argv if argv is None else argv)))
 
 
 if __name__ == '__main__':

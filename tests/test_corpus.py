@@ -1,0 +1,198 @@
+"""Reading corpora (the embedded Shakespeare, files, directories, globs) and cleaning them."""
+
+import gzip
+import json
+import os
+
+import pytest
+
+from gpt_jax import corpus
+from gpt_jax.corpus import Document
+from gpt_jax.errors import UserError
+
+PLAY = r"""# The Tempest
+
+## ACT I
+
+### SCENE I. On a ship at sea: a tempestuous noise
+
+_A tempestuous noise of thunder and lightning heard. Enter a Master and a
+Boatswain_
+
+**Master**  
+Boatswain!
+
+**BOATSWAIN**  
+Here, master: what cheer?  
+__\[Awaking]_  
+_\[Aside]_ Good, speak to the mariners\--fall to't, yarely.  
+*Exeunt.*
+
+#### ACT II
+
+### SCENE II. Another part of the island.
+
+**CALIBAN**  
+All the infections that the sun sucks up
+"""
+
+SCENE_1 = """The Tempest
+
+ACT I
+
+SCENE I. On a ship at sea: a tempestuous noise
+
+A tempestuous noise of thunder and lightning heard. Enter a Master and a
+Boatswain
+
+Master:
+Boatswain!
+
+BOATSWAIN:
+Here, master: what cheer?
+[Awaking]
+[Aside] Good, speak to the mariners--fall to't, yarely.
+Exeunt."""
+
+SCENE_2 = """ACT II
+
+SCENE II. Another part of the island.
+
+CALIBAN:
+All the infections that the sun sucks up"""
+
+
+def test_markup_is_stripped_and_the_play_split_into_scenes():
+  assert [corpus.strip_markup(s) for s in corpus.split_scenes(PLAY)] == [SCENE_1, SCENE_2]
+
+
+def test_shakespeare_loads_one_document_per_scene_without_markup(shakespeare):
+  docs, report = corpus.load_documents('shakespeare')
+  assert docs == shakespeare
+  assert (report.num_files, report.num_documents, report.invalid_bytes) == (38, 783, {})
+  assert report.num_chars == sum(len(d.text) for d in docs) > 4_900_000
+  assert not [d.source for d in docs if any(m in d.text for m in ('**', '#', '_', '\\', '  \n'))]
+  othello = [d for d in docs if d.source.startswith('tragedies/othello.md#')]
+  assert [d.source for d in othello[:2]] == ['tragedies/othello.md#1', 'tragedies/othello.md#2']
+  assert othello[0].text.startswith('Othello\n\nACT I\n\nSCENE I. Venice. A street.\n\n'
+                                    'Enter RODERIGO and IAGO\n\nRODERIGO:\nTush! never tell me;')
+  assert othello[1].text.startswith('SCENE II. Another street.\n\n')
+  assert len(othello) == 15  # 15 scenes
+  assert docs == sorted(docs, key=lambda d: (d.source.split('#')[0], int(d.source.split('#')[1])))
+
+
+def _write(path, data: bytes):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with (gzip.open if path.endswith('.gz') else open)(path, 'wb') as f:
+    f.write(data)
+
+
+def _jsonl(*records) -> bytes:
+  return ''.join(json.dumps(r) + '\n' for r in records).encode()
+
+
+@pytest.fixture
+def mixed_dir(tmp_path):
+  """One file of each kind, and files a directory search skips."""
+  _write(f'{tmp_path}/a.txt', 'plain text\n\nwith lines'.encode())
+  _write(f'{tmp_path}/b.md', b'# markdown stays as it is')
+  _write(f'{tmp_path}/c.jsonl', _jsonl({'text': 'first', 'id': 1}, {'text': 'second'}) + b'\n')
+  _write(f'{tmp_path}/sub/d.jsonl.gz', _jsonl({'body': 'x', 'text': 'zipped line'}))
+  _write(f'{tmp_path}/sub/e.txt.gz', 'zipped text \u00e9'.encode())
+  _write(f'{tmp_path}/sub/f.json', _jsonl({'text': 'json lines'}))
+  _write(f'{tmp_path}/skipped.csv', b'a,b')
+  _write(f'{tmp_path}/skipped.gz', b'zipped, but what is it')
+  return str(tmp_path)
+
+
+def test_a_directory_is_searched_for_text_files(mixed_dir):
+  docs, report = corpus.load_documents(mixed_dir)
+  d = mixed_dir
+  assert docs == [
+      Document(f'{d}/a.txt', 'plain text\n\nwith lines'),
+      Document(f'{d}/b.md', '# markdown stays as it is'),
+      Document(f'{d}/c.jsonl:1', 'first'),
+      Document(f'{d}/c.jsonl:2', 'second'),
+      Document(f'{d}/sub/d.jsonl.gz:1', 'zipped line'),
+      Document(f'{d}/sub/e.txt.gz', 'zipped text \u00e9'),
+      Document(f'{d}/sub/f.json:1', 'json lines'),
+  ]
+  assert (report.num_files, report.num_documents, report.num_chars) == (6, 7, 92)
+
+
+def test_files_and_globs_are_comma_separated(mixed_dir):
+  docs, report = corpus.load_documents(f'{mixed_dir}/sub/*.gz, {mixed_dir}/skipped.csv',
+                                       text_field='body')
+  assert [d.source for d in docs] == [f'{mixed_dir}/sub/d.jsonl.gz:1', f'{mixed_dir}/sub/e.txt.gz',
+                                      f'{mixed_dir}/skipped.csv']
+  assert docs[0].text == 'x'
+  assert report.num_files == 3
+  docs, _ = corpus.load_documents(f'{mixed_dir}/**/*.txt*')
+  assert [d.source for d in docs] == [f'{mixed_dir}/a.txt', f'{mixed_dir}/sub/e.txt.gz']
+
+
+def test_invalid_utf8_bytes_are_replaced_and_counted(tmp_path):
+  _write(f'{tmp_path}/bad.txt', b'caf\xc3\xa9 \xff\xfe ok \xc3')  # two stray bytes, one cut short
+  # a Latin-1 byte, and an escaped lone surrogate (replaced, as UTF-8 cannot hold it, not counted)
+  _write(f'{tmp_path}/bad.jsonl.gz', b'{"text": "a\xe9b \\ud800"}\n')
+  _write(f'{tmp_path}/good.txt', b'fine')
+  docs, report = corpus.load_documents(str(tmp_path))
+  assert [d.text for d in docs] == ['a\ufffdb \ufffd', 'caf\u00e9 \ufffd\ufffd ok \ufffd', 'fine']
+  assert report.invalid_bytes == {f'{tmp_path}/bad.jsonl.gz': 1, f'{tmp_path}/bad.txt': 3}
+  assert report.total_invalid_bytes == 4
+  assert '4 bytes were not valid UTF-8' in report.summary()
+
+
+def test_clean_filters_then_deduplicates():
+  docs = [
+      Document('a', 'Plain words, long enough.'),  # 25 chars, 20 letters of 22 visible: 0.91
+      Document('b', 'short'),  # too short
+      Document('c', '1234567890 12345 abcde fgh'),  # 26 chars, 8 letters of 23 visible: 0.35
+      Document('d', 'Plain words, long enough.'),  # a duplicate of a
+      Document('e', 'Another document of words'),
+      Document('f', '\n\n\n   \t' * 5),  # whitespace: no visible characters
+      Document('g', 'Another document of words'),
+  ]
+  kept, report = corpus.clean(docs, min_chars=20, min_letter_fraction=0.6)
+  assert [d.source for d in kept] == ['a', 'e']
+  assert report == corpus.CleanReport(num_documents=7, num_chars=166, filtered_documents=3,
+                                      filtered_chars=5 + 26 + 35, duplicate_documents=2,
+                                      duplicate_chars=25 + 25)
+  assert (report.kept_documents, report.kept_chars) == (2, 50)
+  assert report.summary() == (
+      'cleaning kept 2 of 7 documents (50 of 166 characters): the quality filter removed 3 '
+      '(66 characters), de-duplication 2 (50 characters)')
+  assert corpus.letter_fraction('ab 1\n2') == 0.5
+
+
+def test_nothing_passing_the_filter_is_an_error_that_counts_invalid_bytes(tmp_path):
+  _write(f'{tmp_path}/binary.txt', bytes(range(128, 256)) * 4)
+  docs, loaded = corpus.load_documents(str(tmp_path))
+  with pytest.raises(UserError, match=r'corpus .*: no document passed the quality filter .* \(512 '
+                     r'bytes were not valid UTF-8 and were replaced\); pass UTF-8 text or lower'):
+    corpus.clean(docs, min_chars=200, min_letter_fraction=0.6, loaded=loaded)
+  with pytest.raises(UserError, match='^the corpus: no document passed'):
+    corpus.clean([Document('x', 'tiny')], min_chars=200, min_letter_fraction=0.6)
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('{d}/nope.txt', "corpus path '{d}/nope.txt' does not exist; pass 'shakespeare' or"),
+    ('{d}/*.nope', "corpus glob '{d}/*.nope' matches nothing; pass"),
+    ('{d}/empty_dir', "corpus directory '{d}/empty_dir' holds no .txt/.md/.jsonl/.json files"),
+    ('{d}/blank.txt', 'corpus {d}/blank.txt is empty'),
+    (' , ', "corpus ' , ' names no file"),
+    ('{d}/bad.jsonl', '{d}/bad.jsonl:2 is not valid JSON'),
+    ('{d}/nofield.jsonl', "{d}/nofield.jsonl:2 has no string field 'text'; set --config.data."),
+    ('{d}/broken.txt.gz', "cannot read corpus file '{d}/broken.txt.gz'"),
+])
+def test_bad_corpora_are_user_errors(tmp_path, spec, message):
+  os.mkdir(tmp_path / 'empty_dir')
+  _write(f'{tmp_path}/empty_dir/notes.csv', b'a,b')
+  _write(f'{tmp_path}/blank.txt', b' \n\n ')
+  _write(f'{tmp_path}/bad.jsonl', b'{"text": "ok"}\n{"text": \n')
+  _write(f'{tmp_path}/nofield.jsonl', _jsonl({'text': 'ok'}, {'content': 'no text'}))
+  (tmp_path / 'broken.txt.gz').write_bytes(b'not gzip at all')
+  with pytest.raises(UserError) as e:
+    corpus.load_documents(spec.format(d=tmp_path))
+  assert str(e.value).startswith(message.format(d=tmp_path))
+  assert '\n' not in str(e.value) and '; ' in str(e.value)

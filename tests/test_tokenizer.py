@@ -1,0 +1,83 @@
+"""The BPE tokenizer: exact round trips, special ids, deterministic training, errors."""
+
+import pytest
+
+from gpt_jax import tokenizer as tokenizer_lib
+from gpt_jax.errors import UserError
+from gpt_jax.tokenizer import Tokenizer
+
+VOCAB = 512
+TRICKY = ('  two leading spaces\n\n\n\ttab,\ttabs\t\t and   runs     of spaces \r\n'
+          'digits 0123456789 3.14159, emoji 😀🎭👍🏽, CJK 日本語の文章 한국어, accents café naïve, '
+          'controls \x00\x01\x07\x1b\x7f\x85, U+2581 ▁ and ▁▁x, specials <s> </s> <unk>, '
+          'zero width \u200b\ufeff, trailing spaces   \n')
+
+
+@pytest.fixture(scope='module')
+def texts(shakespeare) -> list[str]:
+  return [doc.text for doc in shakespeare[:60]]  # ~0.4 MB
+
+
+@pytest.fixture(scope='module')
+def tokenizer(texts) -> Tokenizer:
+  return tokenizer_lib.train(texts, VOCAB)
+
+
+def test_round_trip_is_exact_on_the_corpus(tokenizer, shakespeare):
+  texts = [doc.text for doc in shakespeare]  # all of it, most unseen in training
+  ids = tokenizer.encode_batch(texts)
+  assert [tokenizer.decode(i) for i in ids] == texts
+  assert 1.7 < sum(map(len, texts)) / sum(map(len, ids)) < 1.9  # characters per token
+
+
+@pytest.mark.parametrize('text', [TRICKY, '', ' ', '\n', '▁', 'x▁', ' ▁ ', '\U0010ffff'])
+def test_round_trip_is_exact_on_tricky_text(tokenizer, text):
+  ids = tokenizer.encode(text)
+  assert tokenizer.decode(ids) == text
+  assert tokenizer.encode_batch([text, 'x', text]) == [ids, tokenizer.encode('x'), ids]
+
+
+def test_special_ids_and_pieces(tokenizer):
+  assert tokenizer.vocab_size == VOCAB
+  assert (tokenizer.bos_id, tokenizer.eos_id) == (1, 2)
+  ids = tokenizer.encode(TRICKY)
+  assert all(3 <= i < VOCAB for i in ids)  # no unk, BOS or EOS in the text's tokens
+  assert tokenizer.encode('\n') == [3]  # a newline is one token
+  assert tokenizer.encode('\n\n') == [3, 3]
+  assert len(tokenizer.encode(' the')) == 1  # common words with their leading space are one token
+  assert tokenizer.decode([1, *tokenizer.encode('hi'), 2]) == 'hi'
+
+
+def test_training_is_deterministic(tokenizer, texts):
+  again = tokenizer_lib.train(iter(texts), VOCAB)  # an iterator, not a list: the same model
+  assert again.sha256 == tokenizer.sha256
+  assert len(tokenizer.sha256) == 64
+  assert tokenizer_lib.train(texts[1:], VOCAB).sha256 != tokenizer.sha256
+
+
+def test_save_and_load(tokenizer, tmp_path):
+  path = str(tmp_path / 'tok.model')
+  tokenizer.save(path)
+  assert [p.name for p in tmp_path.iterdir()] == ['tok.model']  # no temporary file left
+  loaded = Tokenizer.load(path)
+  assert loaded.sha256 == tokenizer.sha256
+  assert loaded.encode(TRICKY) == tokenizer.encode(TRICKY)
+
+
+def test_loading_a_missing_or_corrupt_file_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match=r"^cannot read tokenizer '.*nope.model': No such file or "
+                     r'directory; set --config.data.tokenizer to a sentencepiece .model file'):
+    Tokenizer.load(str(tmp_path / 'nope.model'))
+  (tmp_path / 'junk.model').write_bytes(b'not a model')
+  with pytest.raises(UserError, match=r"^tokenizer '.*junk.model' is not a sentencepiece model; set"):
+    Tokenizer.load(str(tmp_path / 'junk.model'))
+
+
+def test_a_vocab_size_sentencepiece_cannot_reach_is_a_user_error(texts):
+  # 256 bytes, unk, BOS, EOS and '\n', and 59 of the other 64 characters (the rarest go to bytes)
+  with pytest.raises(UserError, match=r'^vocab_size 100 is too small: the tokenizer needs 319 tokens '
+                     r'.*; set --config.model.vocab_size >= 319$'):
+    tokenizer_lib.train(texts, 100)
+  with pytest.raises(UserError, match=r'^vocab_size 30000 is too large: BPE finds at most \d+ tokens'
+                     r'.*; set --config.model.vocab_size <= \d+ or use a larger corpus$'):
+    tokenizer_lib.train(texts[:2], 30000)

@@ -1,0 +1,248 @@
+"""Training: the step function, the loop's outputs, exact resume, and the CLI's bad-input errors."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gpt_jax import cli, losses, model, optim, train
+from gpt_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
+
+
+@pytest.fixture
+def tiny(small_corpus):
+  config = cli.load_experiment(TINY)
+  config.data.corpus = small_corpus
+  config.sample.num = 0
+  return config
+
+
+def run_cli(*args, timeout=300):
+  return subprocess.run([sys.executable, '-m', 'gpt_jax.train', *args], capture_output=True,
+                        text=True, timeout=timeout, cwd=ROOT)
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  timing = ('tokens_per_sec', 'mfu')  # wall-clock figures differ between runs by nature
+  return [{k: v for k, v in r.items() if k not in timing} for r in records]
+
+
+# --- the step function -----------------------------------------------------------------------
+
+
+def step_setup(tiny, **overrides):
+  for key, value in overrides.items():
+    tiny[key] = value
+  gpt = model.build(tiny.model)
+  tx = optim.optimizer(tiny.optim, tiny.steps)
+  state = jax.jit(lambda: train.init_state(gpt, tx, tiny))()
+  return gpt, tx, state
+
+
+def test_tiny_model_overfits_one_batch(tiny):
+  tiny.steps = 150
+  tiny.optim.update(warmup_steps=10, weight_decay=0.0)
+  gpt, tx, state = step_setup(tiny)
+  step = jax.jit(train.make_train_step(gpt, tx, tiny))
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (4, 33), 0, 512, dtype=jnp.int32)
+  for _ in range(150):
+    state, metrics = step(state, {'tokens': tokens})
+  assert float(metrics['train_loss']) < 0.1  # from log(512) = 6.24
+
+
+def test_grad_accumulation_equals_one_big_batch(tiny):
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 512, dtype=jnp.int32)
+  results = []
+  for accum in (1, 4):
+    tiny.grad_accum = accum
+    gpt, tx, state = step_setup(tiny)
+    new_state, metrics = jax.jit(train.make_train_step(gpt, tx, tiny))(state, {'tokens': tokens})
+    results.append((new_state.params, metrics))
+  (p1, m1), (p4, m4) = results
+  np.testing.assert_allclose(m1['train_loss'], m4['train_loss'], rtol=1e-6)
+  np.testing.assert_allclose(m1['grad_norm'], m4['grad_norm'], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_mask_drops_targets_from_the_loss():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 11))
+  targets = jnp.arange(10).reshape(2, 5) % 11
+  mask = jnp.array([[1, 1, 0, 0, 1], [0, 0, 0, 0, 1]], jnp.float32)
+  loss, _ = losses.next_token_loss(logits, targets, mask)
+  nll = -jax.nn.log_softmax(logits)[jnp.arange(2)[:, None], jnp.arange(5), targets]
+  np.testing.assert_allclose(loss, (nll * mask).sum() / 4, rtol=1e-6)
+
+
+def test_z_loss_adds_mean_squared_log_normaliser():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 7)) * 3
+  targets = jnp.zeros((2, 3), jnp.int32)
+  ones = jnp.ones((2, 3))
+  plain, _ = losses.next_token_loss(logits, targets, ones)
+  with_z, terms = losses.next_token_loss(logits, targets, ones, z_loss=1e-2)
+  expected = 1e-2 * jnp.mean(jax.nn.logsumexp(logits, -1) ** 2)
+  np.testing.assert_allclose(with_z - plain, expected, rtol=1e-5)
+  np.testing.assert_allclose(terms['ce'], plain, rtol=1e-6)
+
+
+def test_weight_decay_only_on_matrices(tiny):
+  gpt, _, state = step_setup(tiny)
+  mask = optim.decay_mask(state.params)
+  assert mask['h_0']['attn']['query']['kernel'] and mask['h_0']['mlp']['fc']['kernel']
+  assert not mask['wte']['embedding'] and not mask['wpe']
+  assert not mask['h_0']['ln_1']['scale'] and not mask['h_0']['mlp']['fc']['bias']
+
+
+def test_schedule_warms_up_then_decays_to_the_floor(tiny):
+  tiny.optim.update(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+  lr = optim.schedule(tiny.optim, 100)
+  np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(100)], [0, 5e-4, 1e-3, 1e-4], rtol=1e-5)
+  assert lr(10) > lr(50) > lr(99) > lr(100) * 0.999
+
+
+# --- whole runs --------------------------------------------------------------------------------
+
+
+def test_run_writes_metrics_plot_and_checkpoints(tiny, tmp_path):
+  workdir = str(tmp_path / 'run')
+  final = train.train(tiny, workdir, log=lambda _: None)
+  records = read_metrics(workdir)
+  assert [r['step'] for r in records] == [5, 10, 15, 20]
+  for key in ('train_loss', 'lr', 'grad_norm'):
+    assert all(np.isfinite(r[key]) for r in records)
+  assert 'val_loss' in records[1] and 'val_loss' not in records[0]
+  assert records[-1]['val_loss'] < records[1]['val_loss'] < np.log(512)
+  np.testing.assert_allclose(final['val_ppl'], np.exp(final['val_loss']), rtol=1e-6)
+  assert 1.0 < final['val_bpb'] < final['val_loss'] / np.log(2)  # > 1 byte per token
+  assert final['tokens_per_sec'] > 0 and final['mfu'] > 0
+  assert os.path.getsize(os.path.join(workdir, 'loss.png')) > 1000
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', '20']
+  assert json.load(open(os.path.join(workdir, 'config.json')))['model']['n_layer'] == 2
+
+
+def test_restart_from_a_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
+  """N + N steps with a restart in between give bit-for-bit the metrics of 2N steps."""
+  tiny.model.dropout = 0.1  # so the dropout RNG must be restored too
+  whole, resumed = str(tmp_path / 'whole'), str(tmp_path / 'resumed')
+  train.train(tiny, whole, log=lambda _: None)
+  train.train(tiny, resumed, log=lambda _: None)
+  # Lose everything after step 10, as if the run had been killed just after that checkpoint.
+  import shutil
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '20'))
+  messages = []
+  train.train(tiny, resumed, log=messages.append)
+  assert any('resuming from step 10' in m for m in messages)
+  assert read_metrics(resumed) == read_metrics(whole)
+
+
+def test_kill_9_then_rerun_reproduces_the_metrics(small_corpus, tmp_path):
+  args = [f'--config={TINY}', f'--config.data.corpus={small_corpus}', '--config.steps=60',
+          '--config.checkpoint_every=10', '--config.log_every=2', '--config.sample.num=0']
+  whole = str(tmp_path / 'whole')
+  assert run_cli(*args, f'--workdir={whole}').returncode == 0
+  killed = str(tmp_path / 'killed')
+  proc = subprocess.Popen([sys.executable, '-m', 'gpt_jax.train', *args, f'--workdir={killed}'],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not os.path.exists(os.path.join(killed, 'checkpoints', '20')) and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  rerun = run_cli(*args, f'--workdir={killed}')
+  assert rerun.returncode == 0, rerun.stderr
+  assert 'resuming from step' in rerun.stdout
+  assert read_metrics(killed) == read_metrics(whole)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(small_corpus, tmp_path):
+  workdir = str(tmp_path / 'run')
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'gpt_jax.train', f'--config={TINY}', f'--workdir={workdir}',
+       f'--config.data.corpus={small_corpus}', '--config.steps=5000', '--config.sample.num=0',
+       '--config.data.num_epochs=10', '--config.checkpoint_every=100000'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while not os.path.exists(os.path.join(workdir, 'metrics.jsonl')) and time.time() < deadline:
+    time.sleep(0.05)
+  time.sleep(1.0)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode != 0
+  assert 'stopped by SIGTERM: saved a checkpoint at step' in stderr
+  saved = os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert len(saved) == 1 and 0 < int(saved[0]) < 5000
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def dir_digest(directory):
+  digest = hashlib.sha256()
+  for root, _, names in sorted(os.walk(directory)):
+    for name in sorted(names):
+      digest.update(name.encode())
+      with open(os.path.join(root, name), 'rb') as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (['--config.model.n_embd=66'], 'model.n_embd=66 is not divisible by model.n_head=4'),
+    (['--config.model.n_kv_head=3'], 'model.n_head=4 is not divisible by model.n_kv_head=3'),
+    (['--config.seq_len=65'], 'seq_len=65 is beyond the learned position table'),
+    (['--config.model.colour=3'], 'unknown config key config.model.colour'),
+    (['--config.data.corpus=/nonexistent/x.txt'], '/nonexistent/x.txt'),
+    (['--config.steps=100000'], 'steps=100000 needs 100000 batches'),
+    (['--config.batch_size=6', '--config.grad_accum=4'], 'batch_size=6 is not divisible'),
+])
+def test_bad_config_is_one_line(overrides, message, small_corpus, tmp_path):
+  result = run_cli(f'--config={TINY}', f'--config.data.corpus={small_corpus}', *overrides,
+                   f'--workdir={tmp_path / "run"}')
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], result.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_corpus_errors(tiny, tmp_path):
+  empty = tmp_path / 'empty.txt'
+  empty.write_text('')
+  binary = tmp_path / 'binary.txt'
+  binary.write_bytes(bytes(range(128, 256)) * 50)
+  for path, message in ((empty, 'empty'), (binary, 'not valid UTF-8')):
+    tiny.data.corpus = str(path)
+    with pytest.raises(UserError, match=message):
+      train.train(tiny, str(tmp_path / 'run'), log=lambda _: None)
+
+
+def test_vocab_smaller_than_the_tokenizers(tiny, tmp_path):
+  train.train(tiny, str(tmp_path / 'first'), log=lambda _: None)
+  tiny.data.tokenizer = str(tmp_path / 'first' / 'tokenizer.model')
+  tiny.model.vocab_size = 300
+  with pytest.raises(UserError, match='model.vocab_size'):
+    train.train(tiny, str(tmp_path / 'second'), log=lambda _: None)
+
+
+def test_workdir_of_another_model_shape_is_refused_untouched(tiny, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train(tiny, workdir, log=lambda _: None)
+  before = dir_digest(workdir)
+  tiny.model.n_embd = 128
+  with pytest.raises(UserError, match='different model shape'):
+    train.train(tiny, workdir, log=lambda _: None)
+  assert dir_digest(workdir) == before
