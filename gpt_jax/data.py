@@ -26,7 +26,7 @@ from gpt_jax import files
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
-FORMAT_VERSION = 1  # bump when the files prepare() writes change, so old caches are not reused
+FORMAT_VERSION = 2  # bump when the files prepare() writes change, so old caches are not reused
 SPLITS = ('train', 'val')
 
 
@@ -62,10 +62,12 @@ def prepare(data_cfg: ml_collections.ConfigDict, vocab_size: int,
       'tokenizer': given.sha256 if given else f'trained to {vocab_size} tokens',
   }
   key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-  directory = os.path.join(_cache_root(data_cfg.cache_dir), 'data', key)
+  directory = os.path.join(files.cache_root(data_cfg.cache_dir), 'data', key)
   if os.path.exists(os.path.join(directory, 'manifest.json')):
+    prepared = _open(directory)
+    log(prepared.manifest['cleaning'])
     log(f'reusing prepared data at {directory}')
-    return _open(directory)
+    return prepared
 
   docs, cleaned = corpus.clean(docs, data_cfg.min_chars, data_cfg.min_letter_fraction,
                                loaded=loaded)
@@ -88,7 +90,7 @@ def prepare(data_cfg: ml_collections.ConfigDict, vocab_size: int,
   os.makedirs(os.path.dirname(directory), exist_ok=True)
   # Built beside its final place and renamed into it, so a killed run leaves no half-written cache.
   with tempfile.TemporaryDirectory(prefix='.tmp', dir=os.path.dirname(directory)) as tmp:
-    _write(os.path.join(tmp, key), splits, tokenizer, {**settings, 'corpus': data_cfg.corpus}, log)
+    _write(os.path.join(tmp, key), splits, tokenizer, {**settings, 'corpus': data_cfg.corpus, 'cleaning': cleaned.summary()}, log)
     try:
       os.rename(os.path.join(tmp, key), directory)
       log(f'prepared data at {directory}')
@@ -144,10 +146,6 @@ def token_stream(ids: Sequence[Sequence[int]], eos_id: int, dtype: np.dtype) -> 
     tokens[start + len(doc_ids)] = eos_id
     start += len(doc_ids) + 1
   return tokens
-
-
-def _cache_root(cache_dir: str) -> str:
-  return cache_dir or os.environ.get('GPT_JAX_CACHE') or os.path.expanduser('~/.cache/gpt_jax')
 
 
 def _load_tokenizer(path: str, vocab_size: int) -> tokenizer_lib.Tokenizer:

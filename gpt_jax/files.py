@@ -18,6 +18,11 @@ def atomic_path(path: str):
       os.remove(tmp)
 
 
+def cache_root(override: str = '') -> str:
+  """Where prepared data and measurements are kept: override, $GPT_JAX_CACHE or ~/.cache/gpt_jax."""
+  return override or os.environ.get('GPT_JAX_CACHE') or os.path.expanduser('~/.cache/gpt_jax')
+
+
 def write_text(path: str, text: str) -> None:
   with atomic_path(path) as tmp:
     with open(tmp, 'w', encoding='utf-8') as f:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gpt_jax import files
 from gpt_jax.model import head_size, mlp_hidden_size
 
 # Dense bfloat16 peak FLOP/s per chip, from the vendors' data sheets.
@@ -61,11 +62,6 @@ def flops_per_token(model: ml_collections.ConfigDict, seq_len: int) -> float:
   return 6 * n_matmul + 12 * model.n_layer * model.n_head * head_size(model) * context
 
 
-def _cache_path() -> str:
-  root = os.environ.get('GPT_JAX_CACHE') or os.path.expanduser('~/.cache/gpt_jax')
-  return os.path.join(root, 'cpu_peak.json')
-
-
 def _cpu_name() -> str:
   try:
     with open('/proc/cpuinfo') as f:
@@ -101,7 +97,7 @@ def device_peak_flops(device=None) -> float:
         return PEAK_FLOPS[name]
     return float('nan')  # unknown accelerator: MFU is reported as NaN rather than guessed
   key = f'{_cpu_name()} / {os.cpu_count()} cores / jax {jax.__version__}'
-  path = _cache_path()
+  path = os.path.join(files.cache_root(), 'cpu_peak.json')
   try:
     with open(path) as f:
       cached = json.load(f)
@@ -111,8 +107,5 @@ def device_peak_flops(device=None) -> float:
     pass
   flops = measure_cpu_peak()
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump({'key': key, 'flops': flops}, f)
-  os.replace(tmp, path)
+  files.write_json(path, {'key': key, 'flops': flops})
   return flops

@@ -77,6 +77,7 @@ def test_prepare_reuses_the_cache_without_cleaning_or_training(prepared, small_c
   again = data.prepare(data_config(small_corpus), VOCAB, log=logs.append)
   assert again.directory == prepared.directory
   assert again.manifest == prepared.manifest
+  assert logs[-2].startswith('cleaning kept 74 of 74 documents')  # the report is shown again
   assert logs[-1] == f'reusing prepared data at {prepared.directory}'
 
 
