@@ -225,7 +225,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
       metrics_log.close()
 
   if is_main:
-    metrics.plot_losses(metrics.read_jsonl(metrics_log.path), os.path.join(workdir, 'loss.png'),
+    records = metrics.read_jsonl(metrics_log.path)
+    record = records[-1] if records else record  # also for a run that had already finished
+    metrics.plot_losses(records, os.path.join(workdir, 'loss.png'),
                         title=os.path.basename(os.path.abspath(workdir)))
     if config.sample.num > 0:
       for i, text in enumerate(generate_text(gpt, state.params, prepared.tokenizer, config)):

@@ -1,13 +1,14 @@
 """The model: shapes, causality, attention paths, GQA, RoPE, init loss, parameter and FLOP counts."""
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import attention, config, flops, model
+from gpt_jax import attention, cli, config, flops, model
 from gpt_jax.errors import UserError
 
 GPT2 = dict(vocab_size=97, n_layer=2, n_head=4, n_kv_head=4, n_embd=32, block_size=32)
@@ -105,11 +106,19 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
   np.testing.assert_allclose(gqa, mha, atol=1e-6)
 
 
-def test_gqa_model_with_all_kv_heads_is_mha():
-  """n_kv_head == n_head builds exactly the multi-head model: same parameters, same logits."""
-  cfg, gpt, params = build(**GPT2)
-  assert params['h_0']['attn']['key']['kernel'].shape == (32, 4, 8)
-  assert params['h_0']['attn']['query']['kernel'].shape == (32, 4, 8)
+def test_gqa_model_equals_mha_model_with_shared_kv_weights():
+  """A GQA model equals the multi-head model whose key/value heads repeat the GQA ones."""
+  _, gqa, params = build(**dict(GPT2, n_kv_head=2))
+  _, mha, _ = build(**GPT2)
+  mha_params = jax.tree.map(lambda x: x, params)
+  for i in range(GPT2['n_layer']):
+    for name in ('key', 'value'):
+      layer = mha_params[f'h_{i}']['attn'][name]
+      layer['kernel'] = jnp.repeat(layer['kernel'], 2, axis=1)  # (D, K, E) -> (D, H, E)
+      layer['bias'] = jnp.repeat(layer['bias'], 2, axis=0)
+  tokens = random_tokens((2, 16))
+  np.testing.assert_allclose(gqa({'params': params}, tokens), mha({'params': mha_params}, tokens),
+                             atol=1e-5)
 
 
 def test_rope_depends_only_on_relative_position():
@@ -173,20 +182,19 @@ def test_gpt2_124m_param_count_golden():
   assert flops.flops_per_token(cfg, 1024) == expected
 
 
-def test_gpt3_presets_build_and_count():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('gpt3', 'experiments/gpt3.py')
-  gpt3 = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(gpt3)
+def test_presets_build_and_count():
+  experiments = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments')
+  gpt2 = cli.load_experiment(os.path.join(experiments, 'gpt2.py'))
+  model.validate(gpt2.model, gpt2.seq_len)
+  assert round(flops.param_count(gpt2.model) / 1e6) == 124  # 50304 rows: nanoGPT's padded vocab
   expected_millions = {'small': 125, 'medium': 350, 'large': 760, 'xl': 1300, '2.7b': 2700,
                        '6.7b': 6700, '13b': 13000, '175b': 175000}
   for size, millions in expected_millions.items():
-    c = gpt3.get_config(size)
+    c = cli.load_experiment(os.path.join(experiments, f'gpt3.py:{size}'))
     model.validate(c.model, c.seq_len)
-    n = flops.param_count(c.model)
-    assert abs(n / 1e6 - millions) / millions < 0.06, (size, n)
+    assert abs(flops.param_count(c.model) / 1e6 - millions) / millions < 0.06, size
   with pytest.raises(UserError, match='unknown GPT-3 size'):
-    gpt3.get_config('huge')
+    cli.load_experiment(os.path.join(experiments, 'gpt3.py:huge'))
 
 
 @pytest.mark.parametrize('overrides, message', [

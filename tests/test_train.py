@@ -133,6 +133,9 @@ def test_run_writes_metrics_plot_and_checkpoints(tiny, tmp_path):
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', '20']
   assert json.load(open(os.path.join(workdir, 'config.json')))['model']['n_layer'] == 2
+  # Running a finished run again trains nothing and reports the same final metrics.
+  assert train.train(tiny, workdir, log=lambda _: None) == final
+  assert [r['step'] for r in read_metrics(workdir)] == [5, 10, 15, 20]
 
 
 def test_restart_from_a_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
