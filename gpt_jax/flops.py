@@ -62,6 +62,30 @@ def flops_per_token(model: ml_collections.ConfigDict, seq_len: int) -> float:
   return 6 * n_matmul + 12 * model.n_layer * model.n_head * head_size(model) * context
 
 
+def chinchilla_flops_per_sequence(model: ml_collections.ConfigDict, seq_len: int, *,
+                                  embeddings: bool = True) -> float:
+  """Training FLOPs of one sequence, counted term by term as in Chinchilla's Appendix F.
+
+  Forward: embeddings, per layer the QKV projections, attention logits, softmax, attention over
+  the values and the output projection, then the feed-forward block, then the final logits;
+  backward = 2 × forward. Generalised to this project's models: K < H key/value heads (GQA) and
+  SwiGLU's third matrix. embeddings=False leaves out the embedding and final-logit terms (how
+  the paper's Table A4 ratios to 6ND come out).
+  """
+  S, D, V, H, K = seq_len, model.n_embd, model.vocab_size, model.n_head, model.n_kv_head
+  E, F = head_size(model), mlp_hidden_size(model)
+  attention = (2 * S * D * (H + 2 * K) * E  # query, key and value projections
+               + 2 * S * S * H * E  # query · key logits
+               + 3 * H * S * S  # softmax
+               + 2 * S * S * H * E  # softmax · values
+               + 2 * S * H * E * D)  # output projection
+  feed_forward = 2 * S * (3 if model.mlp == 'swiglu' else 2) * D * F
+  forward = model.n_layer * (attention + feed_forward)
+  if embeddings:
+    forward += 2 * S * V * D + 2 * S * D * V  # embedding lookup (as the paper counts it), logits
+  return 3 * forward
+
+
 def _cpu_name() -> str:
   try:
     with open('/proc/cpuinfo') as f:
