@@ -114,6 +114,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                     f'{config.grad_accum} × {jax.process_count()} processes; change one of them')
 
 
+def use_compilation_cache() -> None:
+  """Keeps compiled XLA programs on disk (unless the user chose a place already), so a rerun, a
+  resumed run or a sweep's repeated shapes skip most of the compile time."""
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.join(files.cache_root(), 'jax'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
 class _Preemption:
   """Turns SIGTERM (a TPU preemption notice) into a flag the loop checks after each step."""
 
@@ -128,10 +136,15 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
+def train(config: ml_collections.ConfigDict, workdir: str, log=print,
+          prepared: data.Prepared | None = None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
+
+  `prepared` is config.data already prepared, for callers that train many models on one corpus.
+  """
   validate_config(config)
-  prepared = data.prepare(config.data, config.model.vocab_size, log=log)
+  use_compilation_cache()
+  prepared = prepared or data.prepare(config.data, config.model.vocab_size, log=log)
   process_batch = config.batch_size // jax.process_count()
   train_ds = data.train_dataset(prepared, seq_len=config.seq_len, batch_size=process_batch,
                                 seed=config.seed, num_epochs=config.data.num_epochs,
@@ -254,8 +267,16 @@ def generate_text(gpt, params, tokenizer, config) -> list[str]:
   return texts
 
 
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """A config with a `sweep` section runs the whole sweep; any other trains one model."""
+  if 'sweep' in config:
+    from gpt_jax import sweep  # imported here: the sweep module itself builds on this one
+    return sweep.run_sweep(config, workdir)
+  return train(config, workdir)
+
+
 def main(argv=None) -> None:
-  cli.run(lambda: train(*cli.parse_train_args(sys.argv if argv is None else argv)))
+  cli.run(lambda: run(*cli.parse_train_args(sys.argv if argv is None else argv)))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,758 @@
+"""Scaling laws from a compute sweep: the three approaches of Chinchilla (Hoffmann et al. 2022).
+
+A sweep trains several model sizes N at each of several compute budgets C and writes DIR/runs.csv
+(one row per run: params = N, tokens = D, loss = final validation loss in nats/token, budget = C,
+flops = the FLOPs it accounted) and DIR/curves.csv (validation loss along each run). From them:
+
+  Approach 1 (§3.1): the lower envelope of all loss curves against FLOPs; the run on the envelope
+    at each C gives (N, D), and power laws N_opt ∝ C^a, D_opt ∝ C^b go through those points.
+  Approach 2 (§3.2): per budget, a parabola of loss in log N; its minimum is N_opt(C).
+  Approach 3 (§3.3): L(N, D) = E + A/N^α + B/D^β fitted to every run; minimising it under C = 6ND
+    gives N_opt ∝ C^a, D_opt ∝ C^b with a = β/(α+β), b = α/(α+β).
+  Single-variable laws L(X) = (X_c/X)^α (Kaplan et al. 2020) for X = N, D, C, on frontier runs.
+
+Exponents get bootstrap confidence intervals. `python -m gpt_jax.scaling fit FILE.csv [--json]`
+fits any CSV with columns params, tokens, loss (optional flops, budget);
+`python -m gpt_jax.scaling report DIR` writes DIR/scaling/report.{md,json} and three plots.
+"""
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import os
+from typing import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+import numpy as np  # noqa: E402
+import scipy.optimize  # noqa: E402
+import threadpoolctl  # noqa: E402
+from numpy.typing import ArrayLike  # noqa: E402
+
+from gpt_jax import cli, files  # noqa: E402
+from gpt_jax.errors import UserError  # noqa: E402
+
+Table = dict[str, np.ndarray]  # a CSV file's columns by name
+
+RUN_COLUMNS = ('params', 'tokens', 'loss')
+CURVE_COLUMNS = ('name', 'params', 'tokens', 'flops', 'loss')
+POSITIVE_COLUMNS = ('params', 'tokens', 'loss', 'flops', 'budget')  # the fits take their logs
+BUDGET_RTOL = 0.1  # one budget's runs differ in FLOPs by rounded step counts, budgets far more
+HUBER_DELTA = 1e-3
+# Hoffmann et al. Appendix D.2: L-BFGS from a grid of initial (a, b, e, α, β), keeping the best.
+INIT_GRID = np.array(list(itertools.product(np.linspace(0, 25, 6), np.linspace(0, 25, 6),
+                                            np.linspace(-1, 1, 5), np.linspace(0, 2, 5),
+                                            np.linspace(0, 2, 5))))
+POLISHED_STARTS = 20
+ENVELOPE_POINTS = 200
+BOOTSTRAP_SAMPLES = 100
+CI_LEVEL = 0.9  # percentile interval 5..95%
+CHINCHILLA = {'flops': 5.76e23, 'params': 70e9, 'tokens': 1.4e12}  # at Gopher's budget
+EXTRA_BUDGETS = (1e18, 1e21, CHINCHILLA['flops'])
+APPROACHES = {'envelope': 'approach 1 (envelope)', 'isoflop': 'approach 2 (isoFLOP)',
+              'parametric': 'approach 3 (L(N, D))'}
+PAPER_EXPONENTS = {'envelope': (0.50, 0.50), 'isoflop': (0.49, 0.51), 'parametric': (0.46, 0.54)}
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def read_csv(path: str, required: Sequence[str] = RUN_COLUMNS) -> Table:
+  """The columns of a CSV file: float arrays where every value is a number, else string arrays.
+
+  The columns the fits take logs of (params, tokens, loss, flops, budget) must be positive.
+  """
+  columns = ','.join(required)
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      rows = [row for row in csv.reader(f) if row]
+  except FileNotFoundError:
+    raise UserError(f'{path}: no such file; pass a CSV file with columns {columns}') from None
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise UserError(f'cannot read {path} ({e}); pass a UTF-8 CSV file with a header row') from None
+  if not rows:
+    raise UserError(f'{path} is empty; pass a CSV file with a header row and one row per run')
+  header, body = [name.strip() for name in rows[0]], rows[1:]
+  missing = [name for name in required if name not in header]
+  if missing:
+    raise UserError(f'{path} has no column {",".join(missing)} (its header: '
+                    f'{",".join(header)[:200]}); it needs the columns {columns}')
+  if not body:
+    raise UserError(f'{path} has a header but no rows; it needs one row per run')
+  for i, row in enumerate(body, 1):
+    if len(row) != len(header):
+      raise UserError(f'{path} row {i} has {len(row)} fields but the header has {len(header)}; '
+                      'fix that row')
+  table = {}
+  for j, name in enumerate(header):
+    texts = [row[j].strip() for row in body]
+    table[name] = _positive(path, name, texts) if name in POSITIVE_COLUMNS else _parse(texts)
+  return table
+
+
+def _positive(path: str, name: str, texts: list[str]) -> np.ndarray:
+  values = np.empty(len(texts))
+  for i, text in enumerate(texts):
+    try:
+      values[i] = float(text)
+    except ValueError:
+      raise UserError(f'{path} row {i + 1}: {name} is {text!r}, not a number; fix or remove '
+                      'that row') from None
+    if not (math.isfinite(values[i]) and values[i] > 0):
+      raise UserError(f'{path} row {i + 1}: {name} is {text}, but must be positive and finite; '
+                      'fix or remove that row')
+  return values
+
+
+def _parse(texts: list[str]) -> np.ndarray:
+  try:
+    return np.array([float(text) for text in texts])
+  except ValueError:
+    return np.array(texts)
+
+
+def _rows(table: Table, which: np.ndarray) -> Table:
+  return {name: column[which] for name, column in table.items()}
+
+
+def compute(table: Table) -> np.ndarray:
+  """The FLOPs of each run: as the sweep accounted them, else 6ND."""
+  return table['flops'] if 'flops' in table else 6 * table['params'] * table['tokens']
+
+
+def run_budgets(table: Table) -> np.ndarray:
+  """The budget C of each run: the budget column, else the geometric mean FLOPs of its group
+  (runs whose FLOPs are within BUDGET_RTOL of the group's smallest)."""
+  if 'budget' in table:
+    return table['budget']
+  if 'flops' not in table:
+    raise UserError('no budget or flops column to group runs into isoFLOP budgets; add one')
+  flops = table['flops']
+  group, first, labels = 0, flops.min(), np.empty(len(flops), dtype=int)
+  for i in np.argsort(flops):
+    if flops[i] > first * (1 + BUDGET_RTOL):
+      group, first = group + 1, flops[i]
+    labels[i] = group
+  means = [np.exp(np.log(flops[labels == g]).mean()) for g in range(group + 1)]
+  return np.array(means)[labels]
+
+
+# --- power laws -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLaw:
+  """y = coef · x^exponent."""
+  coef: float
+  exponent: float
+
+  def __call__(self, x: ArrayLike) -> np.ndarray:
+    return self.coef * np.asarray(x, dtype=float) ** self.exponent
+
+
+def fit_power_law(x: ArrayLike, y: ArrayLike) -> PowerLaw:
+  """Least squares of log y on log x."""
+  x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+  if not ((x > 0).all() and (y > 0).all()):
+    raise UserError('a power law needs positive x and y; drop the points with values <= 0')
+  if len(np.unique(x)) < 2:
+    raise UserError(f'a power law needs points at 2 or more different x, got {len(np.unique(x))}; '
+                    'add runs of other sizes or budgets')
+  exponent, log_coef = np.polyfit(np.log(x), np.log(y), 1)
+  return PowerLaw(float(np.exp(log_coef)), float(exponent))
+
+
+def frontier(x: ArrayLike, loss: ArrayLike) -> np.ndarray:
+  """Indices of the runs that no run with at most the same x beats: the best loss reachable with X.
+
+  The single-variable laws describe the loss when X is the only limit, so they are fitted to these
+  runs, not to runs held back by a small budget or model.
+  """
+  x, loss = np.asarray(x, dtype=float), np.asarray(loss, dtype=float)
+  order = np.lexsort((loss, x))
+  best_before = np.minimum.accumulate(np.concatenate([[np.inf], loss[order][:-1]]))
+  return order[loss[order] < best_before]
+
+
+def fit_single_variable(x: ArrayLike, loss: ArrayLike) -> tuple[float, float]:
+  """(X_c, α) of L(X) = (X_c / X)^α: a power law with exponent −α and coef X_c^α."""
+  law = fit_power_law(x, loss)
+  alpha = -law.exponent
+  log_x_c = math.log(law.coef) / alpha if alpha > 0 else math.inf
+  if log_x_c > math.log(np.finfo(float).max):
+    raise UserError(f'the loss hardly falls with X (alpha = {alpha:.3g}), so L(X) = (X_c/X)^alpha '
+                    'has no finite X_c; add runs over a wider range of X')
+  return math.exp(log_x_c), alpha
+
+
+class _PowerLawOptimum:
+  """How approaches 1 and 2 predict: N_opt = n_law(C), D_opt = d_law(C)."""
+
+  def optimal(self, flops: ArrayLike) -> tuple:
+    n, d = self.n_law(flops), self.d_law(flops)
+    return n, d, d / n
+
+  def exponents(self) -> dict[str, float]:
+    return {'a': self.n_law.exponent, 'b': self.d_law.exponent}
+
+
+# --- approach 1: the envelope of the loss curves --------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvelopeFit(_PowerLawOptimum):
+  """Approach 1: at each FLOP count the run with the lowest loss, and power laws through them."""
+  flops: np.ndarray
+  loss: np.ndarray
+  params: np.ndarray  # N of the run on the envelope
+  tokens: np.ndarray  # the tokens it had seen there
+  n_law: PowerLaw
+  d_law: PowerLaw
+
+
+def fit_envelope(curves: Table, points: int = ENVELOPE_POINTS) -> EnvelopeFit:
+  """The lowest loss over the curves (each interpolated in log FLOPs) at `points` log-spaced FLOP
+  counts from the cheapest run's end to the dearest's: below, only partly trained small models
+  compete; beyond, nothing was measured. Runs are told apart by name.
+
+  Between the sweep's budgets the envelope runs through the middle of longer runs, whose
+  learning-rate schedule has not decayed yet, so it lies above what runs of that length would
+  reach (Hoffmann et al. vary the schedule length for this reason).
+  """
+  names = np.unique(curves['name'])
+  if len(names) < 2:
+    raise UserError(f'the envelope needs the curves of 2 or more runs, got {len(names)}; '
+                    'pass the curves.csv of a sweep')
+  log_flops = np.log(curves['flops'])
+  ends = np.array([log_flops[curves['name'] == name].max() for name in names])
+  if np.isclose(ends.min(), ends.max()):
+    raise UserError('all runs end at the same FLOP count, so the envelope spans nothing; '
+                    'add runs with other budgets')
+  grid = np.linspace(ends.min(), ends.max(), points)
+  loss, log_tokens = np.full((2, len(names), points), np.nan)
+  params = np.empty(len(names))
+  for i, name in enumerate(names):
+    run = np.flatnonzero(curves['name'] == name)
+    run = run[np.argsort(log_flops[run])]
+    loss[i] = np.interp(grid, log_flops[run], curves['loss'][run], left=np.nan, right=np.nan)
+    log_tokens[i] = np.interp(grid, log_flops[run], np.log(curves['tokens'][run]), left=np.nan,
+                              right=np.nan)
+    params[i] = curves['params'][run[0]]
+  columns = np.flatnonzero(~np.isnan(loss).all(axis=0))  # no envelope in a gap between curves
+  best = np.nanargmin(loss[:, columns], axis=0)
+  flops, n, d = np.exp(grid[columns]), params[best], np.exp(log_tokens[best, columns])
+  return EnvelopeFit(flops, loss[best, columns], n, d, fit_power_law(flops, n),
+                     fit_power_law(flops, d))
+
+
+# --- approach 2: isoFLOP parabolas ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class IsoFlopFit(_PowerLawOptimum):
+  """Approach 2: per budget C, loss ≈ a parabola in log N whose minimum is N_opt(C)."""
+  parabolas: dict[float, np.ndarray]  # budget → np.polyfit coefficients of loss in log N
+  budgets: np.ndarray  # the budgets whose parabola has a minimum, and the minimum:
+  n_opt: np.ndarray
+  loss_opt: np.ndarray
+  n_law: PowerLaw
+  d_law: PowerLaw
+  warnings: list[str]
+
+  @property
+  def d_opt(self) -> np.ndarray:
+    return self.budgets / (6 * self.n_opt)
+
+
+def fit_isoflop(params: ArrayLike, loss: ArrayLike, budget: ArrayLike) -> IsoFlopFit:
+  """A parabola for each budget with 3 or more model sizes; D_opt = C/(6 N_opt).
+
+  A parabola that opens downward has no minimum and is left out; a minimum outside the sampled
+  sizes is an extrapolation and kept; the warnings say which.
+  """
+  params, loss, budget = (np.asarray(v, dtype=float) for v in (params, loss, budget))
+  parabolas, minima, warnings = {}, [], []
+  for c in np.unique(budget):
+    log_n = np.log(params[budget == c])
+    sizes = len(np.unique(log_n))
+    if sizes < 3:
+      warnings.append(f'budget {c:.3g}: {sizes} model size(s), a parabola needs 3; left out')
+      continue
+    coeffs = np.polyfit(log_n, loss[budget == c], 2)
+    parabolas[float(c)] = coeffs
+    if coeffs[0] <= 0:
+      warnings.append(f'budget {c:.3g}: the parabola opens downward (no minimum); left out')
+      continue
+    x = -coeffs[1] / (2 * coeffs[0])
+    if not log_n.min() <= x <= log_n.max():
+      warnings.append(f'budget {c:.3g}: the minimum N = {math.exp(x):.3g} lies outside the sampled '
+                      f'sizes {math.exp(log_n.min()):.3g}..{math.exp(log_n.max()):.3g}; add sizes '
+                      'beyond it')
+    minima.append((c, math.exp(x), np.polyval(coeffs, x)))
+  if len(minima) < 2:
+    raise UserError(f'the isoFLOP fit needs 2 or more budgets with 3+ model sizes and a parabola '
+                    f'that opens upward, got {len(minima)}; add runs to the sweep')
+  c, n_opt, loss_opt = (np.array(v) for v in zip(*minima))
+  return IsoFlopFit(parabolas, c, n_opt, loss_opt, fit_power_law(c, n_opt),
+                    fit_power_law(c, c / (6 * n_opt)), warnings)
+
+
+# --- approach 3: the parametric loss L(N, D) ------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ParametricFit:
+  """Approach 3: L(N, D) = E + A/N^α + B/D^β."""
+  E: float
+  A: float
+  B: float
+  alpha: float
+  beta: float
+  huber: float  # the objective at the fit
+
+  @property
+  def a(self) -> float:
+    return self.beta / (self.alpha + self.beta)
+
+  @property
+  def b(self) -> float:
+    return self.alpha / (self.alpha + self.beta)
+
+  @property
+  def G(self) -> float:
+    return (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+
+  @property
+  def theta(self) -> np.ndarray:
+    """The fitted (a, b, e, α, β), to start another fit from."""
+    return np.array([math.log(self.A), math.log(self.B), math.log(self.E), self.alpha, self.beta])
+
+  def exponents(self) -> dict[str, float]:
+    return {'alpha': self.alpha, 'beta': self.beta, 'a': self.a, 'b': self.b, 'E': self.E}
+
+  def loss(self, params: ArrayLike, tokens: ArrayLike) -> np.ndarray:
+    params, tokens = np.asarray(params, dtype=float), np.asarray(tokens, dtype=float)
+    return self.E + self.A / params ** self.alpha + self.B / tokens ** self.beta
+
+  def optimal(self, flops: ArrayLike) -> tuple:
+    """(N_opt, D_opt, D_opt/N_opt): the lowest loss at C = 6ND FLOPs (Hoffmann et al. eq. 4)."""
+    c = np.asarray(flops, dtype=float) / 6
+    n, d = self.G * c ** self.a, c ** self.b / self.G
+    return n, d, d / n
+
+
+def _huber_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray,
+                     log_loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Σ Huber(LSE(a − α log N, b − β log D, e) − log L) and its gradient in θ = (a, b, e, α, β).
+
+  θ is one point (5,) or a batch (K, 5); the value and gradient have shapes () and (5,), or (K,)
+  and (K, 5).
+  """
+  a, b, e, alpha, beta = theta.T[..., None]
+  terms = np.stack([a - alpha * log_n, b - beta * log_d, e + 0 * log_n])  # e for each point
+  top = terms.max(axis=0)  # subtracted so that exp cannot overflow
+  weights = np.exp(terms - top)
+  total = weights.sum(axis=0)
+  residual = top + np.log(total) - log_loss
+  slope = np.clip(residual, -HUBER_DELTA, HUBER_DELTA)  # Huber's derivative
+  value = (slope * (residual - slope / 2)).sum(axis=-1)
+  # Huber's derivative times the LSE's derivative in each term (the softmax weights):
+  g_a, g_b, g_e = slope * weights / total
+  grad = [g_a.sum(-1), g_b.sum(-1), g_e.sum(-1), -(g_a * log_n).sum(-1), -(g_b * log_d).sum(-1)]
+  return value, np.stack(grad, axis=-1)
+
+
+def fit_parametric(params: ArrayLike, tokens: ArrayLike, loss: ArrayLike,
+                   init: np.ndarray | None = None) -> ParametricFit:
+  """Minimises the Huber loss (δ = 1e-3) of log L with L-BFGS, from `init` or from the paper's grid.
+
+  L-BFGS from all 4500 grid points takes about a minute here, so the objective is evaluated at all of
+  them at once and L-BFGS starts from the POLISHED_STARTS lowest. (On five synthetic sweeps, 9 to
+  35 runs with 0 to 2% noise, the lowest start alone reached the best of all 4500.)
+  """
+  params, tokens, loss = (np.asarray(v, dtype=float) for v in (params, tokens, loss))
+  if len(loss) < 6:  # with 5 parameters, 5 runs could be matched exactly and would test nothing
+    raise UserError(f'the fit L = E + A/N^α + B/D^β has 5 parameters and needs at least 6 runs, '
+                    f'got {len(loss)}; add runs')
+  if len(np.unique(params)) < 2 or len(np.unique(tokens)) < 2:
+    raise UserError('the fit L = E + A/N^α + B/D^β needs runs of 2 or more model sizes and of 2 or '
+                    'more token counts; add runs')
+  data = (np.log(params), np.log(tokens), np.log(loss))
+  if init is None:
+    starts = INIT_GRID[np.argsort(_huber_objective(INIT_GRID, *data)[0])[:POLISHED_STARTS]]
+  else:
+    starts = [init]
+  # L-BFGS-B stops when f falls by less than ftol·max(|f|, 1); f is ~1e-5 here, so the default
+  # ftol would stop a refit from a nearby start (in the bootstrap) before it moved.
+  options = {'ftol': 1e-12, 'gtol': 1e-12}
+  # L-BFGS-B calls BLAS on 5x5 matrices, where BLAS threads only add synchronisation: on a busy
+  # 2-core machine they made each fit 10-30x slower.
+  with threadpoolctl.threadpool_limits(1, user_api='blas'):
+    best = min((scipy.optimize.minimize(_huber_objective, start, data, method='L-BFGS-B',
+                                        jac=True, options=options) for start in starts),
+               key=lambda result: result.fun)
+  a, b, e, alpha, beta = best.x
+  return ParametricFit(math.exp(e), math.exp(a), math.exp(b), float(alpha), float(beta),
+                       float(best.fun))
+
+
+# --- bootstrap ------------------------------------------------------------------------------
+
+
+def bootstrap(refit: Callable[[np.ndarray], dict[str, float]], strata: np.ndarray,
+              samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+              level: float = CI_LEVEL) -> tuple[dict[str, list[float]], int]:
+  """Percentile intervals of refit's numbers over resamples of the runs, and how many refits worked.
+
+  refit takes the indices of a resample (with repeats). Runs are drawn with replacement within
+  each stratum (budget), so every resample keeps the sweep's design; a resample that cannot be
+  refitted (a budget left with too few sizes) is dropped.
+  """
+  rng = np.random.default_rng(seed)
+  groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+  draws = []
+  for _ in range(samples):
+    try:
+      draws.append(refit(np.concatenate([rng.choice(group, len(group)) for group in groups])))
+    except UserError:
+      pass
+  tails = (50 * (1 - level), 50 * (1 + level))
+  names = draws[0] if draws else {}
+  intervals = {name: np.percentile([d[name] for d in draws], tails).tolist() for name in names}
+  return intervals, len(draws)
+
+
+# --- a whole sweep --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepFit:
+  """Every fit the data allow, with bootstrap intervals of their exponents."""
+  runs: Table
+  budget: np.ndarray | None  # each run's isoFLOP budget, where the CSV tells
+  parametric: ParametricFit
+  isoflop: IsoFlopFit | None
+  envelope: EnvelopeFit | None
+  single_variable: dict[str, tuple[float, float, int]]  # 'N', 'D', 'C' → (X_c, α, frontier runs)
+  intervals: dict[str, dict[str, list[float]]]  # approach → exponent → [low, high]
+  refits: dict[str, int]  # approach → bootstrap resamples that could be refitted
+  skipped: dict[str, str]  # fit → why the data do not allow it
+
+  def approaches(self) -> dict:
+    """The approaches that could be fitted, by key of APPROACHES."""
+    return {key: getattr(self, key) for key in APPROACHES if getattr(self, key) is not None}
+
+
+def fit_sweep(runs: Table, curves: Table | None = None, samples: int = BOOTSTRAP_SAMPLES,
+              seed: int = 0) -> SweepFit:
+  """Approach 3 (which must succeed); approaches 1 and 2 and the single-variable laws where the
+  data allow; and `samples` bootstrap refits of each approach."""
+  n, d, loss = runs['params'], runs['tokens'], runs['loss']
+  skipped = {}
+
+  def attempt(key: str, fit: Callable, *args):
+    try:
+      return fit(*args)
+    except UserError as e:
+      skipped[key] = str(e)
+      return None
+
+  parametric = fit_parametric(n, d, loss)
+  budget = attempt('isoflop', run_budgets, runs)
+  isoflop = None if budget is None else attempt('isoflop', fit_isoflop, n, loss, budget)
+  if curves is None:
+    skipped['envelope'] = 'no loss curves (a sweep writes them to curves.csv)'
+  envelope = None if curves is None else attempt('envelope', fit_envelope, curves)
+  single_variable = {}
+  for x_name, x in (('N', n), ('D', d), ('C', compute(runs))):
+    on = frontier(x, loss)
+    law = attempt(f'L({x_name})', fit_single_variable, x[on], loss[on])
+    if law:
+      single_variable[x_name] = (*law, len(on))
+
+  strata = budget if budget is not None else np.zeros(len(loss))
+  # Refits of approach 3 start from the full-data fit instead of the grid: a resample moves the
+  # optimum a little, and one L-BFGS run instead of POLISHED_STARTS keeps the bootstrap fast.
+  refits = {'parametric': (lambda i: fit_parametric(n[i], d[i], loss[i], parametric.theta)
+                           .exponents(), strata)}
+  if isoflop:
+    refits['isoflop'] = (lambda i: fit_isoflop(n[i], loss[i], budget[i]).exponents(), strata)
+  if envelope:
+    names = np.unique(curves['name'])
+    run_budget = (np.array([curves['budget'][curves['name'] == name][0] for name in names])
+                  if 'budget' in curves else np.zeros(len(names)))
+    # A run drawn twice adds nothing to an envelope, so a resample is its set of distinct runs.
+    refits['envelope'] = (lambda i: fit_envelope(_rows(curves, np.isin(curves['name'], names[i])))
+                          .exponents(), run_budget)
+  intervals, counts = {}, {}
+  for key, (refit, key_strata) in refits.items():
+    intervals[key], counts[key] = bootstrap(refit, key_strata, samples, seed)
+  return SweepFit(runs, budget, parametric, isoflop, envelope, single_variable, intervals, counts,
+                  skipped)
+
+
+def prediction_budgets(fit: SweepFit) -> list[float]:
+  """The sweep's own budgets and EXTRA_BUDGETS, without near-duplicates."""
+  own = np.unique(fit.budget) if fit.budget is not None else []
+  merged = np.sort(np.concatenate([own, EXTRA_BUDGETS]))
+  return merged[np.concatenate([[True], merged[1:] > merged[:-1] * (1 + 1e-6)])].tolist()
+
+
+def summarize(fit: SweepFit, predict: Sequence[float] | None = None) -> dict:
+  """The fits as JSON: approach 3's numbers at the top level, the others under their keys, and the
+  compute-optimal N, D of each approach at the budgets in `predict` (or prediction_budgets)."""
+  p = fit.parametric
+  summary = {'runs': len(fit.runs['loss']), 'E': p.E, 'A': p.A, 'B': p.B, 'alpha': p.alpha,
+             'beta': p.beta, 'a': p.a, 'b': p.b, 'G': p.G, 'huber': p.huber,
+             'intervals': fit.intervals, 'ci_level': CI_LEVEL, 'bootstrap_refits': fit.refits,
+             'skipped': fit.skipped,
+             'single_variable': {x: {'X_c': x_c, 'alpha': alpha, 'frontier_runs': runs}
+                                 for x, (x_c, alpha, runs) in fit.single_variable.items()}}
+  for key, approach in fit.approaches().items():
+    if key != 'parametric':
+      summary[key] = {**approach.exponents(), 'n_coef': approach.n_law.coef,
+                      'd_coef': approach.d_law.coef}
+  if fit.isoflop:
+    iso = fit.isoflop
+    summary['isoflop']['warnings'] = iso.warnings
+    summary['isoflop']['minima'] = [
+        {'budget': c, 'params': n, 'tokens': d, 'loss': loss} for c, n, d, loss
+        in zip(*(v.tolist() for v in (iso.budgets, iso.n_opt, iso.d_opt, iso.loss_opt)))]
+  if fit.envelope:
+    summary['envelope']['points'] = len(fit.envelope.flops)
+    summary['envelope']['runs_on_envelope'] = len(np.unique(fit.envelope.params))
+  summary['predictions'] = []
+  for c in prediction_budgets(fit) if predict is None else predict:
+    row = {'flops': float(c)}
+    for key, approach in fit.approaches().items():
+      n, d, ratio = (float(v) for v in approach.optimal(c))
+      row[key] = {'params': n, 'tokens': d, 'tokens_per_param': ratio}
+    summary['predictions'].append(row)
+  return summary
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+  """A markdown table; floats with 4 significant digits."""
+  cell = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
+  return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header),
+          *('| ' + ' | '.join(cell(v) for v in row) + ' |' for row in rows)]
+
+
+def _count(x: float) -> str:
+  """70e9 → '70B': parameter and token counts as people say them."""
+  for scale, suffix in ((1e12, 'T'), (1e9, 'B'), (1e6, 'M'), (1e3, 'K')):
+    if x >= scale:
+      return f'{x / scale:.3g}{suffix}'
+  return f'{x:.3g}'
+
+
+def markdown(summary: dict) -> str:
+  """The fits of a summary as markdown tables, which read well as plain text too."""
+  level = round(100 * summary['ci_level'])
+
+  def interval(key: str, name: str) -> str:
+    low_high = summary['intervals'].get(key, {}).get(name)
+    return f'{low_high[0]:.3g} .. {low_high[1]:.3g}' if low_high else ''
+
+  fitted = [key for key in APPROACHES if key in summary or key == 'parametric']
+  exponents = {key: summary.get(key, summary) for key in fitted}  # approach 3's are at the top
+  lines = [f'## Approach 3: L(N, D) = E + A/N^alpha + B/D^beta, fitted to {summary["runs"]} runs',
+           '', *_table(('', 'fit', f'{level}% CI'),
+                       [(name, summary[name], interval('parametric', name))
+                        for name in ('E', 'A', 'B', 'alpha', 'beta')]),
+           '', '## Compute-optimal exponents: N_opt ∝ C^a, D_opt ∝ C^b', '',
+           *_table(('approach', 'a', f'{level}% CI', 'b', f'{level}% CI', 'Hoffmann et al. a, b'),
+                   [(APPROACHES[key], exponents[key]['a'], interval(key, 'a'), exponents[key]['b'],
+                     interval(key, 'b'), '%.2f, %.2f' % PAPER_EXPONENTS[key]) for key in fitted])]
+  if 'isoflop' in summary:
+    lines += ['', '## Approach 2: minima of the isoFLOP parabolas', '',
+              *_table(('budget C', 'N_opt', 'D_opt', 'D/N', 'loss'),
+                      [(m['budget'], _count(m['params']), _count(m['tokens']),
+                        m['tokens'] / m['params'], m['loss'])
+                       for m in summary['isoflop']['minima']]),
+              *(f'\nwarning: {warning}' for warning in summary['isoflop']['warnings'])]
+  if summary['single_variable']:
+    lines += ['', '## Single-variable laws L(X) = (X_c / X)^alpha, fitted to the frontier runs', '',
+              *_table(('X', 'X_c', 'alpha', 'frontier runs'),
+                      [(x, law['X_c'], law['alpha'], law['frontier_runs'])
+                       for x, law in summary['single_variable'].items()])]
+  optimum = lambda o: f'{_count(o["params"])} / {_count(o["tokens"])} ({o["tokens_per_param"]:.3g})'
+  lines += ['', '## Compute-optimal N_opt / D_opt (D/N) at budget C; C = 6ND in approach 3', '',
+            *_table(('C (FLOPs)', *(APPROACHES[key] for key in fitted)),
+                    [(row['flops'], *(optimum(row[key]) for key in fitted))
+                     for row in summary['predictions']]),
+            '', f'Chinchilla for comparison: C = {CHINCHILLA["flops"]:.3g}, N_opt / D_opt = '
+            f'{_count(CHINCHILLA["params"])} / {_count(CHINCHILLA["tokens"])} (20).']
+  if summary['skipped']:
+    lines += ['', '## Not fitted', '',
+              *(f'- {key}: {why}' for key, why in summary['skipped'].items())]
+  return '\n'.join(lines) + '\n'
+
+
+def _save(fig: plt.Figure, path: str) -> None:
+  fig.tight_layout()
+  with files.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120)
+  plt.close(fig)
+
+
+def plot_isoflop(fit: SweepFit, path: str) -> None:
+  """Loss against N for each budget, with the fitted parabolas and their minima."""
+  n, loss = fit.runs['params'], fit.runs['loss']
+  budget = fit.budget if fit.budget is not None else np.zeros(len(loss))
+  groups = np.unique(budget)
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for c, color in zip(groups, plt.cm.viridis(np.linspace(0, 0.9, len(groups)))):
+    at = budget == c
+    ax.scatter(n[at], loss[at], color=color, s=20, label=f'C = {c:.2g} FLOPs' if c else 'runs')
+    if fit.isoflop and float(c) in fit.isoflop.parabolas:
+      log_n = np.linspace(np.log(n[at].min()) - 0.2, np.log(n[at].max()) + 0.2, 100)
+      ax.plot(np.exp(log_n), np.polyval(fit.isoflop.parabolas[float(c)], log_n), color=color)
+  if fit.isoflop:
+    ax.scatter(fit.isoflop.n_opt, fit.isoflop.loss_opt, marker='*', s=160, color='crimson',
+               zorder=3, label='parabola minimum')
+  ax.set_xscale('log')
+  ax.set_xlabel('parameters N')
+  ax.set_ylabel('final validation loss (nats/token)')
+  ax.set_title('IsoFLOP profiles (approach 2)')
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(fontsize=8)
+  _save(fig, path)
+
+
+def plot_optimal(fit: SweepFit, predict: Sequence[float], path: str) -> None:
+  """N_opt and D_opt against C: each approach's points and power law, out to the largest budget
+  in `predict`, and Chinchilla for comparison."""
+  flops = compute(fit.runs)
+  flops = np.geomspace(flops.min(), max(*predict, flops.max()), 100)
+  colors = {'envelope': 'tab:blue', 'isoflop': 'tab:orange', 'parametric': 'tab:green'}
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+  for i, ax, quantity, exponent in zip((0, 1), axes, ('parameters N', 'tokens D'), 'ab'):
+    for key, approach in fit.approaches().items():
+      ax.plot(flops, approach.optimal(flops)[i], color=colors[key],
+              label=f'{APPROACHES[key]}: ∝ C^{approach.exponents()[exponent]:.3f}')
+    if fit.envelope:
+      ax.scatter(fit.envelope.flops, (fit.envelope.params, fit.envelope.tokens)[i], s=4,
+                 color=colors['envelope'], alpha=0.5)
+    if fit.isoflop:
+      ax.scatter(fit.isoflop.budgets, (fit.isoflop.n_opt, fit.isoflop.d_opt)[i], s=30,
+                 color=colors['isoflop'], edgecolor='black', zorder=3)
+    ax.scatter(CHINCHILLA['flops'], CHINCHILLA[('params', 'tokens')[i]], marker='*', s=200,
+               color='black', zorder=3, label='Chinchilla (70B, 1.4T)')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('compute C (FLOPs)')
+    ax.set_ylabel(f'compute-optimal {quantity}')
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize=8)
+  fig.suptitle('Compute-optimal model size and data')
+  _save(fig, path)
+
+
+def plot_contours(fit: SweepFit, path: str) -> None:
+  """The fitted loss over (C, N) as in Hoffmann et al. Figure 4, with the runs, the budgets'
+  isoFLOP lines and the efficient frontier N_opt(C)."""
+  n, flops = fit.runs['params'], 6 * fit.runs['params'] * fit.runs['tokens']
+  grid_c, grid_n = np.meshgrid(np.geomspace(flops.min() / 10, flops.max() * 10, 200),
+                               np.geomspace(n.min() / 10, n.max() * 10, 200))
+  loss = fit.parametric.loss(grid_n, grid_c / (6 * grid_n))
+  levels = np.geomspace(loss.min(), np.quantile(loss, 0.8), 12)
+  fig, ax = plt.subplots(figsize=(7.5, 5.5))
+  filled = ax.contourf(grid_c, grid_n, loss, levels=levels, cmap='viridis_r', extend='max')
+  ax.clabel(ax.contour(grid_c, grid_n, loss, levels=levels, colors='white', linewidths=0.5),
+            fmt='%.2f', fontsize=7)
+  fig.colorbar(filled, ax=ax, label='fitted loss L(N, D = C/6N)', format='%.2f')
+  for i, c in enumerate(np.unique(fit.budget) if fit.budget is not None else []):
+    ax.axvline(c, color='gray', linestyle=':', label='isoFLOP lines (budgets)' if i == 0 else None)
+  ax.plot(grid_c[0], fit.parametric.optimal(grid_c[0])[0], color='tab:red', linewidth=2,
+          label=f'efficient frontier N_opt ∝ C^{fit.parametric.a:.3f}')
+  ax.scatter(flops, n, color='white', edgecolor='black', s=25, zorder=3, label='runs (C = 6ND)')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel('compute C (FLOPs)')
+  ax.set_ylabel('parameters N')
+  ax.set_title('IsoLoss contours of L(N, D) = E + A/N^α + B/D^β')
+  ax.legend(fontsize=8, loc='lower right', framealpha=0.9)
+  _save(fig, path)
+
+
+def _runs_table(fit: SweepFit) -> list[str]:
+  runs = fit.runs
+  columns = [c for c in ('name', 'budget', 'n_layer', 'n_embd', 'n_head', 'params', 'tokens',
+                         'flops', 'loss', 'val_bpb') if c in runs]
+  order = np.lexsort((runs['params'], fit.budget if fit.budget is not None else runs['params']))
+  fitted = fit.parametric.loss(runs['params'], runs['tokens'])
+  rows = [[_count(runs[c][i]) if c in ('params', 'tokens') else runs[c][i].item() for c in columns]
+          + [runs['tokens'][i] / runs['params'][i], fitted[i].item()] for i in order]
+  return _table([*columns, 'D/N', 'fitted loss'], rows)
+
+
+def write_report(sweep_dir: str, budgets_to_predict: Sequence[float] | None = None,
+                 samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+  """Fits DIR/runs.csv (and DIR/curves.csv if there) and writes DIR/scaling/: report.md,
+  report.json (the summary, which it returns), isoflop.png, optimal.png and contours.png."""
+  runs_path = os.path.join(sweep_dir, 'runs.csv')
+  if not os.path.isfile(runs_path):
+    raise UserError(f'{runs_path}: no such file; pass the directory of a sweep (it holds runs.csv)')
+  curves_path = os.path.join(sweep_dir, 'curves.csv')
+  curves = read_csv(curves_path, CURVE_COLUMNS) if os.path.isfile(curves_path) else None
+  fit = fit_sweep(read_csv(runs_path), curves, samples, seed)
+  predict = prediction_budgets(fit) if budgets_to_predict is None else list(budgets_to_predict)
+  summary = summarize(fit, predict)
+  out = os.path.join(sweep_dir, 'scaling')
+  os.makedirs(out, exist_ok=True)
+  plot_isoflop(fit, os.path.join(out, 'isoflop.png'))
+  plot_optimal(fit, predict, os.path.join(out, 'optimal.png'))
+  plot_contours(fit, os.path.join(out, 'contours.png'))
+  text = [f'# Scaling laws of {sweep_dir}', '', markdown(summary), '## Plots', '',
+          '![isoFLOP profiles](isoflop.png)', '', '![compute-optimal N and D](optimal.png)', '',
+          '![isoLoss contours](contours.png)', '', '## Runs', '', *_runs_table(fit)]
+  files.write_text(os.path.join(out, 'report.md'), '\n'.join(text) + '\n')
+  files.write_json(os.path.join(out, 'report.json'), summary)
+  return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog='python -m gpt_jax.scaling',
+                                   description='Scaling-law fits of Hoffmann et al. (2022).')
+  commands = parser.add_subparsers(dest='command', required=True)
+  fit = commands.add_parser('fit', help='fit a CSV file with columns params, tokens, loss '
+                            '(optional: flops, budget) and print the fits')
+  fit.add_argument('csv')
+  fit.add_argument('--json', action='store_true', help='print one JSON object instead of tables')
+  report = commands.add_parser('report', help='write DIR/scaling/: report.md, report.json, plots')
+  report.add_argument('dir', help='a sweep directory: runs.csv and, for approach 1, curves.csv')
+  report.add_argument('--predict', type=float, nargs='+', metavar='FLOPS',
+                      help="budgets to predict N_opt, D_opt at (default: the sweep's, 1e18, 1e21, "
+                      '5.76e23)')
+  for command in (fit, report):
+    command.add_argument('--bootstrap', type=int, default=BOOTSTRAP_SAMPLES, metavar='N',
+                         help=f'resamples for the {round(100 * CI_LEVEL)}%% confidence intervals, '
+                         f'0 for none (default {BOOTSTRAP_SAMPLES})')
+    command.add_argument('--seed', type=int, default=0, help='seed of the resampling')
+  args = parser.parse_args(argv)
+  if args.bootstrap < 0:
+    raise UserError(f'--bootstrap {args.bootstrap} is negative; pass 0 (no intervals) or more')
+  if args.command == 'fit':
+    summary = summarize(fit_sweep(read_csv(args.csv), samples=args.bootstrap, seed=args.seed))
+    if args.json:
+      print(json.dumps(summary, sort_keys=True))
+    else:
+      print(f'# Scaling-law fit of {args.csv}\n\n{markdown(summary)}', end='')
+  else:
+    if args.predict and min(args.predict) <= 0:
+      raise UserError(f'--predict {min(args.predict)} is not a positive FLOP count; pass e.g. 1e21')
+    write_report(args.dir, args.predict, args.bootstrap, args.seed)
+    print(f'wrote {os.path.join(args.dir, "scaling", "report.md")} and its plots')
+
+
+if __name__ == '__main__':
+  cli.run(main)
