@@ -17,17 +17,20 @@ import ml_collections
 from gpt_jax.config import base_config
 from gpt_jax.errors import UserError
 
-#              budgets (FLOPs)                       width ladder (n_embd)                   width/layer
+ACCELERATOR = dict(
+    budgets=(1e17, 3e17, 1e18, 3e18, 1e19),
+    widths=(256, 384, 512, 640, 768, 1024, 1280, 1536, 2048),  # n_embd ladder
+    width_per_layer=64, head_dim=128, lr=3e-4, lr_width=1024, lr_width_exponent=1.0,
+    tokens_per_param=20.0, seq_len=2048, batch_size=256, vocab_size=32000)
+
 VARIANTS = {
-    'cpu': dict(budgets=(5e10, 1e11, 2e11, 3e11), widths=(8, 12, 16, 24, 32, 48, 64), width_per_layer=32,
-                head_dim=16, lr=1.2e-2, lr_width=16, lr_width_exponent=1.0, tokens_per_param=100.0,
-                seq_len=128, batch_size=4, vocab_size=320),
-    'gpu': dict(budgets=(1e17, 3e17, 1e18, 3e18, 1e19), widths=(256, 384, 512, 640, 768, 1024, 1280, 1536, 2048),
-                width_per_layer=64, head_dim=64, lr=3e-4, lr_width=1024, lr_width_exponent=1.0,
-                tokens_per_param=20.0, seq_len=1024, batch_size=256, vocab_size=32000),
-    'tpu': dict(budgets=(1e17, 3e17, 1e18, 3e18, 1e19), widths=(256, 384, 512, 640, 768, 1024, 1280, 1536, 2048),
-                width_per_layer=64, head_dim=128, lr=3e-4, lr_width=1024, lr_width_exponent=1.0,
-                tokens_per_param=20.0, seq_len=2048, batch_size=256, vocab_size=32000),
+    'cpu': dict(
+        budgets=(5e10, 1e11, 2e11, 3e11),
+        widths=(8, 12, 16, 24, 32, 48, 64),  # n_embd ladder
+        width_per_layer=32, head_dim=16, lr=1.2e-2, lr_width=16, lr_width_exponent=1.0,
+        tokens_per_param=100.0, seq_len=128, batch_size=4, vocab_size=320),
+    'gpu': dict(ACCELERATOR, head_dim=64, seq_len=1024),
+    'tpu': ACCELERATOR,
 }
 
 

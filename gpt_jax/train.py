@@ -109,6 +109,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
               'checkpoint_every', 'keep_checkpoints'):
     if config[key] <= 0:
       raise UserError(f'{key}={config[key]} must be positive')
+  if config.sample.temperature < 0 or config.sample.max_tokens <= 0:
+    raise UserError(f'sample.temperature={config.sample.temperature} must be >= 0 (0 is greedy) '
+                    f'and sample.max_tokens={config.sample.max_tokens} positive')
   if config.batch_size % (config.grad_accum * jax.process_count()):
     raise UserError(f'batch_size={config.batch_size} is not divisible by grad_accum='
                     f'{config.grad_accum} × {jax.process_count()} processes; change one of them')
@@ -158,6 +161,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
   val_batches = data.eval_batches(prepared, 'val', seq_len=config.seq_len,
                                   batch_size=process_batch // config.grad_accum,
                                   max_batches=config.eval_batches)
+  prompt, max_new_tokens = sample_prompt(prepared.tokenizer, config)
 
   gpt = model.build(config.model)
   tx = optim.optimizer(config.optim, config.steps)
@@ -182,11 +186,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
   start = int(state.step)
   metrics_log = metrics.MetricsLog(workdir, resume_step=start) if is_main else None
 
-  n_params = flops.param_count(config.model)
-  flops_per_step = flops.flops_per_token(config.model, config.seq_len) * config.batch_size * config.seq_len
+  tokens_per_step = config.batch_size * config.seq_len
+  flops_per_token = flops.flops_per_token(config.model, config.seq_len)
   peak = flops.device_peak_flops() * jax.device_count()
-  log(f'model: {n_params / 1e6:.2f}M parameters ({flops.param_count(config.model, embeddings=False) / 1e6:.2f}M '
-      f'without embeddings), {flops_per_step / 1e9:.1f} GFLOP per step; {len(train_ds)} batches '
+  log(f'model: {flops.param_count(config.model) / 1e6:.2f}M parameters '
+      f'({flops.param_count(config.model, embeddings=False) / 1e6:.2f}M without embeddings), '
+      f'{flops_per_token * tokens_per_step / 1e9:.1f} GFLOP per step; {len(train_ds)} batches '
       f'available, training {config.steps}')
 
   train_step = jax.jit(make_train_step(gpt, tx, config), donate_argnums=0)
@@ -211,10 +216,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
       if step % config.log_every == 0 or step % config.eval_every == 0 or last:
         step_metrics = jax.device_get(step_metrics)
         seconds = time.perf_counter() - interval_start
-        tokens_per_sec = interval_steps * config.batch_size * config.seq_len / max(seconds, 1e-9)
+        tokens_per_sec = interval_steps * tokens_per_step / max(seconds, 1e-9)
         record = {'step': step, **{k: float(v) for k, v in step_metrics.items()},
-                  'tokens_per_sec': tokens_per_sec,
-                  'mfu': tokens_per_sec * flops_per_step / (config.batch_size * config.seq_len) / peak}
+                  'tokens_per_sec': tokens_per_sec, 'mfu': tokens_per_sec * flops_per_token / peak}
         if step % config.eval_every == 0 or last:
           record.update(evaluate(eval_step, state, val_batches, bytes_per_token))
         if metrics_log:
@@ -243,22 +247,29 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
     metrics.plot_losses(records, os.path.join(workdir, 'loss.png'),
                         title=os.path.basename(os.path.abspath(workdir)))
     if config.sample.num > 0:
-      for i, text in enumerate(generate_text(gpt, state.params, prepared.tokenizer, config)):
+      texts = generate_text(gpt, state.params, prepared.tokenizer, prompt, max_new_tokens, config)
+      for i, text in enumerate(texts):
         log(f'--- sample {i + 1} ---\n{text}')
   return record
 
 
-def generate_text(gpt, params, tokenizer, config) -> list[str]:
-  """config.sample.num continuations of config.sample.prompt, starting as a new document does."""
+def sample_prompt(tokenizer, config) -> tuple[list[int], int]:
+  """The tokens of config.sample.prompt, started as a new document is (after EOS), and how many
+  tokens fit after it in the model's context."""
   prompt = [tokenizer.eos_id] + tokenizer.encode(config.sample.prompt)
   limit = config.model.block_size if config.model.position == 'learned' else config.seq_len
-  max_new = min(config.sample.max_tokens, limit - len(prompt))
-  if max_new <= 0:
+  max_new_tokens = min(config.sample.max_tokens, limit - len(prompt))
+  if config.sample.num > 0 and max_new_tokens <= 0:
     raise UserError(f'sample.prompt is {len(prompt)} tokens, no room left in the {limit}-token '
                     'context; shorten the prompt')
+  return prompt, max_new_tokens
+
+
+def generate_text(gpt, params, tokenizer, prompt, max_new_tokens, config) -> list[str]:
+  """config.sample.num continuations of the prompt (from sample_prompt), as text."""
   prompt_BP = jnp.asarray(np.tile(prompt, (config.sample.num, 1)), jnp.int32)
   tokens = sample.generate(gpt, params, prompt_BP, jax.random.PRNGKey(config.seed),
-                           max_new_tokens=max_new, temperature=config.sample.temperature)
+                           max_new_tokens=max_new_tokens, temperature=config.sample.temperature)
   texts = []
   for row in np.asarray(tokens)[:, len(prompt):].tolist():
     if tokenizer.eos_id in row:

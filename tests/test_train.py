@@ -212,6 +212,8 @@ def dir_digest(directory):
     (['--config.data.corpus=/nonexistent/x.txt'], '/nonexistent/x.txt'),
     (['--config.steps=100000'], 'steps=100000 needs 100000 batches'),
     (['--config.batch_size=6', '--config.grad_accum=4'], 'batch_size=6 is not divisible'),
+    (['--config.sample.temperature=-1'], 'sample.temperature=-1.0 must be >= 0'),
+    (['--config.sample.prompt=' + 'To be, or not to be. ' * 20], 'no room left in the 64-token'),
 ])
 def test_bad_config_is_one_line(overrides, message, small_corpus, tmp_path):
   result = run_cli(f'--config={TINY}', f'--config.data.corpus={small_corpus}', *overrides,
