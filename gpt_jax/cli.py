@@ -66,16 +66,46 @@ def default_workdir(config_arg: str) -> str:
   return os.path.join('runs', f'{name}_{arg}' if arg else name)
 
 
+def _define_run_flags(flag_values: flags.FlagValues) -> None:
+  flags.DEFINE_string('workdir', '', 'Run directory; default runs/<experiment>.',
+                      flag_values=flag_values)
+  # A multi-host job: every process runs the same command with its own process id.
+  flags.DEFINE_string('coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS', ''),
+                      'host:port of process 0, to join a multi-process job.',
+                      flag_values=flag_values)
+  flags.DEFINE_integer('num_processes', int(os.environ.get('JAX_NUM_PROCESSES', 0)),
+                       'Processes in the job (with --coordinator_address).', flag_values=flag_values)
+  flags.DEFINE_integer('process_id', int(os.environ.get('JAX_PROCESS_ID', -1)),
+                       'This process (with --coordinator_address).', flag_values=flag_values)
+  flags.DEFINE_bool('distributed', False, 'Join a multi-host job whose settings the cluster '
+                    'provides (TPU VM slices, SLURM, Open MPI).', flag_values=flag_values)
+
+
 def parse_train_args(argv: list[str]):
-  """(config, workdir) from `--config=FILE[:ARG] [--config.x=v ...] [--workdir=DIR]`."""
+  """(config, workdir) from `--config=FILE[:ARG] [--config.x=v ...] [--workdir=DIR]`; with
+  multi-host flags, this process first joins the others (jax.distributed.initialize)."""
   specs = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')]
   if not specs:
     raise UserError('missing --config=FILE; pass an experiment file, e.g. --config=experiments/tiny.py')
   config = load_experiment(specs[-1])
-  define = lambda fv: flags.DEFINE_string('workdir', '', 'Run directory; default runs/<experiment>.',
-                                          flag_values=fv)
-  flag_values = _apply_overrides(config, [a for a in argv if not a.startswith('--config=')], define)
+  flag_values = _apply_overrides(config, [a for a in argv if not a.startswith('--config=')],
+                                 _define_run_flags)
+  _join_processes(flag_values)
   return config, flag_values.workdir or default_workdir(specs[-1])
+
+
+def _join_processes(flag_values: flags.FlagValues) -> None:
+  import jax  # here, not at the top: gpt_jax.scaling uses this module and needs no jax
+  if flag_values.coordinator_address:
+    if flag_values.num_processes < 1 or not 0 <= flag_values.process_id < flag_values.num_processes:
+      raise UserError(f'--coordinator_address needs --num_processes >= 1 and --process_id in '
+                      f'[0, num_processes), got {flag_values.num_processes} and '
+                      f'{flag_values.process_id}')
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # collectives across CPU hosts
+    jax.distributed.initialize(flag_values.coordinator_address, flag_values.num_processes,
+                               flag_values.process_id)
+  elif flag_values.distributed:
+    jax.distributed.initialize()
 
 
 def run(fn: Callable[[], object]) -> None:

@@ -21,6 +21,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
 
+  c.mesh = mesh = ml_collections.ConfigDict()  # device mesh sizes; -1 = the remaining devices
+  mesh.data = -1  # data parallel
+  mesh.fsdp = 1  # batch and parameters/optimizer state sharded (FSDP / ZeRO-3)
+  mesh.tensor = 1  # attention heads, MLP hidden and vocab sharded (Megatron)
+
   c.model = model = ml_collections.ConfigDict()
   model.vocab_size = 8192  # also the size the tokenizer is trained to
   model.n_layer = 6

@@ -95,11 +95,37 @@ def _norm(model, name: str) -> nn.Module:
                       **common)
 
 
-def _dense(model, features, in_names: tuple, out_names: tuple, std: float, name: str, axis=-1):
-  return nn.DenseGeneral(
-      features=features, axis=axis, use_bias=model.bias, dtype=model.dtype,
-      param_dtype=model.param_dtype, kernel_init=_param(std, in_names + out_names),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, out_names), name=name)
+class Dense(nn.Module):
+  """x · W + b, contracting the last len(in_names) axes of x; W and b carry logical axis names.
+
+  Not nn.DenseGeneral: it initialises a multi-axis kernel flat and reshapes it, and under a mesh
+  the flat kernel cannot take the logical sharding of the real one.
+  """
+  features: tuple[int, ...]
+  in_names: tuple[str, ...]
+  out_names: tuple[str, ...]
+  std: float
+  use_bias: bool
+  dtype: str
+  param_dtype: str
+
+  @nn.compact
+  def __call__(self, x):
+    n_in = len(self.in_names)
+    kernel = self.param('kernel', _param(self.std, self.in_names + self.out_names),
+                        x.shape[-n_in:] + self.features, self.param_dtype)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
+    if self.use_bias:
+      bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, self.out_names),
+                        self.features, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def _dense(model, features, in_names: tuple, out_names: tuple, std: float, name: str) -> Dense:
+  features = features if isinstance(features, tuple) else (features,)
+  return Dense(features, in_names, out_names, std, model.bias, model.dtype, model.param_dtype,
+               name=name)
 
 
 def rope(x_BLHE: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
@@ -133,7 +159,7 @@ class Attention(nn.Module):
     v_BLKE = nn.with_logical_constraint(v_BLKE, ('batch', 'length', 'kv_heads', 'kv'))
     out_BLHE = attention.attention(q_BLHE, k_BLKE, v_BLKE, implementation=c.attention,
                                    window=self.window)
-    return _dense(c, c.n_embd, ('heads', 'kv'), ('embed',), out_std, 'out', axis=(-2, -1))(out_BLHE)
+    return _dense(c, c.n_embd, ('heads', 'kv'), ('embed',), out_std, 'out')(out_BLHE)
 
 
 class MLP(nn.Module):

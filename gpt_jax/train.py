@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,7 +23,7 @@ import numpy as np
 import optax
 import tqdm
 
-from gpt_jax import checkpoint, cli, data, files, flops, losses, metrics, model, optim, sample
+from gpt_jax import checkpoint, cli, data, files, flops, losses, metrics, model, optim, sample, sharding
 from gpt_jax.errors import UserError
 
 
@@ -68,7 +69,8 @@ def make_train_step(gpt: model.GPT, tx: optax.GradientTransformation, config):
         out, grads = grad_fn(state.params, tokens, mask, jax.random.fold_in(rng, i), normalizer)
         return jax.tree.map(jnp.add, carry, (out, grads)), None
 
-      split = lambda x: x.reshape(config.grad_accum, -1, *x.shape[1:])
+      # Microbatch i takes rows i, i + k, ...: every device's share of the batch feeds each one.
+      split = lambda x: x.reshape(-1, config.grad_accum, *x.shape[1:]).swapaxes(0, 1)
       zeros = jax.tree.map(jnp.zeros_like,
                            jax.eval_shape(grad_fn, state.params, split(tokens_BL1)[0],
                                           split(mask_BL)[0], rng, normalizer))
@@ -93,6 +95,47 @@ def make_eval_step(gpt: model.GPT):
     return {'loss_sum': loss_sum, 'targets': mask_BL.sum()}
 
   return eval_step
+
+
+def state_shardings(gpt: model.GPT, tx: optax.GradientTransformation, abstract_state: TrainState,
+                    mesh: jax.sharding.Mesh, seq_len: int) -> TrainState:
+  """Where each part of the state lives: parameters and their optimizer moments by the logical
+  axis rules, step, RNG and optimizer counters replicated."""
+  params = sharding.param_shardings(model.logical_axes(gpt, seq_len), abstract_state.params, mesh)
+  replicated = sharding.replicated(mesh)
+  opt_state = optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state, params,
+                                    transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated)
+
+
+def compile_steps(gpt, tx, config, mesh: jax.sharding.Mesh, abstract_state: TrainState, log):
+  """The train and eval steps, compiled for the mesh (state and batch laid out by the rules,
+  metrics replicated, the state donated), after a report of the memory each device needs."""
+  replicated = sharding.replicated(mesh)
+  shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
+  batch = {'tokens': jax.ShapeDtypeStruct((config.batch_size, config.seq_len + 1), jnp.int32,
+                                          sharding=sharding.batch_sharding(mesh))}
+  eval_tokens = jax.ShapeDtypeStruct((config.batch_size // config.grad_accum, config.seq_len + 1),
+                                     jnp.int32, sharding=sharding.batch_sharding(mesh))
+  param_bytes = sharding.bytes_per_device(abstract_state.params, shardings.params)
+  opt_bytes = sharding.bytes_per_device(abstract_state.opt_state, shardings.opt_state)
+  available = sharding.device_memory()
+  mesh_text = ' × '.join(f'{axis} {size}' for axis, size in mesh.shape.items())
+  if param_bytes + opt_bytes > available:
+    raise UserError(f'parameters ({param_bytes / 2**30:.2f} GiB) and optimizer state '
+                    f'({opt_bytes / 2**30:.2f} GiB) per device exceed its {available / 2**30:.1f} '
+                    f'GiB on mesh {mesh_text}; shard more (--config.mesh.fsdp) or shrink the model')
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    train_step = jax.jit(make_train_step(gpt, tx, config), in_shardings=(shardings, None),
+                         out_shardings=(shardings, replicated), donate_argnums=0
+                         ).lower(abstract_state, batch).compile()
+    eval_step = jax.jit(make_eval_step(gpt), out_shardings=replicated
+                        ).lower(abstract_state, eval_tokens).compile()
+  activations = train_step.memory_analysis().temp_size_in_bytes
+  log(f'memory per device on mesh {mesh_text}: parameters {param_bytes / 2**20:.1f} MiB, '
+      f'optimizer state {opt_bytes / 2**20:.1f} MiB, activations and temporaries '
+      f'{activations / 2**20:.1f} MiB (compiled), of {available / 2**30:.1f} GiB')
+  return train_step, eval_step
 
 
 def evaluate(eval_step, state: TrainState, batches, bytes_per_token: float) -> dict:
@@ -146,6 +189,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
   `prepared` is config.data already prepared, for callers that train many models on one corpus.
   """
   validate_config(config)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_divisible(config, mesh)
   use_compilation_cache()
   prepared = prepared or data.prepare(config.data, config.model.vocab_size, log=log)
   process_batch = config.batch_size // jax.process_count()
@@ -158,15 +203,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
         f'steps={config.steps} needs {config.steps} batches but {config.data.num_epochs} epoch(s) '
         f'of the training split give {len(train_ds)} at batch_size={config.batch_size}, '
         f'seq_len={config.seq_len}; lower steps or raise data.num_epochs')
-  val_batches = data.eval_batches(prepared, 'val', seq_len=config.seq_len,
-                                  batch_size=process_batch // config.grad_accum,
-                                  max_batches=config.eval_batches)
+  # Every process reads the same validation batches and passes on its own rows of each.
+  eval_rows = config.batch_size // config.grad_accum // jax.process_count()
+  val_batches = [batch[jax.process_index() * eval_rows:(jax.process_index() + 1) * eval_rows]
+                 for batch in data.eval_batches(prepared, 'val', seq_len=config.seq_len,
+                                                batch_size=config.batch_size // config.grad_accum,
+                                                max_batches=config.eval_batches)]
   prompt, max_new_tokens = sample_prompt(prepared.tokenizer, config)
 
   gpt = model.build(config.model)
   tx = optim.optimizer(config.optim, config.steps)
   state_fn = functools.partial(init_state, gpt, tx, config)
-  abstract_state = jax.eval_shape(state_fn)
+  shardings = state_shardings(gpt, tx, jax.eval_shape(state_fn), mesh, config.seq_len)
+  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                jax.eval_shape(state_fn), shardings)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
   resume_step = ckpts.latest_step()
   if resume_step is not None:
@@ -179,7 +229,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
     prepared.tokenizer.save(os.path.join(workdir, 'tokenizer.model'))
   data_iterator = iter(train_ds.to_iter_dataset())
   if resume_step is None:
-    state = jax.jit(state_fn)()
+    state = jax.jit(state_fn, out_shardings=shardings)()  # created sharded, never whole
   else:
     state = ckpts.restore(resume_step, abstract_state, data_iterator)
     log(f'resuming from step {resume_step} in {workdir}')
@@ -194,8 +244,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
       f'{flops_per_token * tokens_per_step / 1e9:.1f} GFLOP per step; {len(train_ds)} batches '
       f'available, training {config.steps}')
 
-  train_step = jax.jit(make_train_step(gpt, tx, config), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(gpt))
+  batch_sharding = sharding.batch_sharding(mesh)
+  to_global = lambda rows: jax.make_array_from_process_local_data(batch_sharding, rows)
+  train_step, eval_step = compile_steps(gpt, tx, config, mesh, abstract_state, log)
   bytes_per_token = prepared.bytes_per_token('val')
   preemption = _Preemption()
   record = {}
@@ -205,7 +256,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
     # compiling, evaluating and checkpointing between intervals.
     interval_start, interval_steps = time.perf_counter(), 0
     for step in range(start + 1, config.steps + 1):
-      state, step_metrics = train_step(state, {'tokens': jnp.asarray(next(data_iterator))})
+      state, step_metrics = train_step(state, {'tokens': to_global(next(data_iterator))})
       bar.update()
       if step == start + 1:
         jax.block_until_ready(state)
@@ -220,7 +271,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
         record = {'step': step, **{k: float(v) for k, v in step_metrics.items()},
                   'tokens_per_sec': tokens_per_sec, 'mfu': tokens_per_sec * flops_per_token / peak}
         if step % config.eval_every == 0 or last:
-          record.update(evaluate(eval_step, state, val_batches, bytes_per_token))
+          record.update(evaluate(eval_step, state, map(to_global, val_batches), bytes_per_token))
         if metrics_log:
           metrics_log.write(record)
         bar.set_postfix({k: f'{record[k]:.4g}' for k in ('train_loss', 'val_loss') if k in record})

@@ -179,10 +179,9 @@ def test_sigterm_saves_a_checkpoint_and_exits(small_corpus, tmp_path):
        f'--config.data.corpus={small_corpus}', '--config.steps=5000', '--config.sample.num=0',
        '--config.data.num_epochs=10', '--config.checkpoint_every=100000'],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 240
-  while not os.path.exists(os.path.join(workdir, 'metrics.jsonl')) and time.time() < deadline:
-    time.sleep(0.05)
-  time.sleep(1.0)
+  deadline, log = time.time() + 240, os.path.join(workdir, 'metrics.jsonl')
+  while not (os.path.exists(log) and os.path.getsize(log)) and time.time() < deadline:
+    time.sleep(0.05)  # until the first logged step: training is under way
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=120)
   assert proc.returncode != 0
