@@ -97,28 +97,37 @@ def make_eval_step(gpt: model.GPT):
   return eval_step
 
 
-def state_shardings(gpt: model.GPT, tx: optax.GradientTransformation, abstract_state: TrainState,
+def state_shardings(gpt: model.GPT, tx: optax.GradientTransformation, shapes: TrainState,
                     mesh: jax.sharding.Mesh, seq_len: int) -> TrainState:
   """Where each part of the state lives: parameters and their optimizer moments by the logical
   axis rules, step, RNG and optimizer counters replicated."""
-  params = sharding.param_shardings(model.logical_axes(gpt, seq_len), abstract_state.params, mesh)
+  params = sharding.param_shardings(model.logical_axes(gpt, seq_len), shapes.params, mesh)
   replicated = sharding.replicated(mesh)
-  opt_state = optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state, params,
+  opt_state = optax.tree_map_params(tx, lambda _, s: s, shapes.opt_state, params,
                                     transform_non_params=lambda _: replicated)
   return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated)
 
 
-def compile_steps(gpt, tx, config, mesh: jax.sharding.Mesh, abstract_state: TrainState, log):
+def abstract_state(gpt: model.GPT, tx: optax.GradientTransformation, config,
+                   mesh: jax.sharding.Mesh) -> TrainState:
+  """The train state as shapes, dtypes and shardings on `mesh`, allocating nothing."""
+  shapes = jax.eval_shape(functools.partial(init_state, gpt, tx, config))
+  shardings = state_shardings(gpt, tx, shapes, mesh, config.seq_len)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
+                      shardings)
+
+
+def compile_steps(gpt, tx, config, mesh: jax.sharding.Mesh, abstract: TrainState, log):
   """The train and eval steps, compiled for the mesh (state and batch laid out by the rules,
   metrics replicated, the state donated), after a report of the memory each device needs."""
   replicated = sharding.replicated(mesh)
-  shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
+  shardings = jax.tree.map(lambda a: a.sharding, abstract)
   batch = {'tokens': jax.ShapeDtypeStruct((config.batch_size, config.seq_len + 1), jnp.int32,
                                           sharding=sharding.batch_sharding(mesh))}
   eval_tokens = jax.ShapeDtypeStruct((config.batch_size // config.grad_accum, config.seq_len + 1),
                                      jnp.int32, sharding=sharding.batch_sharding(mesh))
-  param_bytes = sharding.bytes_per_device(abstract_state.params, shardings.params)
-  opt_bytes = sharding.bytes_per_device(abstract_state.opt_state, shardings.opt_state)
+  param_bytes = sharding.bytes_per_device(abstract.params, shardings.params)
+  opt_bytes = sharding.bytes_per_device(abstract.opt_state, shardings.opt_state)
   available = sharding.device_memory()
   mesh_text = ' × '.join(f'{axis} {size}' for axis, size in mesh.shape.items())
   if param_bytes + opt_bytes > available:
@@ -128,9 +137,9 @@ def compile_steps(gpt, tx, config, mesh: jax.sharding.Mesh, abstract_state: Trai
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
     train_step = jax.jit(make_train_step(gpt, tx, config), in_shardings=(shardings, None),
                          out_shardings=(shardings, replicated), donate_argnums=0
-                         ).lower(abstract_state, batch).compile()
+                         ).lower(abstract, batch).compile()
     eval_step = jax.jit(make_eval_step(gpt), out_shardings=replicated
-                        ).lower(abstract_state, eval_tokens).compile()
+                        ).lower(abstract, eval_tokens).compile()
   activations = train_step.memory_analysis().temp_size_in_bytes
   log(f'memory per device on mesh {mesh_text}: parameters {param_bytes / 2**20:.1f} MiB, '
       f'optimizer state {opt_bytes / 2**20:.1f} MiB, activations and temporaries '
@@ -213,14 +222,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
 
   gpt = model.build(config.model)
   tx = optim.optimizer(config.optim, config.steps)
-  state_fn = functools.partial(init_state, gpt, tx, config)
-  shardings = state_shardings(gpt, tx, jax.eval_shape(state_fn), mesh, config.seq_len)
-  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                jax.eval_shape(state_fn), shardings)
+  abstract = abstract_state(gpt, tx, config, mesh)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
   resume_step = ckpts.latest_step()
   if resume_step is not None:
-    ckpts.check_params_match(resume_step, abstract_state.params)
+    ckpts.check_params_match(resume_step, abstract.params)
 
   # Everything above only reads DIR; from here on the run writes into it.
   is_main = jax.process_index() == 0
@@ -228,10 +234,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
     files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
     prepared.tokenizer.save(os.path.join(workdir, 'tokenizer.model'))
   data_iterator = iter(train_ds.to_iter_dataset())
-  if resume_step is None:
-    state = jax.jit(state_fn, out_shardings=shardings)()  # created sharded, never whole
+  if resume_step is None:  # created sharded, never whole on one device
+    state = jax.jit(functools.partial(init_state, gpt, tx, config),
+                    out_shardings=jax.tree.map(lambda a: a.sharding, abstract))()
   else:
-    state = ckpts.restore(resume_step, abstract_state, data_iterator)
+    state = ckpts.restore(resume_step, abstract, data_iterator)
     log(f'resuming from step {resume_step} in {workdir}')
   start = int(state.step)
   metrics_log = metrics.MetricsLog(workdir, resume_step=start) if is_main else None
@@ -246,7 +253,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
 
   batch_sharding = sharding.batch_sharding(mesh)
   to_global = lambda rows: jax.make_array_from_process_local_data(batch_sharding, rows)
-  train_step, eval_step = compile_steps(gpt, tx, config, mesh, abstract_state, log)
+  train_step, eval_step = compile_steps(gpt, tx, config, mesh, abstract, log)
   bytes_per_token = prepared.bytes_per_token('val')
   preemption = _Preemption()
   record = {}

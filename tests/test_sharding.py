@@ -66,9 +66,8 @@ def test_strategies_match_one_device_and_split_the_parameter_bytes():
     batches = np.random.RandomState(0).randint(0, 256, (3, 8, 17)).astype(np.int32)
 
     def run(mesh):
-      shardings = train.state_shardings(gpt, tx, jax.eval_shape(init), mesh, c.seq_len)
-      abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              jax.eval_shape(init), shardings)
+      abstract = train.abstract_state(gpt, tx, c, mesh)
+      shardings = jax.tree.map(lambda a: a.sharding, abstract)
       state = jax.jit(init, out_shardings=shardings)()
       step, _ = train.compile_steps(gpt, tx, c, mesh, abstract, log=lambda _: None)
       losses = []
@@ -169,3 +168,15 @@ def test_mesh_shape_fills_in_the_rest():
   config.mesh.update(data=-1, fsdp=3, tensor=1)
   with pytest.raises(UserError, match='8 devices do not divide by 3'):
     sharding.mesh_shape(config.mesh, 8)
+
+
+def test_a_model_that_cannot_fit_is_refused_before_compiling():
+  from gpt_jax import model, optim, train
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'gpt3.py:13b'))
+  config.mesh.update(data=1, fsdp=1, tensor=1)
+  gpt, tx = model.build(config.model), optim.optimizer(config.optim, config.steps)
+  mesh = sharding.make_mesh(config.mesh)
+  abstract = train.abstract_state(gpt, tx, config, mesh)
+  with pytest.raises(UserError, match=r'parameters \(47\.88 GiB\) and optimizer state '
+                                      r'\(95\.77 GiB\) per device exceed'):
+    train.compile_steps(gpt, tx, config, mesh, abstract, log=lambda _: None)
