@@ -56,6 +56,11 @@ class Checkpoints:
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
     return restored['state']
 
+  def restore_state(self, step: int, abstract_state):
+    """The state at `step` alone, without the data iterator (e.g. a teacher's parameters)."""
+    return self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))['state']
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

@@ -65,6 +65,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = loss = ml_collections.ConfigDict()
   loss.z_loss = 0.0  # weight of log(Z)² (PaLM), keeps the softmax normaliser near 1
 
+  c.distill = distill = ml_collections.ConfigDict()
+  distill.teacher = ''  # a finished run's workdir: train against its outputs (same tokenizer)
+  distill.alpha = 0.5  # loss = alpha·T²·KL(teacher ‖ student) + (1 − alpha)·CE
+  distill.alpha_final = -1.0  # >= 0: alpha moves linearly to this by the last step
+  distill.temperature = 2.0
+  distill.reverse = False  # KL(student ‖ teacher) instead
+  distill.top_k = 0  # > 0: only the teacher's k largest logits, renormalised
+
   c.data = data = ml_collections.ConfigDict()
   data.corpus = 'shakespeare'  # 'shakespeare' or paths/dirs/globs (comma-separated) of .txt/.md/.jsonl[.gz]
   data.text_field = 'text'  # the field holding the text in .jsonl files

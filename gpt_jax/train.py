@@ -12,9 +12,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -23,64 +21,70 @@ import numpy as np
 import optax
 import tqdm
 
-from gpt_jax import checkpoint, cli, data, files, flops, losses, metrics, model, optim, sample, sharding
+from gpt_jax import (checkpoint, cli, data, distill, files, flops, losses, metrics, model, optim,
+                     sample, sharding)
+from gpt_jax.state import TrainState, abstract_state, init_state
 from gpt_jax.errors import UserError
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # optimizer steps taken
-  params: Any
-  opt_state: Any
-  rng: jax.Array  # the dropout key of step s is fold_in(rng, s)
+def distill_alpha(distill: ml_collections.ConfigDict, steps: int):
+  """step -> α: constant, or linear from distill.alpha to distill.alpha_final at the last step."""
+  if distill.alpha_final < 0:
+    return lambda step: distill.alpha
+  return optax.linear_schedule(distill.alpha, distill.alpha_final, max(steps - 1, 1))
 
 
-def init_state(gpt: model.GPT, tx: optax.GradientTransformation, config) -> TrainState:
-  param_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  params = model.init_params(gpt, param_rng, config.seq_len)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=dropout_rng)
-
-
-def make_train_step(gpt: model.GPT, tx: optax.GradientTransformation, config):
-  """(state, batch) -> (state, metrics). batch['tokens'] is (B, L+1); batch['mask'] (B, L) is
-  optional and zeroes targets that must not count. With grad_accum = k the batch is split into k
-  microbatches whose gradients are summed in a scan, so memory is that of B/k rows."""
+def make_train_step(gpt: model.GPT, tx: optax.GradientTransformation, config,
+                    teacher: model.GPT | None = None):
+  """(state, batch[, teacher_params]) -> (state, metrics). batch['tokens'] is (B, L+1);
+  batch['mask'] (B, L) is optional and zeroes targets that must not count. With grad_accum = k
+  the batch is split into k microbatches whose gradients are summed in a scan, so memory is that
+  of B/k rows. With a teacher, the loss is the distillation loss against its logits."""
   lr_schedule = optim.schedule(config.optim, config.steps)
+  alpha_schedule = distill_alpha(config.distill, config.steps)
 
-  def loss_fn(params, tokens_BL1, mask_BL, rng, normalizer):
+  def loss_fn(params, tokens_BL1, mask_BL, rng, normalizer, step, teacher_params):
     logits_BLV = gpt.apply({'params': params}, tokens_BL1[:, :-1], deterministic=False,
                            rngs={'dropout': rng})
-    return losses.next_token_loss(logits_BLV, tokens_BL1[:, 1:], mask_BL,
-                                  z_loss=config.loss.z_loss, normalizer=normalizer)
+    if teacher is None:
+      return losses.next_token_loss(logits_BLV, tokens_BL1[:, 1:], mask_BL,
+                                    z_loss=config.loss.z_loss, normalizer=normalizer)
+    teacher_BLV = teacher.apply({'params': teacher_params}, tokens_BL1[:, :-1])
+    d = config.distill
+    return losses.distillation_loss(logits_BLV, teacher_BLV, tokens_BL1[:, 1:], mask_BL,
+                                    alpha=alpha_schedule(step), temperature=d.temperature,
+                                    reverse=d.reverse, top_k=d.top_k, normalizer=normalizer)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, teacher_params=None):
     tokens_BL1 = batch['tokens']
     mask_BL = batch.get('mask', jnp.ones(tokens_BL1[:, 1:].shape, jnp.float32))
     normalizer = jnp.maximum(mask_BL.sum(), 1.0)
     rng = jax.random.fold_in(state.rng, state.step)
+    args = (normalizer, state.step, teacher_params)
     if config.grad_accum == 1:
-      (loss, terms), grads = grad_fn(state.params, tokens_BL1, mask_BL, rng, normalizer)
+      (loss, terms), grads = grad_fn(state.params, tokens_BL1, mask_BL, rng, *args)
     else:
       def microbatch(carry, xs):
         tokens, mask, i = xs
-        out, grads = grad_fn(state.params, tokens, mask, jax.random.fold_in(rng, i), normalizer)
+        out, grads = grad_fn(state.params, tokens, mask, jax.random.fold_in(rng, i), *args)
         return jax.tree.map(jnp.add, carry, (out, grads)), None
 
       # Microbatch i takes rows i, i + k, ...: every device's share of the batch feeds each one.
       split = lambda x: x.reshape(-1, config.grad_accum, *x.shape[1:]).swapaxes(0, 1)
       zeros = jax.tree.map(jnp.zeros_like,
                            jax.eval_shape(grad_fn, state.params, split(tokens_BL1)[0],
-                                          split(mask_BL)[0], rng, normalizer))
+                                          split(mask_BL)[0], rng, *args))
       ((loss, terms), grads), _ = jax.lax.scan(
           microbatch, zeros, (split(tokens_BL1), split(mask_BL), jnp.arange(config.grad_accum)))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               opt_state=opt_state)
-    return new_state, {'train_loss': terms['ce'], 'z_loss': terms['z_loss'], 'loss': loss,
-                       'grad_norm': optax.tree.norm(grads), 'lr': lr_schedule(state.step)}
+    # train_loss is always the next-token cross-entropy; a distilled run also logs kl.
+    return new_state, {'train_loss': terms['ce'], **{k: v for k, v in terms.items() if k != 'ce'},
+                       'loss': loss, 'grad_norm': optax.tree.norm(grads),
+                       'lr': lr_schedule(state.step)}
 
   return train_step
 
@@ -97,29 +101,11 @@ def make_eval_step(gpt: model.GPT):
   return eval_step
 
 
-def state_shardings(gpt: model.GPT, tx: optax.GradientTransformation, shapes: TrainState,
-                    mesh: jax.sharding.Mesh, seq_len: int) -> TrainState:
-  """Where each part of the state lives: parameters and their optimizer moments by the logical
-  axis rules, step, RNG and optimizer counters replicated."""
-  params = sharding.param_shardings(model.logical_axes(gpt, seq_len), shapes.params, mesh)
-  replicated = sharding.replicated(mesh)
-  opt_state = optax.tree_map_params(tx, lambda _, s: s, shapes.opt_state, params,
-                                    transform_non_params=lambda _: replicated)
-  return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated)
-
-
-def abstract_state(gpt: model.GPT, tx: optax.GradientTransformation, config,
-                   mesh: jax.sharding.Mesh) -> TrainState:
-  """The train state as shapes, dtypes and shardings on `mesh`, allocating nothing."""
-  shapes = jax.eval_shape(functools.partial(init_state, gpt, tx, config))
-  shardings = state_shardings(gpt, tx, shapes, mesh, config.seq_len)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
-                      shardings)
-
-
-def compile_steps(gpt, tx, config, mesh: jax.sharding.Mesh, abstract: TrainState, log):
+def compile_steps(gpt, tx, config, mesh: jax.sharding.Mesh, abstract: TrainState, log,
+                  teacher: distill.Teacher | None = None):
   """The train and eval steps, compiled for the mesh (state and batch laid out by the rules,
-  metrics replicated, the state donated), after a report of the memory each device needs."""
+  metrics replicated, the state donated), after a report of the memory each device needs. With a
+  teacher, the train step takes its parameters as a third argument."""
   replicated = sharding.replicated(mesh)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
   batch = {'tokens': jax.ShapeDtypeStruct((config.batch_size, config.seq_len + 1), jnp.int32,
@@ -128,6 +114,10 @@ def compile_steps(gpt, tx, config, mesh: jax.sharding.Mesh, abstract: TrainState
                                      jnp.int32, sharding=sharding.batch_sharding(mesh))
   param_bytes = sharding.bytes_per_device(abstract.params, shardings.params)
   opt_bytes = sharding.bytes_per_device(abstract.opt_state, shardings.opt_state)
+  teacher_args = (teacher.params,) if teacher else ()
+  if teacher:
+    param_bytes += sharding.bytes_per_device(teacher.params,
+                                             jax.tree.map(lambda p: p.sharding, teacher.params))
   available = sharding.device_memory()
   mesh_text = ' × '.join(f'{axis} {size}' for axis, size in mesh.shape.items())
   if param_bytes + opt_bytes > available:
@@ -135,13 +125,14 @@ def compile_steps(gpt, tx, config, mesh: jax.sharding.Mesh, abstract: TrainState
                     f'({opt_bytes / 2**30:.2f} GiB) per device exceed its {available / 2**30:.1f} '
                     f'GiB on mesh {mesh_text}; shard more (--config.mesh.fsdp) or shrink the model')
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-    train_step = jax.jit(make_train_step(gpt, tx, config), in_shardings=(shardings, None),
+    train_step = jax.jit(make_train_step(gpt, tx, config, teacher and teacher.gpt),
                          out_shardings=(shardings, replicated), donate_argnums=0
-                         ).lower(abstract, batch).compile()
+                         ).lower(abstract, batch, *teacher_args).compile()
     eval_step = jax.jit(make_eval_step(gpt), out_shardings=replicated
                         ).lower(abstract, eval_tokens).compile()
   activations = train_step.memory_analysis().temp_size_in_bytes
-  log(f'memory per device on mesh {mesh_text}: parameters {param_bytes / 2**20:.1f} MiB, '
+  log(f'memory per device on mesh {mesh_text}: parameters {param_bytes / 2**20:.1f} MiB'
+      f'{" (with the teacher)" if teacher else ""}, '
       f'optimizer state {opt_bytes / 2**20:.1f} MiB, activations and temporaries '
       f'{activations / 2**20:.1f} MiB (compiled), of {available / 2**30:.1f} GiB')
   return train_step, eval_step
@@ -164,6 +155,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.sample.temperature < 0 or config.sample.max_tokens <= 0:
     raise UserError(f'sample.temperature={config.sample.temperature} must be >= 0 (0 is greedy) '
                     f'and sample.max_tokens={config.sample.max_tokens} positive')
+  d = config.distill
+  if not (0 <= d.alpha <= 1 and d.alpha_final <= 1 and d.temperature > 0 and
+          0 <= d.top_k <= config.model.vocab_size):
+    raise UserError(f'distill.alpha={d.alpha} (and alpha_final={d.alpha_final}, if >= 0) must be '
+                    f'in [0, 1], temperature={d.temperature} positive and top_k={d.top_k} in '
+                    f'[0, vocab_size]; fix --config.distill')
+  if d.reverse and d.top_k:
+    raise UserError('reverse KL needs the whole teacher distribution; set distill.top_k=0 or '
+                    'distill.reverse=False')
   if config.batch_size % (config.grad_accum * jax.process_count()):
     raise UserError(f'batch_size={config.batch_size} is not divisible by grad_accum='
                     f'{config.grad_accum} × {jax.process_count()} processes; change one of them')
@@ -219,6 +219,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
                                                 batch_size=config.batch_size // config.grad_accum,
                                                 max_batches=config.eval_batches)]
   prompt, max_new_tokens = sample_prompt(prepared.tokenizer, config)
+  teacher = distill.load_teacher(config, prepared.tokenizer, mesh) if config.distill.teacher else None
 
   gpt = model.build(config.model)
   tx = optim.optimizer(config.optim, config.steps)
@@ -253,7 +254,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
 
   batch_sharding = sharding.batch_sharding(mesh)
   to_global = lambda rows: jax.make_array_from_process_local_data(batch_sharding, rows)
-  train_step, eval_step = compile_steps(gpt, tx, config, mesh, abstract, log)
+  train_step, eval_step = compile_steps(gpt, tx, config, mesh, abstract, log, teacher)
+  teacher_args = (teacher.params,) if teacher else ()
   bytes_per_token = prepared.bytes_per_token('val')
   preemption = _Preemption()
   record = {}
@@ -263,7 +265,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
     # compiling, evaluating and checkpointing between intervals.
     interval_start, interval_steps = time.perf_counter(), 0
     for step in range(start + 1, config.steps + 1):
-      state, step_metrics = train_step(state, {'tokens': to_global(next(data_iterator))})
+      state, step_metrics = train_step(state, {'tokens': to_global(next(data_iterator))},
+                                       *teacher_args)
       bar.update()
       if step == start + 1:
         jax.block_until_ready(state)

@@ -1,0 +1,119 @@
+"""Training a student against a frozen teacher run (config.distill)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from gpt_jax import cli, distill, model, optim, sharding, train
+from gpt_jax.tokenizer import Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
+
+
+def quiet(_):
+  pass
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(small_corpus, tmp_path_factory):
+  config = cli.load_experiment(TINY)
+  config.data.corpus, config.sample.num = small_corpus, 0
+  workdir = str(tmp_path_factory.mktemp('teacher'))
+  train.train(config, workdir, log=quiet)
+  return workdir
+
+
+@pytest.fixture
+def student(small_corpus, teacher_dir):
+  config = cli.load_experiment(TINY)
+  config.data.corpus, config.sample.num = small_corpus, 0
+  config.distill.teacher = teacher_dir
+  return config
+
+
+def digest(directory):
+  h = hashlib.sha256()
+  for root, _, names in sorted(os.walk(directory)):
+    for name in sorted(names):
+      with open(os.path.join(root, name), 'rb') as f:
+        h.update(name.encode() + f.read())
+  return h.hexdigest()
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_alpha_zero_trains_exactly_like_no_teacher(student, tmp_path):
+  student.distill.alpha = 0.0
+  train.train(student, str(tmp_path / 'distilled'), log=quiet)
+  student.distill.teacher = ''
+  train.train(student, str(tmp_path / 'plain'), log=quiet)
+  distilled, plain = read_metrics(tmp_path / 'distilled'), read_metrics(tmp_path / 'plain')
+  assert [d['step'] for d in distilled] == [p['step'] for p in plain]
+  for d, p in zip(distilled, plain):
+    for key in ('train_loss', 'grad_norm', 'val_loss'):
+      if key in p:
+        assert d[key] == pytest.approx(p[key], rel=1e-6), (p['step'], key)
+  assert all(d['kl'] > 0 for d in distilled) and all('kl' not in p for p in plain)
+
+
+def test_a_smaller_student_learns_from_the_teacher_which_stays_untouched(student, teacher_dir,
+                                                                          tmp_path):
+  before = digest(teacher_dir)
+  student.model.update(n_embd=32, n_head=2, n_kv_head=2)
+  student.distill.update(alpha=0.5, temperature=2.0)
+  final = train.train(student, str(tmp_path / 'student'), log=quiet)
+  records = read_metrics(tmp_path / 'student')
+  assert records[-1]['kl'] < records[0]['kl']  # the student moves towards the teacher
+  assert final['val_loss'] < np.log(512)
+  assert digest(teacher_dir) == before
+
+
+def test_student_equal_to_teacher_starts_with_zero_kl(student):
+  """Same config and seed: the student's initial parameters are the teacher's at init, so the
+  first step's KL against a teacher holding those parameters is zero."""
+  gpt, tx = model.build(student.model), optim.optimizer(student.optim, student.steps)
+  state = jax.jit(lambda: train.init_state(gpt, tx, student))()
+  teacher_params = jax.tree.map(np.array, state.params)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 512)
+  step = jax.jit(train.make_train_step(gpt, tx, student, teacher=gpt))
+  _, metrics = step(state, {'tokens': tokens}, teacher_params)
+  assert abs(float(metrics['kl'])) < 1e-6 and float(metrics['train_loss']) > 5
+
+
+def test_teacher_is_loaded_sharded_like_the_student(student):
+  mesh = sharding.make_mesh(student.mesh)
+  tokenizer = Tokenizer.load(os.path.join(student.distill.teacher, 'tokenizer.model'))
+  teacher = distill.load_teacher(student, tokenizer, mesh)
+  leaf = teacher.params['h_0']['mlp']['fc']['kernel']
+  assert leaf.shape == (64, 256) and leaf.sharding.mesh.shape == mesh.shape
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, '-m', 'gpt_jax.train', *args], capture_output=True,
+                        text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize('make_args, message', [
+    (lambda teacher, corpus: [f'--config.distill.teacher={teacher}_missing'],
+     'is not a finished run (no config.json)'),
+    (lambda teacher, corpus: [f'--config.distill.teacher={teacher}', '--config.model.vocab_size=600'],
+     'used another tokenizer than the student'),
+    (lambda teacher, corpus: [f'--config.distill.teacher={teacher}', '--config.distill.alpha=1.5'],
+     'distill.alpha=1.5'),
+])
+def test_bad_teacher_is_one_line(make_args, message, teacher_dir, small_corpus, tmp_path):
+  result = run_cli(f'--config={TINY}', f'--config.data.corpus={small_corpus}',
+                   *make_args(teacher_dir, small_corpus), f'--workdir={tmp_path / "student"}')
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+  assert not os.path.exists(tmp_path / 'student')
