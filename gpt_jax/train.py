@@ -340,10 +340,14 @@ def generate_text(gpt, params, tokenizer, prompt, max_new_tokens, config) -> lis
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """A config with a `sweep` section runs the whole sweep; any other trains one model."""
+  """A config with a `sweep` section runs the whole sweep, one with a `study` section the
+  distillation study; any other trains one model."""
   if 'sweep' in config:
     from gpt_jax import sweep  # imported here: the sweep module itself builds on this one
     return sweep.run_sweep(config, workdir)
+  if 'study' in config:
+    from gpt_jax import distill_study  # likewise
+    return distill_study.run_study(config, workdir)
   return train(config, workdir)
 
 

@@ -117,3 +117,27 @@ def test_bad_teacher_is_one_line(make_args, message, teacher_dir, small_corpus, 
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
   assert not os.path.exists(tmp_path / 'student')
+
+
+def test_study_trains_three_runs_and_reports_them(small_corpus, tmp_path):
+  from gpt_jax import distill_study
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'distill.py'))
+  config.data.corpus = small_corpus
+  config.update(steps=20, batch_size=8, seq_len=32, eval_every=10, log_every=10, eval_batches=2,
+                checkpoint_every=10)
+  config.model.update(vocab_size=512, n_embd=32, block_size=32)
+  config.study.update(teacher_steps=30)
+  config.study.teacher_model.update(n_layer=2, n_embd=64)
+  logs = []
+  final = distill_study.run_study(config, str(tmp_path), log=logs.append)
+  assert list(final) == ['teacher', 'student from scratch', 'distilled student']
+  assert 'kl' in final['distilled student'] and 'kl' not in final['student from scratch']
+  report = (tmp_path / 'distill_report.md').read_text()
+  assert report.count('| student from scratch |') == report.count('| distilled student |') == 1
+  assert f"{final['distilled student']['val_loss']:.4f}" in report
+  assert os.path.getsize(tmp_path / 'distill_curves.png') > 1000
+  # The same students against the teacher just trained, reused by path.
+  config.distill.teacher = str(tmp_path / 'teacher')
+  again = distill_study.run_study(config, str(tmp_path), log=logs.append)
+  assert any('[1/3] teacher: reusing' in line for line in logs)
+  assert again == final
