@@ -45,9 +45,10 @@ def load_teacher(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
   step = ckpts.latest_step()
   if step is None:
     raise UserError(f'the teacher in {workdir} has no checkpoint yet; {fix}')
-  gpt = model.build(teacher_config.model)
   tx = optim.optimizer(teacher_config.optim, teacher_config.steps)
   teacher_config.mesh = config.mesh  # the teacher lives on the student's mesh
+  teacher_config.model.dtype = config.model.dtype  # and computes in the student's dtype
+  gpt = model.build(teacher_config.model)
   params = ckpts.restore_state(step, abstract_state(gpt, tx, teacher_config, mesh)).params
   ckpts.close()
   return Teacher(gpt, params, teacher_config)

@@ -83,11 +83,15 @@ def test_student_equal_to_teacher_starts_with_zero_kl(student):
   first step's KL against a teacher holding those parameters is zero."""
   gpt, tx = model.build(student.model), optim.optimizer(student.optim, student.steps)
   state = jax.jit(lambda: train.init_state(gpt, tx, student))()
-  teacher_params = jax.tree.map(np.array, state.params)
+  teacher_params = jax.tree.map(jax.numpy.copy, state.params)
+  saved = jax.tree.map(np.array, teacher_params)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 512)
-  step = jax.jit(train.make_train_step(gpt, tx, student, teacher=gpt))
+  step = jax.jit(train.make_train_step(gpt, tx, student, teacher=gpt), donate_argnums=0)
   _, metrics = step(state, {'tokens': tokens}, teacher_params)
   assert abs(float(metrics['kl'])) < 1e-6 and float(metrics['train_loss']) > 5
+  assert float(metrics['grad_norm']) > 0  # the student got a gradient (from its CE term)
+  for before, after in zip(jax.tree.leaves(saved), jax.tree.leaves(teacher_params)):
+    np.testing.assert_array_equal(before, after)  # the teacher's parameters stayed as they were
 
 
 def test_teacher_is_loaded_sharded_like_the_student(student):
