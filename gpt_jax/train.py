@@ -255,6 +255,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
   batch_sharding = sharding.batch_sharding(mesh)
   to_global = lambda rows: jax.make_array_from_process_local_data(batch_sharding, rows)
   train_step, eval_step = compile_steps(gpt, tx, config, mesh, abstract, log, teacher)
+  val_batches = [to_global(batch) for batch in val_batches]  # on the devices once, for every eval
   teacher_args = (teacher.params,) if teacher else ()
   bytes_per_token = prepared.bytes_per_token('val')
   preemption = _Preemption()
@@ -281,7 +282,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
         record = {'step': step, **{k: float(v) for k, v in step_metrics.items()},
                   'tokens_per_sec': tokens_per_sec, 'mfu': tokens_per_sec * flops_per_token / peak}
         if step % config.eval_every == 0 or last:
-          record.update(evaluate(eval_step, state, map(to_global, val_batches), bytes_per_token))
+          record.update(evaluate(eval_step, state, val_batches, bytes_per_token))
         if metrics_log:
           metrics_log.write(record)
         bar.set_postfix({k: f'{record[k]:.4g}' for k in ('train_loss', 'val_loss') if k in record})
