@@ -19,6 +19,18 @@ def _shapes(tree) -> dict:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def check_same_shapes(source, wanted, what: str,
+                      fix: str = 'set the same model settings as that run') -> None:
+  """Raises UserError if the parameter trees `source` (of `what`) and `wanted` differ in shape."""
+  have, want = _shapes(source), _shapes(wanted)
+  if have == want:
+    return
+  differ = sorted(set(have) ^ set(want)) or sorted(k for k in have if have[k] != want[k])
+  key = differ[0]
+  raise UserError(f'{what} holds a model of another shape (params{key}: {have.get(key, "absent")} '
+                  f'there, {want.get(key, "absent")} in this config); {fix}')
+
+
 class Checkpoints:
 
   def __init__(self, directory: str, keep: int):
@@ -34,16 +46,15 @@ class Checkpoints:
 
   def check_params_match(self, step: int, abstract_params) -> None:
     """Raises UserError if the checkpoint at `step` holds parameters of other shapes."""
-    saved = _shapes(self._manager.item_metadata(step)['state'].tree['params'])
-    wanted = _shapes(abstract_params)
-    if saved == wanted:
-      return
-    differ = sorted(set(saved) ^ set(wanted)) or sorted(k for k in saved if saved[k] != wanted[k])
-    key = differ[0]
-    raise UserError(
-        f'{self.directory} holds a checkpoint of a different model shape (params{key}: checkpoint '
-        f'{saved.get(key, "absent")} vs config {wanted.get(key, "absent")}); use a new --workdir '
-        'or the model settings of that run')
+    check_same_shapes(self._metadata(step)['params'], abstract_params, self.directory,
+                      'use a new --workdir or the model settings of that run')
+
+  def holds_params_only(self, step: int) -> bool:
+    """True for a checkpoint of parameters without optimizer state (an imported model)."""
+    return 'opt_state' not in self._metadata(step)
+
+  def _metadata(self, step: int) -> dict:
+    return self._manager.item_metadata(step)['state'].tree
 
   def save(self, step: int, state, data_iterator, *, force: bool = False) -> None:
     self._manager.save(step, force=force, args=ocp.args.Composite(
@@ -56,13 +67,21 @@ class Checkpoints:
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
     return restored['state']
 
-  def restore_state(self, step: int, abstract_state):
-    """The state at `step` alone, without the data iterator (e.g. a teacher's parameters)."""
-    return self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))['state']
-
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
+
+
+def restore_params(directory: str, step: int, abstract_params):
+  """The parameters alone from the checkpoint at `step` (a partial restore: the optimizer state
+  is not read), placed as `abstract_params` says."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  item_handlers={'state': ocp.PyTreeCheckpointHandler()})
+  abstract = {'params': abstract_params}
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=True)))
+  manager.close()
+  return restored['state']['params']

@@ -11,6 +11,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.init_from = ''  # a run's workdir (e.g. an imported HF model): start from its parameters
   c.steps = 1000  # optimizer steps
   c.batch_size = 32  # sequences per optimizer step, over all devices and microbatches
   c.grad_accum = 1  # microbatches per optimizer step (batch_size must divide by it)

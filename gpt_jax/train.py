@@ -22,7 +22,7 @@ import optax
 import tqdm
 
 from gpt_jax import (checkpoint, cli, data, distill, files, flops, losses, metrics, model, optim,
-                     sample, sharding)
+                     runs, sample, sharding)
 from gpt_jax.state import TrainState, abstract_state, init_state
 from gpt_jax.errors import UserError
 
@@ -228,6 +228,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
   resume_step = ckpts.latest_step()
   if resume_step is not None:
     ckpts.check_params_match(resume_step, abstract.params)
+    if ckpts.holds_params_only(resume_step):
+      raise UserError(f'{workdir} holds imported weights, not a training run to resume; fine-tune '
+                      f'them with --config.init_from={workdir} and a new --workdir')
+  init_from = None
+  if resume_step is None and config.init_from:
+    init_from = runs.load(config.init_from, mesh=mesh, dtype=config.model.dtype, what='init_from')
+    runs.check_compatible(init_from, config.init_from, 'init_from', config, prepared.tokenizer)
+    checkpoint.check_same_shapes(init_from.params, abstract.params,
+                                 f'init_from={config.init_from!r}')
 
   # Everything above only reads DIR; from here on the run writes into it.
   is_main = jax.process_index() == 0
@@ -238,6 +247,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
   if resume_step is None:  # created sharded, never whole on one device
     state = jax.jit(functools.partial(init_state, gpt, tx, config),
                     out_shardings=jax.tree.map(lambda a: a.sharding, abstract))()
+    if init_from:
+      state = state.replace(params=init_from.params)
+      log(f'starting from the parameters of {config.init_from} (step {init_from.step})')
   else:
     state = ckpts.restore(resume_step, abstract, data_iterator)
     log(f'resuming from step {resume_step} in {workdir}')

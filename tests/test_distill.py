@@ -109,9 +109,9 @@ def run_cli(*args):
 
 @pytest.mark.parametrize('make_args, message', [
     (lambda teacher, corpus: [f'--config.distill.teacher={teacher}_missing'],
-     'is not a finished run (no config.json)'),
+     'is not a run of this project (no config.json)'),
     (lambda teacher, corpus: [f'--config.distill.teacher={teacher}', '--config.model.vocab_size=600'],
-     'used another tokenizer than the student'),
+     'used another tokenizer than this run'),
     (lambda teacher, corpus: [f'--config.distill.teacher={teacher}', '--config.distill.alpha=1.5'],
      'distill.alpha=1.5'),
 ])

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, losses, model, optim, train
+from gpt_jax import cli, losses, model, optim, runs, train
 from gpt_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -246,6 +246,23 @@ def test_workdir_of_another_model_shape_is_refused_untouched(tiny, tmp_path):
   train.train(tiny, workdir, log=lambda _: None)
   before = dir_digest(workdir)
   tiny.model.n_embd = 128
-  with pytest.raises(UserError, match='different model shape'):
+  with pytest.raises(UserError, match='holds a model of another shape'):
     train.train(tiny, workdir, log=lambda _: None)
   assert dir_digest(workdir) == before
+
+
+def test_init_from_starts_from_that_runs_parameters(tiny, tmp_path):
+  source = str(tmp_path / 'source')
+  train.train(tiny, source, log=lambda _: None)
+  tiny.init_from = source
+  tiny.optim.lr = 0.0  # so the fine-tuned parameters must be exactly where they started
+  logs = []
+  train.train(tiny, str(tmp_path / 'tuned'), log=logs.append)
+  assert any(line.startswith(f'starting from the parameters of {source}') for line in logs)
+  jax.tree.map(np.testing.assert_array_equal, runs.load(str(tmp_path / 'tuned')).params,
+               runs.load(source).params)
+
+  tiny.model.n_embd = 128
+  with pytest.raises(UserError, match=r"init_from='.*source' holds a model of another shape"):
+    train.train(tiny, str(tmp_path / 'other'), log=lambda _: None)
+  assert not os.path.exists(tmp_path / 'other' / 'config.json')
