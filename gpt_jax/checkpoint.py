@@ -74,6 +74,16 @@ class Checkpoints:
     self._manager.close()
 
 
+def save_params(directory: str, step: int, params) -> None:
+  """A checkpoint of parameters alone (an imported model): item 'state' = {'params': params}, as
+  a training checkpoint holds them, so `Checkpoints` and `restore_params` read it."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  item_handlers={'state': ocp.StandardCheckpointHandler()})
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({'params': params})))
+  manager.wait_until_finished()
+  manager.close()
+
+
 def restore_params(directory: str, step: int, abstract_params):
   """The parameters alone from the checkpoint at `step` (a partial restore: the optimizer state
   is not read), placed as `abstract_params` says."""

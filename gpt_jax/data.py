@@ -3,7 +3,7 @@
 `prepare` cleans the corpus, splits it by document into train and val, trains the tokenizer on the
 training split and writes each split as one stream of tokens (every document followed by EOS):
   <cache root>/data/<key>/manifest.json     what went in and how much came out
-                          tokenizer.model
+                          tokenizer.model (or tokenizer.json, a Hugging Face one)
                           train.npy, val.npy
 The cache root is data.cache_dir, else $GPT_JAX_CACHE, else ~/.cache/gpt_jax. The key hashes every
 input, so a run with the same corpus and settings reuses the directory instead of rebuilding it.
@@ -116,7 +116,7 @@ def _write(directory: str, splits: dict[str, list[corpus.Document]],
                                  'bytes': sum(len(text.encode()) for text in texts)}
     log(f'{split}: {len(texts):,} documents, {len(tokens):,} tokens, '
         f'{sum(map(len, texts)) / len(tokens):.2f} characters per token')
-  tokenizer.save(os.path.join(directory, 'tokenizer.model'))
+  tokenizer.save(os.path.join(directory, tokenizer.filename))
   files.write_json(os.path.join(directory, 'manifest.json'), manifest)
 
 
@@ -159,7 +159,7 @@ def _load_tokenizer(path: str, vocab_size: int) -> tokenizer_lib.Tokenizer:
 def _open(directory: str) -> Prepared:
   with open(os.path.join(directory, 'manifest.json')) as f:
     manifest = json.load(f)
-  tokenizer = tokenizer_lib.Tokenizer.load(os.path.join(directory, 'tokenizer.model'))
+  tokenizer = tokenizer_lib.load(tokenizer_lib.find(directory))
   return Prepared(directory, tokenizer, manifest)
 
 

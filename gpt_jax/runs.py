@@ -2,7 +2,8 @@
 from, evaluate, fine-tune (config.init_from) or distill from (config.distill.teacher).
 
 DIR/config.json    the run's whole config
-DIR/tokenizer.model  the tokenizer its data was encoded with
+DIR/tokenizer.model  the tokenizer its data was encoded with (sentencepiece), or
+DIR/tokenizer.json   a Hugging Face one (a model imported by gpt_jax.hf)
 DIR/checkpoints/   orbax checkpoints; the parameters of the latest one are what sampling,
                    evaluation, export and distillation use
 """
@@ -16,6 +17,7 @@ import jax
 import ml_collections
 
 from gpt_jax import checkpoint, model, optim, sharding
+from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.state import abstract_state
 from gpt_jax.tokenizer import Tokenizer
@@ -51,10 +53,11 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   data parallel), computing in `dtype` (default: the run's). `what` names the setting that gave
   `workdir`, for the error messages."""
   config = read_config(workdir, what)
-  tokenizer_path = os.path.join(workdir, TOKENIZER)
-  if not os.path.exists(tokenizer_path):
-    raise UserError(f'{what}={workdir!r} has no {TOKENIZER}; pass the workdir of a finished run')
-  tokenizer = Tokenizer.load(tokenizer_path)
+  path = tokenizer_path(workdir)
+  if path is None:
+    raise UserError(f'{what}={workdir!r} has no {" or ".join(tokenizer_lib.FILENAMES)}; pass the '
+                    'workdir of a finished run')
+  tokenizer = tokenizer_lib.load(path)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, CHECKPOINTS), keep=config.keep_checkpoints)
   step = ckpts.latest_step()
   ckpts.close()
@@ -72,13 +75,19 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   return Run(gpt, params, config, tokenizer, step)
 
 
+def tokenizer_path(workdir: str) -> str | None:
+  """The run's tokenizer file (tokenizer.model or tokenizer.json), or None if it has none."""
+  return tokenizer_lib.find(workdir)
+
+
 def check_compatible(run: Run, workdir: str, what: str, config: ml_collections.ConfigDict,
                      tokenizer: Tokenizer) -> None:
   """UserError unless the run loaded from `workdir` (given as setting `what`) shares the tokenizer
   and vocabulary of the run that `config` and `tokenizer` describe."""
   if run.tokenizer.sha256 != tokenizer.sha256:
     raise UserError(f'{what}={workdir!r} used another tokenizer than this run; give this run the '
-                    f'same data settings or --config.data.tokenizer={workdir}/{TOKENIZER}')
+                    f'same data settings or --config.data.tokenizer='
+                    f'{os.path.join(workdir, run.tokenizer.filename)}')
   if run.config.model.vocab_size != config.model.vocab_size:
     raise UserError(f'{what}={workdir!r} has model.vocab_size={run.config.model.vocab_size}, this '
                     f'run {config.model.vocab_size}; set --config.model.vocab_size to match')

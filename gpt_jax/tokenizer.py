@@ -3,6 +3,10 @@
 Text is not normalized, spaces are kept as they are (a space becomes '▁' inside pieces, and runs
 of spaces may merge), each newline is a token of its own, and any character the vocabulary lacks
 is spelled in its UTF-8 bytes (byte fallback), so decode(encode(text)) == text for any string.
+
+Models imported from Hugging Face may bring a `tokenizer.json` instead (GPT-2's byte-level BPE):
+`HFTokenizer` reads it with the `tokenizers` package behind the same interface, and `load(path)`
+picks the class by the file name. A run keeps its tokenizer as DIR/<tokenizer.filename>.
 """
 
 import hashlib
@@ -18,6 +22,9 @@ from gpt_jax.errors import UserError
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 _SPACE = '\u2581'  # '▁', sentencepiece's stand-in for ' ': decode turns every one into a space
+FILENAMES = ('tokenizer.model', 'tokenizer.json')  # sentencepiece, Hugging Face
+_FIX = ("set --config.data.tokenizer to a sentencepiece .model file (or a Hugging Face "
+        "tokenizer.json), or to '' to train one")
 
 _TRAINER_OPTIONS = dict(
     model_type='bpe',
@@ -40,6 +47,7 @@ _TRAINER_OPTIONS = dict(
 
 class Tokenizer:
   """A sentencepiece model; `sha256` identifies it."""
+  filename = FILENAMES[0]  # what a run or a prepared data directory calls it
 
   def __init__(self, model_proto: bytes):
     self._proto = model_proto
@@ -88,20 +96,103 @@ class Tokenizer:
       f.write(self._proto)
 
   @classmethod
-  def load(cls, path: str) -> 'Tokenizer':
-    fix = 'set --config.data.tokenizer to a sentencepiece .model file, or to \'\' to train one'
+  def load(cls, path: str) -> 'Tokenizer | HFTokenizer':
+    """The tokenizer in `path`: a HFTokenizer for a .json file, else a sentencepiece model."""
+    if path.endswith('.json'):
+      return HFTokenizer.load(path)
     try:
-      with open(path, 'rb') as f:
-        proto = f.read()
-    except OSError as e:
-      raise UserError(f"cannot read tokenizer '{path}': {e.strerror}; {fix}") from None
-    try:
-      tokenizer = cls(proto)
+      tokenizer = cls(_read(path))
     except (RuntimeError, OSError):
-      raise UserError(f"tokenizer '{path}' is not a sentencepiece model; {fix}") from None
-    if tokenizer.eos_id < 0:
-      raise UserError(f"tokenizer '{path}' has no end-of-sequence token to end documents; {fix}")
-    return tokenizer
+      raise UserError(f"tokenizer '{path}' is not a sentencepiece model; {_FIX}") from None
+    return _check_eos(tokenizer, path)
+
+
+class HFTokenizer:
+  """A Hugging Face tokenizer.json (`tokenizers` package); `sha256` identifies the file."""
+  filename = FILENAMES[1]
+  _EOS = ('<|endoftext|>', '<|end_of_text|>', '</s>')  # GPT-2, LLaMA 3, LLaMA 2 / Mistral
+  _BOS = ('<|begin_of_text|>', '<s>', '<|endoftext|>')  # GPT-2 starts texts with its EOS token
+
+  def __init__(self, data: bytes):
+    try:
+      import tokenizers  # only models imported from Hugging Face need it
+    except ImportError:
+      raise UserError("reading a tokenizer.json needs the tokenizers package; "
+                      "pip install -e '.[hf]'") from None
+    self._data = data
+    self._tok = tokenizers.Tokenizer.from_str(data.decode())
+
+  def _first_id(self, tokens: tuple[str, ...]) -> int:
+    ids = [self._tok.token_to_id(t) for t in tokens]
+    return next((i for i in ids if i is not None), -1)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tok.get_vocab_size(with_added_tokens=True)
+
+  @property
+  def bos_id(self) -> int:
+    return self._first_id(self._BOS)
+
+  @property
+  def eos_id(self) -> int:
+    return self._first_id(self._EOS)
+
+  @property
+  def sha256(self) -> str:
+    return hashlib.sha256(self._data).hexdigest()
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, without BOS or EOS."""
+    return self.encode_batch([text])[0]
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def save(self, path: str) -> None:
+    with files.atomic_path(path) as tmp, open(tmp, 'wb') as f:
+      f.write(self._data)
+
+  @classmethod
+  def load(cls, path: str) -> 'HFTokenizer':
+    data = _read(path)
+    try:
+      tokenizer = cls(data)
+    except UserError:
+      raise
+    except Exception:  # tokenizers raises its own exception types for a malformed file
+      raise UserError(f"tokenizer '{path}' is not a Hugging Face tokenizer.json; {_FIX}") from None
+    return _check_eos(tokenizer, path)
+
+
+def load(path: str) -> Tokenizer | HFTokenizer:
+  """The tokenizer in `path`, by its file name: .json is Hugging Face, anything else sentencepiece."""
+  return Tokenizer.load(path)
+
+
+def find(directory: str) -> str | None:
+  """The path of the tokenizer file in a run or data directory, or None if it has none."""
+  for name in FILENAMES:
+    if os.path.exists(os.path.join(directory, name)):
+      return os.path.join(directory, name)
+  return None
+
+
+def _read(path: str) -> bytes:
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError as e:
+    raise UserError(f"cannot read tokenizer '{path}': {e.strerror}; {_FIX}") from None
+
+
+def _check_eos(tokenizer, path: str):
+  if tokenizer.eos_id < 0:
+    raise UserError(f"tokenizer '{path}' has no end-of-sequence token to end documents; {_FIX}")
+  return tokenizer
 
 
 def train(texts: Iterable[str], vocab_size: int) -> Tokenizer:

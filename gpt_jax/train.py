@@ -242,7 +242,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
   is_main = jax.process_index() == 0
   if is_main:
     files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-    prepared.tokenizer.save(os.path.join(workdir, 'tokenizer.model'))
+    prepared.tokenizer.save(os.path.join(workdir, prepared.tokenizer.filename))
   data_iterator = iter(train_ds.to_iter_dataset())
   if resume_step is None:  # created sharded, never whole on one device
     state = jax.jit(functools.partial(init_state, gpt, tx, config),
