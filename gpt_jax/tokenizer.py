@@ -169,7 +169,7 @@ class HFTokenizer:
 
 
 def load(path: str) -> Tokenizer | HFTokenizer:
-  """The tokenizer in `path`, by its file name: .json is Hugging Face, anything else sentencepiece."""
+  """The tokenizer in `path`, by file name: .json is Hugging Face, anything else sentencepiece."""
   return Tokenizer.load(path)
 
 

@@ -1,0 +1,459 @@
+"""Hugging Face GPT-2 and LLaMA checkpoints in and out, without torch.
+
+  python -m gpt_jax.hf import HF_DIR --workdir=DIR [--tokenizer=FILE]
+  python -m gpt_jax.hf export RUN_DIR --out=HF_DIR
+
+`load(HF_DIR)` reads a local directory as `save_pretrained` writes it (config.json and
+model.safetensors, or shards listed in model.safetensors.index.json) into this project's model;
+`import_checkpoint` makes it a run (config.json, tokenizer, a params-only checkpoint at step 0)
+that `runs.load`, config.init_from and config.distill.teacher take; `export` writes a run back as
+a directory transformers' `from_pretrained` reads. Weights go through safetensors' numpy API only
+(never pickle). The two layouts map one tensor to one parameter: HF's flat (out, in) nn.Linear
+weights (LLaMA) or (in, out) Conv1D weights (GPT-2) become our multi-axis (in..., out...) kernels
+by a transpose and a reshape; GPT-2's fused c_attn is split into query, key and value.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import ml_dtypes
+import numpy as np
+
+from gpt_jax import checkpoint, cli, config as config_lib, files, model, runs
+from gpt_jax import tokenizer as tokenizer_lib
+from gpt_jax.errors import UserError
+
+ARCHITECTURES = {'GPT2LMHeadModel': 'gpt2', 'LlamaForCausalLM': 'llama',
+                 'MistralForCausalLM': 'llama'}  # Mistral without a sliding window is LLaMA
+TANH_GELUS = ('gelu_new', 'gelu_pytorch_tanh')  # what our GELU computes (the tanh approximation)
+DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}
+WEIGHTS, INDEX = 'model.safetensors', 'model.safetensors.index.json'
+
+
+# --- configs ----------------------------------------------------------------------------------
+
+
+def read_hf_config(hf_dir: str) -> dict:
+  path = os.path.join(hf_dir, 'config.json')
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise UserError(f'{hf_dir!r} has no config.json; pass a directory written by transformers\' '
+                    'save_pretrained') from None
+  except (OSError, ValueError) as e:
+    raise UserError(f'cannot read {path}: {e}; pass a directory written by save_pretrained'
+                    ) from None
+
+
+def architecture(hf: dict) -> str:
+  """'gpt2' or 'llama' for a supported HF config, else UserError."""
+  names = hf.get('architectures') or []
+  supported = [ARCHITECTURES[n] for n in names if n in ARCHITECTURES]
+  if not supported:
+    raise UserError(f'architecture {names or hf.get("model_type")} is not supported; import a '
+                    f'{" or ".join(ARCHITECTURES)} checkpoint')
+  return supported[0]
+
+
+def _refuse(what: str) -> None:
+  raise UserError(f'{what} has no counterpart in this project\'s model; import another checkpoint')
+
+
+def _rope_theta(hf: dict) -> float:
+  """rope_theta from transformers 4 (rope_theta, rope_scaling) or 5 (rope_parameters) configs;
+  any scaling (linear, dynamic, llama3, yarn, ...) is refused: our RoPE is the plain one."""
+  params = hf.get('rope_parameters') or {}
+  scaling = hf.get('rope_scaling') or {}
+  for kind in (params.get('rope_type', 'default'), scaling.get('rope_type', scaling.get('type'))):
+    if kind not in ('default', None):
+      _refuse(f'rope scaling {kind!r}')
+  return float(params.get('rope_theta', hf.get('rope_theta', 10000.0)))
+
+
+def hf_to_config(hf: dict) -> ml_collections.ConfigDict:
+  """This project's base_config() with the model section (and seq_len) of an HF config.json."""
+  arch = architecture(hf)
+  config = config_lib.base_config()
+  m = config.model
+  hf_dtype = hf.get('dtype') or hf.get('torch_dtype') or 'float32'
+  m.param_dtype = m.dtype = 'bfloat16' if hf_dtype == 'bfloat16' else 'float32'
+  m.dropout = 0.0
+  m.vocab_size = hf['vocab_size']
+  if arch == 'gpt2':
+    if hf.get('activation_function', 'gelu_new') not in TANH_GELUS:
+      _refuse(f'activation_function={hf["activation_function"]!r} (ours is the tanh GELU, '
+              f'{" / ".join(TANH_GELUS)})')
+    if not hf.get('scale_attn_weights', True) or hf.get('scale_attn_by_inverse_layer_idx'):
+      _refuse('GPT-2 attention without 1/sqrt(head_dim) scaling, or scaled by layer index,')
+    m.update(n_layer=hf['n_layer'], n_head=hf['n_head'], n_kv_head=hf['n_head'],
+             n_embd=hf['n_embd'], head_dim=0, d_ff=hf.get('n_inner') or 0,
+             block_size=hf['n_positions'], position='learned', norm='layernorm',
+             norm_eps=hf.get('layer_norm_epsilon', 1e-5), mlp='gelu', bias=True,
+             tie_embeddings=True, init_std=hf.get('initializer_range', 0.02))
+  else:
+    if hf.get('hidden_act', 'silu') != 'silu':
+      _refuse(f'hidden_act={hf["hidden_act"]!r} (ours is SwiGLU, silu)')
+    if hf.get('attention_bias') or hf.get('mlp_bias'):
+      _refuse('attention_bias / mlp_bias')
+    if hf.get('sliding_window') is not None and hf.get('model_type') == 'mistral':
+      _refuse(f'Mistral\'s sliding_window={hf["sliding_window"]}')
+    n_head = hf['num_attention_heads']
+    head_dim = hf.get('head_dim') or hf['hidden_size'] // n_head
+    m.update(n_layer=hf['num_hidden_layers'], n_head=n_head,
+             n_kv_head=hf.get('num_key_value_heads') or n_head, n_embd=hf['hidden_size'],
+             head_dim=0 if head_dim * n_head == hf['hidden_size'] else head_dim,
+             d_ff=hf['intermediate_size'], block_size=hf.get('max_position_embeddings', 2048),
+             position='rope', rope_theta=_rope_theta(hf), norm='rmsnorm',
+             norm_eps=hf.get('rms_norm_eps', 1e-6), mlp='swiglu', bias=False,
+             tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
+             init_std=hf.get('initializer_range', 0.02))
+  config.seq_len = min(m.block_size, 1024)
+  model.validate(m, config.seq_len)
+  return config
+
+
+def config_to_hf(m: ml_collections.ConfigDict, tokenizer=None) -> dict:
+  """The HF config.json of model config `m` (GPT-2 or LLaMA), or UserError if HF has no
+  architecture that computes what `m` does."""
+  common = dict(vocab_size=m.vocab_size, initializer_range=m.init_std, dtype=m.param_dtype,
+                torch_dtype=m.param_dtype, use_cache=True)
+  if tokenizer is not None:
+    common.update(bos_token_id=tokenizer.bos_id if tokenizer.bos_id >= 0 else None,
+                  eos_token_id=tokenizer.eos_id)
+  if m.sliding_window > 0:
+    raise UserError(f'model.sliding_window={m.sliding_window}: neither GPT-2 nor LLaMA in '
+                    'transformers attends locally; export a run with sliding_window=0')
+  gpt2 = dict(position='learned', norm='layernorm', mlp='gelu', bias=True, tie_embeddings=True)
+  llama = dict(position='rope', norm='rmsnorm', mlp='swiglu', bias=False)
+  if all(m[k] == v for k, v in gpt2.items()):
+    if m.n_kv_head != m.n_head or model.head_size(m) * m.n_head != m.n_embd:
+      raise UserError('GPT-2 in transformers has neither grouped-query attention nor a head_dim '
+                      'of its own; export a run with n_kv_head=n_head and head_dim=0')
+    return dict(architectures=['GPT2LMHeadModel'], model_type='gpt2', n_layer=m.n_layer,
+                n_head=m.n_head, n_embd=m.n_embd, n_inner=model.mlp_hidden_size(m),
+                n_positions=m.block_size, activation_function='gelu_new',
+                layer_norm_epsilon=m.norm_eps, resid_pdrop=m.dropout, embd_pdrop=m.dropout,
+                attn_pdrop=m.dropout, scale_attn_weights=True, tie_word_embeddings=True, **common)
+  if all(m[k] == v for k, v in llama.items()):
+    return dict(architectures=['LlamaForCausalLM'], model_type='llama', hidden_size=m.n_embd,
+                num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
+                num_key_value_heads=m.n_kv_head, head_dim=model.head_size(m),
+                intermediate_size=model.mlp_hidden_size(m), hidden_act='silu',
+                max_position_embeddings=m.block_size, rms_norm_eps=m.norm_eps,
+                rope_theta=m.rope_theta, rope_scaling=None,  # transformers 4
+                rope_parameters={'rope_type': 'default', 'rope_theta': m.rope_theta},  # and 5
+                attention_bias=False, mlp_bias=False, attention_dropout=m.dropout,
+                tie_word_embeddings=m.tie_embeddings, **common)
+  settings = ', '.join(f'{k}={m[k]!r}' for k in gpt2)
+  raise UserError(f'model ({settings}) is neither GPT-2 (learned, layernorm, gelu, bias, tied) '
+                  'nor LLaMA (rope, rmsnorm, swiglu, no bias) style; transformers cannot load it')
+
+
+# --- tensors ----------------------------------------------------------------------------------
+
+
+def _weight_files(hf_dir: str) -> list[str]:
+  index = os.path.join(hf_dir, INDEX)
+  if os.path.exists(index):
+    with open(index) as f:
+      names = sorted(set(json.load(f)['weight_map'].values()))
+  elif os.path.exists(os.path.join(hf_dir, WEIGHTS)):
+    names = [WEIGHTS]
+  else:
+    raise UserError(f'{hf_dir!r} has no {WEIGHTS} (nor {INDEX}); save the model with '
+                    'save_pretrained(..., safe_serialization=True): pickled .bin is not read')
+  paths = [os.path.join(hf_dir, name) for name in names]
+  for path in paths:
+    if not os.path.exists(path):
+      raise UserError(f'{path} is missing, though {INDEX} lists it; download every shard')
+  return paths
+
+
+def read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
+  """Every tensor of the checkpoint in `hf_dir`, by its HF name."""
+  from safetensors import safe_open  # a plain dependency; imported here to keep `import` light
+  tensors = {}
+  for path in _weight_files(hf_dir):
+    # The file is an 8-byte header size, a JSON header, then the raw data; bfloat16 tensors are
+    # read from there, as the numpy API of some safetensors versions does not know the dtype.
+    with open(path, 'rb') as f:
+      header_size = int.from_bytes(f.read(8), 'little')
+      header = json.loads(f.read(header_size))
+    with safe_open(path, framework='np') as f:
+      for name in f.keys():
+        info = header[name]
+        if info['dtype'] == 'BF16':
+          start, end = info['data_offsets']
+          tensors[name] = np.fromfile(path, ml_dtypes.bfloat16, (end - start) // 2,
+                                      offset=8 + header_size + start).reshape(info['shape'])
+        else:
+          tensors[name] = f.get_tensor(name)
+  return tensors
+
+
+def _table(m) -> list[tuple[str, tuple[str, ...], str, int]]:
+  """(HF name, our parameter path, layout, number of input axes of our kernel) for every tensor.
+  Layouts: 'linear' HF (out, in) weight, 'conv1d' HF (in, out) weight, 'vector' a flat vector,
+  'copy' the same shape on both sides."""
+  if m.position == 'learned':  # GPT-2; its fused c_attn appears split as attn.{q,k,v}
+    rows = [('wte.weight', ('wte', 'embedding'), 'copy', 0), ('wpe.weight', ('wpe',), 'copy', 0),
+            ('ln_f.weight', ('ln_f', 'scale'), 'vector', 0),
+            ('ln_f.bias', ('ln_f', 'bias'), 'vector', 0)]
+    layer = [('ln_1.weight', ('ln_1', 'scale'), 'vector', 0),
+             ('ln_1.bias', ('ln_1', 'bias'), 'vector', 0),
+             ('ln_2.weight', ('ln_2', 'scale'), 'vector', 0),
+             ('ln_2.bias', ('ln_2', 'bias'), 'vector', 0)]
+    for hf, ours, n_in in (('attn.q', 'attn/query', 1), ('attn.k', 'attn/key', 1),
+                           ('attn.v', 'attn/value', 1), ('attn.c_proj', 'attn/out', 2),
+                           ('mlp.c_fc', 'mlp/fc', 1), ('mlp.c_proj', 'mlp/proj', 1)):
+      path = tuple(ours.split('/'))
+      layer += [(f'{hf}.weight', path + ('kernel',), 'conv1d', n_in),
+                (f'{hf}.bias', path + ('bias',), 'vector', 0)]
+    rows += [(f'h.{i}.{hf}', (f'h_{i}',) + ours, layout, n_in)
+             for i in range(m.n_layer) for hf, ours, layout, n_in in layer]
+    return rows
+  rows = [('model.embed_tokens.weight', ('wte', 'embedding'), 'copy', 0),
+          ('model.norm.weight', ('ln_f', 'scale'), 'vector', 0)]
+  if not m.tie_embeddings:
+    rows.append(('lm_head.weight', ('lm_head', 'kernel'), 'linear', 1))
+  layer = [('input_layernorm.weight', ('ln_1', 'scale'), 'vector', 0),
+           ('post_attention_layernorm.weight', ('ln_2', 'scale'), 'vector', 0)]
+  for hf, ours, n_in in (('self_attn.q_proj', 'attn/query', 1), ('self_attn.k_proj', 'attn/key', 1),
+                         ('self_attn.v_proj', 'attn/value', 1), ('self_attn.o_proj', 'attn/out', 2),
+                         ('mlp.gate_proj', 'mlp/gate', 1), ('mlp.up_proj', 'mlp/up', 1),
+                         ('mlp.down_proj', 'mlp/proj', 1)):
+    layer.append((f'{hf}.weight', tuple(ours.split('/')) + ('kernel',), 'linear', n_in))
+  rows += [(f'model.layers.{i}.{hf}', (f'h_{i}',) + ours, layout, n_in)
+           for i in range(m.n_layer) for hf, ours, layout, n_in in layer]
+  return rows
+
+
+def _hf_shape(shape: tuple, layout: str, n_in: int) -> tuple:
+  flat = (math.prod(shape[:n_in]), math.prod(shape[n_in:]))
+  shapes = {'linear': flat[::-1], 'conv1d': flat, 'vector': (math.prod(shape),), 'copy': shape}
+  return shapes[layout]
+
+
+def _to_hf(x: np.ndarray, layout: str, n_in: int) -> np.ndarray:
+  if layout == 'linear':
+    return np.ascontiguousarray(x.reshape(math.prod(x.shape[:n_in]), -1).T)
+  return x.reshape(_hf_shape(x.shape, layout, n_in))
+
+
+def _per_layer_shapes(m) -> dict:
+  """Our parameter shapes (ShapeDtypeStructs), with unscanned layers h_0, h_1, ..."""
+  gpt = model.build(ml_collections.ConfigDict({**dict(m.items()), 'scan_layers': False}))
+  return jax.eval_shape(lambda: model.init_params(gpt, jax.random.key(0), 1))
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _set(tree, path, value):
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _scan(params: dict, n_layer: int) -> dict:
+  """h_0 ... h_{n-1} stacked on a leading axis under 'layers', as nn.scan keeps them."""
+  layers = [params.pop(f'h_{i}') for i in range(n_layer)]
+  params['layers'] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
+  return params
+
+
+def _unscan(params: dict, n_layer: int) -> dict:
+  params = dict(params)
+  layers = params.pop('layers')
+  for i in range(n_layer):
+    params[f'h_{i}'] = jax.tree.map(lambda x: np.asarray(x)[i], layers)
+  return params
+
+
+def params_from_hf(m: ml_collections.ConfigDict, tensors: dict[str, np.ndarray]) -> dict:
+  """Our parameter tree (numpy, in m.param_dtype) from HF tensors, checked name by name and
+  shape by shape."""
+  tensors = dict(tensors)
+  if m.position == 'learned':
+    tensors = {name.removeprefix('transformer.'): x for name, x in tensors.items()}
+    tensors.pop('lm_head.weight', None)  # tied to wte
+    for i in range(m.n_layer):
+      for part in ('weight', 'bias'):
+        fused = tensors.pop(f'h.{i}.attn.c_attn.{part}', None)
+        if fused is not None:
+          for name, x in zip('qkv', np.split(fused, 3, axis=-1)):
+            tensors[f'h.{i}.attn.{name}.{part}'] = x
+  shapes = _per_layer_shapes(m)
+  dtype = DTYPES[m.param_dtype]
+  params = {}
+  for hf, path, layout, n_in in _table(m):
+    if hf not in tensors:
+      raise UserError(f'the checkpoint has no tensor {hf!r}, which config.json implies; check '
+                      'that config.json and the weights belong together')
+    x, shape = tensors.pop(hf), _get(shapes, path).shape
+    if x.shape != _hf_shape(shape, layout, n_in):
+      raise UserError(f'tensor {hf!r} has shape {x.shape}, config.json implies '
+                      f'{_hf_shape(shape, layout, n_in)}; check that they belong together')
+    x = x.T if layout == 'linear' else x
+    _set(params, path, np.asarray(x, dtype).reshape(shape))
+  # Buffers, not weights: GPT-2's causal masks, old LLaMA's RoPE frequencies, a tied lm_head.
+  ignored = ('.attn.bias', '.attn.masked_bias', 'rotary_emb.inv_freq', 'lm_head.weight')
+  left = [name for name in tensors if not name.endswith(ignored)]
+  if left:
+    raise UserError(f'the checkpoint has tensors this model has no place for ({left[0]!r}, '
+                    f'{len(left)} in all); check that config.json and the weights belong together')
+  return _scan(params, m.n_layer) if m.scan_layers else params
+
+
+def params_to_hf(m: ml_collections.ConfigDict, params) -> dict[str, np.ndarray]:
+  """HF tensors (numpy, as their parameters' dtype) of our parameter tree."""
+  params = jax.tree.map(np.asarray, jax.device_get(params))
+  if 'layers' in params:
+    params = _unscan(params, m.n_layer)
+  tensors = {hf: _to_hf(_get(params, path), layout, n_in) for hf, path, layout, n_in in _table(m)}
+  if m.position == 'learned':
+    for i in range(m.n_layer):
+      for part in ('weight', 'bias'):
+        qkv = [tensors.pop(f'h.{i}.attn.{name}.{part}') for name in 'qkv']
+        tensors[f'h.{i}.attn.c_attn.{part}'] = np.concatenate(qkv, axis=-1)
+    tensors = {f'transformer.{name}': x for name, x in tensors.items()}
+  return tensors
+
+
+# --- load, import, export ---------------------------------------------------------------------
+
+
+def _config(hf_dir: str, scan_layers: bool) -> ml_collections.ConfigDict:
+  """The project config of the HF checkpoint in hf_dir (checked before any weight is read)."""
+  if not os.path.isdir(hf_dir):
+    raise UserError(f'{hf_dir!r} is not a directory; pass a directory written by save_pretrained')
+  config = hf_to_config(read_hf_config(hf_dir))
+  config.model.scan_layers = scan_layers
+  config.data.tokenizer = tokenizer_lib.find(hf_dir) or ''
+  return config
+
+
+def _params(hf_dir: str, config: ml_collections.ConfigDict):
+  return jax.tree.map(jnp.asarray, params_from_hf(config.model, read_tensors(hf_dir)))
+
+
+def load(hf_dir: str, scan_layers: bool = False) -> tuple[model.GPT, dict]:
+  """(model, params) of the HF GPT-2 or LLaMA checkpoint in `hf_dir`:
+  model.apply({'params': params}, tokens_BL) gives its logits_BLV."""
+  config = _config(hf_dir, scan_layers)
+  return model.build(config.model), _params(hf_dir, config)
+
+
+def import_checkpoint(hf_dir: str, workdir: str, tokenizer: str | None = None,
+                      scan_layers: bool = False) -> str:
+  """Makes `workdir` (new or empty) a run holding the HF checkpoint: config.json, the tokenizer
+  (`tokenizer`, else the one in hf_dir) and a params-only checkpoint at step 0. Returns workdir."""
+  if os.path.isdir(workdir) and os.listdir(workdir):
+    raise UserError(f'--workdir={workdir} is not empty; import into a new directory')
+  config = _config(hf_dir, scan_layers)
+  tokenizer_path = tokenizer or config.data.tokenizer
+  if not tokenizer_path:
+    raise UserError(f'{hf_dir!r} has no tokenizer.model or tokenizer.json; pass --tokenizer=FILE '
+                    '(a sentencepiece .model or a Hugging Face tokenizer.json)')
+  tok = tokenizer_lib.load(tokenizer_path)
+  if tok.vocab_size > config.model.vocab_size:
+    raise UserError(f'the tokenizer {tokenizer_path} has {tok.vocab_size} tokens, more than the '
+                    f'model\'s vocab_size={config.model.vocab_size}; pass a tokenizer that fits')
+  params = _params(hf_dir, config)
+  workdir = os.path.abspath(workdir)
+  config.data.tokenizer = os.path.join(workdir, tok.filename)
+  # Built beside the workdir and renamed into place, so a failed import leaves nothing behind.
+  tmp = f'{workdir}.tmp{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    os.makedirs(tmp)
+    files.write_json(os.path.join(tmp, runs.CONFIG), config.to_dict())
+    tok.save(os.path.join(tmp, tok.filename))
+    checkpoint.save_params(os.path.join(tmp, runs.CHECKPOINTS), 0, params)
+    if os.path.isdir(workdir):
+      os.rmdir(workdir)  # empty, checked above
+    os.rename(tmp, workdir)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return workdir
+
+
+def export(run, out_dir: str) -> str:
+  """Writes `run` (a run's workdir, or a (config, params) pair) to `out_dir` as an HF directory:
+  config.json, model.safetensors and, where HF can use it, the run's tokenizer. Returns out_dir."""
+  from safetensors.numpy import save_file
+  tokenizer = None
+  if isinstance(run, str):
+    loaded = runs.load(run)
+    config, params, tokenizer = loaded.config, loaded.params, loaded.tokenizer
+  else:
+    config, params = run
+  m = config.model if 'model' in config else config
+  hf_config = config_to_hf(m, tokenizer)
+  tensors = params_to_hf(m, params)
+  out_dir = os.path.abspath(out_dir)
+  tmp = f'{out_dir}.tmp{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    os.makedirs(tmp)
+    files.write_json(os.path.join(tmp, 'config.json'), hf_config)
+    save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={'format': 'pt'})
+    # A sentencepiece model serves LLaMA's tokenizer classes; a tokenizer.json serves any model.
+    if tokenizer is not None and (tokenizer.filename == 'tokenizer.json' or m.position == 'rope'):
+      tokenizer.save(os.path.join(tmp, tokenizer.filename))
+    if os.path.isdir(out_dir):
+      shutil.rmtree(out_dir)
+    os.rename(tmp, out_dir)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return out_dir
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _parse(argv: list[str]):
+  import argparse
+
+  class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one `error:` line through cli.run, not argparse's usage text
+      raise UserError(f'{message}; run python -m gpt_jax.hf --help')
+
+  parser = Parser(prog='python -m gpt_jax.hf', description=__doc__.split('\n')[0])
+  commands = parser.add_subparsers(dest='command', required=True)
+  imp = commands.add_parser('import', help='an HF directory into a run of this project')
+  imp.add_argument('hf_dir')
+  imp.add_argument('--workdir', required=True)
+  imp.add_argument('--tokenizer', default=None, help='tokenizer file, instead of the HF one')
+  imp.add_argument('--scan_layers', action='store_true', help='keep the layers stacked (nn.scan)')
+  exp = commands.add_parser('export', help='a run of this project into an HF directory')
+  exp.add_argument('run_dir')
+  exp.add_argument('--out', required=True)
+  return parser.parse_args(argv)
+
+
+def _main(argv: list[str]) -> None:
+  args = _parse(argv)
+  if args.command == 'import':
+    workdir = import_checkpoint(args.hf_dir, args.workdir, args.tokenizer, args.scan_layers)
+    print(f'imported {args.hf_dir} into {workdir}')
+  else:
+    print(f'exported {args.run_dir} to {export(args.run_dir, args.out)}')
+
+
+def main(argv=None) -> None:
+  cli.run(lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,253 @@
+"""Hugging Face import and export (gpt_jax.hf), checked against transformers' own forward pass on
+tiny random models: GPT-2 (tied, biases, learned positions) and LLaMA (GQA, untied, RoPE)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt_jax import cli, corpus, hf, runs, train
+from gpt_jax.config import base_config
+from gpt_jax import tokenizer as tokenizer_lib
+from gpt_jax.errors import UserError
+
+transformers = pytest.importorskip(
+    'transformers', reason='needs transformers and torch: pip install -e .[hf]')
+torch = pytest.importorskip('torch', reason='needs transformers and torch: pip install -e .[hf]')
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
+TOKENS = np.random.RandomState(0).randint(0, 300, (2, 24))
+GPT2_VOCAB, LLAMA_VOCAB = 300, 384
+
+
+def quiet(_):
+  pass
+
+
+def randomize(hf_model, seed: int):
+  """Noise on every weight: HF initialises biases to 0 and norm scales to 1, which would hide a
+  bias or scale put in the wrong place."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in hf_model.parameters():
+      p.add_(torch.randn(p.shape, generator=g) * 0.1)
+  return hf_model
+
+
+def hf_logits(hf_dir, tokens=TOKENS):
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()  # float32 weights
+  with torch.no_grad():
+    return hf_model(torch.tensor(tokens)).logits.numpy()
+
+
+def our_logits(gpt, params, tokens=TOKENS):
+  return np.asarray(gpt.apply({'params': params}, jnp.asarray(tokens, jnp.int32)), np.float32)
+
+
+def max_diff(a, b):
+  return float(np.abs(a - b).max())
+
+
+@pytest.fixture(scope='module')
+def texts(small_corpus):
+  return [doc.text for doc in corpus.load_documents(small_corpus)[0]]
+
+
+@pytest.fixture(scope='module')
+def gpt2_dir(tmp_path_factory, texts):
+  """A GPT-2 with a byte-level BPE tokenizer.json, as GPT-2 checkpoints bring."""
+  import tokenizers
+  from tokenizers import decoders, models, pre_tokenizers, trainers
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(texts, trainers.BpeTrainer(
+      vocab_size=GPT2_VOCAB, special_tokens=['<|endoftext|>'],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  directory = tmp_path_factory.mktemp('gpt2')
+  config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=GPT2_VOCAB,
+                                   n_positions=64, bos_token_id=0, eos_token_id=0)
+  randomize(transformers.GPT2LMHeadModel(config), 0).save_pretrained(directory,
+                                                                     safe_serialization=True)
+  tok.save(str(directory / 'tokenizer.json'))
+  return str(directory)
+
+
+@pytest.fixture(scope='module')
+def llama_dir(tmp_path_factory):
+  """A LLaMA without a tokenizer; beside it the same weights in bfloat16, in shards."""
+  directory = tmp_path_factory.mktemp('llama')
+  config = transformers.LlamaConfig(
+      vocab_size=LLAMA_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, rope_theta=500.0,
+      max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
+  llama = randomize(transformers.LlamaForCausalLM(config), 1)
+  llama.save_pretrained(directory / 'f32', safe_serialization=True)
+  llama.to(torch.bfloat16).save_pretrained(directory / 'bf16', safe_serialization=True,
+                                           max_shard_size='50KB')
+  return str(directory / 'f32')
+
+
+@pytest.fixture(scope='module')
+def sp_model(tmp_path_factory, texts):
+  """This project's sentencepiece tokenizer, sized to the LLaMA's vocabulary."""
+  path = str(tmp_path_factory.mktemp('sp') / 'tok.model')
+  tokenizer_lib.train(texts, LLAMA_VOCAB).save(path)
+  return path
+
+
+@pytest.fixture(params=['gpt2', 'llama'])
+def hf_dir(request, gpt2_dir, llama_dir):
+  return {'gpt2': gpt2_dir, 'llama': llama_dir}[request.param]
+
+
+# --- import and export -------------------------------------------------------------------------
+
+
+def test_import_gives_the_logits_of_transformers(hf_dir):
+  expected = hf_logits(hf_dir)
+  gpt, params = hf.load(hf_dir)
+  assert max_diff(our_logits(gpt, params), expected) < 1e-4
+  gpt, params = hf.load(hf_dir, scan_layers=True)  # the layers stacked for nn.scan
+  assert max_diff(our_logits(gpt, params), expected) < 1e-4
+
+
+def test_export_loads_in_transformers_and_round_trips(hf_dir, tmp_path):
+  config = hf.hf_to_config(hf.read_hf_config(hf_dir))
+  gpt, params = hf.load(hf_dir)
+  hf.export((config, params), str(tmp_path / 'out'))
+  assert max_diff(hf_logits(str(tmp_path / 'out')), hf_logits(hf_dir)) < 1e-4
+  _, again = hf.load(str(tmp_path / 'out'))
+  jax.tree.map(np.testing.assert_array_equal, again, params)
+  assert sorted(os.listdir(tmp_path)) == ['out']  # nothing left of the temporary directory
+
+
+def test_bfloat16_shards_load_as_bfloat16(llama_dir):
+  bf16_dir = os.path.join(os.path.dirname(llama_dir), 'bf16')
+  assert os.path.exists(os.path.join(bf16_dir, 'model.safetensors.index.json'))
+  _, params = hf.load(bf16_dir)
+  _, f32 = hf.load(llama_dir)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(f32)):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(a, b.astype(jnp.bfloat16))
+
+
+def test_export_refuses_models_transformers_cannot_express():
+  config = base_config()
+  config.model.norm = 'rmsnorm'  # with learned positions: neither GPT-2 nor LLaMA
+  with pytest.raises(UserError, match=r"^model \(position='learned', norm='rmsnorm'.* is neither"):
+    hf.config_to_hf(config.model)
+  config.model.update(norm='layernorm', tie_embeddings=False)
+  with pytest.raises(UserError, match='is neither GPT-2'):
+    hf.config_to_hf(config.model)
+  config.model.update(tie_embeddings=True, sliding_window=16)
+  with pytest.raises(UserError, match='^model.sliding_window=16'):
+    hf.config_to_hf(config.model)
+
+
+@pytest.mark.parametrize('change, message', [
+    ({'activation_function': 'gelu'}, r"activation_function='gelu' \(ours is the tanh GELU"),
+    ({'rope_parameters': {'rope_type': 'llama3', 'rope_theta': 5e5}}, "rope scaling 'llama3'"),
+    ({'rope_scaling': {'type': 'linear', 'factor': 2.0}}, "rope scaling 'linear'"),
+    ({'attention_bias': True}, 'attention_bias / mlp_bias'),
+])
+def test_configs_this_model_cannot_compute_are_refused(change, message, gpt2_dir, llama_dir):
+  hf_config = hf.read_hf_config(gpt2_dir if 'activation_function' in change else llama_dir)
+  with pytest.raises(UserError, match=message):
+    hf.hf_to_config({**hf_config, **change})
+
+
+# --- runs: import, runs.load, init_from, distill.teacher ---------------------------------------
+
+
+def run_hf(*args):
+  return subprocess.run([sys.executable, '-m', 'gpt_jax.hf', *args], capture_output=True,
+                        text=True, timeout=120, cwd=ROOT)
+
+
+def test_cli_import_is_a_run_to_fine_tune(llama_dir, sp_model, small_corpus, tmp_path):
+  workdir = str(tmp_path / 'imported')
+  result = run_hf('import', llama_dir, f'--workdir={workdir}', f'--tokenizer={sp_model}')
+  assert result.returncode == 0, result.stderr
+  assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'tokenizer.model']
+  run = runs.load(workdir)
+  assert run.step == 0 and run.tokenizer.sha256 == tokenizer_lib.load(sp_model).sha256
+  assert max_diff(our_logits(run.gpt, run.params), hf_logits(llama_dir)) < 1e-4
+
+  config = runs.read_config(workdir)  # its data.tokenizer is the imported run's
+  config.update(steps=2, batch_size=4, seq_len=32, log_every=1, eval_every=2, eval_batches=1,
+                checkpoint_every=2, init_from=workdir)
+  config.data.corpus, config.sample.num, config.optim.warmup_steps = small_corpus, 0, 1
+  logs = []
+  record = train.train(config, str(tmp_path / 'tuned'), log=logs.append)
+  assert any(line.startswith(f'starting from the parameters of {workdir}') for line in logs)
+  assert record['step'] == 2 and np.isfinite(record['val_loss'])
+  with pytest.raises(UserError, match='holds imported weights, not a training run to resume'):
+    train.train(config, workdir, log=quiet)
+
+
+def test_imported_gpt2_teaches_with_its_tokenizer_json(gpt2_dir, small_corpus, tmp_path):
+  """The GPT-2's byte-level BPE tokenizer.json goes with it: into the run, the data, the student
+  distilled from it, and out again when the student (GPT-2 style too) is exported."""
+  teacher = hf.import_checkpoint(gpt2_dir, str(tmp_path / 'imported'))
+  run = runs.load(teacher)
+  assert isinstance(run.tokenizer, tokenizer_lib.HFTokenizer) and run.tokenizer.eos_id == 0
+  text = 'To be, or not to be: that is the question.\n  Whither?'
+  assert run.tokenizer.decode(run.tokenizer.encode(text)) == text
+
+  student = cli.load_experiment(TINY)
+  student.update(steps=2, eval_every=2, eval_batches=1, checkpoint_every=2)
+  student.model.update(vocab_size=GPT2_VOCAB, n_layer=1)
+  student.data.update(corpus=small_corpus, tokenizer=os.path.join(teacher, 'tokenizer.json'))
+  student.sample.num, student.distill.teacher = 0, teacher
+  student_dir = str(tmp_path / 'student')
+  record = train.train(student, student_dir, log=quiet)
+  assert record['step'] == 2 and np.isfinite(record['kl'])
+  assert os.path.exists(os.path.join(student_dir, 'tokenizer.json'))
+
+  hf.main(['export', student_dir, f'--out={tmp_path / "out"}'])
+  assert sorted(os.listdir(tmp_path / 'out')) == ['config.json', 'model.safetensors',
+                                                  'tokenizer.json']
+  with open(tmp_path / 'out' / 'config.json') as f:
+    assert json.load(f)['eos_token_id'] == 0
+  student_run = runs.load(student_dir)
+  assert max_diff(hf_logits(str(tmp_path / 'out')),
+                  our_logits(student_run.gpt, student_run.params)) < 1e-4
+
+
+# --- bad input: one line, exit 2 ---------------------------------------------------------------
+
+
+def bert_dir(tmp_path):
+  os.makedirs(tmp_path / 'bert')
+  (tmp_path / 'bert' / 'config.json').write_text(json.dumps({'architectures': ['BertModel']}))
+  return str(tmp_path / 'bert')
+
+
+def no_weights_dir(tmp_path, llama_dir):
+  os.makedirs(tmp_path / 'empty')
+  (tmp_path / 'empty' / 'config.json').write_text(
+      open(os.path.join(llama_dir, 'config.json')).read())
+  return str(tmp_path / 'empty')
+
+
+@pytest.mark.parametrize('make_dir, extra, message', [
+    (lambda tmp, _: str(tmp), [], r"has no config.json; pass a directory written by"),
+    (lambda tmp, _: bert_dir(tmp), [], r"architecture \['BertModel'\] is not supported"),
+    (no_weights_dir, ['--tokenizer=X'], r"has no model.safetensors .*safe_serialization=True"),
+    (lambda tmp, llama: llama, [], r"has no tokenizer.model or tokenizer.json; pass --tokenizer"),
+])
+def test_bad_imports_are_one_line(make_dir, extra, message, llama_dir, sp_model, tmp_path):
+  extra = [f'--tokenizer={sp_model}' if e == '--tokenizer=X' else e for e in extra]
+  result = run_hf('import', make_dir(tmp_path, llama_dir), f'--workdir={tmp_path / "w"}', *extra)
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1, result.stderr
+  assert re.search(message, result.stderr), result.stderr
+  assert not os.path.exists(tmp_path / 'w')
