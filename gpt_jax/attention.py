@@ -8,6 +8,8 @@ Interchangeable paths that compute the same function:
 Shapes: q_BLHD (batch, length, query heads, head dim), k_BSKD and v_BSKD with K key/value heads,
 where K divides H: K = H is multi-head, 1 < K < H grouped-query, K = 1 multi-query attention.
 `window > 0` gives GPT-3's local banded attention: position i sees j with i - window < j <= i.
+Decoding with a KV cache passes an explicit mask instead (`position_mask`): the queries are the
+newest tokens and the keys are every slot of the cache.
 """
 
 import jax
@@ -26,23 +28,39 @@ def causal_mask(q_len: int, kv_len: int, window: int = 0) -> jax.Array:
   return mask
 
 
-def reference_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0) -> jax.Array:
+def position_mask(q_positions_BL, k_positions_BS, window: int = 0) -> jax.Array:
+  """Boolean (B, L, S) mask from token positions: query i sees key j if 0 <= pos_j <= pos_i (and
+  pos_i - pos_j < window). A negative position marks padding or an empty cache slot."""
+  q_BL1, k_B1S = q_positions_BL[:, :, None], k_positions_BS[:, None, :]
+  mask = (k_B1S >= 0) & (k_B1S <= q_BL1)
+  if window > 0:
+    mask &= k_B1S > q_BL1 - window
+  return mask
+
+
+def reference_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0, mask_BLS=None) -> jax.Array:
   B, L, H, D = q_BLHD.shape
   S, K = k_BSKD.shape[1], k_BSKD.shape[2]
   # Each group of H // K query heads shares one key/value head.
   q_BLKGD = q_BLHD.reshape(B, L, K, H // K, D)
   logits_BKGLS = jnp.einsum('blkgd,bskd->bkgls', q_BLKGD, k_BSKD).astype(jnp.float32)
   logits_BKGLS = logits_BKGLS / jnp.sqrt(D).astype(jnp.float32)
-  logits_BKGLS = jnp.where(causal_mask(L, S, window), logits_BKGLS, jnp.finfo(jnp.float32).min)
+  mask = causal_mask(L, S, window) if mask_BLS is None else mask_BLS[:, None, None]
+  logits_BKGLS = jnp.where(mask, logits_BKGLS, jnp.finfo(jnp.float32).min)
   probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(v_BSKD.dtype)
   out_BLKGD = jnp.einsum('bkgls,bskd->blkgd', probs_BKGLS, v_BSKD)
   return out_BLKGD.reshape(B, L, H, D)
 
 
-def attention(q_BLHD, k_BSKD, v_BSKD, *, implementation: str = 'xla', window: int = 0):
-  """Causal attention through the chosen implementation (see the module docstring)."""
+def attention(q_BLHD, k_BSKD, v_BSKD, *, implementation: str = 'xla', window: int = 0,
+              mask_BLS=None):
+  """Causal attention through the chosen implementation (see the module docstring), or, given
+  mask_BLS, attention under that mask (a window is then already part of the mask)."""
   if implementation == 'reference':
-    return reference_attention(q_BLHD, k_BSKD, v_BSKD, window=window)
+    return reference_attention(q_BLHD, k_BSKD, v_BSKD, window=window, mask_BLS=mask_BLS)
+  if mask_BLS is not None:  # decoding: a handful of queries, where XLA's kernel is the right one
+    return jax.nn.dot_product_attention(q_BLHD, k_BSKD, v_BSKD, mask=mask_BLS[:, None],
+                                        implementation='xla')
   return jax.nn.dot_product_attention(
       q_BLHD, k_BSKD, v_BSKD,
       is_causal=True,

@@ -4,6 +4,7 @@
 Every failure a user can fix ends as one line on stderr and exit status 2, never a traceback.
 """
 
+import argparse
 import importlib.util
 import os
 import sys
@@ -106,6 +107,13 @@ def _join_processes(flag_values: flags.FlagValues) -> None:
                                flag_values.process_id)
   elif flag_values.distributed:
     jax.distributed.initialize()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose errors are UserErrors: one line and exit 2 through `run`, not usage text."""
+
+  def error(self, message: str):
+    raise UserError(f'{message}; see {self.prog} --help')
 
 
 def run(fn: Callable[[], object]) -> None:

@@ -5,6 +5,10 @@ MLP, and the output head tied to the token embedding (logits = h · W_eᵀ).
 LLaMA: rotary position embeddings (RoPE), RMSNorm, a SwiGLU MLP, optionally an untied head.
 Both: multi-head, grouped-query or multi-query attention (`n_kv_head` divides `n_head`).
 
+With decode=True the model keeps a KV cache (flax collection 'cache'): each call appends its
+tokens' keys and values, and attends over everything cached so far, so a prompt is read once and
+each new token costs one position (see sample.py).
+
 Every parameter carries logical axis names (embed, mlp, heads, kv_heads, kv, vocab, layers) and
 activations are constrained with logical names (batch, length, ...); `sharding.py` maps them to a
 device mesh. Shape suffixes: B batch, L length, D n_embd, H heads, K kv heads, E head dim, F MLP
@@ -144,7 +148,7 @@ class Attention(nn.Module):
   window: int
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL):
+  def __call__(self, x_BLD, positions_BL, decode: bool = False):
     c = self.config
     E = head_size(c)
     out_std = c.init_std / math.sqrt(2 * c.n_layer)  # GPT-2: residual branches scaled by depth
@@ -157,9 +161,33 @@ class Attention(nn.Module):
     q_BLHE = nn.with_logical_constraint(q_BLHE, ('batch', 'length', 'heads', 'kv'))
     k_BLKE = nn.with_logical_constraint(k_BLKE, ('batch', 'length', 'kv_heads', 'kv'))
     v_BLKE = nn.with_logical_constraint(v_BLKE, ('batch', 'length', 'kv_heads', 'kv'))
-    out_BLHE = attention.attention(q_BLHE, k_BLKE, v_BLKE, implementation=c.attention,
-                                   window=self.window)
+    if decode:
+      k_BSKE, v_BSKE, k_positions_BS = self._cache(k_BLKE, v_BLKE, positions_BL)
+      mask_BLS = attention.position_mask(positions_BL, k_positions_BS, self.window)
+      out_BLHE = attention.attention(q_BLHE, k_BSKE, v_BSKE, implementation=c.attention,
+                                     mask_BLS=mask_BLS)
+    else:
+      out_BLHE = attention.attention(q_BLHE, k_BLKE, v_BLKE, implementation=c.attention,
+                                     window=self.window)
     return _dense(c, c.n_embd, ('heads', 'kv'), ('embed',), out_std, 'out')(out_BLHE)
+
+
+  def _cache(self, k_BLKE, v_BLKE, positions_BL):
+    """Writes the new keys, values and their positions at the cache's index and returns the
+    whole cache (S slots: as many as the tokens the cache was created with, see init_cache).
+    Only the K key/value heads are stored, so GQA/MQA caches are H/K times smaller."""
+    key = self.variable('cache', 'cached_key', jnp.zeros, k_BLKE.shape, k_BLKE.dtype)
+    value = self.variable('cache', 'cached_value', jnp.zeros, v_BLKE.shape, v_BLKE.dtype)
+    positions = self.variable('cache', 'cached_positions', jnp.zeros, positions_BL.shape, jnp.int32)
+    index = self.variable('cache', 'index', jnp.zeros, (), jnp.int32)
+    i = index.value
+    key.value = jax.lax.dynamic_update_slice(key.value, k_BLKE.astype(key.value.dtype), (0, i, 0, 0))
+    value.value = jax.lax.dynamic_update_slice(value.value, v_BLKE.astype(value.value.dtype),
+                                               (0, i, 0, 0))
+    positions.value = jax.lax.dynamic_update_slice(positions.value,
+                                                   positions_BL.astype(jnp.int32), (0, i))
+    index.value = i + k_BLKE.shape[1]
+    return key.value, value.value, positions.value
 
 
 class MLP(nn.Module):
@@ -186,9 +214,9 @@ class Block(nn.Module):
   window: int = 0
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, deterministic: bool):
+  def __call__(self, x_BLD, positions_BL, deterministic: bool, decode: bool):
     c = self.config
-    h_BLD = Attention(c, self.window, name='attn')(_norm(c, 'ln_1')(x_BLD), positions_BL)
+    h_BLD = Attention(c, self.window, name='attn')(_norm(c, 'ln_1')(x_BLD), positions_BL, decode)
     x_BLD = x_BLD + nn.Dropout(c.dropout)(h_BLD, deterministic=deterministic)
     h_BLD = MLP(c, name='mlp')(_norm(c, 'ln_2')(x_BLD))
     x_BLD = x_BLD + nn.Dropout(c.dropout)(h_BLD, deterministic=deterministic)
@@ -198,8 +226,8 @@ class Block(nn.Module):
 class ScanBlock(Block):
   """A Block in nn.scan's (carry, x) -> (carry, y) form."""
 
-  def __call__(self, x_BLD, positions_BL, deterministic: bool):
-    return super().__call__(x_BLD, positions_BL, deterministic), None
+  def __call__(self, x_BLD, positions_BL, deterministic: bool, decode: bool):
+    return super().__call__(x_BLD, positions_BL, deterministic, decode), None
 
 
 REMAT_POLICIES = {
@@ -209,11 +237,16 @@ REMAT_POLICIES = {
 
 
 class GPT(nn.Module):
-  """tokens_BL (int32) -> logits_BLV. `config` is the frozen `config.model`."""
+  """tokens_BL (int32) -> logits_BLV. `config` is the frozen `config.model`.
+
+  positions_BL defaults to 0, 1, ...; a negative position marks a padding token, which no other
+  token attends to (used with decode=True, where a batch of prompts is left-padded).
+  """
   config: ml_collections.FrozenConfigDict
 
   @nn.compact
-  def __call__(self, tokens_BL, positions_BL=None, deterministic: bool = True):
+  def __call__(self, tokens_BL, positions_BL=None, deterministic: bool = True,
+               decode: bool = False):
     c = self.config
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
@@ -223,22 +256,26 @@ class GPT(nn.Module):
     if c.position == 'learned':
       wpe_PD = self.param('wpe', _param(c.init_std, (None, 'embed')), (c.block_size, c.n_embd),
                           c.param_dtype)
-      x_BLD = x_BLD + jnp.asarray(wpe_PD, c.dtype)[positions_BL]
+      # Padding (position -1) reads row 0; attention ignores it anyway.
+      x_BLD = x_BLD + jnp.asarray(wpe_PD, c.dtype)[jnp.maximum(positions_BL, 0)]
     x_BLD = nn.Dropout(c.dropout)(x_BLD, deterministic=deterministic)
     x_BLD = nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
 
     block = ScanBlock if c.scan_layers else Block
     if c.remat != 'none':
-      # Argument 3 of __call__ (counting self) is the Python bool `deterministic`.
-      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], static_argnums=(3,))
+      # Arguments 3 and 4 of __call__ (counting self) are the Python bools.
+      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], static_argnums=(3, 4))
     if c.scan_layers:
-      layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                       in_axes=(nn.broadcast, nn.broadcast), length=c.n_layer,
+      layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
+                       split_rngs={'params': True, 'dropout': True},
+                       in_axes=(nn.broadcast,) * 3, length=c.n_layer,
                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_BLD, _ = layers(c, layer_window(c, 0), name='layers')(x_BLD, positions_BL, deterministic)
+      x_BLD, _ = layers(c, layer_window(c, 0), name='layers')(x_BLD, positions_BL, deterministic,
+                                                              decode)
     else:
       for i in range(c.n_layer):
-        x_BLD = block(c, layer_window(c, i), name=f'h_{i}')(x_BLD, positions_BL, deterministic)
+        x_BLD = block(c, layer_window(c, i), name=f'h_{i}')(x_BLD, positions_BL, deterministic,
+                                                            decode)
 
     x_BLD = _norm(c, 'ln_f')(x_BLD)
     if c.tie_embeddings:
@@ -257,6 +294,15 @@ def init_params(gpt: GPT, rng: jax.Array, seq_len: int):
   """Unboxed parameters; their logical names come from `logical_axes`."""
   tokens = jnp.zeros((1, seq_len), jnp.int32)
   return nn.meta.unbox(gpt.init(rng, tokens)['params'])
+
+
+def init_cache(gpt: GPT, batch_size: int, length: int):
+  """An empty KV cache for batch_size rows of up to `length` tokens: every slot marked empty
+  (position -1), the write index at 0. Shapes only are traced; nothing is initialised twice."""
+  shapes = jax.eval_shape(functools.partial(gpt.init, decode=True), jax.random.key(0),
+                          jnp.zeros((batch_size, length), jnp.int32))['cache']
+  return jax.tree_util.tree_map_with_path(
+      lambda path, s: jnp.full(s.shape, -1 if path[-1].key == 'cached_positions' else 0, s.dtype), shapes)
 
 
 def logical_axes(gpt: GPT, seq_len: int):

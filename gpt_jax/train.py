@@ -218,7 +218,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
                  for batch in data.eval_batches(prepared, 'val', seq_len=config.seq_len,
                                                 batch_size=config.batch_size // config.grad_accum,
                                                 max_batches=config.eval_batches)]
-  prompt, max_new_tokens = sample_prompt(prepared.tokenizer, config)
+  check_sample_room(prepared.tokenizer, config)
   teacher = distill.load_teacher(config, prepared.tokenizer, mesh) if config.distill.teacher else None
 
   gpt = model.build(config.model)
@@ -321,35 +321,28 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
     metrics.plot_losses(records, os.path.join(workdir, 'loss.png'),
                         title=os.path.basename(os.path.abspath(workdir)))
     if config.sample.num > 0:
-      texts = generate_text(gpt, state.params, prepared.tokenizer, prompt, max_new_tokens, config)
+      texts = sample_texts(gpt, state.params, prepared.tokenizer, config)
       for i, text in enumerate(texts):
         log(f'--- sample {i + 1} ---\n{text}')
   return record
 
 
-def sample_prompt(tokenizer, config) -> tuple[list[int], int]:
-  """The tokens of config.sample.prompt, started as a new document is (after EOS), and how many
-  tokens fit after it in the model's context."""
-  prompt = [tokenizer.eos_id] + tokenizer.encode(config.sample.prompt)
-  limit = config.model.block_size if config.model.position == 'learned' else config.seq_len
-  max_new_tokens = min(config.sample.max_tokens, limit - len(prompt))
-  if config.sample.num > 0 and max_new_tokens <= 0:
-    raise UserError(f'sample.prompt is {len(prompt)} tokens, no room left in the {limit}-token '
+def check_sample_room(tokenizer, config) -> None:
+  """UserError, before training, if config.sample.prompt leaves no room in the model's context."""
+  prompt_tokens = 1 + len(tokenizer.encode(config.sample.prompt))  # after EOS, as a document
+  context = sample.context_length(config.model)
+  if config.sample.num > 0 and prompt_tokens >= context:
+    raise UserError(f'sample.prompt is {prompt_tokens} tokens, no room left in the {context}-token '
                     'context; shorten the prompt')
-  return prompt, max_new_tokens
 
 
-def generate_text(gpt, params, tokenizer, prompt, max_new_tokens, config) -> list[str]:
-  """config.sample.num continuations of the prompt (from sample_prompt), as text."""
-  prompt_BP = jnp.asarray(np.tile(prompt, (config.sample.num, 1)), jnp.int32)
-  tokens = sample.generate(gpt, params, prompt_BP, jax.random.PRNGKey(config.seed),
-                           max_new_tokens=max_new_tokens, temperature=config.sample.temperature)
-  texts = []
-  for row in np.asarray(tokens)[:, len(prompt):].tolist():
-    if tokenizer.eos_id in row:
-      row = row[:row.index(tokenizer.eos_id)]
-    texts.append(config.sample.prompt + tokenizer.decode(row))
-  return texts
+def sample_texts(gpt, params, tokenizer, config) -> list[str]:
+  """config.sample.num continuations of config.sample.prompt, with the KV-cache sampler."""
+  prompt_tokens = 1 + len(tokenizer.encode(config.sample.prompt))
+  max_new_tokens = min(config.sample.max_tokens, sample.context_length(config.model) - prompt_tokens)
+  return sample.complete(gpt, params, tokenizer, [config.sample.prompt],
+                         max_new_tokens=max_new_tokens, num_samples=config.sample.num,
+                         temperature=config.sample.temperature, seed=config.seed)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
