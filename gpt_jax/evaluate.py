@@ -324,11 +324,6 @@ def build_play_task(per_play: int = 50, num_examples: int = 5, seed: int = 0) ->
 # --- command line ----------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one `error:` line through cli.run, not usage and a message
-    raise UserError(f'{message}; run with --help for the flags')
-
-
 def _shots(value: str) -> list[int]:
   try:
     return [int(s) for s in value.split(',')]
@@ -338,7 +333,7 @@ def _shots(value: str) -> list[int]:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = _Parser(prog='python -m gpt_jax.evaluate', description=__doc__.split('\n\n')[0])
+  parser = cli.ArgumentParser(prog='python -m gpt_jax.evaluate', description=__doc__.split('\n\n')[0])
   parser.add_argument('--workdir', help='a finished run (its config.json, tokenizer, checkpoints)')
   parser.add_argument('--data', help='a .txt or .jsonl[.gz] file to score instead of the '
                       "run's validation split")

@@ -423,13 +423,7 @@ def export(run, out_dir: str) -> str:
 
 
 def _parse(argv: list[str]):
-  import argparse
-
-  class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one `error:` line through cli.run, not argparse's usage text
-      raise UserError(f'{message}; run python -m gpt_jax.hf --help')
-
-  parser = Parser(prog='python -m gpt_jax.hf', description=__doc__.split('\n')[0])
+  parser = cli.ArgumentParser(prog='python -m gpt_jax.hf', description=__doc__.split('\n')[0])
   commands = parser.add_subparsers(dest='command', required=True)
   imp = commands.add_parser('import', help='an HF directory into a run of this project')
   imp.add_argument('hf_dir')
