@@ -22,7 +22,7 @@ SETTINGS = ['--project=proj', '--zone=us-central2-b', '--name=gpt']
 ON_TPU = ['gpt', '--project=proj', '--zone=us-central2-b']
 SSH = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', *ON_TPU]
 TRAIN_ARGS = ['--config=experiments/tiny.py', '--config.sample_prompt=To be',
-              '--workdir=gs://bucket/run']
+              '--workdir=gs://bucket/run', '--config.data.corpus=gs://bucket/data/*.jsonl']
 
 # Records its name, arguments and JAX_* environment as one JSON line. As gcloud it keeps a copy of
 # what it would scp; as scontrol it prints the hosts; as srun it starts the task as the second one.
@@ -49,6 +49,16 @@ echo training
 trap 'echo "got SIGTERM"; kill "$sleeper"; exit 0' TERM
 sleep 60 & sleeper=$!
 wait
+'''
+
+# The workers' mountpoint and gcsfuse: a bucket counts as mounted once gcsfuse has marked its
+# mount point; gcsfuse records its arguments.
+FAKE_MOUNTPOINT = '''#!/usr/bin/env bash
+[ "$1" = -q ] && [ -f "$2/.mounted" ]
+'''
+FAKE_GCSFUSE = '''#!/usr/bin/env bash
+echo "$*" >> "$HOME/gcsfuse.calls"
+touch "${@: -1}/.mounted"
 '''
 
 
@@ -163,19 +173,64 @@ def test_setup_copies_this_checkout(fake):
   assert not os.path.exists(tarball)
 
 
+CLONE = ("{ [ -d ~/gpt_jax/.git ] || git clone -q 'https://example.com/my repo.git' ~/gpt_jax; }"
+         ' && cd ~/gpt_jax && git fetch -q origin v1.0 && git checkout -q --detach FETCH_HEAD')
+
+
 def test_setup_clones(fake):
-  clone = ("{ [ -d ~/gpt_jax/.git ] || git clone -q 'https://example.com/my repo.git' ~/gpt_jax; }"
-           ' && cd ~/gpt_jax && git fetch -q origin v1.0 && git checkout -q --detach FETCH_HEAD')
   fake.check('setup.sh', [*SETTINGS, '--repo=https://example.com/my repo.git', '--ref=v1.0'],
-             [[*SSH, '--worker=all', f'--command={clone} && {INSTALL}']])
+             [[*SSH, '--worker=all', f'--command={CLONE} && {INSTALL}']])
 
 
-LAUNCH = ('set -e; if [ -f ~/gpt_jax_logs/train.pid ] && kill -0 "$(cat ~/gpt_jax_logs/train.pid)"'
+GCSFUSE = ('if ! command -v gcsfuse > /dev/null; then echo "deb [signed-by=/usr/share/keyrings/'
+           'cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) '
+           'main" | sudo tee /etc/apt/sources.list.d/gcsfuse.list > /dev/null && curl -fsSL '
+           'https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee '
+           '/usr/share/keyrings/cloud.google.asc > /dev/null && sudo apt-get update -qq && sudo '
+           'apt-get install -y -qq gcsfuse; fi')
+
+
+def mount(bucket: str, first: str = '') -> str:
+  return (f'if ! mountpoint -q ~/gcs/{bucket}; then {first}mkdir -p ~/gcs/{bucket} && gcsfuse '
+          f'--implicit-dirs --rename-dir-limit=200000 {bucket} ~/gcs/{bucket}; fi')
+
+
+@pytest.mark.parametrize('args, env', [
+    (['--bucket=gs://my-bucket'], {}), (['--bucket=gs://my-bucket/'], {}),
+    ([], {'TPU_BUCKET': 'gs://my-bucket'}), (['--bucket=my-bucket'], {'TPU_BUCKET': 'other'}),
+])
+def test_setup_mounts_a_bucket(fake, args, env):
+  fake.check('setup.sh', [*SETTINGS, '--repo=https://example.com/my repo.git', '--ref=v1.0', *args],
+             [[*SSH, '--worker=all',
+               f'--command={CLONE} && {INSTALL} && {GCSFUSE} && {mount("my-bucket")}']], **env)
+
+
+@pytest.mark.parametrize('bucket', ['gs://My-Bucket', 'gs://my-bucket/run', 'gs://', 'ab'])
+def test_setup_refuses_a_bad_bucket(fake, bucket):
+  assert_one_error(fake.run('setup.sh', *SETTINGS, f'--bucket={bucket}'), fake,
+                   'Cloud Storage bucket')
+
+
+def no_gcsfuse(bucket: str) -> str:
+  return (f'command -v gcsfuse > /dev/null || {{ echo "$(hostname): gcsfuse is not installed to '
+          f'mount gs://{bucket}; run tpu/setup.sh --bucket=gs://{bucket}" >&2; exit 1; }}; ')
+
+
+def launch(mounts: str, train_args: str) -> str:
+  return ('set -e; if [ -f ~/gpt_jax_logs/train.pid ] && kill -0 "$(cat ~/gpt_jax_logs/train.pid)"'
           ' 2>/dev/null; then echo "$(hostname): training is running; stop it first '
-          '(tpu/stop.sh)" >&2; exit 1; fi; mkdir -p ~/gpt_jax_logs; cd ~/gpt_jax; nohup '
-          ".venv/bin/python -m gpt_jax.train --config=experiments/tiny.py '--config.sample_prompt="
-          "To be' --workdir=gs://bucket/run --distributed >> ~/gpt_jax_logs/worker-$(hostname).log"
-          ' 2>&1 < /dev/null & echo $! > ~/gpt_jax_logs/train.pid')
+          f'(tpu/stop.sh)" >&2; exit 1; fi{mounts}; mkdir -p ~/gpt_jax_logs; cd ~/gpt_jax; nohup '
+          f'.venv/bin/python -m gpt_jax.train {train_args} --distributed >> '
+          '~/gpt_jax_logs/worker-$(hostname).log 2>&1 < /dev/null & echo $! > '
+          '~/gpt_jax_logs/train.pid')
+
+
+# gs://bucket/... is the mount on the workers, "$HOME" expanded by their shell, the glob left to
+# the data loader.
+LAUNCH = launch(f'; {mount("bucket", no_gcsfuse("bucket"))}',
+                "--config=experiments/tiny.py '--config.sample_prompt=To be' "
+                '--workdir="$HOME"/gcs/bucket/run --config.data.corpus="$HOME"'
+                "'/gcs/bucket/data/*.jsonl'")
 STOP = ('if [ -f ~/gpt_jax_logs/train.pid ] && pid=$(cat ~/gpt_jax_logs/train.pid) && kill -TERM'
         ' "$pid" 2>/dev/null; then while kill -0 "$pid" 2>/dev/null; do sleep 1; done; echo '
         '"$(hostname): stopped"; else echo "$(hostname): no training running"; fi')
@@ -184,6 +239,32 @@ STOP = ('if [ -f ~/gpt_jax_logs/train.pid ] && pid=$(cat ~/gpt_jax_logs/train.pi
 def test_launch(fake):
   fake.check('launch.sh', [*SETTINGS, '--', *TRAIN_ARGS],
              [[*SSH, '--worker=all', f'--command={LAUNCH}']])
+
+
+def test_launch_mounts_each_bucket_once(fake):
+  fake.check('launch.sh', [*SETTINGS, '--', '--config=experiments/tiny.py', '--workdir',
+                           'gs://my-runs/gpt 2', '--config.init_from=gs://my-runs',
+                           '--config.distill.teacher=gs://models.example.com/teacher/',
+                           '--config.data.corpus=/data/gs://x', '--workdir=gs://my-runs/run'],
+             [[*SSH, '--worker=all', '--command=' + launch(
+                 f'; {mount("my-runs", no_gcsfuse("my-runs"))}; '
+                 f'{mount("models.example.com", no_gcsfuse("models.example.com"))}',
+                 '--config=experiments/tiny.py --workdir "$HOME"\'/gcs/my-runs/gpt 2\' '
+                 '--config.init_from="$HOME"/gcs/my-runs '
+                 '--config.distill.teacher="$HOME"/gcs/models.example.com/teacher/ '
+                 '--config.data.corpus=/data/gs://x --workdir="$HOME"/gcs/my-runs/run')]])
+
+
+def test_launch_without_a_bucket_mounts_nothing(fake):
+  result = fake.run('launch.sh', '--dry-run', *SETTINGS, '--', '--workdir=/tmp/run')
+  assert result.returncode == 0 and result.stderr.startswith('warning: --workdir is not a gs://')
+  assert result.stdout == shlex.join(
+      [*SSH, '--worker=all', '--command=' + launch('', '--workdir=/tmp/run')]) + '\n'
+
+
+def test_launch_refuses_a_bad_bucket(fake):
+  assert_one_error(fake.run('launch.sh', *SETTINGS, '--', '--workdir=gs://My_Bucket/run'), fake,
+                   'gs://My_Bucket', 'Cloud Storage bucket')
 
 
 def test_launch_warns_about_a_local_workdir(fake):
@@ -219,7 +300,15 @@ def test_launch_and_stop_on_a_worker(fake):
   train.parent.mkdir(parents=True)
   train.write_text(FAKE_TRAIN)
   train.chmod(0o755)
-  env = {**fake.env, 'HOME': str(home)}
+  worker_bin = fake.tmp / 'worker_bin'
+  worker_bin.mkdir()
+  for tool, text in [('mountpoint', FAKE_MOUNTPOINT), ('gcsfuse', FAKE_GCSFUSE)]:
+    (worker_bin / tool).write_text(text)
+    (worker_bin / tool).chmod(0o755)
+  # Were the worker's shell to expand the corpus glob, it would find this file.
+  (home / 'gcs' / 'bucket' / 'data').mkdir(parents=True)
+  (home / 'gcs' / 'bucket' / 'data' / 'a.jsonl').touch()
+  env = {**fake.env, 'HOME': str(home), 'PATH': f'{worker_bin}{os.pathsep}{fake.env["PATH"]}'}
   # `wait` keeps a parent that reaps the training process, as init does on a worker.
   worker = subprocess.Popen(['bash', '-c', LAUNCH + '; wait'], env=env, start_new_session=True)
   try:
@@ -228,7 +317,11 @@ def test_launch_and_stop_on_a_worker(fake):
         break
       time.sleep(0.05)
     assert (home / 'argv').read_text().splitlines() == [
-        str(home / 'gpt_jax'), '-m', 'gpt_jax.train', *TRAIN_ARGS, '--distributed']
+        str(home / 'gpt_jax'), '-m', 'gpt_jax.train', *TRAIN_ARGS[:2],
+        f'--workdir={home}/gcs/bucket/run', f'--config.data.corpus={home}/gcs/bucket/data/*.jsonl',
+        '--distributed']
+    assert (home / 'gcsfuse.calls').read_text() == (
+        f'--implicit-dirs --rename-dir-limit=200000 bucket {home}/gcs/bucket\n')
     again = subprocess.run(['bash', '-c', LAUNCH], env=env, capture_output=True, text=True,
                            timeout=10)
     assert again.returncode == 1 and 'training is running' in again.stderr
@@ -245,6 +338,35 @@ def test_launch_and_stop_on_a_worker(fake):
     if worker.poll() is None:
       os.killpg(worker.pid, signal.SIGKILL)
       worker.wait()
+
+
+def test_launch_on_a_worker_without_gcsfuse(fake):
+  """Without gcsfuse, launch.sh's command stops with one line unless the bucket is mounted."""
+  if shutil.which('gcsfuse'):
+    pytest.skip('gcsfuse is installed here')
+  home = fake.tmp / 'home'
+  train = home / 'gpt_jax' / '.venv' / 'bin' / 'python'
+  train.parent.mkdir(parents=True)
+  train.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$HOME/argv"\n')
+  train.chmod(0o755)
+  worker_bin = fake.tmp / 'worker_bin'
+  worker_bin.mkdir()
+  (worker_bin / 'mountpoint').write_text(FAKE_MOUNTPOINT)
+  (worker_bin / 'mountpoint').chmod(0o755)
+  env = {**fake.env, 'HOME': str(home), 'PATH': f'{worker_bin}{os.pathsep}{fake.env["PATH"]}'}
+  result = subprocess.run(['bash', '-c', LAUNCH + '; wait'], env=env, capture_output=True,
+                          text=True, timeout=10)
+  assert result.returncode == 1 and result.stdout == ''
+  assert result.stderr.endswith(': gcsfuse is not installed to mount gs://bucket; run '
+                                'tpu/setup.sh --bucket=gs://bucket\n')
+  assert result.stderr.count('\n') == 1
+  assert not (home / 'gpt_jax_logs').exists()
+  (home / 'gcs' / 'bucket').mkdir(parents=True)
+  (home / 'gcs' / 'bucket' / '.mounted').touch()
+  result = subprocess.run(['bash', '-c', LAUNCH + '; wait'], env=env, capture_output=True,
+                          text=True, timeout=10)
+  assert (result.returncode, result.stdout, result.stderr) == (0, '', '')
+  assert f'--workdir={home}/gcs/bucket/run' in (home / 'argv').read_text().splitlines()
 
 
 @pytest.mark.parametrize('script', SCRIPTS)

@@ -6,6 +6,9 @@
 # worker's shell expands the ~.
 # shellcheck disable=SC2034,SC2088
 CODE_DIR='~/gpt_jax' LOG_DIR='~/gpt_jax_logs' PID_FILE='~/gpt_jax_logs/train.pid'
+# Where setup.sh --bucket and launch.sh mount gs://BUCKET with Cloud Storage FUSE: ~/gcs/BUCKET.
+# shellcheck disable=SC2088
+GCS_DIR='~/gcs'
 
 project=${TPU_PROJECT:-}
 zone=${TPU_ZONE:-}
@@ -75,4 +78,24 @@ require_tpu() {
 on_workers() {
   run gcloud compute tpus tpu-vm ssh "$name" --project="$project" --zone="$zone" \
     --worker="$1" --command="$2"
+}
+
+# gs://BUCKET[/] or BUCKET -> BUCKET, checked against Cloud Storage's bucket names, so that it goes
+# into the workers' command lines unquoted.
+bucket_name() {
+  local bucket=${1#gs://}
+  bucket=${bucket%/}
+  [[ $bucket =~ ^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$ ]] ||
+    die "$(quote "$1") does not name a Cloud Storage bucket (gs://NAME; a-z, 0-9, ., _, -)"
+  echo "$bucket"
+}
+
+# The shell command that mounts gs://$1 at ~/gcs/$1 on a worker unless it is mounted there; $2, if
+# given, runs first when it is not. Orbax renames each checkpoint's temporary directory into
+# place: FUSE refuses to rename a non-empty directory unless --rename-dir-limit allows it (on a
+# bucket with hierarchical namespace the rename is atomic, elsewhere a copy and delete per file).
+mount_bucket() {
+  local dir="$GCS_DIR/$1"
+  echo "if ! mountpoint -q $dir; then ${2:+$2; }mkdir -p $dir" \
+    "&& gcsfuse --implicit-dirs --rename-dir-limit=200000 $1 $dir; fi"
 }
