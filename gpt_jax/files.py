@@ -1,8 +1,12 @@
-"""Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one."""
+"""Atomic writes: a reader (or a run killed mid-write) sees the old file or the new one, and a
+directory appears whole or not at all."""
 
 import contextlib
 import json
 import os
+import shutil
+
+from gpt_jax.errors import UserError
 
 
 @contextlib.contextmanager
@@ -16,6 +20,24 @@ def atomic_path(path: str):
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+@contextlib.contextmanager
+def new_directory(path: str, flag: str):
+  """Yields a temporary directory beside `path` to fill; on success it becomes `path`, which must
+  not exist or be empty (`flag` names the setting that gave it, for the error)."""
+  if os.path.isdir(path) and os.listdir(path) or os.path.isfile(path):
+    raise UserError(f'{flag}={path} already exists and is not empty; pass a new directory')
+  tmp = f'{os.path.abspath(path)}.tmp{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    if os.path.isdir(path):
+      os.rmdir(path)  # empty, checked above
+    os.rename(tmp, path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cache_root(override: str = '') -> str:

@@ -16,7 +16,6 @@ by a transpose and a reshape; GPT-2's fused c_attn is split into query, key and 
 import json
 import math
 import os
-import shutil
 import sys
 
 import jax
@@ -358,7 +357,7 @@ def import_checkpoint(hf_dir: str, workdir: str, tokenizer: str | None = None,
                       scan_layers: bool = False) -> str:
   """Makes `workdir` (new or empty) a run holding the HF checkpoint: config.json, the tokenizer
   (`tokenizer`, else the one in hf_dir) and a params-only checkpoint at step 0. Returns workdir."""
-  if os.path.isdir(workdir) and os.listdir(workdir):
+  if os.path.isdir(workdir) and os.listdir(workdir):  # checked first: reading weights is slow
     raise UserError(f'--workdir={workdir} is not empty; import into a new directory')
   config = _config(hf_dir, scan_layers)
   tokenizer_path = tokenizer or config.data.tokenizer
@@ -372,19 +371,10 @@ def import_checkpoint(hf_dir: str, workdir: str, tokenizer: str | None = None,
   params = _params(hf_dir, config)
   workdir = os.path.abspath(workdir)
   config.data.tokenizer = os.path.join(workdir, tok.filename)
-  # Built beside the workdir and renamed into place, so a failed import leaves nothing behind.
-  tmp = f'{workdir}.tmp{os.getpid()}'
-  shutil.rmtree(tmp, ignore_errors=True)
-  try:
-    os.makedirs(tmp)
+  with files.new_directory(workdir, '--workdir') as tmp:  # a failed import leaves nothing
     files.write_json(os.path.join(tmp, runs.CONFIG), config.to_dict())
     tok.save(os.path.join(tmp, tok.filename))
     checkpoint.save_params(os.path.join(tmp, runs.CHECKPOINTS), 0, params)
-    if os.path.isdir(workdir):
-      os.rmdir(workdir)  # empty, checked above
-    os.rename(tmp, workdir)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
   return workdir
 
 
@@ -401,21 +391,12 @@ def export(run, out_dir: str) -> str:
   m = config.model if 'model' in config else config
   hf_config = config_to_hf(m, tokenizer)
   tensors = params_to_hf(m, params)
-  out_dir = os.path.abspath(out_dir)
-  tmp = f'{out_dir}.tmp{os.getpid()}'
-  shutil.rmtree(tmp, ignore_errors=True)
-  try:
-    os.makedirs(tmp)
+  with files.new_directory(out_dir, '--out') as tmp:
     files.write_json(os.path.join(tmp, 'config.json'), hf_config)
     save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={'format': 'pt'})
     # A sentencepiece model serves LLaMA's tokenizer classes; a tokenizer.json serves any model.
     if tokenizer is not None and (tokenizer.filename == 'tokenizer.json' or m.position == 'rope'):
       tokenizer.save(os.path.join(tmp, tokenizer.filename))
-    if os.path.isdir(out_dir):
-      shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
   return out_dir
 
 

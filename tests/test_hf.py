@@ -127,6 +127,11 @@ def test_export_loads_in_transformers_and_round_trips(hf_dir, tmp_path):
   _, again = hf.load(str(tmp_path / 'out'))
   jax.tree.map(np.testing.assert_array_equal, again, params)
   assert sorted(os.listdir(tmp_path)) == ['out']  # nothing left of the temporary directory
+  before = {name: os.path.getmtime(tmp_path / 'out' / name) for name in os.listdir(tmp_path / 'out')}
+  with pytest.raises(UserError, match=r'--out=.*out already exists and is not empty'):
+    hf.export((config, params), str(tmp_path / 'out'))  # an earlier export is never overwritten
+  assert {name: os.path.getmtime(tmp_path / 'out' / name)
+          for name in os.listdir(tmp_path / 'out')} == before
 
 
 def test_bfloat16_shards_load_as_bfloat16(llama_dir):
