@@ -43,11 +43,15 @@ def make_train_step(gpt: model.GPT, tx: optax.GradientTransformation, config,
   alpha_schedule = distill_alpha(config.distill, config.steps)
 
   def loss_fn(params, tokens_BL1, mask_BL, rng, normalizer, step, teacher_params):
+    if teacher is None:
+      # The head and the loss fused: the (B, L, V) logits are never materialised.
+      x_ND = gpt.apply({'params': params}, tokens_BL1[:, :-1], deterministic=False, hidden=True,
+                       rngs={'dropout': rng})
+      return losses.head_next_token_loss(x_ND, model.head_weight(params, config.model),
+                                         tokens_BL1[:, 1:], mask_BL, z_loss=config.loss.z_loss,
+                                         normalizer=normalizer)
     logits_BLV = gpt.apply({'params': params}, tokens_BL1[:, :-1], deterministic=False,
                            rngs={'dropout': rng})
-    if teacher is None:
-      return losses.next_token_loss(logits_BLV, tokens_BL1[:, 1:], mask_BL,
-                                    z_loss=config.loss.z_loss, normalizer=normalizer)
     teacher_BLV = teacher.apply({'params': teacher_params}, tokens_BL1[:, :-1])
     d = config.distill
     return losses.distillation_loss(logits_BLV, teacher_BLV, tokens_BL1[:, 1:], mask_BL,

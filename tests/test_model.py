@@ -213,3 +213,25 @@ def test_seq_len_beyond_position_table():
   with pytest.raises(UserError, match='beyond the learned position table'):
     model.validate(model_config(**GPT2), seq_len=33)
   model.validate(model_config(**dict(GPT2, position='rope')), seq_len=33)  # RoPE has no table
+
+
+@pytest.mark.parametrize('z_loss', [0.0, 1e-2])
+def test_fused_head_loss_equals_loss_of_logits(z_loss):
+  """losses.head_next_token_loss (chunked, gradients fused) = next_token_loss of x · Wᵀ."""
+  from gpt_jax import losses
+  B, L, D, V = 2, 24, 16, 40
+  kx, kw, kt, km = jax.random.split(jax.random.key(0), 4)
+  x_ND, w_VD = jax.random.normal(kx, (B * L, D)), jax.random.normal(kw, (V, D))
+  targets_BL = jax.random.randint(kt, (B, L), 0, V)
+  mask_BL = jax.random.bernoulli(km, 0.8, (B, L)).astype(jnp.float32)
+  plain = lambda x, w: losses.next_token_loss((x @ w.T).reshape(B, L, V), targets_BL, mask_BL,
+                                              z_loss=z_loss)
+  fused = lambda x, w: losses.head_next_token_loss(x, w, targets_BL, mask_BL, z_loss=z_loss,
+                                                   chunk=16)
+  (want, want_terms), want_grads = jax.value_and_grad(plain, (0, 1), has_aux=True)(x_ND, w_VD)
+  (got, got_terms), got_grads = jax.jit(jax.value_and_grad(fused, (0, 1), has_aux=True))(x_ND, w_VD)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for k in want_terms:
+    np.testing.assert_allclose(got_terms[k], want_terms[k], rtol=1e-5, atol=1e-7)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
