@@ -69,9 +69,10 @@ def qkv(B=2, L=24, H=8, K=2, E=16, seed=0):
           jax.random.normal(kv, (B, L, K, E)))
 
 
+@pytest.mark.parametrize('impl', ['xla', 'einsum'])
 @pytest.mark.parametrize('K', [8, 2, 1])
 @pytest.mark.parametrize('window', [0, 5])
-def test_attention_paths_agree(K, window):
+def test_attention_paths_agree(K, window, impl):
   q, k, v = qkv(K=K)
   def out_and_grads(impl):
     loss = lambda q, k, v: jnp.sum(jnp.sin(attention.attention(q, k, v, implementation=impl,
@@ -79,7 +80,7 @@ def test_attention_paths_agree(K, window):
     return jax.jit(lambda q, k, v: (attention.attention(q, k, v, implementation=impl, window=window),
                                     jax.grad(loss, argnums=(0, 1, 2))(q, k, v)))(q, k, v)
 
-  (ref, ref_grads), (xla, xla_grads) = out_and_grads('reference'), out_and_grads('xla')
+  (ref, ref_grads), (xla, xla_grads) = out_and_grads('reference'), out_and_grads(impl)
   np.testing.assert_allclose(ref, xla, atol=2e-5)
   for g_ref, g_xla in zip(ref_grads, xla_grads):
     np.testing.assert_allclose(g_ref, g_xla, atol=5e-5)
@@ -88,7 +89,7 @@ def test_attention_paths_agree(K, window):
 def test_window_covering_sequence_is_full_attention():
   q, k, v = qkv()
   full = attention.reference_attention(q, k, v)
-  for impl in ('reference', 'xla'):
+  for impl in ('reference', 'xla', 'einsum'):
     np.testing.assert_allclose(attention.attention(q, k, v, implementation=impl, window=24), full,
                                atol=2e-5)
 
