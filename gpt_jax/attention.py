@@ -1,11 +1,11 @@
 """Causal self-attention kernels: (q, k, v) in, context out.
 
 Interchangeable paths that compute the same function:
-- `reference`: plain einsums, written to be read; the ground truth in tests.
-- `xla`: `jax.nn.dot_product_attention` lowered by XLA (TPU, GPU); on a CPU backend the
-  `einsum` path instead, which trains 1.3x faster there.
+- `auto` (the default): `einsum` on a CPU backend, where it trains 1.3x faster, else `xla`.
+- `xla`: `jax.nn.dot_product_attention` lowered by XLA (CPU, TPU, GPU).
 - `einsum`: head-major batched matmuls with a hand-written backward (see einsum_attention).
 - `cudnn`: the same call lowered to cuDNN's fused flash attention (GPU, bfloat16/float16 only).
+- `reference`: plain einsums, written to be read; the ground truth in tests.
 
 Shapes: q_BLHD (batch, length, query heads, head dim), k_BSKD and v_BSKD with K key/value heads,
 where K divides H: K = H is multi-head, 1 < K < H grouped-query, K = 1 multi-query attention.
@@ -17,7 +17,7 @@ newest tokens and the keys are every slot of the cache.
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ('xla', 'cudnn', 'reference', 'einsum')
+IMPLEMENTATIONS = ('auto', 'xla', 'einsum', 'cudnn', 'reference')
 
 
 def causal_mask(q_len: int, kv_len: int, window: int = 0) -> jax.Array:
@@ -96,14 +96,15 @@ def einsum_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0) -> jax.Array:
   return jnp.transpose(out_BHLD, (0, 2, 1, 3))
 
 
-def attention(q_BLHD, k_BSKD, v_BSKD, *, implementation: str = 'xla', window: int = 0,
+def attention(q_BLHD, k_BSKD, v_BSKD, *, implementation: str = 'auto', window: int = 0,
               mask_BLS=None):
   """Causal attention through the chosen implementation (see the module docstring), or, given
   mask_BLS, attention under that mask (a window is then already part of the mask)."""
   if implementation == 'reference':
     return reference_attention(q_BLHD, k_BSKD, v_BSKD, window=window, mask_BLS=mask_BLS)
-  cpu = jax.default_backend() == 'cpu'
-  if mask_BLS is None and (implementation == 'einsum' or implementation == 'xla' and cpu):
+  if implementation == 'auto':
+    implementation = 'einsum' if jax.default_backend() == 'cpu' else 'xla'
+  if mask_BLS is None and implementation == 'einsum':
     return einsum_attention(q_BLHD, k_BSKD, v_BSKD, window=window)
   if mask_BLS is not None:  # decoding: a handful of queries, where XLA's kernel is the right one
     return jax.nn.dot_product_attention(q_BLHD, k_BSKD, v_BSKD, mask=mask_BLS[:, None],

@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   model.tie_embeddings = True
   model.dropout = 0.0
   model.init_std = 0.02
-  model.attention = 'xla'  # 'xla' (jax.nn.dot_product_attention), 'cudnn' or 'reference'
+  model.attention = 'auto'  # 'auto' (einsum on CPU, else xla), 'xla' (jax.nn.dot_product_attention), 'einsum', 'cudnn' or 'reference'
   model.sliding_window = 0  # > 0: local banded attention over this many positions
   model.local_layers = 'all'  # with sliding_window: 'all' or 'alternate' (GPT-3: dense, local, ...)
   model.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'
