@@ -81,7 +81,7 @@ def bench_jax(config, batches: list[np.ndarray], steps: int, warmup: int, peak: 
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
     step = jax.jit(train.make_train_step(gpt, tx, config),
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0
-                   ).lower(abstract, {'tokens': batch_shape}).compile()
+                   ).lower(abstract, {'tokens': batch_shape}).compile(train.train_compiler_options())
   compile_s = time.perf_counter() - start
   state = jax.jit(functools.partial(init_state, gpt, tx, config), out_shardings=shardings)()
   device_batches = [{'tokens': jax.device_put(b, batch_sharding)} for b in batches]
