@@ -112,7 +112,6 @@ def einsum_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0, block: int = 64
   (0: one block). 1.4x faster than jax.nn.dot_product_attention forward+backward on 256-token
   GPT-2 shapes there, and blocks of 64 rows 1.4x faster again."""
   B, L, H, D = q_BLHD.shape
-  K = k_BSKD.shape[2]
   to_heads = lambda x: jnp.repeat(jnp.transpose(x, (0, 2, 1, 3)), H // x.shape[2], axis=1)
   q_BHLD = to_heads(q_BLHD * jnp.asarray(D ** -0.5, q_BLHD.dtype))
   out_BHLD = _softmax_attention(q_BHLD, to_heads(k_BSKD), to_heads(v_BSKD),

@@ -184,7 +184,6 @@ class Attention(nn.Module):
     out_NHE = out_BLHE.reshape(-1, *out_BLHE.shape[2:])
     return _dense(c, c.n_embd, ('heads', 'kv'), ('embed',), out_std, 'out')(out_NHE)
 
-
   def _cache(self, k_BLKE, v_BLKE, positions_BL):
     """Writes the new keys, values and their positions at the cache's index and returns the
     whole cache (S slots: as many as the tokens the cache was created with, see init_cache).

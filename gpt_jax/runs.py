@@ -22,7 +22,7 @@ from gpt_jax.errors import UserError
 from gpt_jax.state import abstract_state
 from gpt_jax.tokenizer import Tokenizer
 
-CONFIG, TOKENIZER, CHECKPOINTS = 'config.json', 'tokenizer.model', 'checkpoints'
+CONFIG, CHECKPOINTS = 'config.json', 'checkpoints'
 
 
 @dataclasses.dataclass(frozen=True)
