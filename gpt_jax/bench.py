@@ -43,7 +43,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
   return sizes
 
 
-def _timed(fn, steps: int, warmup: int) -> list[float]:
+def timed(fn, steps: int, warmup: int) -> list[float]:
   """Seconds of each of `steps` calls of fn() (which blocks until done), after `warmup` calls."""
   for _ in range(warmup):
     fn()
@@ -93,7 +93,7 @@ def bench_jax(config, batches: list[np.ndarray], steps: int, warmup: int, peak: 
     jax.block_until_ready((state, step_metrics))
     calls += 1
 
-  times = _timed(one_step, steps, warmup)
+  times = timed(one_step, steps, warmup)
   device = jax.devices()[0]
   if device.platform == 'cpu':
     m = step.memory_analysis()
@@ -181,7 +181,7 @@ def bench_torch(config, batches: list[np.ndarray], steps: int, warmup: int, peak
     adamw.step()
     calls += 1
 
-  times = _timed(one_step, steps, warmup)
+  times = timed(one_step, steps, warmup)
   return {'threads': torch.get_num_threads(), 'torch_version': torch.__version__,
           **_step_stats(times, config.batch_size * config.seq_len,
                         flops.flops_per_token(c, config.seq_len), peak)}

@@ -15,25 +15,17 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
-from gpt_jax import cli, files, flops, hf, sample
+from gpt_jax import bench, cli, files, flops, hf, sample
 from gpt_jax.errors import UserError
 
 
 def _median_seconds(fn, repeats: int) -> tuple[float, float]:
   """(seconds of the first call, median seconds of the next `repeats` calls)."""
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
+  first = bench.timed(fn, 1, warmup=0)[0]
+  return first, statistics.median(bench.timed(fn, repeats, warmup=0))
 
 
 def run(args) -> list[dict]:

@@ -27,7 +27,6 @@ from collections.abc import Iterable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from gpt_jax import cli, config as config_lib, corpus, data, files, runs, sample, sharding
@@ -369,7 +368,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     raise UserError('--data and --task are separate evaluations; pass one of them')
   texts = read_texts(args.data, args.text_field) if args.data else None
 
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1}))
+  mesh = sharding.data_parallel_mesh()
   run = runs.load(args.workdir, mesh=mesh)
   # imported only now: it brings in tensorboardX and torch, seconds a mistyped flag need not wait
   from gpt_jax import train

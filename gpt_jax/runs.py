@@ -53,7 +53,7 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   data parallel), computing in `dtype` (default: the run's). `what` names the setting that gave
   `workdir`, for the error messages."""
   config = read_config(workdir, what)
-  path = tokenizer_path(workdir)
+  path = tokenizer_lib.find(workdir)
   if path is None:
     raise UserError(f'{what}={workdir!r} has no {" or ".join(tokenizer_lib.FILENAMES)}; pass the '
                     'workdir of a finished run')
@@ -64,7 +64,7 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   if step is None:
     raise UserError(f'{what}={workdir!r} has no checkpoint yet; train it first or pass another run')
   if mesh is None:
-    mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1}))
+    mesh = sharding.data_parallel_mesh()
   config.mesh = ml_collections.ConfigDict(dict(zip(mesh.axis_names, mesh.devices.shape)))
   if dtype:
     config.model.dtype = dtype
@@ -73,11 +73,6 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   abstract_params = abstract_state(gpt, tx, config, mesh).params
   params = checkpoint.restore_params(os.path.join(workdir, CHECKPOINTS), step, abstract_params)
   return Run(gpt, params, config, tokenizer, step)
-
-
-def tokenizer_path(workdir: str) -> str | None:
-  """The run's tokenizer file (tokenizer.model or tokenizer.json), or None if it has none."""
-  return tokenizer_lib.find(workdir)
 
 
 def check_compatible(run: Run, workdir: str, what: str, config: ml_collections.ConfigDict,

@@ -60,6 +60,11 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
+def data_parallel_mesh() -> jax.sharding.Mesh:
+  """Every device on the data axis: the mesh for running a finished model (sampling, scoring)."""
+  return make_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1}))
+
+
 def logical_sharding(logical_spec: PartitionSpec, mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, nn.logical_to_mesh_axes(tuple(logical_spec), RULES))
 

@@ -10,7 +10,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import scipy.special
@@ -41,7 +40,7 @@ def trained(small_corpus, tmp_path_factory):
 @pytest.fixture(scope='module')
 def loaded(trained):
   """(run, scorer of batch 8 and the run's seq_len 32)."""
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1}))
+  mesh = sharding.data_parallel_mesh()
   run = runs.load(trained[0], mesh=mesh)
   return run, evaluate.Scorer(run, mesh, 8, run.config.seq_len)
 
