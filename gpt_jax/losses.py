@@ -8,6 +8,23 @@ import jax.numpy as jnp
 
 from gpt_jax.errors import UserError
 
+# The logit given to ids that are not tokens: finite, so 0·(log p − log q) terms stay 0, not NaN.
+MASKED_LOGIT = -1e30
+
+
+def mask_padded_vocab(logits_xV, num_tokens: int | None):
+  """Logits (..., V) with every id >= num_tokens set to MASKED_LOGIT, so they get probability 0.
+
+  A model's vocabulary may be padded beyond its tokenizer's (vocab_size a multiple of 64 or 128
+  for fast matmuls, as in nanoGPT's 50304 for GPT-2's 50257): those ids are not tokens, so they
+  are never sampled, never trained towards and never part of a scored distribution.
+  num_tokens = None or >= V leaves the logits unchanged.
+  """
+  V = logits_xV.shape[-1]
+  if num_tokens is None or num_tokens >= V:
+    return logits_xV
+  return jnp.where(jnp.arange(V) < num_tokens, logits_xV, MASKED_LOGIT).astype(logits_xV.dtype)
+
 
 def next_token_loss(logits_BLV, targets_BL, mask_BL, *, z_loss: float = 0.0, normalizer=None):
   """Cross-entropy of the targets, plus PaLM's z-loss z_loss·log(Z)², over unmasked targets.
