@@ -12,28 +12,34 @@ from gpt_jax.errors import UserError
 MASKED_LOGIT = -1e30
 
 
-def mask_padded_vocab(logits_xV, num_tokens: int | None):
-  """Logits (..., V) with every id >= num_tokens set to MASKED_LOGIT, so they get probability 0.
+def mask_padded_vocab(logits, num_tokens: int | None, axis: int = -1):
+  """Logits with every id >= num_tokens along `axis` (the vocabulary axis, of size V) set to
+  MASKED_LOGIT, so they get probability 0; same shape and dtype.
 
   A model's vocabulary may be padded beyond its tokenizer's (vocab_size a multiple of 64 or 128
   for fast matmuls, as in nanoGPT's 50304 for GPT-2's 50257): those ids are not tokens, so they
   are never sampled, never trained towards and never part of a scored distribution.
   num_tokens = None or >= V leaves the logits unchanged.
   """
-  V = logits_xV.shape[-1]
+  V = logits.shape[axis]
   if num_tokens is None or num_tokens >= V:
-    return logits_xV
-  return jnp.where(jnp.arange(V) < num_tokens, logits_xV, MASKED_LOGIT).astype(logits_xV.dtype)
+    return logits
+  shape = [1] * logits.ndim
+  shape[axis] = V
+  is_token = (jnp.arange(V) < num_tokens).reshape(shape)
+  return jnp.where(is_token, logits, MASKED_LOGIT).astype(logits.dtype)
 
 
-def next_token_loss(logits_BLV, targets_BL, mask_BL, *, z_loss: float = 0.0, normalizer=None):
+def next_token_loss(logits_BLV, targets_BL, mask_BL, *, z_loss: float = 0.0, normalizer=None,
+                    num_tokens: int | None = None):
   """Cross-entropy of the targets, plus PaLM's z-loss z_loss·log(Z)², over unmasked targets.
 
   The sums are divided by `normalizer` (default: the number of unmasked targets); gradient
   accumulation passes the whole batch's count so microbatch losses add up to the batch mean.
-  Returns (loss, {'ce': ..., 'z_loss': ...}) with each term divided the same way.
+  The softmax is over the first `num_tokens` ids (mask_padded_vocab). Returns
+  (loss, {'ce': ..., 'z_loss': ...}) with each term divided the same way.
   """
-  logits_BLV = logits_BLV.astype(jnp.float32)
+  logits_BLV = mask_padded_vocab(logits_BLV.astype(jnp.float32), num_tokens)
   mask_BL = mask_BL.astype(jnp.float32)
   log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
   target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
@@ -46,14 +52,15 @@ def next_token_loss(logits_BLV, targets_BL, mask_BL, *, z_loss: float = 0.0, nor
 
 def distillation_loss(student_logits_BLV, teacher_logits_BLV, targets_BL, mask_BL, *,
                       alpha: float, temperature: float = 1.0, reverse: bool = False,
-                      top_k: int = 0, normalizer=None):
+                      top_k: int = 0, normalizer=None, num_tokens: int | None = None):
   """α·T²·KL(teacher ‖ student) + (1 − α)·CE(targets, student), over unmasked targets.
 
   The KL is between the temperature-softened distributions softmax(logits / T). Its gradient
   shrinks like 1/T², so the T² factor keeps it the size it has at T = 1 (Hinton et al. 2015) and
   α weighs the two terms the same at any T. reverse=True uses KL(student ‖ teacher) instead.
   top_k > 0 keeps only the teacher's k largest logits, renormalised over them (the student's
-  log-probabilities stay over the whole vocabulary); k = vocab is the full loss. The teacher gets
+  log-probabilities stay over the whole vocabulary); k = vocab is the full loss. Both
+  distributions are over the first `num_tokens` ids (mask_padded_vocab). The teacher gets
   no gradient. Returns (loss, {'kl': ..., 'ce': ...}), all divided by `normalizer` (default: the
   number of unmasked targets) and computed in float32.
   """
@@ -63,8 +70,10 @@ def distillation_loss(student_logits_BLV, teacher_logits_BLV, targets_BL, mask_B
   mask_BL = mask_BL.astype(jnp.float32)
   if normalizer is None:
     normalizer = jnp.maximum(mask_BL.sum(), 1.0)
-  teacher_BLV = jax.lax.stop_gradient(teacher_logits_BLV).astype(jnp.float32) / temperature
-  log_student_BLV = jax.nn.log_softmax(student_logits_BLV.astype(jnp.float32) / temperature)
+  student_logits_BLV = mask_padded_vocab(student_logits_BLV.astype(jnp.float32), num_tokens)
+  teacher_BLV = mask_padded_vocab(
+      jax.lax.stop_gradient(teacher_logits_BLV).astype(jnp.float32), num_tokens) / temperature
+  log_student_BLV = jax.nn.log_softmax(student_logits_BLV / temperature)
   if top_k:
     teacher_BLK, index_BLK = jax.lax.top_k(teacher_BLV, top_k)
     log_teacher_BLK = jax.nn.log_softmax(teacher_BLK)
@@ -81,9 +90,9 @@ def distillation_loss(student_logits_BLV, teacher_logits_BLV, targets_BL, mask_B
   return loss, {'kl': kl, 'ce': terms['ce']}
 
 
-def _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, with_grads):
+def _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, num_tokens, with_grads):
   """Scans row chunks: per chunk the logits, their log-normaliser, the weighted terms and, with
-  with_grads, the gradients of Σ weights·(ce + z_loss·log(Z)²) for x and w."""
+  with_grads, the gradients of Σ weights·(ce + z_loss·log(Z)²) for x and w, in their dtypes."""
   N, D = x_ND.shape
   V = w_VD.shape[0]
   split = lambda a: a.reshape(N // chunk, chunk, *a.shape[1:])
@@ -94,7 +103,8 @@ def _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, with_grads)
 
   def body(dw_VD, xs):
     x_nD, t_n, m_n = xs
-    logits_Vn = jnp.dot(w_VD, x_nD.T, preferred_element_type=jnp.float32)
+    logits_Vn = mask_padded_vocab(jnp.dot(w_VD, x_nD.T, preferred_element_type=jnp.float32),
+                                  num_tokens, axis=0)
     lse_n = jax.nn.logsumexp(logits_Vn, axis=0)
     target_n = jnp.take_along_axis(logits_Vn, t_n[None, :], axis=0)[0]
     sums = jnp.stack([((lse_n - target_n) * m_n).sum(), (jnp.square(lse_n) * m_n).sum()])
@@ -110,44 +120,49 @@ def _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, with_grads)
   dw_VD, (sums, dx) = jax.lax.scan(body, jnp.zeros((V, D), jnp.float32),
                                    (split(x_ND), split(targets_N), split(weights_N)))
   sums = sums.sum(0)
-  return sums[0], sums[1], (dx.reshape(N, D) if with_grads else None), dw_VD
+  if not with_grads:
+    return sums[0], sums[1], None, None
+  # A custom VJP's cotangents must have its primals' dtypes (bfloat16 parameters, activations).
+  return sums[0], sums[1], dx.reshape(N, D).astype(x_ND.dtype), dw_VD.astype(w_VD.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _head_ce(x_ND, w_VD, targets_N, weights_N, z_loss, chunk):
-  ce, z, _, _ = _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _head_ce(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, num_tokens):
+  ce, z, _, _ = _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, num_tokens,
+                                False)
   return ce + z_loss * z, ce, z
 
 
-def _head_ce_fwd(x_ND, w_VD, targets_N, weights_N, z_loss, chunk):
+def _head_ce_fwd(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, num_tokens):
   # The gradients come out of the same pass over the logits, so no (N, V) array is kept for the
   # backward pass; they are scaled by the cotangent there.
-  ce, z, dx_ND, dw_VD = _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, True)
+  ce, z, dx_ND, dw_VD = _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk,
+                                        num_tokens, True)
   return (ce + z_loss * z, ce, z), (dx_ND, dw_VD, targets_N, weights_N)
 
 
-def _head_ce_bwd(z_loss, chunk, residuals, cotangents):
+def _head_ce_bwd(z_loss, chunk, num_tokens, residuals, cotangents):
   dx_ND, dw_VD, targets_N, weights_N = residuals
   g = cotangents[0]  # only the total is differentiable; ce and z are for logging
-  return ((g * dx_ND).astype(dx_ND.dtype), g * dw_VD, None, None)
+  return ((g * dx_ND).astype(dx_ND.dtype), (g * dw_VD).astype(dw_VD.dtype), None, None)
 
 
 _head_ce.defvjp(_head_ce_fwd, _head_ce_bwd)
 
 
 def head_next_token_loss(x_ND, w_VD, targets_BL, mask_BL, *, z_loss: float = 0.0,
-                         normalizer=None, chunk: int = 512):
+                         normalizer=None, chunk: int = 512, num_tokens: int | None = None):
   """next_token_loss of logits x_ND · w_VDᵀ without materialising them: the rows go through in
   chunks of `chunk`, each chunk's logits live only inside the pass that also computes the
   gradients (a fused linear cross-entropy). x_ND are the final hidden states of the B·L targets
   in order; w_VD the output head (the tied embedding). Same value and gradients as
-  next_token_loss(x_ND @ w_VD.T, ...)."""
+  next_token_loss(x_ND @ w_VD.T, ...), in the dtypes of x_ND and w_VD."""
   mask_N = mask_BL.reshape(-1).astype(jnp.float32)
   if normalizer is None:
     normalizer = jnp.maximum(mask_N.sum(), 1.0)
   N = x_ND.shape[0]
   chunk = math.gcd(N, chunk)
   total, ce, z = _head_ce(x_ND, w_VD.astype(x_ND.dtype), targets_BL.reshape(-1), mask_N,
-                          float(z_loss), chunk)
+                          float(z_loss), chunk, num_tokens)
   ce, z = jax.lax.stop_gradient(ce), jax.lax.stop_gradient(z)
   return total / normalizer, {'ce': ce / normalizer, 'z_loss': z_loss * z / normalizer}

@@ -6,11 +6,19 @@ import optax
 
 
 def schedule(optim: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
-  """Linear warmup to optim.lr, then cosine decay to lr·min_lr_ratio at `steps`."""
+  """The learning rate of update s (0-based, the one that makes step s + 1): linear warmup to
+  optim.lr over the first warmup_steps updates, then cosine decay to lr·min_lr_ratio at the last.
+
+  Update s takes the value optax's warmup-cosine schedule has at s + 1, where that schedule
+  starts at 0: the first update moves the parameters (lr/warmup_steps, as nanoGPT's
+  lr·(it + 1)/warmup), warmup reaches lr at update warmup_steps − 1, and the last update,
+  steps − 1, has the floor.
+  """
   warmup = min(optim.warmup_steps, max(steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
+  warmup_cosine = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=optim.lr, warmup_steps=warmup,
       decay_steps=max(steps, warmup + 1), end_value=optim.lr * optim.min_lr_ratio)
+  return lambda step: warmup_cosine(step + 1)
 
 
 def decay_mask(params):
