@@ -69,7 +69,8 @@ def read_csv(path: str, required: Sequence[str] = RUN_COLUMNS) -> Table:
   """
   columns = ','.join(required)
   try:
-    with open(path, newline='', encoding='utf-8') as f:
+    # utf-8-sig: Excel's 'CSV UTF-8' starts the file with a byte-order mark
+    with open(path, newline='', encoding='utf-8-sig') as f:
       rows = [row for row in csv.reader(f) if row]
   except FileNotFoundError:
     raise UserError(f'{path}: no such file; pass a CSV file with columns {columns}') from None

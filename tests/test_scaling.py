@@ -300,3 +300,14 @@ def test_report_command_predicts_the_budgets_asked_for(tmp_path):
   assert [row['flops'] for row in summary['predictions']] == [1e20, 3e22]
   assert summary['intervals'] == {'parametric': {}, 'isoflop': {}}
   assert summary['skipped'] == {'envelope': 'no loss curves (a sweep writes them to curves.csv)'}
+
+
+def test_a_csv_with_a_byte_order_mark_fits_as_without(tmp_path):
+  runs = sweep()
+  # params first: a mark read as text would stick to its name
+  plain = write_csv(tmp_path / 'plain.csv', {'params': runs.pop('params'), **runs})
+  with_bom = tmp_path / 'excel.csv'  # Excel's "CSV UTF-8" starts with the byte-order mark
+  with_bom.write_bytes(b'\xef\xbb\xbf' + open(plain, 'rb').read())
+  fits = [scaling.summarize(scaling.fit_sweep(scaling.read_csv(str(path)), samples=0))
+          for path in (plain, with_bom)]
+  assert fits[0] == fits[1] and fits[0]['runs'] == len(runs['loss'])
