@@ -205,8 +205,8 @@ def _in_vocabulary(ids: Iterable[int], vocab_size: int) -> list[int]:
   ids = [int(i) for i in ids]
   bad = next((i for i in ids if not 0 <= i < vocab_size), None)
   if bad is not None:
-    raise UserError(f'cannot decode token id {bad}: the tokenizer has {vocab_size} tokens (ids 0 to '
-                    f'{vocab_size - 1}); decode only ids of this tokenizer')
+    raise UserError(f'cannot decode token id {bad}: the tokenizer has {vocab_size} tokens (ids 0 '
+                    f'to {vocab_size - 1}); decode only ids of this tokenizer')
   return ids
 
 
