@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import cli, config as config_lib, corpus, data, files, runs, sample, sharding
+from gpt_jax import cli, config as config_lib, corpus, data, files, losses, runs, sample, sharding
 from gpt_jax.errors import UserError
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tasks')
@@ -39,11 +39,14 @@ PLAY_TASK = os.path.join(TASKS_DIR, 'shakespeare_play.json')
 # --- scoring ---------------------------------------------------------------------------------
 
 
-def score_fn(gpt):
-  """(params, tokens_BL1, mask_BL) -> summed NLL (nats) of each row's unmasked targets, (B,)."""
+def score_fn(gpt, num_tokens: int | None = None):
+  """(params, tokens_BL1, mask_BL) -> summed NLL (nats) of each row's unmasked targets, (B,),
+  under the model's distribution over the first num_tokens ids (None: all of them): the ids a
+  padded vocabulary adds beyond the tokenizer's are not tokens (losses.mask_padded_vocab)."""
 
   def score(params, tokens_BL1, mask_BL):
     logits_BLV = gpt.apply({'params': params}, tokens_BL1[:, :-1]).astype(jnp.float32)
+    logits_BLV = losses.mask_padded_vocab(logits_BLV, num_tokens)
     # the same terms as losses.next_token_loss, kept per row
     log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
     target_logit_BL = jnp.take_along_axis(logits_BLV, tokens_BL1[:, 1:, None], axis=-1)[..., 0]
@@ -53,7 +56,8 @@ def score_fn(gpt):
 
 
 class Scorer:
-  """A run's model compiled once for rows of seq_len + 1 tokens, batch_size at a time."""
+  """A run's model compiled once for rows of seq_len + 1 tokens, batch_size at a time, scoring
+  over the ids of the run's tokenizer only."""
 
   def __init__(self, run: runs.Run, mesh: jax.sharding.Mesh, batch_size: int, seq_len: int):
     ways = mesh.shape['data'] * mesh.shape['fsdp']
@@ -65,7 +69,8 @@ class Scorer:
     tokens = jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32, sharding=self.sharding)
     mask = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32, sharding=self.sharding)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-      self._score = jax.jit(score_fn(run.gpt), out_shardings=sharding.replicated(mesh)
+      self._score = jax.jit(score_fn(run.gpt, run.tokenizer.vocab_size),
+                            out_shardings=sharding.replicated(mesh)
                             ).lower(run.params, tokens, mask).compile()
 
   def __call__(self, tokens_BL1: np.ndarray, mask_BL: np.ndarray) -> np.ndarray:

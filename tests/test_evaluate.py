@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +98,27 @@ def test_text_file_metrics_equal_a_hand_computation(loaded, tmp_path):
   assert metrics['bytes'] == sum(len(text.encode()) for text in texts)
   np.testing.assert_allclose(metrics['bpb'], nll / math.log(2) / metrics['bytes'], rtol=1e-5)
   np.testing.assert_allclose(metrics['ppl'], math.exp(nll / targets), rtol=1e-5)
+
+
+class BigramLogits:
+  """A stand-in model: the logits after token t are row t of its parameter logits_VV."""
+
+  def apply(self, variables, tokens_BL):
+    return variables['params']['logits_VV'][tokens_BL]
+
+
+def test_ids_beyond_the_tokenizers_vocabulary_are_not_scored():
+  num_tokens, V = 40, 64  # a model vocabulary padded to a multiple of 64
+  logits_VV = np.random.default_rng(0).normal(size=(V, V)).astype(np.float32)
+  logits_VV[:, num_tokens:] = 30.0  # unmasked, the padded ids would take nearly all the mass
+  run = runs.Run(BigramLogits(), {'logits_VV': jnp.asarray(logits_VV)}, config=None,
+                 tokenizer=types.SimpleNamespace(vocab_size=num_tokens), step=0)
+  scorer = evaluate.Scorer(run, sharding.data_parallel_mesh(), 2, 8)
+  rows = [([5, 9, 39, 7, 2], 3), ([1, 2, 3], 2), ([0, 38], 1)]
+  log_p = scipy.special.log_softmax(logits_VV[:, :num_tokens].astype(np.float64), axis=-1)
+  expected = [-sum(log_p[t[i], t[i + 1]] for i in range(len(t) - 1 - n, len(t) - 1))
+              for t, n in rows]
+  np.testing.assert_allclose(scorer.score_rows(rows), expected, rtol=1e-5)
 
 
 def test_max_batches_scores_a_prefix(loaded):
