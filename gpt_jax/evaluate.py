@@ -2,25 +2,33 @@
 
   python -m gpt_jax.evaluate --workdir=DIR [--data=FILE] [--seq_len=N] [--max_batches=N]
   python -m gpt_jax.evaluate --workdir=DIR --task=FILE.json|NAME [--shots=0,1,5] [--max_instances=N]
+      [--scoring=auto|choice|generation]
   python -m gpt_jax.evaluate --write_play_task[=PATH]  (rebuilds the shipped shakespeare_play task)
 
 Language-model metrics are loss (nats/token), perplexity and bits per byte on the run's validation
 split or on a .txt/.jsonl[.gz] file, every token after the first scored exactly once.
 
-Tasks follow the Natural Instructions schema ("Definition", "Positive Examples", "Instances" and an
-optional "Options"); each answer option is scored as the log-likelihood of ' ' + option after a
-k-shot prompt, as in GPT-3 and lm-eval-harness (acc, and acc_norm: normalised by its bytes).
+Tasks are Natural Instructions task files (parse_task): a definition, k solved examples, then the
+query. A multiple-choice task scores each answer option as the log-likelihood of ' ' + option
+after the prompt, as in GPT-3 and lm-eval-harness (acc, and acc_norm: normalised by its bytes); a
+task with free-text answers is scored as Super-NaturalInstructions does: the greedy answer, up to
+its first newline, by exact match and ROUGE-L against the acceptable answers (auto_scoring picks).
 
-Everything is scored by one compiled function of fixed shape (batch, seq_len): rows are padded and
-masked, and the batch is laid out on the devices like a training batch (data parallel).
+Log-likelihoods come from one compiled function of fixed shape (batch, seq_len): rows are padded
+and masked, and the batch is laid out on the devices like a training batch (data parallel).
+Generation decodes with the KV cache of gpt_jax.sample.
 """
 
 import argparse
+import collections
+import dataclasses
+import functools
 import json
 import math
 import os
 import random
 import re
+import string
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -29,9 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import cli, config as config_lib, corpus, data, files, runs, sample, sharding
+from gpt_jax import cli, config as config_lib, corpus, data, files, losses, runs, sample, sharding
 from gpt_jax.errors import UserError
 
+DEFAULT_SHOTS = (0, 1, 5)
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tasks')
 PLAY_TASK = os.path.join(TASKS_DIR, 'shakespeare_play.json')
 
@@ -39,11 +48,14 @@ PLAY_TASK = os.path.join(TASKS_DIR, 'shakespeare_play.json')
 # --- scoring ---------------------------------------------------------------------------------
 
 
-def score_fn(gpt):
-  """(params, tokens_BL1, mask_BL) -> summed NLL (nats) of each row's unmasked targets, (B,)."""
+def score_fn(gpt, num_tokens: int | None = None):
+  """(params, tokens_BL1, mask_BL) -> summed NLL (nats) of each row's unmasked targets, (B,),
+  under the model's distribution over the first num_tokens ids (None: all of them): the ids a
+  padded vocabulary adds beyond the tokenizer's are not tokens (losses.mask_padded_vocab)."""
 
   def score(params, tokens_BL1, mask_BL):
     logits_BLV = gpt.apply({'params': params}, tokens_BL1[:, :-1]).astype(jnp.float32)
+    logits_BLV = losses.mask_padded_vocab(logits_BLV, num_tokens)
     # the same terms as losses.next_token_loss, kept per row
     log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
     target_logit_BL = jnp.take_along_axis(logits_BLV, tokens_BL1[:, 1:, None], axis=-1)[..., 0]
@@ -53,7 +65,8 @@ def score_fn(gpt):
 
 
 class Scorer:
-  """A run's model compiled once for rows of seq_len + 1 tokens, batch_size at a time."""
+  """A run's model compiled once for rows of seq_len + 1 tokens, batch_size at a time, scoring
+  over the ids of the run's tokenizer only."""
 
   def __init__(self, run: runs.Run, mesh: jax.sharding.Mesh, batch_size: int, seq_len: int):
     ways = mesh.shape['data'] * mesh.shape['fsdp']
@@ -65,7 +78,8 @@ class Scorer:
     tokens = jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32, sharding=self.sharding)
     mask = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32, sharding=self.sharding)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-      self._score = jax.jit(score_fn(run.gpt), out_shardings=sharding.replicated(mesh)
+      self._score = jax.jit(score_fn(run.gpt, run.tokenizer.vocab_size),
+                            out_shardings=sharding.replicated(mesh)
                             ).lower(run.params, tokens, mask).compile()
 
   def __call__(self, tokens_BL1: np.ndarray, mask_BL: np.ndarray) -> np.ndarray:
@@ -138,57 +152,157 @@ def val_tokens(run: runs.Run) -> np.ndarray:
   return prepared.tokens('val')
 
 
-# --- prompted tasks --------------------------------------------------------------------------
+# --- Natural Instructions tasks --------------------------------------------------------------
 
 
-def load_task(spec: str) -> tuple[str, dict]:
-  """(name, task) of a task file or of the name of a shipped task, checked against the schema."""
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """A solved example: a positive one is shown in k-shot prompts, a negative one is a mistake."""
+  input: str
+  output: str
+  explanation: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+  id: str
+  input: str
+  outputs: tuple[str, ...]  # every acceptable answer
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A Natural Instructions task (Mishra et al. 2022; Wang et al. 2022, Super-NaturalInstructions):
+  a definition, solved examples and the instances to answer."""
+  name: str
+  definition: str
+  positive_examples: tuple[Example, ...]
+  negative_examples: tuple[Example, ...]
+  instances: tuple[Instance, ...]
+  options: tuple[str, ...] = ()  # the answer options of a multiple-choice task that lists them
+
+
+def _strings(value) -> list[str] | None:
+  """value as a list of strings (a string is a list of one), or None if it is neither."""
+  if isinstance(value, str):
+    return [value]
+  if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    return value
+  return None
+
+
+def parse_task(data, name: str, source: str = 'the task') -> Task:
+  """The task in a JSON object of the Natural Instructions schema (github.com/allenai/
+  natural-instructions, tasks/*.json), in any of its published layouts:
+
+    "Definition": a string, or a list of strings (joined by newlines)
+    "Positive Examples", "Negative Examples" (optional): [{"input", "output", "explanation"}],
+        "output" a string or a list of strings (the first is the example's answer), "explanation"
+        optional
+    "Instances": [{"id", "input", "output"}], "output" the list of acceptable answers (or one
+        string); a missing "id" becomes NAME-<number from 1>
+    "Options" (optional, this project's): the answer options of a multiple-choice task
+
+  Every other key (Contributors, Source, URL, Categories, Reasoning, Domains, Input_language,
+  Output_language, Instruction_language, Instance License, ...) is ignored. UserError, naming
+  `source`, if a field is missing or of another type.
+  """
+  fix = 'a task needs "Definition": str, "Instances": [{"input": str, "output": [str]}]'
+  if not isinstance(data, dict):
+    raise UserError(f'{source} holds no JSON object; {fix}')
+  definition = _strings(data.get('Definition'))
+  if not definition:
+    raise UserError(f'{source} has no "Definition" string or list of strings; {fix}')
+
+  def examples(key: str) -> tuple[Example, ...]:
+    found = []
+    for example in data.get(key) or []:
+      outputs = _strings(example.get('output')) if isinstance(example, dict) else None
+      if not (outputs and isinstance(example.get('input'), str)
+              and isinstance(example.get('explanation', ''), str)):
+        raise UserError(f'{source}: each of its "{key}" needs an "input" and an "output" string '
+                        '(and optionally an "explanation" string)')
+      found.append(Example(example['input'], outputs[0], example.get('explanation', '')))
+    return tuple(found)
+
+  instances = data.get('Instances')
+  if not (isinstance(instances, list) and instances):
+    raise UserError(f'{source} has no "Instances" list; {fix}')
+  parsed = []
+  for number, instance in enumerate(instances, 1):
+    outputs = _strings(instance.get('output')) if isinstance(instance, dict) else None
+    if not (outputs and isinstance(instance.get('input'), str)):
+      raise UserError(f'{source}: instance {number} needs an "input" string and an "output" list '
+                      f'of its acceptable answers; {fix}')
+    parsed.append(Instance(str(instance.get('id', f'{name}-{number}')), instance['input'],
+                           tuple(outputs)))
+  options = data.get('Options', [])
+  if not (isinstance(options, list) and len(options) != 1 and
+          all(isinstance(o, str) for o in options)):
+    raise UserError(f'{source}: "Options" must be a list of at least two strings')
+  return Task(name, '\n'.join(definition), examples('Positive Examples'),
+              examples('Negative Examples'), tuple(parsed), tuple(options))
+
+
+def read_task(path: str) -> Task:
+  """The task in a Natural Instructions .json file (parse_task), named by the file."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      data = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f'{path} is not a JSON task file ({e}); pass a Natural Instructions task'
+                    ) from None
+  return parse_task(data, os.path.basename(path).removesuffix('.json'), f'task file {path}')
+
+
+def load_task(spec: str) -> Task:
+  """The task of --task: a .json file, or the name of a shipped task."""
   path = spec if spec.endswith('.json') or os.path.sep in spec else os.path.join(TASKS_DIR,
                                                                                  f'{spec}.json')
   if not os.path.isfile(path):
     shipped = sorted(f[:-5] for f in os.listdir(TASKS_DIR) if f.endswith('.json'))
     raise UserError(f'--task={spec}: no such file {path!r}; pass a task .json file or one of '
                     f'{", ".join(shipped)}')
-  try:
-    with open(path, encoding='utf-8') as f:
-      task = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise UserError(f'--task={spec}: {path} is not a JSON task file ({e})') from None
-  fix = 'a task needs "Definition": [str], "Instances": [{"input", "output": [str]}]'
-  if not isinstance(task, dict):
-    raise UserError(f'--task={spec}: {path} holds no JSON object; {fix}')
-  definition, instances = task.get('Definition'), task.get('Instances')
-  examples, options = task.get('Positive Examples', []), task.get('Options')
-  if not (isinstance(definition, list) and all(isinstance(d, str) for d in definition)):
-    raise UserError(f'--task={spec}: {path} has no "Definition" list of strings; {fix}')
-  if not (isinstance(instances, list) and instances and all(
-      isinstance(i, dict) and isinstance(i.get('input'), str) and isinstance(i.get('output'), list)
-      and i['output'] and all(isinstance(o, str) for o in i['output']) for i in instances)):
-    raise UserError(f'--task={spec}: {path} has no "Instances" list of {{"input": str, "output": '
-                    f'[str]}}; {fix}')
-  if not (isinstance(examples, list) and all(
-      isinstance(e, dict) and isinstance(e.get('input'), str) and isinstance(e.get('output'), str)
-      for e in examples)):
-    raise UserError(f'--task={spec}: its "Positive Examples" need "input" and "output" strings')
-  if options is not None and not (isinstance(options, list) and len(options) > 1 and
-                                  all(isinstance(o, str) for o in options)):
-    raise UserError(f'--task={spec}: "Options" must be a list of at least two strings')
-  if len(task_options(task)) < 2:
-    raise UserError(f'--task={spec}: its instances give fewer than two answer options; add '
-                    '"Options" to the task')
-  return os.path.basename(path).removesuffix('.json'), task
+  return read_task(path)
 
 
-def task_options(task: dict) -> list[str]:
-  """The answer options: the task's "Options", else every output of its instances, sorted."""
-  return task.get('Options') or sorted({o for i in task['Instances'] for o in i['output']})
-
-
-def format_prompt(task: dict, shots: int, query: str) -> str:
+def format_prompt(task: Task, shots: int, query: str) -> str:
   """The definition, `shots` positive examples and the query, ending in 'Output:'."""
-  parts = ['\n'.join(task['Definition'])]
-  parts += [f'Input: {e["input"]}\nOutput: {e["output"]}' for e in task['Positive Examples'][:shots]]
+  parts = [task.definition]
+  parts += [f'Input: {e.input}\nOutput: {e.output}' for e in task.positive_examples[:shots]]
   return '\n\n'.join(parts + [f'Input: {query}\nOutput:'])
+
+
+# NI's own checks (src/test_all.py) treat fewer than 15 distinct outputs as a label set, whose
+# balance they check; a label is shared when several instances accept it.
+MAX_LABELS, MIN_LABEL_INSTANCES = 14, 3
+
+
+def auto_scoring(task: Task) -> str:
+  """'choice' (multiple choice: acc, acc_norm) or 'generation' (a greedy answer: exact match and
+  ROUGE-L), decided from the task alone: a task with "Options" is multiple choice, and so is one
+  whose instances share a small label set: 2 to MAX_LABELS distinct acceptable outputs over all
+  its instances, each acceptable for at least MIN_LABEL_INSTANCES of them (yes/no, entailment,
+  sentiment, ...). Any other task's answers are free text, scored by generation."""
+  if task.options:
+    return 'choice'
+  instances_per_label = collections.Counter(o for i in task.instances for o in set(i.outputs))
+  shared = (2 <= len(instances_per_label) <= MAX_LABELS and
+            min(instances_per_label.values()) >= MIN_LABEL_INSTANCES)
+  return 'choice' if shared else 'generation'
+
+
+# --- multiple choice: the likeliest option ---------------------------------------------------
+
+
+def task_options(task: Task) -> list[str]:
+  """The answer options: the task's "Options", else every output of its instances, sorted;
+  UserError if that gives fewer than two."""
+  options = list(task.options) or sorted({o for i in task.instances for o in i.outputs})
+  if len(options) < 2:
+    raise UserError(f'task {task.name}: its instances give fewer than two answer options; add '
+                    '"Options" to the task or pass --scoring=generation')
+  return options
 
 
 def option_logliks(scorer: Scorer, tokenizer, prompts: Sequence[str],
@@ -214,24 +328,104 @@ def accuracy(loglik_NO: np.ndarray, correct_NO: np.ndarray, option_bytes_O: np.n
   return {'acc': float(pick(loglik_NO)), 'acc_norm': float(pick(loglik_NO / option_bytes_O))}
 
 
-def task_metrics(scorer: Scorer, tokenizer, task: dict, shots: Sequence[int],
-                 max_instances: int = 0) -> dict:
-  """Accuracies for each number of shots, the number of instances and the chance rate."""
-  instances = task['Instances'][:max_instances or None]
+def choice_metrics(scorer: Scorer, tokenizer, task: Task, shots: Sequence[int],
+                   max_instances: int = 0) -> dict:
+  """Accuracies for each number of shots, the number of instances and the chance rate. Each
+  answer option is scored as the log-likelihood of ' ' + option after the k-shot prompt, as in
+  GPT-3 and lm-eval-harness (acc_norm: normalised by the option's bytes)."""
+  instances = task.instances[:max_instances or None]
   options = task_options(task)
-  correct_NO = np.array([[o in i['output'] for o in options] for i in instances])
+  correct_NO = np.array([[o in i.outputs for o in options] for i in instances])
   if not correct_NO.any(axis=1).all():
     bad = instances[int(np.argmin(correct_NO.any(axis=1)))]
-    raise UserError(f'instance {bad.get("id", "?")} has none of the options {options} among its '
-                    'outputs; fix the task')
+    raise UserError(f'instance {bad.id} has none of the options {options} among its outputs; '
+                    'fix the task or pass --scoring=generation')
   option_bytes_O = np.array([len(f' {o}'.encode()) for o in options])
   results = {}
   for k in shots:
-    prompts = [format_prompt(task, k, i['input']) for i in instances]
+    prompts = [format_prompt(task, k, i.input) for i in instances]
     results[str(k)] = accuracy(option_logliks(scorer, tokenizer, prompts, options), correct_NO,
                                option_bytes_O)
   return {'instances': len(instances), 'options': options, 'chance': 1 / len(options),
           'shots': results}
+
+
+# --- generation: a greedy answer, exact match and ROUGE-L -------------------------------------
+
+# new tokens beyond the longest reference, so an answer a little longer than all of them is still
+# read to its end (and scored as the longer answer it is)
+GENERATION_MARGIN = 16
+
+
+def normalize_answer(text: str) -> str:
+  """Lower case, without ASCII punctuation, words separated by single spaces: the answer
+  normalisation of NI's evaluation (eval/automatic/evaluation.py: SQuAD's, keeping articles)."""
+  return ' '.join(''.join(c for c in text.lower() if c not in string.punctuation).split())
+
+
+@functools.cache
+def _rouge_l_scorer():
+  from rouge_score import rouge_scorer  # imported here: its nltk takes a second only this needs
+  return rouge_scorer.RougeScorer(['rougeL'], use_stemmer=True)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+  """ROUGE-L F-measure (Lin 2004), from the longest common subsequence of the two texts' words,
+  as NI's default (English) track computes it: Google's rouge-score, whose tokenizer keeps runs of
+  [a-z0-9] after lower-casing (other characters are dropped, so non-Latin text scores 0), with
+  the Porter stemmer. In [0, 1]."""
+  return _rouge_l_scorer().score(target=reference, prediction=prediction)['rougeL'].fmeasure
+
+
+def answer_scores(answers: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+  """exact_match (after normalize_answer) and rouge_l: the mean over instances of the best score
+  over each one's acceptable answers, as NI's compute_metrics, in fractions of 1 (not percent)."""
+  exact = [max(normalize_answer(a) == normalize_answer(r) for r in refs)
+           for a, refs in zip(answers, references)]
+  rouge = [max(rouge_l(a, r) for r in refs) for a, refs in zip(answers, references)]
+  return {'exact_match': float(np.mean(exact)), 'rouge_l': float(np.mean(rouge))}
+
+
+def generate_answers(run: runs.Run, prompts: Sequence[str], *, max_new_tokens: int, seq_len: int,
+                     batch_size: int) -> list[str]:
+  """The greedy answer to each prompt (sample.generate, batch_size prompts at a time): its
+  continuation up to the first newline or EOS, without surrounding spaces. A prompt starts as a
+  document does, after EOS, and loses tokens on the left so that it and max_new_tokens fit in
+  seq_len tokens."""
+  tokenizer = run.tokenizer
+  keep = seq_len - max_new_tokens
+  if keep < 1:
+    raise UserError(f'{max_new_tokens} new tokens leave no room for a prompt in {seq_len} tokens; '
+                    'raise --seq_len')
+  rows = [[tokenizer.eos_id, *ids][-keep:] for ids in tokenizer.encode_batch(prompts)]
+  answers = []
+  for start in range(0, len(rows), batch_size):
+    continuations = sample.generate(run.gpt, run.params, rows[start:start + batch_size],
+                                    max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id)
+    answers += [tokenizer.decode(ids).split('\n', 1)[0].strip() for ids in continuations]
+  return answers
+
+
+def generation_metrics(run: runs.Run, task: Task, shots: Sequence[int], *, seq_len: int,
+                       batch_size: int, max_instances: int = 0) -> dict:
+  """exact_match and rouge_l (answer_scores) of the greedy answers after each k-shot prompt, as
+  Super-NaturalInstructions scores its tasks; the number of instances and max_new_tokens: the
+  longest acceptable answer's tokens + GENERATION_MARGIN, at most seq_len - 1."""
+  instances = task.instances[:max_instances or None]
+  references = [i.outputs for i in instances]
+  longest = max(map(len, run.tokenizer.encode_batch([f' {r}' for refs in references
+                                                      for r in refs])))
+  if longest >= seq_len:
+    raise UserError(f'an answer of task {task.name} is {longest} tokens, more than the '
+                    f'{seq_len}-token context leaves for a prompt; raise --seq_len')
+  max_new_tokens = min(longest + GENERATION_MARGIN, seq_len - 1)
+  results = {}
+  for k in shots:
+    prompts = [format_prompt(task, k, i.input) for i in instances]
+    answers = generate_answers(run, prompts, max_new_tokens=max_new_tokens, seq_len=seq_len,
+                               batch_size=batch_size)
+    results[str(k)] = answer_scores(answers, references)
+  return {'instances': len(instances), 'max_new_tokens': max_new_tokens, 'shots': results}
 
 
 # --- the shipped task: which play is this line from? ----------------------------------------
@@ -327,14 +521,19 @@ def _shots(value: str) -> list[int]:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = cli.ArgumentParser(prog='python -m gpt_jax.evaluate', description=__doc__.split('\n\n')[0])
+  parser = cli.ArgumentParser(prog='python -m gpt_jax.evaluate',
+                              description=__doc__.split('\n\n')[0])
   parser.add_argument('--workdir', help='a finished run (its config.json, tokenizer, checkpoints)')
   parser.add_argument('--data', help='a .txt or .jsonl[.gz] file to score instead of the '
                       "run's validation split")
   parser.add_argument('--text_field', default='text', help='the text field of .jsonl records')
   parser.add_argument('--task', help='a Natural Instructions task .json, or a shipped task: '
                       'shakespeare_play')
-  parser.add_argument('--shots', type=_shots, default=[0, 1, 5], help='e.g. 0,1,5 (default)')
+  parser.add_argument('--shots', type=_shots, help='e.g. 0,1,5; default: those of 0, 1 and 5 '
+                      'the task has enough positive examples for')
+  parser.add_argument('--scoring', choices=('auto', 'choice', 'generation'), default='auto',
+                      help='multiple choice or greedy generation; auto: by the task '
+                      '(evaluate.auto_scoring)')
   parser.add_argument('--max_instances', type=int, default=0, help='0 = all')
   parser.add_argument('--seq_len', type=int, default=0, help="0 = the run's, at most its context")
   parser.add_argument('--batch_size', type=int, default=0, help="0 = the run's eval batch")
@@ -346,7 +545,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   for key in ('max_instances', 'seq_len', 'batch_size', 'max_batches'):
     if getattr(args, key) < 0:
       raise UserError(f'--{key}={getattr(args, key)} is negative; pass 0 (the default) or more')
-  if min(args.shots) < 0:
+  if args.shots and min(args.shots) < 0:
     raise UserError(f'--shots={",".join(map(str, args.shots))} has a negative number of shots')
   if not args.workdir and not args.write_play_task:
     raise UserError('missing --workdir=DIR, the run to evaluate')
@@ -360,12 +559,18 @@ def run(args: argparse.Namespace, log=print) -> dict:
     log(f'wrote {args.write_play_task}')
     return {}
   # the inputs are checked before the run is loaded, so a mistake fails fast
-  task_name, task = load_task(args.task) if args.task else (None, None)
-  if task and max(args.shots) > len(task['Positive Examples']):
-    raise UserError(f'--shots={max(args.shots)} needs as many positive examples, but task '
-                    f'{task_name} has {len(task["Positive Examples"])}; pass fewer shots')
-  if task and args.data:
+  if args.task and args.data:
     raise UserError('--data and --task are separate evaluations; pass one of them')
+  task = load_task(args.task) if args.task else None
+  if task:
+    num_examples = len(task.positive_examples)
+    shots = args.shots or [k for k in DEFAULT_SHOTS if k <= num_examples]
+    if max(shots) > num_examples:
+      raise UserError(f'--shots={max(shots)} needs as many positive examples, but task '
+                      f'{task.name} has {num_examples}; pass fewer shots')
+    scoring = auto_scoring(task) if args.scoring == 'auto' else args.scoring
+    if scoring == 'choice':
+      task_options(task)  # a UserError if it has fewer than two
   texts = read_texts(args.data, args.text_field) if args.data else None
 
   mesh = sharding.data_parallel_mesh()
@@ -377,13 +582,19 @@ def run(args: argparse.Namespace, log=print) -> dict:
   seq_len = min(args.seq_len or config.seq_len, sample.context_length(config.model))
   if args.seq_len > seq_len:
     log(f'--seq_len={args.seq_len} is beyond the model\'s {seq_len}-token context; using {seq_len}')
-  scorer = Scorer(run, mesh, args.batch_size or config.batch_size // config.grad_accum, seq_len)
+  batch_size = args.batch_size or config.batch_size // config.grad_accum
   results = {'workdir': args.workdir, 'step': run.step, 'seq_len': seq_len}
   if task:
-    results['task'] = {'name': task_name, **task_metrics(scorer, run.tokenizer, task, args.shots,
-                                                         args.max_instances)}
+    if scoring == 'choice':
+      metrics = choice_metrics(Scorer(run, mesh, batch_size, seq_len), run.tokenizer, task, shots,
+                               args.max_instances)
+    else:
+      metrics = generation_metrics(run, task, shots, seq_len=seq_len, batch_size=batch_size,
+                                   max_instances=args.max_instances)
+    results['task'] = {'name': task.name, 'scoring': scoring, **metrics}
     log(task_table(results['task'], args.workdir, run.step))
   else:
+    scorer = Scorer(run, mesh, batch_size, seq_len)
     tokens = file_tokens(texts, run.tokenizer) if args.data else val_tokens(run)
     results['lm'] = {'data': args.data or 'val', **lm_metrics(scorer, tokens, run.tokenizer,
                                                               args.max_batches)}
@@ -397,10 +608,17 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
 
 def task_table(metrics: dict, workdir: str, step: int) -> str:
-  lines = [f'task {metrics["name"]}: {metrics["instances"]} instances, {len(metrics["options"])} '
-           f'options (chance {metrics["chance"]:.1%}); {workdir} at step {step}',
-           '| shots | acc | acc_norm |', '|---:|---:|---:|']
-  lines += [f'| {k} | {m["acc"]:.1%} | {m["acc_norm"]:.1%} |' for k, m in metrics['shots'].items()]
+  """The --task results as a heading line and a markdown table, a row per number of shots."""
+  if metrics['scoring'] == 'choice':
+    how = f'{len(metrics["options"])} options (chance {metrics["chance"]:.1%})'
+    columns = ['acc', 'acc_norm']
+  else:
+    how = f'greedy answers of up to {metrics["max_new_tokens"]} tokens'
+    columns = ['exact_match', 'rouge_l']
+  lines = [f'task {metrics["name"]}: {metrics["instances"]} instances, {how}; {workdir} at step '
+           f'{step}', '| shots | ' + ' | '.join(columns) + ' |', '|---:' * (len(columns) + 1) + '|']
+  lines += ['| ' + ' | '.join([k] + [f'{m[c]:.1%}' for c in columns]) + ' |'
+            for k, m in metrics['shots'].items()]
   return '\n'.join(lines)
 
 

@@ -16,6 +16,7 @@ by a transpose and a reshape; GPT-2's fused c_attn is split into query, key and 
 import json
 import math
 import os
+import re
 import sys
 
 import jax
@@ -38,17 +39,29 @@ WEIGHTS, INDEX = 'model.safetensors', 'model.safetensors.index.json'
 # --- configs ----------------------------------------------------------------------------------
 
 
-def read_hf_config(hf_dir: str) -> dict:
-  path = os.path.join(hf_dir, 'config.json')
+def _read_json(path: str) -> dict:
+  """The JSON object in `path` (UTF-8, with or without the byte-order mark some Windows editors
+  write); UserError if it is not one. FileNotFoundError passes through for the caller to explain."""
   try:
-    with open(path) as f:
-      return json.load(f)
+    with open(path, encoding='utf-8-sig') as f:
+      data = json.load(f)
   except FileNotFoundError:
-    raise UserError(f'{hf_dir!r} has no config.json; pass a directory written by transformers\' '
-                    'save_pretrained') from None
+    raise
   except (OSError, ValueError) as e:
     raise UserError(f'cannot read {path}: {e}; pass a directory written by save_pretrained'
                     ) from None
+  if not isinstance(data, dict):
+    raise UserError(f'{path} holds no JSON object; pass a directory written by save_pretrained')
+  return data
+
+
+def read_hf_config(hf_dir: str) -> dict:
+  """The config.json of `hf_dir`, as a dict."""
+  try:
+    return _read_json(os.path.join(hf_dir, 'config.json'))
+  except FileNotFoundError:
+    raise UserError(f'{hf_dir!r} has no config.json; pass a directory written by transformers\' '
+                    'save_pretrained') from None
 
 
 def architecture(hf: dict) -> str:
@@ -61,8 +74,18 @@ def architecture(hf: dict) -> str:
   return supported[0]
 
 
-def _refuse(what: str) -> None:
-  raise UserError(f'{what} has no counterpart in this project\'s model; import another checkpoint')
+def _refuse(setting: str, ours: str) -> None:
+  raise UserError(f"{setting} cannot be computed by this project's model, which has {ours}; "
+                  'import another checkpoint')
+
+
+def _require(hf: dict, key: str, default, allowed: tuple, ours: str) -> None:
+  """Refuses a config whose `key` (transformers' `default` where config.json leaves it out) is not
+  one of `allowed`; `ours` says what this project's model has instead."""
+  value = hf.get(key, default)
+  if value not in allowed:
+    where = 'in config.json' if key in hf else "transformers' default"
+    _refuse(f'{key}={value!r} ({where})', ours)
 
 
 def _rope_theta(hf: dict) -> float:
@@ -70,15 +93,31 @@ def _rope_theta(hf: dict) -> float:
   any scaling (linear, dynamic, llama3, yarn, ...) is refused: our RoPE is the plain one."""
   params = hf.get('rope_parameters') or {}
   scaling = hf.get('rope_scaling') or {}
-  for kind in (params.get('rope_type', 'default'), scaling.get('rope_type', scaling.get('type'))):
+  for key, kind in (('rope_parameters', params.get('rope_type', 'default')),
+                    ('rope_scaling', scaling.get('rope_type', scaling.get('type')))):
     if kind not in ('default', None):
-      _refuse(f'rope scaling {kind!r}')
+      _refuse(f'{key} of type {kind!r}', 'plain RoPE')
   return float(params.get('rope_theta', hf.get('rope_theta', 10000.0)))
 
 
+REQUIRED = {'gpt2': ('vocab_size', 'n_layer', 'n_head', 'n_embd', 'n_positions'),
+            'llama': ('vocab_size', 'num_hidden_layers', 'num_attention_heads', 'hidden_size',
+                      'intermediate_size')}
+
+
 def hf_to_config(hf: dict) -> ml_collections.ConfigDict:
-  """This project's base_config() with the model section (and seq_len) of an HF config.json."""
+  """This project's base_config() with the model section (and seq_len) of an HF config.json.
+
+  Every key that changes what the HF model computes is honoured or refused (UserError naming it);
+  the others are dropout rates, token ids and settings of other heads. GPT-2's
+  reorder_and_upcast_attn and LLaMA's pretraining_tp change only how HF computes (attention in
+  float32, matmuls in slices), which ours matches: softmax in float32, whole matmuls.
+  """
   arch = architecture(hf)
+  missing = [key for key in REQUIRED[arch] if key not in hf]
+  if missing:
+    raise UserError(f'config.json has no {", ".join(missing)}, which a {arch} model needs; pass a '
+                    'directory written by save_pretrained')
   config = config_lib.base_config()
   m = config.model
   hf_dtype = hf.get('dtype') or hf.get('torch_dtype') or 'float32'
@@ -86,23 +125,24 @@ def hf_to_config(hf: dict) -> ml_collections.ConfigDict:
   m.dropout = 0.0
   m.vocab_size = hf['vocab_size']
   if arch == 'gpt2':
-    if hf.get('activation_function', 'gelu_new') not in TANH_GELUS:
-      _refuse(f'activation_function={hf["activation_function"]!r} (ours is the tanh GELU, '
-              f'{" / ".join(TANH_GELUS)})')
-    if not hf.get('scale_attn_weights', True) or hf.get('scale_attn_by_inverse_layer_idx'):
-      _refuse('GPT-2 attention without 1/sqrt(head_dim) scaling, or scaled by layer index,')
+    _require(hf, 'activation_function', 'gelu_new', TANH_GELUS,
+             f'the tanh GELU ({", ".join(TANH_GELUS)})')
+    _require(hf, 'scale_attn_weights', True, (True,), 'attention scaled by 1/sqrt(head_dim)')
+    _require(hf, 'scale_attn_by_inverse_layer_idx', False, (False,),
+             'no attention scaling by layer index')
+    _require(hf, 'add_cross_attention', False, (False,), 'no cross-attention')
     m.update(n_layer=hf['n_layer'], n_head=hf['n_head'], n_kv_head=hf['n_head'],
              n_embd=hf['n_embd'], head_dim=0, d_ff=hf.get('n_inner') or 0,
              block_size=hf['n_positions'], position='learned', norm='layernorm',
              norm_eps=hf.get('layer_norm_epsilon', 1e-5), mlp='gelu', bias=True,
-             tie_embeddings=True, init_std=hf.get('initializer_range', 0.02))
+             tie_embeddings=bool(hf.get('tie_word_embeddings', True)),
+             init_std=hf.get('initializer_range', 0.02))
   else:
-    if hf.get('hidden_act', 'silu') != 'silu':
-      _refuse(f'hidden_act={hf["hidden_act"]!r} (ours is SwiGLU, silu)')
-    if hf.get('attention_bias') or hf.get('mlp_bias'):
-      _refuse('attention_bias / mlp_bias')
-    if hf.get('sliding_window') is not None and hf.get('model_type') == 'mistral':
-      _refuse(f'Mistral\'s sliding_window={hf["sliding_window"]}')
+    _require(hf, 'hidden_act', 'silu', ('silu',), 'SwiGLU with silu')
+    for key in ('attention_bias', 'mlp_bias'):
+      _require(hf, key, False, (False,), 'no biases in LLaMA-style layers')
+    if hf.get('model_type') == 'mistral':
+      _require(hf, 'sliding_window', 4096, (None,), 'dense attention')
     n_head = hf['num_attention_heads']
     head_dim = hf.get('head_dim') or hf['hidden_size'] // n_head
     m.update(n_layer=hf['num_hidden_layers'], n_head=n_head,
@@ -129,7 +169,7 @@ def config_to_hf(m: ml_collections.ConfigDict, tokenizer=None) -> dict:
   if m.sliding_window > 0:
     raise UserError(f'model.sliding_window={m.sliding_window}: neither GPT-2 nor LLaMA in '
                     'transformers attends locally; export a run with sliding_window=0')
-  gpt2 = dict(position='learned', norm='layernorm', mlp='gelu', bias=True, tie_embeddings=True)
+  gpt2 = dict(position='learned', norm='layernorm', mlp='gelu', bias=True)
   llama = dict(position='rope', norm='rmsnorm', mlp='swiglu', bias=False)
   if all(m[k] == v for k, v in gpt2.items()):
     if m.n_kv_head != m.n_head or model.head_size(m) * m.n_head != m.n_embd:
@@ -139,7 +179,8 @@ def config_to_hf(m: ml_collections.ConfigDict, tokenizer=None) -> dict:
                 n_head=m.n_head, n_embd=m.n_embd, n_inner=model.mlp_hidden_size(m),
                 n_positions=m.block_size, activation_function='gelu_new',
                 layer_norm_epsilon=m.norm_eps, resid_pdrop=m.dropout, embd_pdrop=m.dropout,
-                attn_pdrop=m.dropout, scale_attn_weights=True, tie_word_embeddings=True, **common)
+                attn_pdrop=m.dropout, scale_attn_weights=True,
+                tie_word_embeddings=m.tie_embeddings, **common)
   if all(m[k] == v for k, v in llama.items()):
     return dict(architectures=['LlamaForCausalLM'], model_type='llama', hidden_size=m.n_embd,
                 num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
@@ -151,7 +192,7 @@ def config_to_hf(m: ml_collections.ConfigDict, tokenizer=None) -> dict:
                 attention_bias=False, mlp_bias=False, attention_dropout=m.dropout,
                 tie_word_embeddings=m.tie_embeddings, **common)
   settings = ', '.join(f'{k}={m[k]!r}' for k in gpt2)
-  raise UserError(f'model ({settings}) is neither GPT-2 (learned, layernorm, gelu, bias, tied) '
+  raise UserError(f'model ({settings}) is neither GPT-2 (learned, layernorm, gelu, bias) '
                   'nor LLaMA (rope, rmsnorm, swiglu, no bias) style; transformers cannot load it')
 
 
@@ -161,8 +202,10 @@ def config_to_hf(m: ml_collections.ConfigDict, tokenizer=None) -> dict:
 def _weight_files(hf_dir: str) -> list[str]:
   index = os.path.join(hf_dir, INDEX)
   if os.path.exists(index):
-    with open(index) as f:
-      names = sorted(set(json.load(f)['weight_map'].values()))
+    weight_map = _read_json(index).get('weight_map')
+    if not isinstance(weight_map, dict):
+      raise UserError(f'{index} has no weight_map of tensor names to files; save the model again')
+    names = sorted(set(weight_map.values()))
   elif os.path.exists(os.path.join(hf_dir, WEIGHTS)):
     names = [WEIGHTS]
   else:
@@ -177,15 +220,20 @@ def _weight_files(hf_dir: str) -> list[str]:
 
 def read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
   """Every tensor of the checkpoint in `hf_dir`, by its HF name."""
-  from safetensors import safe_open  # a plain dependency; imported here to keep `import` light
+  # a plain dependency; imported here to keep `import` light
+  from safetensors import SafetensorError, safe_open
   tensors = {}
   for path in _weight_files(hf_dir):
+    try:
+      file = safe_open(path, framework='np')  # checks the header and the file's length
+    except (OSError, SafetensorError) as e:
+      raise UserError(f'cannot read {path}: {e}; download or save the checkpoint again') from None
     # The file is an 8-byte header size, a JSON header, then the raw data; bfloat16 tensors are
     # read from there, as the numpy API of some safetensors versions does not know the dtype.
     with open(path, 'rb') as f:
       header_size = int.from_bytes(f.read(8), 'little')
       header = json.loads(f.read(header_size))
-    with safe_open(path, framework='np') as f:
+    with file as f:
       for name in f.keys():
         info = header[name]
         if info['dtype'] == 'BF16':
@@ -200,7 +248,7 @@ def read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
 def _table(m) -> list[tuple[str, tuple[str, ...], str, int]]:
   """(HF name, our parameter path, layout, number of input axes of our kernel) for every tensor.
   Layouts: 'linear' HF (out, in) weight, 'conv1d' HF (in, out) weight, 'vector' a flat vector,
-  'copy' the same shape on both sides."""
+  'copy' the same shape on both sides. GPT-2's names are without their 'transformer.' prefix."""
   if m.position == 'learned':  # GPT-2; its fused c_attn appears split as attn.{q,k,v}
     rows = [('wte.weight', ('wte', 'embedding'), 'copy', 0), ('wpe.weight', ('wpe',), 'copy', 0),
             ('ln_f.weight', ('ln_f', 'scale'), 'vector', 0),
@@ -215,22 +263,23 @@ def _table(m) -> list[tuple[str, tuple[str, ...], str, int]]:
       path = tuple(ours.split('/'))
       layer += [(f'{hf}.weight', path + ('kernel',), 'conv1d', n_in),
                 (f'{hf}.bias', path + ('bias',), 'vector', 0)]
-    rows += [(f'h.{i}.{hf}', (f'h_{i}',) + ours, layout, n_in)
-             for i in range(m.n_layer) for hf, ours, layout, n_in in layer]
-    return rows
-  rows = [('model.embed_tokens.weight', ('wte', 'embedding'), 'copy', 0),
-          ('model.norm.weight', ('ln_f', 'scale'), 'vector', 0)]
-  if not m.tie_embeddings:
-    rows.append(('lm_head.weight', ('lm_head', 'kernel'), 'linear', 1))
-  layer = [('input_layernorm.weight', ('ln_1', 'scale'), 'vector', 0),
-           ('post_attention_layernorm.weight', ('ln_2', 'scale'), 'vector', 0)]
-  for hf, ours, n_in in (('self_attn.q_proj', 'attn/query', 1), ('self_attn.k_proj', 'attn/key', 1),
-                         ('self_attn.v_proj', 'attn/value', 1), ('self_attn.o_proj', 'attn/out', 2),
-                         ('mlp.gate_proj', 'mlp/gate', 1), ('mlp.up_proj', 'mlp/up', 1),
-                         ('mlp.down_proj', 'mlp/proj', 1)):
-    layer.append((f'{hf}.weight', tuple(ours.split('/')) + ('kernel',), 'linear', n_in))
-  rows += [(f'model.layers.{i}.{hf}', (f'h_{i}',) + ours, layout, n_in)
+    layers = 'h'
+  else:
+    rows = [('model.embed_tokens.weight', ('wte', 'embedding'), 'copy', 0),
+            ('model.norm.weight', ('ln_f', 'scale'), 'vector', 0)]
+    layer = [('input_layernorm.weight', ('ln_1', 'scale'), 'vector', 0),
+             ('post_attention_layernorm.weight', ('ln_2', 'scale'), 'vector', 0)]
+    for hf, ours, n_in in (('self_attn.q_proj', 'attn/query', 1),
+                           ('self_attn.k_proj', 'attn/key', 1),
+                           ('self_attn.v_proj', 'attn/value', 1),
+                           ('self_attn.o_proj', 'attn/out', 2), ('mlp.gate_proj', 'mlp/gate', 1),
+                           ('mlp.up_proj', 'mlp/up', 1), ('mlp.down_proj', 'mlp/proj', 1)):
+      layer.append((f'{hf}.weight', tuple(ours.split('/')) + ('kernel',), 'linear', n_in))
+    layers = 'model.layers'
+  rows += [(f'{layers}.{i}.{hf}', (f'h_{i}',) + ours, layout, n_in)
            for i in range(m.n_layer) for hf, ours, layout, n_in in layer]
+  if not m.tie_embeddings:  # an nn.Linear in both, outside GPT-2's 'transformer.' module
+    rows.append(('lm_head.weight', ('lm_head', 'kernel'), 'linear', 1))
   return rows
 
 
@@ -279,19 +328,34 @@ def _unscan(params: dict, n_layer: int) -> dict:
   return params
 
 
+# Buffers, not weights, that some checkpoints hold: GPT-2's causal masks, old LLaMA's RoPE
+# frequencies. Any other tensor the table does not take is refused.
+BUFFERS = {'learned': re.compile(r'h\.\d+\.attn\.(bias|masked_bias)'),
+           'rope': re.compile(r'model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq')}
+
+
 def params_from_hf(m: ml_collections.ConfigDict, tensors: dict[str, np.ndarray]) -> dict:
   """Our parameter tree (numpy, in m.param_dtype) from HF tensors, checked name by name and
-  shape by shape."""
+  shape by shape: a tensor missing, of another shape, or left over is a UserError."""
+  file_names = {name: name for name in tensors}  # for messages
   tensors = dict(tensors)
   if m.position == 'learned':
+    file_names = {name.removeprefix('transformer.'): name for name in tensors}
     tensors = {name.removeprefix('transformer.'): x for name, x in tensors.items()}
-    tensors.pop('lm_head.weight', None)  # tied to wte
     for i in range(m.n_layer):
       for part in ('weight', 'bias'):
-        fused = tensors.pop(f'h.{i}.attn.c_attn.{part}', None)
-        if fused is not None:
-          for name, x in zip('qkv', np.split(fused, 3, axis=-1)):
-            tensors[f'h.{i}.attn.{name}.{part}'] = x
+        name = f'h.{i}.attn.c_attn.{part}'
+        fused = tensors.pop(name, None)
+        if fused is None:
+          continue  # missing: the table names the q, k, v it expected
+        if fused.shape[-1] != 3 * m.n_embd:
+          raise UserError(f'tensor {name!r} has shape {fused.shape}, config.json implies a last '
+                          f'axis of 3 * n_embd = {3 * m.n_embd}; check that they belong together')
+        for q_k_v, x in zip('qkv', np.split(fused, 3, axis=-1)):
+          tensors[f'h.{i}.attn.{q_k_v}.{part}'] = x
+  # transformers ties the head to the embedding whatever the file holds, so a tied checkpoint's
+  # own lm_head.weight is checked against it after the table.
+  tied_head = tensors.pop('lm_head.weight', None) if m.tie_embeddings else None
   shapes = _per_layer_shapes(m)
   dtype = DTYPES[m.param_dtype]
   params = {}
@@ -305,9 +369,12 @@ def params_from_hf(m: ml_collections.ConfigDict, tensors: dict[str, np.ndarray])
                       f'{_hf_shape(shape, layout, n_in)}; check that they belong together')
     x = x.T if layout == 'linear' else x
     _set(params, path, np.asarray(x, dtype).reshape(shape))
-  # Buffers, not weights: GPT-2's causal masks, old LLaMA's RoPE frequencies, a tied lm_head.
-  ignored = ('.attn.bias', '.attn.masked_bias', 'rotary_emb.inv_freq', 'lm_head.weight')
-  left = [name for name in tensors if not name.endswith(ignored)]
+  if tied_head is not None and not np.array_equal(np.asarray(tied_head, dtype),
+                                                  params['wte']['embedding']):
+    raise UserError("the checkpoint's lm_head.weight differs from its token embedding, but "
+                    'config.json has tie_word_embeddings=true (transformers would replace the '
+                    'head); set it to false if the head is its own')
+  left = [file_names[name] for name in tensors if not BUFFERS[m.position].fullmatch(name)]
   if left:
     raise UserError(f'the checkpoint has tensors this model has no place for ({left[0]!r}, '
                     f'{len(left)} in all); check that config.json and the weights belong together')
@@ -325,7 +392,8 @@ def params_to_hf(m: ml_collections.ConfigDict, params) -> dict[str, np.ndarray]:
       for part in ('weight', 'bias'):
         qkv = [tensors.pop(f'h.{i}.attn.{name}.{part}') for name in 'qkv']
         tensors[f'h.{i}.attn.c_attn.{part}'] = np.concatenate(qkv, axis=-1)
-    tensors = {f'transformer.{name}': x for name, x in tensors.items()}
+    tensors = {name if name == 'lm_head.weight' else f'transformer.{name}': x
+               for name, x in tensors.items()}
   return tensors
 
 

@@ -69,7 +69,8 @@ def read_csv(path: str, required: Sequence[str] = RUN_COLUMNS) -> Table:
   """
   columns = ','.join(required)
   try:
-    with open(path, newline='', encoding='utf-8') as f:
+    # utf-8-sig: Excel's 'CSV UTF-8' starts the file with a byte-order mark
+    with open(path, newline='', encoding='utf-8-sig') as f:
       rows = [row for row in csv.reader(f) if row]
   except FileNotFoundError:
     raise UserError(f'{path}: no such file; pass a CSV file with columns {columns}') from None
@@ -167,6 +168,13 @@ def fit_power_law(x: ArrayLike, y: ArrayLike) -> PowerLaw:
   return PowerLaw(float(np.exp(log_coef)), float(exponent))
 
 
+def _check_loss_varies(loss: np.ndarray) -> None:
+  """UserError when every run has the same loss: no law of how the loss falls can be fitted."""
+  if np.unique(loss).size < 2:
+    raise UserError(f'every run has the same loss {loss[0]:.4g}, so there is nothing to fit; check '
+                    "that the loss column holds each run's final validation loss")
+
+
 def frontier(x: ArrayLike, loss: ArrayLike) -> np.ndarray:
   """Indices of the runs that no run with at most the same x beats: the best loss reachable with X.
 
@@ -179,15 +187,44 @@ def frontier(x: ArrayLike, loss: ArrayLike) -> np.ndarray:
   return order[loss[order] < best_before]
 
 
-def fit_single_variable(x: ArrayLike, loss: ArrayLike) -> tuple[float, float]:
-  """(X_c, α) of L(X) = (X_c / X)^α: a power law with exponent −α and coef X_c^α."""
+def fit_single_variable(x: ArrayLike, loss: ArrayLike, name: str = 'X') -> tuple[float, float]:
+  """(X_c, α) of L(X) = (X_c / X)^α: a power law with exponent −α and coef X_c^α. UserError
+  where the loss does not vary or does not fall as X (called `name` in messages) grows."""
+  _check_loss_varies(np.asarray(loss, dtype=float))
   law = fit_power_law(x, loss)
   alpha = -law.exponent
-  log_x_c = math.log(law.coef) / alpha if alpha > 0 else math.inf
+  if alpha <= 0:
+    raise UserError(f'the loss rises with {name} (L ~ {name}^{law.exponent:.3g}), so the falling '
+                    f'L({name}) = ({name}_c/{name})^alpha does not fit; check the runs')
+  log_x_c = math.log(law.coef) / alpha
   if log_x_c > math.log(np.finfo(float).max):
-    raise UserError(f'the loss hardly falls with X (alpha = {alpha:.3g}), so L(X) = (X_c/X)^alpha '
-                    'has no finite X_c; add runs over a wider range of X')
+    raise UserError(f'the loss hardly falls with {name} (alpha = {alpha:.3g}), so '
+                    f'L({name}) = ({name}_c/{name})^alpha has no finite {name}_c; add runs over a '
+                    f'wider range of {name}')
   return math.exp(log_x_c), alpha
+
+
+def fit_frontier_law(x: ArrayLike, loss: ArrayLike, name: str = 'X') -> tuple[float, float, int]:
+  """(X_c, α, frontier runs): fit_single_variable on the frontier runs among the runs `x`, `loss`.
+  UserError where the loss does not vary, every run has the same X, or the loss does not fall as X
+  grows (then the frontier is the one run of the smallest X)."""
+  x, loss = np.asarray(x, dtype=float), np.asarray(loss, dtype=float)
+  _check_loss_varies(loss)
+  if np.unique(x).size < 2:
+    raise UserError(f'every run has the same {name} ({x[0]:.3g}); add runs of other {name}')
+  on = frontier(x, loss)
+  if len(on) < 2:
+    raise UserError(f'no run beats the runs of smaller {name}: the loss does not fall as {name} '
+                    'grows; check the runs')
+  return (*fit_single_variable(x[on], loss[on], name), len(on))
+
+
+def _check_growth(approach: str, n_law: PowerLaw, d_law: PowerLaw) -> None:
+  """UserError unless N_opt and D_opt both grow with compute (exponents a, b > 0)."""
+  if n_law.exponent <= 0 or d_law.exponent <= 0:
+    raise UserError(f'{approach} gives N_opt ~ C^{n_law.exponent:.3g} and D_opt ~ '
+                    f'C^{d_law.exponent:.3g}, but both must grow with compute C; check for runs '
+                    'whose loss rises with N or D')
 
 
 class _PowerLawOptimum:
@@ -228,6 +265,7 @@ def fit_envelope(curves: Table, points: int = ENVELOPE_POINTS) -> EnvelopeFit:
   if len(names) < 2:
     raise UserError(f'the envelope needs the curves of 2 or more runs, got {len(names)}; '
                     'pass the curves.csv of a sweep')
+  _check_loss_varies(curves['loss'])
   log_flops = np.log(curves['flops'])
   ends = np.array([log_flops[curves['name'] == name].max() for name in names])
   if np.isclose(ends.min(), ends.max()):
@@ -246,8 +284,9 @@ def fit_envelope(curves: Table, points: int = ENVELOPE_POINTS) -> EnvelopeFit:
   columns = np.flatnonzero(~np.isnan(loss).all(axis=0))  # no envelope in a gap between curves
   best = np.nanargmin(loss[:, columns], axis=0)
   flops, n, d = np.exp(grid[columns]), params[best], np.exp(log_tokens[best, columns])
-  return EnvelopeFit(flops, loss[best, columns], n, d, fit_power_law(flops, n),
-                     fit_power_law(flops, d))
+  n_law, d_law = fit_power_law(flops, n), fit_power_law(flops, d)
+  _check_growth('the envelope', n_law, d_law)
+  return EnvelopeFit(flops, loss[best, columns], n, d, n_law, d_law)
 
 
 # --- approach 2: isoFLOP parabolas ----------------------------------------------------------
@@ -272,16 +311,23 @@ class IsoFlopFit(_PowerLawOptimum):
 def fit_isoflop(params: ArrayLike, loss: ArrayLike, budget: ArrayLike) -> IsoFlopFit:
   """A parabola for each budget with 3 or more model sizes; D_opt = C/(6 N_opt).
 
-  A parabola that opens downward has no minimum and is left out; a minimum outside the sampled
-  sizes is an extrapolation and kept; the warnings say which.
+  A parabola that opens downward (or a flat loss) has no minimum and is left out; a minimum
+  outside the sampled sizes is an extrapolation and kept; the warnings say which. UserError when
+  fewer than 2 budgets have a minimum, or when N_opt or D_opt would fall as C grows.
   """
   params, loss, budget = (np.asarray(v, dtype=float) for v in (params, loss, budget))
+  if len(np.unique(budget)) < 2:
+    raise UserError(f'every run has the same budget {budget[0]:.3g}, but the isoFLOP fit needs 2 '
+                    'or more budgets to see how N_opt grows with it; add runs at other budgets')
   parabolas, minima, warnings = {}, [], []
   for c in np.unique(budget):
     log_n = np.log(params[budget == c])
     sizes = len(np.unique(log_n))
     if sizes < 3:
       warnings.append(f'budget {c:.3g}: {sizes} model size(s), a parabola needs 3; left out')
+      continue
+    if len(np.unique(loss[budget == c])) < 2:
+      warnings.append(f'budget {c:.3g}: the same loss at every size (no minimum); left out')
       continue
     coeffs = np.polyfit(log_n, loss[budget == c], 2)
     parabolas[float(c)] = coeffs
@@ -298,8 +344,9 @@ def fit_isoflop(params: ArrayLike, loss: ArrayLike, budget: ArrayLike) -> IsoFlo
     raise UserError(f'the isoFLOP fit needs 2 or more budgets with 3+ model sizes and a parabola '
                     f'that opens upward, got {len(minima)}; add runs to the sweep')
   c, n_opt, loss_opt = (np.array(v) for v in zip(*minima))
-  return IsoFlopFit(parabolas, c, n_opt, loss_opt, fit_power_law(c, n_opt),
-                    fit_power_law(c, c / (6 * n_opt)), warnings)
+  n_law, d_law = fit_power_law(c, n_opt), fit_power_law(c, c / (6 * n_opt))
+  _check_growth('the isoFLOP fit', n_law, d_law)
+  return IsoFlopFit(parabolas, c, n_opt, loss_opt, n_law, d_law, warnings)
 
 
 # --- approach 3: the parametric loss L(N, D) ------------------------------------------------
@@ -382,6 +429,12 @@ def fit_parametric(params: ArrayLike, tokens: ArrayLike, loss: ArrayLike,
   if len(np.unique(params)) < 2 or len(np.unique(tokens)) < 2:
     raise UserError('the fit L = E + A/N^α + B/D^β needs runs of 2 or more model sizes and of 2 or '
                     'more token counts; add runs')
+  _check_loss_varies(loss)
+  log_compute = np.log(params * tokens)
+  if log_compute.max() - log_compute.min() <= math.log1p(BUDGET_RTOL):
+    raise UserError('every run has the same compute 6ND (one budget), so N and D move together '
+                    'and the fit L = E + A/N^α + B/D^β cannot tell their effects apart; add runs '
+                    'at other budgets')
   data = (np.log(params), np.log(tokens), np.log(loss))
   if init is None:
     starts = INIT_GRID[np.argsort(_huber_objective(INIT_GRID, *data)[0])[:POLISHED_STARTS]]
@@ -397,6 +450,13 @@ def fit_parametric(params: ArrayLike, tokens: ArrayLike, loss: ArrayLike,
                                         jac=True, options=options) for start in starts),
                key=lambda result: result.fun)
   a, b, e, alpha, beta = best.x
+  rising = [(x, f'{name} = {value:.3g}') for x, name, value
+            in (('N', 'alpha', alpha), ('D', 'beta', beta)) if value <= 0]
+  if rising:
+    xs, exponents = zip(*rising)
+    raise UserError(f'the fit L = E + A/N^α + B/D^β gives {" and ".join(exponents)}: the loss does '
+                    f'not fall as {" and ".join(xs)} grows, so there is no compute-optimal '
+                    'trade-off; check for runs whose loss rises with model size or data')
   return ParametricFit(math.exp(e), math.exp(a), math.exp(b), float(alpha), float(beta),
                        float(best.fun))
 
@@ -411,16 +471,19 @@ def bootstrap(refit: Callable[[np.ndarray], dict[str, float]], strata: np.ndarra
 
   refit takes the indices of a resample (with repeats). Runs are drawn with replacement within
   each stratum (budget), so every resample keeps the sweep's design; a resample that cannot be
-  refitted (a budget left with too few sizes) is dropped.
+  refitted (a budget left with too few sizes) is dropped. UserError if every one is.
   """
   rng = np.random.default_rng(seed)
   groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
-  draws = []
+  draws, failures = [], []
   for _ in range(samples):
     try:
       draws.append(refit(np.concatenate([rng.choice(group, len(group)) for group in groups])))
-    except UserError:
-      pass
+    except UserError as e:
+      failures.append(str(e))
+  if failures and not draws:
+    raise UserError(f'none of the {samples} resampled sweeps could be refitted (the last one: '
+                    f'{failures[-1]})')
   tails = (50 * (1 - level), 50 * (1 + level))
   names = draws[0] if draws else {}
   intervals = {name: np.percentile([d[name] for d in draws], tails).tolist() for name in names}
@@ -435,7 +498,7 @@ class SweepFit:
   """Every fit the data allow, with bootstrap intervals of their exponents."""
   runs: Table
   budget: np.ndarray | None  # each run's isoFLOP budget, where the CSV tells
-  parametric: ParametricFit
+  parametric: ParametricFit | None
   isoflop: IsoFlopFit | None
   envelope: EnvelopeFit | None
   single_variable: dict[str, tuple[float, float, int]]  # 'N', 'D', 'C' → (X_c, α, frontier runs)
@@ -450,8 +513,9 @@ class SweepFit:
 
 def fit_sweep(runs: Table, curves: Table | None = None, samples: int = BOOTSTRAP_SAMPLES,
               seed: int = 0) -> SweepFit:
-  """Approach 3 (which must succeed); approaches 1 and 2 and the single-variable laws where the
-  data allow; and `samples` bootstrap refits of each approach."""
+  """Each approach and single-variable law where the data allow, and `samples` bootstrap refits
+  of each approach fitted; `skipped` says why each other one could not be fitted. UserError, with
+  every reason, when nothing can be fitted."""
   n, d, loss = runs['params'], runs['tokens'], runs['loss']
   skipped = {}
 
@@ -462,7 +526,7 @@ def fit_sweep(runs: Table, curves: Table | None = None, samples: int = BOOTSTRAP
       skipped[key] = str(e)
       return None
 
-  parametric = fit_parametric(n, d, loss)
+  parametric = attempt('parametric', fit_parametric, n, d, loss)
   budget = attempt('isoflop', run_budgets, runs)
   isoflop = None if budget is None else attempt('isoflop', fit_isoflop, n, loss, budget)
   if curves is None:
@@ -470,16 +534,23 @@ def fit_sweep(runs: Table, curves: Table | None = None, samples: int = BOOTSTRAP
   envelope = None if curves is None else attempt('envelope', fit_envelope, curves)
   single_variable = {}
   for x_name, x in (('N', n), ('D', d), ('C', compute(runs))):
-    on = frontier(x, loss)
-    law = attempt(f'L({x_name})', fit_single_variable, x[on], loss[on])
+    law = attempt(f'L({x_name})', fit_frontier_law, x, loss, x_name)
     if law:
-      single_variable[x_name] = (*law, len(on))
+      single_variable[x_name] = law
+  if not (parametric or isoflop or envelope or single_variable):
+    keys_by_reason = {}
+    for key, why in skipped.items():
+      keys_by_reason.setdefault(why, []).append(key)
+    raise UserError('nothing can be fitted to these runs: ' + ' | '.join(
+        f'{", ".join(keys)}: {why}' for why, keys in keys_by_reason.items()))
 
   strata = budget if budget is not None else np.zeros(len(loss))
-  # Refits of approach 3 start from the full-data fit instead of the grid: a resample moves the
-  # optimum a little, and one L-BFGS run instead of POLISHED_STARTS keeps the bootstrap fast.
-  refits = {'parametric': (lambda i: fit_parametric(n[i], d[i], loss[i], parametric.theta)
-                           .exponents(), strata)}
+  refits = {}
+  if parametric:
+    # Refits of approach 3 start from the full-data fit instead of the grid: a resample moves the
+    # optimum a little, and one L-BFGS run instead of POLISHED_STARTS keeps the bootstrap fast.
+    refits['parametric'] = (lambda i: fit_parametric(n[i], d[i], loss[i], parametric.theta)
+                            .exponents(), strata)
   if isoflop:
     refits['isoflop'] = (lambda i: fit_isoflop(n[i], loss[i], budget[i]).exponents(), strata)
   if envelope:
@@ -491,7 +562,8 @@ def fit_sweep(runs: Table, curves: Table | None = None, samples: int = BOOTSTRAP
                           .exponents(), run_budget)
   intervals, counts = {}, {}
   for key, (refit, key_strata) in refits.items():
-    intervals[key], counts[key] = bootstrap(refit, key_strata, samples, seed)
+    refitted = attempt(f'{key} intervals', bootstrap, refit, key_strata, samples, seed)
+    intervals[key], counts[key] = refitted or ({}, 0)
   return SweepFit(runs, budget, parametric, isoflop, envelope, single_variable, intervals, counts,
                   skipped)
 
@@ -504,15 +576,16 @@ def prediction_budgets(fit: SweepFit) -> list[float]:
 
 
 def summarize(fit: SweepFit, predict: Sequence[float] | None = None) -> dict:
-  """The fits as JSON: approach 3's numbers at the top level, the others under their keys, and the
-  compute-optimal N, D of each approach at the budgets in `predict` (or prediction_budgets)."""
-  p = fit.parametric
-  summary = {'runs': len(fit.runs['loss']), 'E': p.E, 'A': p.A, 'B': p.B, 'alpha': p.alpha,
-             'beta': p.beta, 'a': p.a, 'b': p.b, 'G': p.G, 'huber': p.huber,
-             'intervals': fit.intervals, 'ci_level': CI_LEVEL, 'bootstrap_refits': fit.refits,
-             'skipped': fit.skipped,
+  """The fits as JSON: approach 3's numbers (if fitted) at the top level, the others under their
+  keys, and the compute-optimal N, D of each approach at the budgets in `predict` (or
+  prediction_budgets)."""
+  summary = {'runs': len(fit.runs['loss']), 'intervals': fit.intervals, 'ci_level': CI_LEVEL,
+             'bootstrap_refits': fit.refits, 'skipped': fit.skipped,
              'single_variable': {x: {'X_c': x_c, 'alpha': alpha, 'frontier_runs': runs}
                                  for x, (x_c, alpha, runs) in fit.single_variable.items()}}
+  if p := fit.parametric:
+    summary.update(E=p.E, A=p.A, B=p.B, alpha=p.alpha, beta=p.beta, a=p.a, b=p.b, G=p.G,
+                   huber=p.huber)
   for key, approach in fit.approaches().items():
     if key != 'parametric':
       summary[key] = {**approach.exponents(), 'n_coef': approach.n_law.coef,
@@ -562,16 +635,23 @@ def markdown(summary: dict) -> str:
     low_high = summary['intervals'].get(key, {}).get(name)
     return f'{low_high[0]:.3g} .. {low_high[1]:.3g}' if low_high else ''
 
-  fitted = [key for key in APPROACHES if key in summary or key == 'parametric']
-  exponents = {key: summary.get(key, summary) for key in fitted}  # approach 3's are at the top
-  lines = [f'## Approach 3: L(N, D) = E + A/N^alpha + B/D^beta, fitted to {summary["runs"]} runs',
-           '', *_table(('', 'fit', f'{level}% CI'),
-                       [(name, summary[name], interval('parametric', name))
-                        for name in ('E', 'A', 'B', 'alpha', 'beta')]),
-           '', '## Compute-optimal exponents: N_opt ∝ C^a, D_opt ∝ C^b', '',
-           *_table(('approach', 'a', f'{level}% CI', 'b', f'{level}% CI', 'Hoffmann et al. a, b'),
-                   [(APPROACHES[key], exponents[key]['a'], interval(key, 'a'), exponents[key]['b'],
-                     interval(key, 'b'), '%.2f, %.2f' % PAPER_EXPONENTS[key]) for key in fitted])]
+  parametric = 'E' in summary  # approach 3's numbers are at the top level
+  fitted = [key for key in APPROACHES if key in summary or (key == 'parametric' and parametric)]
+  exponents = {key: summary.get(key, summary) for key in fitted}
+  lines = []  # each section starts with an empty line, the first one's dropped at the end
+  if parametric:
+    lines += ['', f'## Approach 3: L(N, D) = E + A/N^alpha + B/D^beta, fitted to '
+              f'{summary["runs"]} runs', '',
+              *_table(('', 'fit', f'{level}% CI'),
+                      [(name, summary[name], interval('parametric', name))
+                       for name in ('E', 'A', 'B', 'alpha', 'beta')])]
+  if fitted:
+    lines += ['', '## Compute-optimal exponents: N_opt ∝ C^a, D_opt ∝ C^b', '',
+              *_table(('approach', 'a', f'{level}% CI', 'b', f'{level}% CI',
+                       'Hoffmann et al. a, b'),
+                      [(APPROACHES[key], exponents[key]['a'], interval(key, 'a'),
+                        exponents[key]['b'], interval(key, 'b'),
+                        '%.2f, %.2f' % PAPER_EXPONENTS[key]) for key in fitted])]
   if 'isoflop' in summary:
     lines += ['', '## Approach 2: minima of the isoFLOP parabolas', '',
               *_table(('budget C', 'N_opt', 'D_opt', 'D/N', 'loss'),
@@ -585,16 +665,17 @@ def markdown(summary: dict) -> str:
                       [(x, law['X_c'], law['alpha'], law['frontier_runs'])
                        for x, law in summary['single_variable'].items()])]
   optimum = lambda o: f'{_count(o["params"])} / {_count(o["tokens"])} ({o["tokens_per_param"]:.3g})'
-  lines += ['', '## Compute-optimal N_opt / D_opt (D/N) at budget C; C = 6ND in approach 3', '',
-            *_table(('C (FLOPs)', *(APPROACHES[key] for key in fitted)),
-                    [(row['flops'], *(optimum(row[key]) for key in fitted))
-                     for row in summary['predictions']]),
-            '', f'Chinchilla for comparison: C = {CHINCHILLA["flops"]:.3g}, N_opt / D_opt = '
-            f'{_count(CHINCHILLA["params"])} / {_count(CHINCHILLA["tokens"])} (20).']
+  if fitted:
+    lines += ['', '## Compute-optimal N_opt / D_opt (D/N) at budget C; C = 6ND in approach 3', '',
+              *_table(('C (FLOPs)', *(APPROACHES[key] for key in fitted)),
+                      [(row['flops'], *(optimum(row[key]) for key in fitted))
+                       for row in summary['predictions']]),
+              '', f'Chinchilla for comparison: C = {CHINCHILLA["flops"]:.3g}, N_opt / D_opt = '
+              f'{_count(CHINCHILLA["params"])} / {_count(CHINCHILLA["tokens"])} (20).']
   if summary['skipped']:
     lines += ['', '## Not fitted', '',
               *(f'- {key}: {why}' for key, why in summary['skipped'].items())]
-  return '\n'.join(lines) + '\n'
+  return '\n'.join(lines[1:]) + '\n'
 
 
 def _save(fig: plt.Figure, path: str) -> None:
@@ -689,16 +770,20 @@ def _runs_table(fit: SweepFit) -> list[str]:
   columns = [c for c in ('name', 'budget', 'n_layer', 'n_embd', 'n_head', 'params', 'tokens',
                          'flops', 'loss', 'val_bpb') if c in runs]
   order = np.lexsort((runs['params'], fit.budget if fit.budget is not None else runs['params']))
-  fitted = fit.parametric.loss(runs['params'], runs['tokens'])
   rows = [[_count(runs[c][i]) if c in ('params', 'tokens') else runs[c][i].item() for c in columns]
-          + [runs['tokens'][i] / runs['params'][i], fitted[i].item()] for i in order]
-  return _table([*columns, 'D/N', 'fitted loss'], rows)
+          + [runs['tokens'][i] / runs['params'][i]] for i in order]
+  if not fit.parametric:
+    return _table([*columns, 'D/N'], rows)
+  fitted = fit.parametric.loss(runs['params'], runs['tokens'])
+  return _table([*columns, 'D/N', 'fitted loss'],
+                [row + [fitted[i].item()] for row, i in zip(rows, order)])
 
 
 def write_report(sweep_dir: str, budgets_to_predict: Sequence[float] | None = None,
                  samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
   """Fits DIR/runs.csv (and DIR/curves.csv if there) and writes DIR/scaling/: report.md,
-  report.json (the summary, which it returns), isoflop.png, optimal.png and contours.png."""
+  report.json (the summary, which it returns), isoflop.png, and, where an approach could be
+  fitted, optimal.png and (approach 3) contours.png."""
   runs_path = os.path.join(sweep_dir, 'runs.csv')
   if not os.path.isfile(runs_path):
     raise UserError(f'{runs_path}: no such file; pass the directory of a sweep (it holds runs.csv)')
@@ -709,12 +794,17 @@ def write_report(sweep_dir: str, budgets_to_predict: Sequence[float] | None = No
   summary = summarize(fit, predict)
   out = os.path.join(sweep_dir, 'scaling')
   os.makedirs(out, exist_ok=True)
-  plot_isoflop(fit, os.path.join(out, 'isoflop.png'))
-  plot_optimal(fit, predict, os.path.join(out, 'optimal.png'))
-  plot_contours(fit, os.path.join(out, 'contours.png'))
+  plots = {'isoflop.png': ('isoFLOP profiles', lambda path: plot_isoflop(fit, path))}
+  if fit.approaches():
+    plots['optimal.png'] = ('compute-optimal N and D',
+                            lambda path: plot_optimal(fit, predict, path))
+  if fit.parametric:
+    plots['contours.png'] = ('isoLoss contours', lambda path: plot_contours(fit, path))
+  for name, (_, plot) in plots.items():
+    plot(os.path.join(out, name))
   text = [f'# Scaling laws of {sweep_dir}', '', markdown(summary), '## Plots', '',
-          '![isoFLOP profiles](isoflop.png)', '', '![compute-optimal N and D](optimal.png)', '',
-          '![isoLoss contours](contours.png)', '', '## Runs', '', *_runs_table(fit)]
+          *(line for name, (title, _) in plots.items() for line in (f'![{title}]({name})', '')),
+          '## Runs', '', *_runs_table(fit)]
   files.write_text(os.path.join(out, 'report.md'), '\n'.join(text) + '\n')
   files.write_json(os.path.join(out, 'report.json'), summary)
   return summary

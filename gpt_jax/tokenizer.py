@@ -7,6 +7,10 @@ is spelled in its UTF-8 bytes (byte fallback), so decode(encode(text)) == text f
 Models imported from Hugging Face may bring a `tokenizer.json` instead (GPT-2's byte-level BPE):
 `HFTokenizer` reads it with the `tokenizers` package behind the same interface, and `load(path)`
 picks the class by the file name. A run keeps its tokenizer as DIR/<tokenizer.filename>.
+
+Both kinds encode a document as text, whatever it spells: '<|endoftext|>' or '</s>' inside a
+document are characters, never the EOS token that ends documents. Both refuse to decode an id
+outside the vocabulary (UserError), rather than fail inside the library or drop it silently.
 """
 
 import hashlib
@@ -88,7 +92,8 @@ class Tokenizer:
     return ids
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self._sp.decode([int(i) for i in ids])
+    """The text of token ids; UserError for an id outside the vocabulary."""
+    return self._sp.decode(_in_vocabulary(ids, self.vocab_size))
 
   def save(self, path: str) -> None:
     """Writes the model file atomically: a killed process leaves the old file or the new one."""
@@ -120,7 +125,11 @@ class HFTokenizer:
       raise UserError("reading a tokenizer.json needs the tokenizers package; "
                       "pip install -e '.[hf]'") from None
     self._data = data
-    self._tok = tokenizers.Tokenizer.from_str(data.decode())
+    # utf-8-sig: a file saved by a Windows editor may start with a byte-order mark.
+    self._tok = tokenizers.Tokenizer.from_str(data.decode('utf-8-sig'))
+    # Special tokens are matched in the text by default: '<|endoftext|>' inside a document would
+    # end it. Off, they are spelled like any other text.
+    self._tok.encode_special_tokens = True
 
   def _first_id(self, tokens: tuple[str, ...]) -> int:
     ids = [self._tok.token_to_id(t) for t in tokens]
@@ -150,7 +159,9 @@ class HFTokenizer:
     return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+    """The text of token ids, special tokens spelled out; UserError for an id outside the
+    vocabulary (which `tokenizers` would drop without a word)."""
+    return self._tok.decode(_in_vocabulary(ids, self.vocab_size), skip_special_tokens=False)
 
   def save(self, path: str) -> None:
     with files.atomic_path(path) as tmp, open(tmp, 'wb') as f:
@@ -187,6 +198,16 @@ def _read(path: str) -> bytes:
       return f.read()
   except OSError as e:
     raise UserError(f"cannot read tokenizer '{path}': {e.strerror}; {_FIX}") from None
+
+
+def _in_vocabulary(ids: Iterable[int], vocab_size: int) -> list[int]:
+  """`ids` as a list of ints, or UserError naming the first one outside 0..vocab_size-1."""
+  ids = [int(i) for i in ids]
+  bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+  if bad is not None:
+    raise UserError(f'cannot decode token id {bad}: the tokenizer has {vocab_size} tokens (ids 0 '
+                    f'to {vocab_size - 1}); decode only ids of this tokenizer')
+  return ids
 
 
 def _check_eos(tokenizer, path: str):

@@ -1,12 +1,14 @@
 """Evaluation: LM metrics against training and a hand computation, few-shot scoring and prompts,
 the shipped task (reproducible, held out, balanced), and the CLI's bad-input errors."""
 
+import dataclasses
 import gzip
 import json
 import math
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -14,17 +16,20 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import cli, config as config_lib, corpus, data, evaluate, runs, sharding, train
+from gpt_jax import cli, config as config_lib, corpus, data, evaluate, runs, sample, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
-TASK = {
+TASK = evaluate.parse_task({
     'Definition': ['Say which.'],
     'Positive Examples': [{'input': 'a b', 'output': 'yes', 'explanation': 'why'},
                           {'input': 'c', 'output': 'no'}],
     'Instances': [{'id': 't-1', 'input': 'd e', 'output': ['yes']},
                   {'id': 't-2', 'input': 'f', 'output': ['no', 'maybe']}],
-}
+}, 'say_which')
+# issue 11's minimal input: the layout of many published NI tasks, "Definition" a string
+MINIMAL = {'Definition': 'Add the numbers.', 'Positive Examples': [],
+           'Instances': [{'input': '1 2', 'output': ['3']}, {'input': '2 2', 'output': ['4']}]}
 
 
 @pytest.fixture(scope='module')
@@ -99,6 +104,27 @@ def test_text_file_metrics_equal_a_hand_computation(loaded, tmp_path):
   np.testing.assert_allclose(metrics['ppl'], math.exp(nll / targets), rtol=1e-5)
 
 
+class BigramLogits:
+  """A stand-in model: the logits after token t are row t of its parameter logits_VV."""
+
+  def apply(self, variables, tokens_BL):
+    return variables['params']['logits_VV'][tokens_BL]
+
+
+def test_ids_beyond_the_tokenizers_vocabulary_are_not_scored():
+  num_tokens, V = 40, 64  # a model vocabulary padded to a multiple of 64
+  logits_VV = np.random.default_rng(0).normal(size=(V, V)).astype(np.float32)
+  logits_VV[:, num_tokens:] = 30.0  # unmasked, the padded ids would take nearly all the mass
+  run = runs.Run(BigramLogits(), {'logits_VV': jnp.asarray(logits_VV)}, config=None,
+                 tokenizer=types.SimpleNamespace(vocab_size=num_tokens), step=0)
+  scorer = evaluate.Scorer(run, sharding.data_parallel_mesh(), 2, 8)
+  rows = [([5, 9, 39, 7, 2], 3), ([1, 2, 3], 2), ([0, 38], 1)]
+  log_p = scipy.special.log_softmax(logits_VV[:, :num_tokens].astype(np.float64), axis=-1)
+  expected = [-sum(log_p[t[i], t[i + 1]] for i in range(len(t) - 1 - n, len(t) - 1))
+              for t, n in rows]
+  np.testing.assert_allclose(scorer.score_rows(rows), expected, rtol=1e-5)
+
+
 def test_max_batches_scores_a_prefix(loaded):
   run, scorer = loaded
   tokens = np.arange(3, 3 + 8 * 32 * 3, dtype=np.int32) % 500 + 3
@@ -111,6 +137,45 @@ def test_max_batches_scores_a_prefix(loaded):
 # --- prompted tasks --------------------------------------------------------------------------
 
 
+def test_both_published_layouts_are_read(tmp_path):
+  (tmp_path / 'minimal.json').write_text(json.dumps(MINIMAL))
+  assert evaluate.read_task(str(tmp_path / 'minimal.json')) == evaluate.Task(
+      'minimal', 'Add the numbers.', (), (),
+      (evaluate.Instance('minimal-1', '1 2', ('3',)),
+       evaluate.Instance('minimal-2', '2 2', ('4',))))
+  published = {  # the keys of a current NI task; older files give an example's output as a list
+      'Contributors': ['A'], 'Source': ['s'], 'URL': ['u'], 'Categories': ['Mathematics'],
+      'Reasoning': [], 'Definition': ['Add the numbers.', 'Answer with a number.'],
+      'Input_language': ['English'], 'Output_language': ['English'],
+      'Instruction_language': ['English'], 'Domains': ['Numbers'],
+      'Positive Examples': [{'input': '1 1', 'output': '2', 'explanation': '1 + 1 = 2'},
+                            {'input': '2 3', 'output': ['5', 'five']}],
+      'Negative Examples': [{'input': '1 3', 'output': '13', 'explanation': 'not added'}],
+      'Instances': [{'id': 'task-a', 'input': '3 4', 'output': ['7', 'seven']},
+                    {'id': 'task-b', 'input': '0 0', 'output': '0'}],
+      'Instance License': ['MIT'],
+  }
+  assert evaluate.parse_task(published, 'add') == evaluate.Task(
+      'add', 'Add the numbers.\nAnswer with a number.',
+      (evaluate.Example('1 1', '2', '1 + 1 = 2'), evaluate.Example('2 3', '5')),
+      (evaluate.Example('1 3', '13', 'not added'),),
+      (evaluate.Instance('task-a', '3 4', ('7', 'seven')),
+       evaluate.Instance('task-b', '0 0', ('0',))))
+
+
+def test_auto_scoring_tells_a_label_set_from_free_text():
+  assert evaluate.auto_scoring(evaluate.load_task('shakespeare_play')) == 'choice'  # its Options
+  assert evaluate.auto_scoring(evaluate.parse_task(MINIMAL, 'minimal')) == 'generation'
+  assert evaluate.auto_scoring(TASK) == 'generation'  # three outputs, each of one instance
+  labels = lambda *outputs: evaluate.parse_task(
+      {'Definition': 'd', 'Instances': [{'input': 'x', 'output': o} for o in outputs]}, 'labels')
+  assert evaluate.auto_scoring(labels(['yes'], ['no'], ['yes'], ['no', 'yes'], ['no'])) == 'choice'
+  assert evaluate.auto_scoring(labels(['yes'], ['no'], ['yes'], ['no'], ['yes'])) == 'generation'
+  # 14 labels, each of 3 instances, are a label set; 15 are too many
+  assert evaluate.auto_scoring(labels(*[[str(n % 14)] for n in range(42)])) == 'choice'
+  assert evaluate.auto_scoring(labels(*[[str(n % 15)] for n in range(45)])) == 'generation'
+
+
 def test_prompt_format():
   assert evaluate.format_prompt(TASK, 0, 'q') == 'Say which.\n\nInput: q\nOutput:'
   assert evaluate.format_prompt(TASK, 1, 'q') == (
@@ -118,7 +183,7 @@ def test_prompt_format():
   assert evaluate.format_prompt(TASK, 2, 'q') == (
       'Say which.\n\nInput: a b\nOutput: yes\n\nInput: c\nOutput: no\n\nInput: q\nOutput:')
   assert evaluate.task_options(TASK) == ['maybe', 'no', 'yes']
-  assert evaluate.task_options({**TASK, 'Options': ['no', 'yes']}) == ['no', 'yes']
+  assert evaluate.task_options(dataclasses.replace(TASK, options=('no', 'yes'))) == ['no', 'yes']
 
 
 def test_option_logliks_equal_log_softmax_over_the_continuation(loaded):
@@ -153,9 +218,9 @@ def test_accuracy_takes_the_argmax():
   assert result == {'acc': 2 / 3, 'acc_norm': 1 / 3}
 
 
-def test_task_metrics_runs_every_shot(loaded):
+def test_choice_metrics_runs_every_shot(loaded):
   run, scorer = loaded
-  metrics = evaluate.task_metrics(scorer, run.tokenizer, TASK, [0, 2])
+  metrics = evaluate.choice_metrics(scorer, run.tokenizer, TASK, [0, 2])
   assert metrics['instances'] == 2 and metrics['chance'] == 1 / 3
   assert set(metrics['shots']) == {'0', '2'}
   assert all(0 <= m['acc'] <= 1 and 0 <= m['acc_norm'] <= 1 for m in metrics['shots'].values())
@@ -170,6 +235,67 @@ def test_cli_task_table_and_json(trained, tmp_path, capsys):
   assert '| 1 |' in printed and 'using 64' in printed  # capped by the position table
   results = json.loads(out.read_text())
   assert results['seq_len'] == 64 and set(results['task']['shots']) == {'0', '1'}
+  assert results['task']['scoring'] == 'choice'
+
+
+def test_normalisation_exact_match_and_rouge_l_by_hand():
+  assert evaluate.normalize_answer('  The Cat,  sat!\n') == 'the cat sat'
+  # the longest common subsequence is 'the cat on the mat': 5 of 6 words on each side
+  assert evaluate.rouge_l('the cat is on the mat', 'the cat sat on the mat') == pytest.approx(5 / 6)
+  # stemmed: 'cats' -> 'cat', 'sitting' and 'sits' -> 'sit'; precision 2/2, recall 2/3
+  assert evaluate.rouge_l('Cats sitting.', 'a cat sits') == pytest.approx(0.8)
+  scores = evaluate.answer_scores(['The cat sat.', 'a big dog'],
+                                  [['a cat', 'the cat sat'], ['the dog', 'big dog']])
+  # exact: 1 (normalised), 0; ROUGE-L: the best reference of each, 1 and 2·(2/3·1)/(2/3 + 1) = 0.8
+  assert scores == pytest.approx({'exact_match': 0.5, 'rouge_l': 0.9})
+
+
+def test_generated_answers_are_the_samplers_greedy_continuations(loaded):
+  trained_run, _ = loaded
+  # the 20-step model answers every prompt with newlines; noise on its weights varies the answers
+  rng = np.random.default_rng(1)
+  run = dataclasses.replace(trained_run, params=jax.tree.map(
+      lambda p: p + rng.normal(0, 0.2, p.shape).astype(p.dtype), trained_run.params))
+  tok = run.tokenizer
+  task = evaluate.parse_task(MINIMAL, 'minimal')
+  metrics = evaluate.generation_metrics(run, task, [0], seq_len=32, batch_size=2)
+  max_new_tokens = max(len(tok.encode(f' {a}')) for a in ('3', '4')) + evaluate.GENERATION_MARGIN
+  assert metrics['max_new_tokens'] == max_new_tokens and metrics['instances'] == 2
+
+  # the task's two prompts, as generation_metrics batches them, then a short and a long one
+  prompts = [evaluate.format_prompt(task, 0, i.input) for i in task.instances]
+  prompts += ['Q: 1\nA:', 'KING HENRY:\nMy lord, I will speak with you anon.' * 3]
+  answers = evaluate.generate_answers(run, prompts, max_new_tokens=max_new_tokens, seq_len=32,
+                                      batch_size=2)
+  keep = 32 - max_new_tokens
+  rows = [([tok.eos_id] + tok.encode(p))[-keep:] for p in prompts]
+  assert rows[2][0] == tok.eos_id and len(rows[2]) < keep  # a document's start, left-padded
+  assert all(len(rows[r]) == keep for r in (0, 1, 3))  # cut on the left
+  continuations = [c for chunk in (rows[:2], rows[2:])
+                   for c in sample.generate(run.gpt, run.params, chunk,
+                                            max_new_tokens=max_new_tokens, eos_id=tok.eos_id)]
+  assert answers == [tok.decode(c).split('\n')[0].strip() for c in continuations]
+  assert all(answers)
+  assert metrics['shots'] == {'0': evaluate.answer_scores(answers[:2], [['3'], ['4']])}
+
+
+def test_a_free_text_task_is_scored_by_generation(trained, tmp_path, capsys):
+  (tmp_path / 'minimal.json').write_text(json.dumps(MINIMAL))
+  # no --shots: those of 0, 1, 5 it has positive examples for, so 0 only
+  evaluate.main([f'--workdir={trained[0]}', f'--task={tmp_path}/minimal.json',
+                 f'--json={tmp_path}/results.json'])
+  task = json.loads((tmp_path / 'results.json').read_text())['task']
+  assert task['scoring'] == 'generation' and task['instances'] == 2
+  assert set(task['shots']) == {'0'} and set(task['shots']['0']) == {'exact_match', 'rouge_l'}
+  printed = capsys.readouterr().out
+  assert 'task minimal: 2 instances, greedy answers of up to' in printed
+  assert '| shots | exact_match | rouge_l |\n|---:|---:|---:|\n| 0 | 0.0% | 0.0% |' in printed
+
+  evaluate.main([f'--workdir={trained[0]}', f'--task={tmp_path}/minimal.json',
+                 '--scoring=choice', f'--json={tmp_path}/results.json'])
+  task = json.loads((tmp_path / 'results.json').read_text())['task']
+  assert task['scoring'] == 'choice' and task['options'] == ['3', '4']
+  assert '| shots | acc | acc_norm |' in capsys.readouterr().out
 
 
 # --- the shipped task ------------------------------------------------------------------------
@@ -182,26 +308,26 @@ def test_the_shipped_task_is_what_the_generator_builds():
 
 
 def test_the_shipped_task_is_valid_balanced_and_held_out(shakespeare):
-  name, task = evaluate.load_task('shakespeare_play')
-  assert name == 'shakespeare_play'
+  task = evaluate.load_task('shakespeare_play')
+  assert task.name == 'shakespeare_play'
   options = evaluate.task_options(task)
-  assert len(options) == 4 and len(task['Positive Examples']) >= 5
-  outputs = [i['output'] for i in task['Instances']]
+  assert len(options) == 4 and len(task.positive_examples) >= 5
+  outputs = [i.outputs for i in task.instances]
   assert all(len(o) == 1 and o[0] in options for o in outputs)
-  assert all(sum(o == [title] for o in outputs) == 50 for title in options)
-  inputs = [i['input'] for i in task['Instances']]
+  assert all(sum(o == (title,) for o in outputs) == 50 for title in options)
+  inputs = [i.input for i in task.instances]
   assert len(set(inputs)) == len(inputs)
-  assert not {e['input'] for e in task['Positive Examples']} & set(inputs)
+  assert not {e.input for e in task.positive_examples} & set(inputs)
   d = config_lib.base_config().data
   docs = {doc.source: doc.text for doc in corpus.clean(shakespeare, d.min_chars,
                                                        d.min_letter_fraction)[0]}
   training = [text for text in docs.values() if not data.is_validation(text, d.val_fraction)]
-  for instance in task['Instances']:
-    source, line = instance['id'].removeprefix('shakespeare_play-').rsplit(':', 1)
+  for instance in task.instances:
+    source, line = instance.id.removeprefix('shakespeare_play-').rsplit(':', 1)
     assert data.is_validation(docs[source], d.val_fraction)
-    assert docs[source].split('\n')[int(line) - 1] == instance['input']
-    assert 25 <= len(instance['input']) <= 120
-    assert not any(instance['input'] in text for text in training)
+    assert docs[source].split('\n')[int(line) - 1] == instance.input
+    assert 25 <= len(instance.input) <= 120
+    assert not any(instance.input in text for text in training)
 
 
 # --- bad inputs ------------------------------------------------------------------------------
@@ -212,13 +338,22 @@ def test_bad_inputs_give_one_error_line(trained, tmp_path, capsys):
   (tmp_path / 'empty.txt').write_text('  \n')
   (tmp_path / 'broken.json').write_text('{"Definition": [')
   (tmp_path / 'no_instances.json').write_text(json.dumps({'Definition': ['d']}))
-  (tmp_path / 'no_definition.json').write_text(json.dumps({'Instances': TASK['Instances']}))
+  (tmp_path / 'no_definition.json').write_text(json.dumps({'Instances': MINIMAL['Instances']}))
+  (tmp_path / 'no_answers.json').write_text(json.dumps(
+      {**MINIMAL, 'Instances': [{'input': '1 2', 'output': []}]}))
+  (tmp_path / 'one_answer.json').write_text(json.dumps(
+      {**MINIMAL, 'Instances': [{'input': '1 2', 'output': ['3']}]}))
   cases = {
       'no such file': [f'--workdir={workdir}', f'--data={tmp_path}/missing.txt'],
       'is empty': [f'--workdir={workdir}', f'--data={tmp_path}/empty.txt'],
       'is not a JSON task file': [f'--workdir={workdir}', f'--task={tmp_path}/broken.json'],
       'no "Instances"': [f'--workdir={workdir}', f'--task={tmp_path}/no_instances.json'],
       'no "Definition"': [f'--workdir={workdir}', f'--task={tmp_path}/no_definition.json'],
+      'instance 1 needs an "input" string and an "output" list': [
+          f'--workdir={workdir}', f'--task={tmp_path}/no_answers.json'],
+      'fewer than two answer options': [f'--workdir={workdir}', '--scoring=choice',
+                                        f'--task={tmp_path}/one_answer.json'],
+      "argument --scoring: invalid choice: 'best'": [f'--workdir={workdir}', '--scoring=best'],
       'task shakespeare_play has 5': [f'--workdir={workdir}', '--task=shakespeare_play',
                                       '--shots=0,9'],
       '--batch_size=-8 is negative': [f'--workdir={workdir}', '--batch_size=-8'],

@@ -16,6 +16,7 @@ from gpt_jax import cli, corpus, hf, runs, train
 from gpt_jax.config import base_config
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
+from test_tokenizer import byte_level_bpe
 
 transformers = pytest.importorskip(
     'transformers', reason='needs transformers and torch: pip install -e .[hf]')
@@ -63,20 +64,23 @@ def texts(small_corpus):
 @pytest.fixture(scope='module')
 def gpt2_dir(tmp_path_factory, texts):
   """A GPT-2 with a byte-level BPE tokenizer.json, as GPT-2 checkpoints bring."""
-  import tokenizers
-  from tokenizers import decoders, models, pre_tokenizers, trainers
-  tok = tokenizers.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  tok.train_from_iterator(texts, trainers.BpeTrainer(
-      vocab_size=GPT2_VOCAB, special_tokens=['<|endoftext|>'],
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
   directory = tmp_path_factory.mktemp('gpt2')
   config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=GPT2_VOCAB,
                                    n_positions=64, bos_token_id=0, eos_token_id=0)
   randomize(transformers.GPT2LMHeadModel(config), 0).save_pretrained(directory,
                                                                      safe_serialization=True)
-  tok.save(str(directory / 'tokenizer.json'))
+  (directory / 'tokenizer.json').write_text(byte_level_bpe(texts, GPT2_VOCAB))
+  return str(directory)
+
+
+@pytest.fixture(scope='module')
+def untied_gpt2_dir(tmp_path_factory):
+  """A GPT-2 whose output head is its own (tie_word_embeddings=False), without a tokenizer."""
+  directory = tmp_path_factory.mktemp('untied_gpt2')
+  config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=GPT2_VOCAB,
+                                   n_positions=32, n_inner=48, tie_word_embeddings=False)
+  randomize(transformers.GPT2LMHeadModel(config), 2).save_pretrained(directory,
+                                                                     safe_serialization=True)
   return str(directory)
 
 
@@ -103,9 +107,9 @@ def sp_model(tmp_path_factory, texts):
   return path
 
 
-@pytest.fixture(params=['gpt2', 'llama'])
-def hf_dir(request, gpt2_dir, llama_dir):
-  return {'gpt2': gpt2_dir, 'llama': llama_dir}[request.param]
+@pytest.fixture(params=['gpt2', 'untied_gpt2', 'llama'])
+def hf_dir(request):
+  return request.getfixturevalue(f'{request.param}_dir')
 
 
 # --- import and export -------------------------------------------------------------------------
@@ -134,6 +138,16 @@ def test_export_loads_in_transformers_and_round_trips(hf_dir, tmp_path):
           for name in os.listdir(tmp_path / 'out')} == before
 
 
+def test_json_files_with_a_byte_order_mark_are_read(llama_dir, tmp_path):
+  """config.json and the shard index as a Windows editor saves them, with a byte-order mark."""
+  bf16_dir = os.path.join(os.path.dirname(llama_dir), 'bf16')
+  for name in os.listdir(bf16_dir):
+    with open(os.path.join(bf16_dir, name), 'rb') as f:
+      data = f.read()
+    (tmp_path / name).write_bytes(b'\xef\xbb\xbf' + data if name.endswith('.json') else data)
+  jax.tree.map(np.testing.assert_array_equal, hf.load(str(tmp_path))[1], hf.load(bf16_dir)[1])
+
+
 def test_bfloat16_shards_load_as_bfloat16(llama_dir):
   bf16_dir = os.path.join(os.path.dirname(llama_dir), 'bf16')
   assert os.path.exists(os.path.join(bf16_dir, 'model.safetensors.index.json'))
@@ -149,24 +163,73 @@ def test_export_refuses_models_transformers_cannot_express():
   config.model.norm = 'rmsnorm'  # with learned positions: neither GPT-2 nor LLaMA
   with pytest.raises(UserError, match=r"^model \(position='learned', norm='rmsnorm'.* is neither"):
     hf.config_to_hf(config.model)
-  config.model.update(norm='layernorm', tie_embeddings=False)
+  config.model.update(norm='layernorm', bias=False)
   with pytest.raises(UserError, match='is neither GPT-2'):
     hf.config_to_hf(config.model)
-  config.model.update(tie_embeddings=True, sliding_window=16)
+  config.model.update(bias=True, sliding_window=16)
   with pytest.raises(UserError, match='^model.sliding_window=16'):
     hf.config_to_hf(config.model)
 
 
-@pytest.mark.parametrize('change, message', [
-    ({'activation_function': 'gelu'}, r"activation_function='gelu' \(ours is the tanh GELU"),
-    ({'rope_parameters': {'rope_type': 'llama3', 'rope_theta': 5e5}}, "rope scaling 'llama3'"),
-    ({'rope_scaling': {'type': 'linear', 'factor': 2.0}}, "rope scaling 'linear'"),
-    ({'attention_bias': True}, 'attention_bias / mlp_bias'),
+@pytest.mark.parametrize('arch, change, message', [
+    ('gpt2', {'activation_function': 'gelu'},
+     r"^activation_function='gelu' \(in config.json\) cannot be computed by this project's model, "
+     r'which has the tanh GELU \(gelu_new, gelu_pytorch_tanh\); import another checkpoint$'),
+    ('gpt2', {'scale_attn_weights': False}, r'^scale_attn_weights=False \(in config.json\)'),
+    ('gpt2', {'scale_attn_by_inverse_layer_idx': True}, '^scale_attn_by_inverse_layer_idx=True'),
+    ('gpt2', {'add_cross_attention': True}, r'^add_cross_attention=True .* no cross-attention;'),
+    ('gpt2', {'n_positions': None}, r'^config.json has no n_positions, which a gpt2 model needs'),
+    ('llama', {'rope_parameters': {'rope_type': 'llama3', 'rope_theta': 5e5}},
+     "^rope_parameters of type 'llama3' cannot be computed .* plain RoPE"),
+    ('llama', {'rope_scaling': {'type': 'linear', 'factor': 2.0}},
+     "^rope_scaling of type 'linear'"),
+    ('llama', {'attention_bias': True}, r'^attention_bias=True \(in config.json\)'),
+    ('llama', {'mlp_bias': True}, r'^mlp_bias=True .* no biases in LLaMA-style layers'),
+    ('llama', {'hidden_act': 'gelu'}, r"^hidden_act='gelu' .* SwiGLU with silu"),
+    ('llama', {'model_type': 'mistral', 'architectures': ['MistralForCausalLM']},
+     r"^sliding_window=4096 \(transformers' default\) .* dense attention"),
 ])
-def test_configs_this_model_cannot_compute_are_refused(change, message, gpt2_dir, llama_dir):
-  hf_config = hf.read_hf_config(gpt2_dir if 'activation_function' in change else llama_dir)
+def test_configs_this_model_cannot_compute_are_refused(arch, change, message, gpt2_dir, llama_dir):
+  hf_config = {**hf.read_hf_config({'gpt2': gpt2_dir, 'llama': llama_dir}[arch]), **change}
+  # a change to None leaves the key out
+  hf_config = {key: value for key, value in hf_config.items() if value is not None}
   with pytest.raises(UserError, match=message):
-    hf.hf_to_config({**hf_config, **change})
+    hf.hf_to_config(hf_config)
+
+
+def test_settings_that_change_only_how_transformers_computes_are_taken(gpt2_dir, llama_dir):
+  for hf_dir, change in ((gpt2_dir, {'reorder_and_upcast_attn': True}),
+                         (llama_dir, {'pretraining_tp': 2}),
+                         (llama_dir, {'model_type': 'mistral', 'sliding_window': None})):
+    hf_config = hf.read_hf_config(hf_dir)
+    assert hf.hf_to_config({**hf_config, **change}) == hf.hf_to_config(hf_config)
+
+
+def test_every_tensor_is_taken_or_refused(gpt2_dir, llama_dir):
+  """Tensors the table does not take are refused, except known buffers; a tied model's own
+  lm_head.weight must equal the embedding it is tied to."""
+  gpt2 = hf.hf_to_config(hf.read_hf_config(gpt2_dir)).model
+  tensors = hf.read_tensors(gpt2_dir)
+  params = hf.params_from_hf(gpt2, tensors)
+  mask = np.tril(np.ones((1, 1, 64, 64), bool))  # the causal-mask buffers of old checkpoints
+  buffers = {'transformer.h.1.attn.bias': mask,
+             'transformer.h.1.attn.masked_bias': np.float32(-1e4),
+             'lm_head.weight': tensors['transformer.wte.weight']}  # as tied: the same as wte
+  jax.tree.map(np.testing.assert_array_equal, hf.params_from_hf(gpt2, {**tensors, **buffers}),
+               params)
+  with pytest.raises(UserError, match=r"^the checkpoint has tensors this model has no place for "
+                     r"\('transformer.h.0.crossattention.c_attn.weight', 1 in all\); check"):
+    hf.params_from_hf(gpt2, {**tensors, 'transformer.h.0.crossattention.c_attn.weight': mask})
+  with pytest.raises(UserError, match=r"^the checkpoint's lm_head.weight differs from its token "
+                     r'embedding, but config.json has tie_word_embeddings=true'):
+    hf.params_from_hf(gpt2, {**tensors, 'lm_head.weight': tensors['transformer.wte.weight'] + 1})
+
+  llama_config = hf.read_hf_config(llama_dir)
+  tensors = hf.read_tensors(llama_dir)
+  inv_freq = {'model.layers.0.self_attn.rotary_emb.inv_freq': np.ones(8, np.float32)}
+  hf.params_from_hf(hf.hf_to_config(llama_config).model, {**tensors, **inv_freq})
+  with pytest.raises(UserError, match="lm_head.weight differs .* tie_word_embeddings=true"):
+    hf.params_from_hf(hf.hf_to_config({**llama_config, 'tie_word_embeddings': True}).model, tensors)
 
 
 # --- runs: import, runs.load, init_from, distill.teacher ---------------------------------------
@@ -243,10 +306,19 @@ def no_weights_dir(tmp_path, llama_dir):
   return str(tmp_path / 'empty')
 
 
+def truncated_weights_dir(tmp_path, llama_dir):
+  directory = no_weights_dir(tmp_path, llama_dir)
+  with open(os.path.join(llama_dir, 'model.safetensors'), 'rb') as f:
+    (tmp_path / 'empty' / 'model.safetensors').write_bytes(f.read()[:-100])  # a broken download
+  return directory
+
+
 @pytest.mark.parametrize('make_dir, extra, message', [
     (lambda tmp, _: str(tmp), [], r"has no config.json; pass a directory written by"),
     (lambda tmp, _: bert_dir(tmp), [], r"architecture \['BertModel'\] is not supported"),
     (no_weights_dir, ['--tokenizer=X'], r"has no model.safetensors .*safe_serialization=True"),
+    (truncated_weights_dir, ['--tokenizer=X'],
+     r"cannot read .*model.safetensors: .*; download or save the checkpoint again"),
     (lambda tmp, llama: llama, [], r"has no tokenizer.model or tokenizer.json; pass --tokenizer"),
 ])
 def test_bad_imports_are_one_line(make_dir, extra, message, llama_dir, sp_model, tmp_path):

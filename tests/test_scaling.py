@@ -73,11 +73,26 @@ def test_single_variable_law_recovers_x_c_and_alpha():
   assert alpha == pytest.approx(0.076, abs=1e-12)
 
 
-def test_single_variable_law_of_a_flat_loss_is_refused():
+def test_single_variable_law_of_a_flat_or_rising_loss_is_refused():
   n = np.geomspace(1e3, 1e5, 5)
+  with pytest.raises(UserError, match='^the loss hardly falls with N .* no finite N_c'):
+    scaling.fit_single_variable(n, 2.5 * (n / 1e3) ** -1e-4, 'N')
   for loss in (np.full(5, 2.5) * (1 + 1e-5 * np.arange(5)), 2.5 * (n / 1e3) ** 1e-4):
-    with pytest.raises(UserError, match='no finite X_c'):
+    with pytest.raises(UserError, match=r'^the loss rises with X \(L ~ X\^'):
       scaling.fit_single_variable(n, loss)
+  with pytest.raises(UserError, match='^every run has the same loss 2.5, so there is nothing'):
+    scaling.fit_single_variable(n, np.full(5, 2.5))
+
+
+def test_frontier_law_needs_a_loss_that_falls():
+  x = np.array([1e6, 2e6, 4e6, 8e6])
+  x_c, alpha, runs = scaling.fit_frontier_law(x, np.array([4.0, 3.0, 3.5, 2.5]), 'N')
+  assert runs == 3 and alpha == pytest.approx(np.polyfit(np.log(x[[0, 1, 3]]),
+                                                        -np.log([4.0, 3.0, 2.5]), 1)[0])
+  with pytest.raises(UserError, match='^no run beats the runs of smaller N: the loss does not'):
+    scaling.fit_frontier_law(x, np.array([3.0, 3.1, 3.2, 3.3]), 'N')
+  with pytest.raises(UserError, match=r'^every run has the same C \(1e\+18\); add runs of'):
+    scaling.fit_frontier_law(np.full(4, 1e18), np.array([3.0, 3.1, 3.2, 3.3]), 'C')
 
 
 def test_frontier_keeps_the_runs_no_smaller_x_beats():
@@ -159,8 +174,33 @@ def test_isoflop_warns_about_bad_parabolas():
   assert 'outside the sampled sizes' in fit.warnings[0]
   assert 'opens downward' in fit.warnings[1]
   assert '2 model size(s)' in fit.warnings[2]
-  with pytest.raises(UserError, match='needs 2 or more budgets'):
+  with pytest.raises(UserError, match=r'^every run has the same budget 1e\+17, but the isoFLOP'):
     scaling.fit_isoflop(params[:3], loss[:3], budget[:3])
+  flat = loss.copy()
+  flat[3:6] = 2.9  # the 1e18 budget: no minimum either
+  with pytest.raises(UserError, match=r'needs 2 or more budgets with 3\+ model sizes'):
+    scaling.fit_isoflop(params[:-1], flat[:-1], budget[:-1])
+
+
+def test_isoflop_optimum_that_shrinks_with_compute_is_refused():
+  budget = np.repeat(BUDGETS, 5)
+  n_true = 1e9 * budget ** -0.2  # N_opt falls as C grows: no scaling law
+  params = n_true * np.tile(np.geomspace(0.2, 3, 5), len(BUDGETS))
+  loss = 2 + 0.1 * np.log(params / n_true) ** 2
+  with pytest.raises(UserError, match=r'^the isoFLOP fit gives N_opt ~ C\^-0.2 and D_opt ~ C\^1.2, '
+                     'but both must grow with compute C'):
+    scaling.fit_isoflop(params, loss, budget)
+
+
+def test_parametric_fit_of_degenerate_runs_is_refused():
+  n = np.geomspace(1e6, 3.2e7, 6)
+  with pytest.raises(UserError, match='^every run has the same loss 3, so there is nothing to fit'):
+    scaling.fit_parametric(n, 20 * n, np.full(6, 3.0))
+  with pytest.raises(UserError, match=r'^every run has the same compute 6ND \(one budget\)'):
+    scaling.fit_parametric(n, 1e15 / n, np.array([3.3, 3.1, 3.0, 3.05, 3.2, 3.5]))
+  with pytest.raises(UserError, match=r'^the fit L = E \+ A/N\^α \+ B/D\^β gives alpha = -\d.*: '
+                     'the loss does not fall as N grows'):
+    scaling.fit_parametric(n, 20 * n, np.linspace(3.0, 3.5, 6))  # rising with N and D
 
 
 # --- approach 1 -----------------------------------------------------------------------------
@@ -172,6 +212,21 @@ def test_envelope_of_curves():
   # The envelope can only choose among the sweep's sizes (steps of 2x); a came out 0.005 too high.
   assert fit.n_law.exponent == pytest.approx(TRUE.a, abs=0.03)
   assert fit.d_law.exponent == pytest.approx(TRUE.b, abs=0.03)
+
+
+def test_envelope_of_degenerate_curves_is_refused():
+  flops = np.geomspace(1e15, 1e17, 5)
+  # The envelope spans 1e17..1e18: at 1e17 the big model, ending there, is best; then only the
+  # small one goes on, so N_opt falls as C grows.
+  table = {'name': np.array(['big'] * 5 + ['small'] * 5),
+           'params': np.repeat([1e8, 1e6], 5), 'flops': np.concatenate([flops, flops * 10]),
+           'loss': np.concatenate([3 - np.arange(5) / 10, 3.5 - np.arange(5) / 10])}
+  table['tokens'] = table['flops'] / (6 * table['params'])
+  with pytest.raises(UserError, match=r'^the envelope gives N_opt ~ C\^-0.0594 and D_opt ~ '
+                     r'C\^1.06, but both must grow'):
+    scaling.fit_envelope(table)
+  with pytest.raises(UserError, match='^every run has the same loss 3, so there is nothing to fit'):
+    scaling.fit_envelope({**table, 'loss': np.full(10, 3.0)})
 
 
 # --- bootstrap ------------------------------------------------------------------------------
@@ -192,6 +247,15 @@ def test_bootstrap_intervals_contain_the_truth_and_shrink_with_less_noise():
     widths[sigma] = {name: np.diff(fit.intervals['parametric'][name])[0] for name in ('alpha', 'a')}
   for name in ('alpha', 'a'):
     assert widths[0.002][name] < widths[0.01][name] / 2
+
+
+def test_bootstrap_where_no_resample_can_be_refitted():
+  def refit(i):
+    raise UserError(f'cannot refit {len(i)} runs')
+  with pytest.raises(UserError, match=r'^none of the 5 resampled sweeps could be refitted \(the '
+                     r'last one: cannot refit 3 runs\)$'):
+    scaling.bootstrap(refit, np.zeros(3), samples=5)
+  assert scaling.bootstrap(refit, np.zeros(3), samples=0) == ({}, 0)
 
 
 # --- reading CSV files, and the one-line errors ---------------------------------------------
@@ -245,7 +309,6 @@ def test_too_few_runs(tmp_path):
 @pytest.mark.parametrize('text, message', [
     ('params,loss\n1e6,3.0\n', 'has no column tokens'),
     (GOOD.replace('\n4e6,', '\nx,'), "row 4: params is 'x', not a number"),
-    ('\n'.join(GOOD.splitlines()[:4]) + '\n', 'needs at least 6 runs, got 3'),
 ])
 def test_cli_errors_are_one_line(tmp_path, text, message):
   path = tmp_path / 'bad.csv'
@@ -300,3 +363,74 @@ def test_report_command_predicts_the_budgets_asked_for(tmp_path):
   assert [row['flops'] for row in summary['predictions']] == [1e20, 3e22]
   assert summary['intervals'] == {'parametric': {}, 'isoflop': {}}
   assert summary['skipped'] == {'envelope': 'no loss curves (a sweep writes them to curves.csv)'}
+
+
+def test_a_csv_with_a_byte_order_mark_fits_as_without(tmp_path):
+  runs = sweep()
+  # params first: a mark read as text would stick to its name
+  plain = write_csv(tmp_path / 'plain.csv', {'params': runs.pop('params'), **runs})
+  with_bom = tmp_path / 'excel.csv'  # Excel's "CSV UTF-8" starts with the byte-order mark
+  with_bom.write_bytes(b'\xef\xbb\xbf' + open(plain, 'rb').read())
+  fits = [scaling.summarize(scaling.fit_sweep(scaling.read_csv(str(path)), samples=0))
+          for path in (plain, with_bom)]
+  assert fits[0] == fits[1] and fits[0]['runs'] == len(runs['loss'])
+
+
+# --- runs that cannot be fitted: one line, whatever the approach ------------------------------
+
+SIZES = ('1e6', '2e6', '4e6', '8e6', '1.6e7', '3.2e7')
+
+
+@pytest.mark.parametrize('losses, reasons', [
+    ((3.0,) * 6, ['parametric, L(N), L(D), L(C): every run has the same loss 3, so there is',
+                  'isoflop: no budget or flops column', 'envelope: no loss curves']),
+    ((3.0, 3.1, 3.2, 3.3, 3.4, 3.5),  # rising with N and D
+     ['parametric: the fit L = E + A/N^α + B/D^β gives alpha = -0.0444: the loss does not fall',
+      'as N grows',
+      'L(N): no run beats the runs of smaller N: the loss does not fall as N grows',
+      'L(D): no run beats the runs of smaller D', 'L(C): no run beats the runs of smaller C']),
+])
+def test_cli_nothing_can_be_fitted_is_one_line(tmp_path, losses, reasons):
+  path = tmp_path / 'runs.csv'
+  path.write_text('params,tokens,loss\n' + ''.join(f'{n},{20 * float(n)},{loss}\n'
+                                                   for n, loss in zip(SIZES, losses)))
+  result = run_cli('fit', path)
+  assert result.returncode == 2 and result.stdout == ''
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: nothing can be fitted to these runs: ')
+  for reason in reasons:
+    assert reason in lines[0], lines[0]
+
+
+def test_cli_fits_what_one_budget_allows_and_says_why_not_the_rest(tmp_path):
+  path = tmp_path / 'runs.csv'
+  losses = (3.3, 3.1, 3.0, 3.05, 3.2, 3.5)  # one isoFLOP profile
+  path.write_text('params,tokens,loss,budget\n' + ''.join(
+      f'{n},{1.6e14 / float(n)},{loss},9.6e14\n' for n, loss in zip(SIZES, losses)))
+  result = run_cli('fit', path, '--bootstrap', '0')
+  assert result.returncode == 0 and result.stderr == ''
+  text = result.stdout
+  assert '| N | 3.24e+13 | 0.06875 | 3 |' in text and '| D | 9.463e+13 | 0.07364 | 4 |' in text
+  not_fitted = text[text.index('## Not fitted'):].splitlines()[2:]
+  assert not_fitted == [
+      '- parametric: every run has the same compute 6ND (one budget), so N and D move together and '
+      'the fit L = E + A/N^α + B/D^β cannot tell their effects apart; add runs at other budgets',
+      '- isoflop: every run has the same budget 9.6e+14, but the isoFLOP fit needs 2 or more '
+      'budgets to see how N_opt grows with it; add runs at other budgets',
+      '- envelope: no loss curves (a sweep writes them to curves.csv)',
+      '- L(C): every run has the same C (9.6e+14); add runs of other C']
+  assert 'Approach 3' not in text and 'Compute-optimal' not in text
+
+
+def test_report_of_one_budget_leaves_out_what_was_not_fitted(tmp_path):
+  write_csv(tmp_path / 'runs.csv', {'params': np.array([1e6, 2e6, 4e6, 8e6]),
+                                    'tokens': np.array([8e7, 4e7, 2e7, 1e7]),
+                                    'loss': np.array([3.1, 3.0, 3.05, 3.2]),
+                                    'budget': np.full(4, 4.8e14)})
+  summary = scaling.write_report(str(tmp_path), samples=0)
+  assert sorted(os.listdir(tmp_path / 'scaling')) == ['isoflop.png', 'report.json', 'report.md']
+  assert set(summary['skipped']) == {'parametric', 'isoflop', 'envelope', 'L(C)'}
+  assert 'alpha' not in summary and set(summary['single_variable']) == {'N', 'D'}
+  text = (tmp_path / 'scaling' / 'report.md').read_text()
+  assert '![isoFLOP profiles](isoflop.png)\n\n## Runs' in text
+  assert '| budget | params | tokens | loss | D/N |\n' in text  # and no fitted loss

@@ -1,10 +1,11 @@
-"""The BPE tokenizer: exact round trips, special ids, deterministic training, errors."""
+"""The BPE tokenizer: exact round trips, special ids, deterministic training, errors; and the
+Hugging Face tokenizer.json behind the same interface."""
 
 import pytest
 
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
-from gpt_jax.tokenizer import Tokenizer
+from gpt_jax.tokenizer import HFTokenizer, Tokenizer
 
 VOCAB = 512
 TRICKY = ('  two leading spaces\n\n\n\ttab,\ttabs\t\t and   runs     of spaces \r\n'
@@ -21,6 +22,24 @@ def texts(shakespeare) -> list[str]:
 @pytest.fixture(scope='module')
 def tokenizer(texts) -> Tokenizer:
   return tokenizer_lib.train(texts, VOCAB)
+
+
+def byte_level_bpe(texts, vocab_size: int) -> str:
+  """A tokenizer.json as GPT-2 brings: byte-level BPE with the one special token <|endoftext|>."""
+  tokenizers = pytest.importorskip('tokenizers', reason='needs tokenizers: pip install -e .[hf]')
+  from tokenizers import decoders, models, pre_tokenizers, trainers
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(texts, trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=['<|endoftext|>'],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  return tok.to_str()
+
+
+@pytest.fixture(scope='module')
+def hf_tokenizer(texts) -> HFTokenizer:
+  return HFTokenizer(byte_level_bpe(texts, VOCAB).encode())
 
 
 def test_round_trip_is_exact_on_the_corpus(tokenizer, shakespeare):
@@ -81,3 +100,37 @@ def test_a_vocab_size_sentencepiece_cannot_reach_is_a_user_error(texts):
   with pytest.raises(UserError, match=r'^vocab_size 30000 is too large: BPE finds at most \d+ tokens'
                      r'.*; set --config.model.vocab_size <= \d+ or use a larger corpus$'):
     tokenizer_lib.train(texts[:2], 30000)
+
+
+# --- what a document spells, and ids beyond the vocabulary: both kinds alike --------------------
+
+SPELLS_SPECIALS = 'one document <|endoftext|> not two</s><s> <unk> <0x0A> <|begin_of_text|>\n'
+
+
+@pytest.mark.parametrize('kind', ['sentencepiece', 'tokenizer.json'])
+def test_text_that_spells_a_special_token_is_text(kind, tokenizer, hf_tokenizer):
+  tok = {'sentencepiece': tokenizer, 'tokenizer.json': hf_tokenizer}[kind]
+  ids = tok.encode(SPELLS_SPECIALS)
+  assert tok.eos_id not in ids and tok.bos_id not in ids
+  assert tok.decode(ids) == SPELLS_SPECIALS
+  assert tok.encode_batch([SPELLS_SPECIALS]) == [ids]
+
+
+@pytest.mark.parametrize('kind', ['sentencepiece', 'tokenizer.json'])
+def test_decoding_an_id_beyond_the_vocabulary_is_a_user_error(kind, tokenizer, hf_tokenizer):
+  tok = {'sentencepiece': tokenizer, 'tokenizer.json': hf_tokenizer}[kind]
+  ids = tok.encode('hi')
+  assert tok.decode(ids + [tok.vocab_size - 1])  # the last id is in the vocabulary
+  for bad in (tok.vocab_size, -1):
+    with pytest.raises(UserError, match=rf'^cannot decode token id {bad}: the tokenizer has '
+                       rf'{tok.vocab_size} tokens \(ids 0 to {tok.vocab_size - 1}\); decode only'):
+      tok.decode(ids + [bad])
+
+
+def test_a_tokenizer_json_with_a_byte_order_mark_loads(hf_tokenizer, tmp_path):
+  path = tmp_path / 'tokenizer.json'
+  hf_tokenizer.save(str(path))
+  path.write_bytes(b'\xef\xbb\xbf' + path.read_bytes())  # as Windows' Notepad saves UTF-8
+  loaded = tokenizer_lib.load(str(path))
+  assert (loaded.eos_id, loaded.vocab_size) == (hf_tokenizer.eos_id, hf_tokenizer.vocab_size)
+  assert loaded.encode(SPELLS_SPECIALS) == hf_tokenizer.encode(SPELLS_SPECIALS)
