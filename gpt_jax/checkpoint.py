@@ -1,17 +1,34 @@
 """Checkpoints of a run: the train state and the data iterator, saved together by orbax.
 
 Saves are asynchronous (training continues while arrays are written) and atomic (orbax writes a
-temporary directory and renames it on commit), so a run killed at any moment resumes from the
-last complete step. The grain iterator state is captured at the moment of the save call.
+temporary directory, puts its commit marker in it last and renames it), so a run killed at any
+moment resumes from the last complete step. A step directory counts only with its commit marker,
+and one that cannot be read back (a damaged file) is skipped, with one line, for the step before
+it. The grain iterator state is captured at the moment of the save call.
 """
 
+import contextlib
+import errno
+import json
+import logging
 import os
+import shutil
+import sys
+import threading
+import warnings
+from collections.abc import Callable
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 from gpt_jax.errors import UserError
+
+# What orbax writes into a step directory last, before renaming it into place: the commit time in
+# the step's metadata (every version), and from orbax 0.12 also a marker file (on object stores,
+# where nothing is renamed, the marker file is the commit itself).
+COMMIT_MARKER, STEP_METADATA = 'commit_success.txt', '_CHECKPOINT_METADATA'
+UNREADABLE_SUFFIX = '.unreadable'  # a damaged step directory is renamed so, never deleted
 
 
 def _shapes(tree) -> dict:
@@ -41,8 +58,13 @@ class Checkpoints:
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data': grain.checkpoint.CheckpointHandler()})
 
+  def committed_steps(self) -> list[int]:
+    """The steps whose directory holds its commit marker, newest first."""
+    return sorted((step for step in self._manager.all_steps()
+                   if is_committed(os.path.join(self.directory, str(step)))), reverse=True)
+
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    return next(iter(self.committed_steps()), None)
 
   def check_params_match(self, step: int, abstract_params) -> None:
     """Raises UserError if the checkpoint at `step` holds parameters of other shapes."""
@@ -57,8 +79,16 @@ class Checkpoints:
     return self._manager.item_metadata(step)['state'].tree
 
   def save(self, step: int, state, data_iterator, *, force: bool = False) -> None:
-    self._manager.save(step, force=force, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)))
+    """Starts writing `state` and the iterator position as `step`; UserError if the disk has too
+    little space for it (checked first, and on the write's own error)."""
+    needed = sum(x.nbytes for x in jax.tree.leaves(state)) // jax.process_count()
+    free = shutil.disk_usage(_existing_parent(self.directory)).free
+    if free < needed:
+      raise UserError(self._no_space(f'{free / 2**20:,.0f} MiB are free but a checkpoint needs '
+                                      f'about {needed / 2**20:,.0f} MiB'))
+    with self._out_of_space_as_user_error():
+      self._manager.save(step, force=force, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)))
 
   def restore(self, step: int, abstract_state, data_iterator):
     """The state at `step`; also moves `data_iterator` to where it was at that step."""
@@ -67,11 +97,147 @@ class Checkpoints:
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
     return restored['state']
 
+  def restore_newest(self, abstract_state, data_iterator, log: Callable[[str], None]):
+    """(step, state) of the newest committed checkpoint that reads back whole, parameters of the
+    shapes of `abstract_state` (UserError if not); `data_iterator` moves to its position. Newer
+    unreadable steps are logged and renamed to STEP.unreadable, so this run can save those step
+    numbers again while nothing is deleted."""
+
+    def read(step):
+      self.check_params_match(step, abstract_state.params)
+      return self.restore(step, abstract_state, data_iterator)
+
+    step, state = newest_readable(self.committed_steps(), read, self.directory, log)
+    for newer in (s for s in self._manager.all_steps() if s > step):
+      aside = os.path.join(self.directory, f'{newer}{UNREADABLE_SUFFIX}')
+      while os.path.exists(aside):
+        aside += UNREADABLE_SUFFIX
+      os.rename(os.path.join(self.directory, str(newer)), aside)
+      log(f'moved the unreadable checkpoint step {newer} aside to {aside}')
+    self._manager.reload()
+    return step, state
+
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._out_of_space_as_user_error():
+      self._manager.wait_until_finished()
+
+  def _no_space(self, detail: str) -> str:
+    last = self.latest_step()
+    kept = f'the last checkpoint (step {last}) is intact' if last is not None else 'nothing saved'
+    return (f'no space for a checkpoint in {self.directory}: {detail}; {kept}. Free some space or '
+            'move the workdir to a larger disk, then run the same command again to resume')
+
+  @contextlib.contextmanager
+  def _out_of_space_as_user_error(self):
+    try:
+      yield
+    except Exception as e:  # orbax and TensorStore report a full disk in their own types
+      if not _is_out_of_space(e):
+        raise
+      raise UserError(self._no_space('the disk is full')) from None
 
   def close(self) -> None:
     self._manager.close()
+
+
+def is_committed(step_directory: str) -> bool:
+  """Whether orbax finished writing this step directory (its commit marker is there)."""
+  if os.path.exists(os.path.join(step_directory, COMMIT_MARKER)):
+    return True
+  try:
+    with open(os.path.join(step_directory, STEP_METADATA)) as f:
+      return bool(json.load(f).get('commit_timestamp_nsecs'))
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def _existing_parent(path: str) -> str:
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return path
+
+
+def _is_out_of_space(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it was raised from, is a full disk (or quota)."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if any(text in str(error) for text in ('No space left on device', 'RESOURCE_EXHAUSTED',
+                                           'Disk quota exceeded')):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _first_line(error: BaseException) -> str:
+  """The type and the first line of the error that `error` was raised from, the root cause
+  (orbax wraps TensorStore's errors and appends their whole spec)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = str(error).split(' See full TensorStore details')[0].strip()
+  return f'{type(error).__name__}: {text.splitlines()[0] if text else ""}'[:200]
+
+
+# What orbax's unfinished reads report after one read of a damaged checkpoint has failed.
+_LEFTOVERS = ('Encountered error while reading array index', 'Event loop is closed')
+
+
+def _is_leftover(error) -> bool:
+  return error is not None and any(text in str(error) for text in _LEFTOVERS)
+
+
+def _drop_leftovers_of_failed_reads() -> None:
+  """Orbax reads a checkpoint's arrays concurrently. When one read fails it raises that error
+  (reported in one line by newest_readable) while the other reads finish in the background and
+  report their errors to no one: asyncio's 'exception was never retrieved' log records,
+  unawaited coroutines, TensorStore callbacks into the closed event loop. Once checkpoints are
+  read with a fallback, those leftovers (and only they) are dropped, so a skipped checkpoint
+  stays one line."""
+  if getattr(sys.unraisablehook, 'drops_read_leftovers', False):
+    return
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+  previous_thread = threading.excepthook
+
+  def unraisable(info):
+    if not _is_leftover(info.exc_value):
+      previous_unraisable(info)
+
+  def uncaught(kind, value, traceback):
+    if not _is_leftover(value):
+      previous_except(kind, value, traceback)
+
+  def thread(args):
+    if not _is_leftover(args.exc_value):
+      previous_thread(args)
+
+  warnings.filterwarnings('ignore', message="coroutine '_read_array_index_and_device_put' was "
+                          'never awaited')
+  unraisable.drops_read_leftovers = True
+  sys.unraisablehook, sys.excepthook, threading.excepthook = unraisable, uncaught, thread
+  logging.getLogger('asyncio').addFilter(
+      lambda record: 'exception was never retrieved' not in record.getMessage())
+
+
+def newest_readable(steps: list[int], read: Callable[[int], object], directory: str,
+                    log: Callable[[str], None]) -> tuple[int, object]:
+  """(step, read(step)) for the first of `steps` (newest first) that reads; each one before it
+  that cannot be read is logged as skipped. UserError if there are no steps or none reads; a
+  UserError from `read` (a model of another shape) is not a damaged file and passes through."""
+  if not steps:
+    raise UserError(f'{directory} holds no complete checkpoint; train the run first')
+  _drop_leftovers_of_failed_reads()
+  reasons = []
+  for step in steps:
+    try:
+      return step, read(step)
+    except UserError:
+      raise
+    except Exception as e:  # TensorStore and orbax raise many types for a damaged file
+      reasons.append(f'step {step}: {_first_line(e)}')
+      log(f'skipping checkpoint step {step} in {directory}: it cannot be read '
+          f'({_first_line(e)})')
+  raise UserError(f'no checkpoint in {directory} can be read ({"; ".join(reasons)}); restore '
+                  'the directory from a copy or start a new run')
 
 
 def save_params(directory: str, step: int, params) -> None:

@@ -12,6 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_from = ''  # a run's workdir (e.g. an imported HF model): start from its parameters
+  c.allow_config_changes = False  # resume a run whose trajectory settings changed (logged)
   c.steps = 1000  # optimizer steps
   c.batch_size = 32  # sequences per optimizer step, over all devices and microbatches
   c.grad_accum = 1  # microbatches per optimizer step (batch_size must divide by it)
@@ -79,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   data.text_field = 'text'  # the field holding the text in .jsonl files
   data.tokenizer = ''  # '' = train a BPE tokenizer on the training split; or a .model file
   data.val_fraction = 0.05
+  data.max_document_chars = 65536  # longer documents (a book, a one-file corpus) are cut ...
+  data.piece_chars = 8192  # ... into pieces of at most this many characters, at blank lines
   data.min_chars = 200  # quality filter: shorter documents are dropped
   data.min_letter_fraction = 0.6  # quality filter: documents with fewer letters are dropped
   data.num_epochs = 1  # passes over the training split that `steps` may use

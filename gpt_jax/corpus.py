@@ -100,6 +100,47 @@ def load_documents(corpus: str, text_field: str = 'text') -> tuple[list[Document
   return docs, report
 
 
+_BLANK_LINE = re.compile(r'\n[ \t]*\n')
+
+
+def cut_long_documents(docs: Iterable[Document], max_chars: int,
+                       piece_chars: int) -> tuple[list[Document], str]:
+  """Each document longer than max_chars (0: none) cut into pieces of at most piece_chars
+  characters, so that a corpus of a few long files (a book, nanoGPT's input.txt in one file) can
+  be split by document into train and val. A piece ends at the last blank line that fits (whole
+  paragraphs), else at the last line end, else at piece_chars; the cut is deterministic, and
+  piece i of 'a.txt' is the document 'a.txt:part<i>'. Returns the documents and a line saying
+  what was cut."""
+  if max_chars < 0 or max_chars and not 0 < piece_chars <= max_chars:
+    raise UserError(f'data.max_document_chars={max_chars} must be >= 0 (0: never cut) and '
+                    f'data.piece_chars={piece_chars} in [1, max_document_chars]; fix --config.data')
+  out, cut, pieces = [], 0, 0
+  for doc in docs:
+    if not max_chars or len(doc.text) <= max_chars:
+      out.append(doc)
+      continue
+    parts = _pieces(doc.text, piece_chars)
+    out += [Document(f'{doc.source}:part{i}', text) for i, text in enumerate(parts, 1)]
+    cut, pieces = cut + 1, pieces + len(parts)
+  if not cut:
+    return out, f'no document is longer than data.max_document_chars={max_chars:,}'
+  return out, (f'cut {cut:,} documents longer than data.max_document_chars={max_chars:,} '
+               f'characters into {pieces:,} pieces of at most data.piece_chars={piece_chars:,} '
+               '(at blank lines, else line ends)')
+
+
+def _pieces(text: str, limit: int) -> list[str]:
+  pieces, start = [], 0
+  while len(text) - start > limit:
+    window = text[start:start + limit]
+    ends = [m.end() for m in _BLANK_LINE.finditer(window)]
+    end = ends[-1] if ends else window.rfind('\n') + 1 or limit
+    pieces.append(text[start:start + end])
+    start += end
+  pieces.append(text[start:])
+  return [piece.strip('\n') for piece in pieces if piece.strip()]
+
+
 def clean(docs: Iterable[Document], min_chars: int, min_letter_fraction: float, *,
           loaded: LoadReport | None = None) -> tuple[list[Document], CleanReport]:
   """Drops short and letter-poor documents, then exact duplicates (the first copy stays).

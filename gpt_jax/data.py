@@ -26,7 +26,7 @@ from gpt_jax import files
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
-FORMAT_VERSION = 2  # bump when the files prepare() writes change, so old caches are not reused
+FORMAT_VERSION = 3  # bump when the files prepare() writes change, so old caches are not reused
 SPLITS = ('train', 'val')
 
 
@@ -51,10 +51,14 @@ def prepare(data_cfg: ml_collections.ConfigDict, vocab_size: int,
   """The prepared data for `data_cfg` (config.data), from the cache or built into it."""
   docs, loaded = corpus.load_documents(data_cfg.corpus, data_cfg.text_field)
   log(loaded.summary())
+  docs, cut = corpus.cut_long_documents(docs, data_cfg.max_document_chars, data_cfg.piece_chars)
+  log(cut)
   given = _load_tokenizer(data_cfg.tokenizer, vocab_size) if data_cfg.tokenizer else None
   settings = {
       'format': FORMAT_VERSION,
       'source_sha256': source_sha256(docs),
+      'max_document_chars': data_cfg.max_document_chars,
+      'piece_chars': data_cfg.piece_chars,
       'min_chars': data_cfg.min_chars,
       'min_letter_fraction': data_cfg.min_letter_fraction,
       'val_fraction': data_cfg.val_fraction,
@@ -78,8 +82,9 @@ def prepare(data_cfg: ml_collections.ConfigDict, vocab_size: int,
   for split, split_docs in splits.items():
     if not split_docs:
       raise UserError(f'the {split} split is empty: {len(docs)} documents with val_fraction '
-                      f'{data_cfg.val_fraction}; use a larger corpus or a different '
-                      '--config.data.val_fraction')
+                      f'{data_cfg.val_fraction}; use a larger corpus, a different '
+                      '--config.data.val_fraction, or cut long documents into smaller pieces '
+                      '(--config.data.max_document_chars, --config.data.piece_chars)')
   if given:
     tokenizer = given
   else:

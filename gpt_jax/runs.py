@@ -4,25 +4,33 @@ from, evaluate, fine-tune (config.init_from) or distill from (config.distill.tea
 DIR/config.json    the run's whole config
 DIR/tokenizer.model  the tokenizer its data was encoded with (sentencepiece), or
 DIR/tokenizer.json   a Hugging Face one (a model imported by gpt_jax.hf)
-DIR/checkpoints/   orbax checkpoints; the parameters of the latest one are what sampling,
-                   evaluation, export and distillation use
+DIR/checkpoints/   orbax checkpoints; the parameters of the newest readable one are what
+                   sampling, evaluation, export and distillation use
+DIR/lock.json      while a run trains in DIR: its host and process id (WorkdirLock)
 """
 
+import contextlib
 import dataclasses
+import datetime
 import json
 import os
+import socket
+import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
-from gpt_jax import checkpoint, model, optim, sharding
+from gpt_jax import checkpoint, config as config_lib, model, optim, sharding
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.state import abstract_state
 from gpt_jax.tokenizer import Tokenizer
 
-CONFIG, CHECKPOINTS = 'config.json', 'checkpoints'
+CONFIG, CHECKPOINTS, LOCK = 'config.json', 'checkpoints', 'lock.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +55,16 @@ def read_config(workdir: str, what: str = 'workdir') -> ml_collections.ConfigDic
     raise UserError(f'cannot read {path}: {e}; pass the workdir of a finished run') from None
 
 
+def _to_stderr(message: str) -> None:
+  print(message, file=sys.stderr)
+
+
 def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | None = None,
-         what: str = 'workdir') -> Run:
-  """The latest parameters of the run in `workdir`, placed on `mesh` (default: all devices,
-  data parallel), computing in `dtype` (default: the run's). `what` names the setting that gave
-  `workdir`, for the error messages."""
+         what: str = 'workdir', log: Callable[[str], None] = _to_stderr) -> Run:
+  """The parameters of the newest readable checkpoint of the run in `workdir` (a damaged newer
+  one is skipped with a line to `log`), placed on `mesh` (default: all devices, data parallel),
+  computing in `dtype` (default: the run's). `what` names the setting that gave `workdir`, for
+  the error messages."""
   config = read_config(workdir, what)
   path = tokenizer_lib.find(workdir)
   if path is None:
@@ -59,9 +72,9 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
                     'workdir of a finished run')
   tokenizer = tokenizer_lib.load(path)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, CHECKPOINTS), keep=config.keep_checkpoints)
-  step = ckpts.latest_step()
+  steps = ckpts.committed_steps()
   ckpts.close()
-  if step is None:
+  if not steps:
     raise UserError(f'{what}={workdir!r} has no checkpoint yet; train it first or pass another run')
   if mesh is None:
     mesh = sharding.data_parallel_mesh()
@@ -71,8 +84,40 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   gpt = model.build(config.model)
   tx = optim.optimizer(config.optim, config.steps)
   abstract_params = abstract_state(gpt, tx, config, mesh).params
-  params = checkpoint.restore_params(os.path.join(workdir, CHECKPOINTS), step, abstract_params)
+  directory = os.path.join(workdir, CHECKPOINTS)
+  step, params = checkpoint.newest_readable(
+      steps, lambda step: checkpoint.restore_params(directory, step, abstract_params), directory,
+      log)
   return Run(gpt, params, config, tokenizer, step)
+
+
+# Settings a resumed run may change freely: they decide what is logged, kept or printed, where
+# arrays live and which kernel computes, not where the parameters go.
+FREE_TO_CHANGE = ('log_every', 'eval_every', 'eval_batches', 'checkpoint_every', 'keep_checkpoints',
+                  'allow_config_changes', 'init_from', 'sample', 'mesh', 'data.cache_dir',
+                  'model.attention', 'model.remat')
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """'key: old -> new' for each setting of `config` that differs from the run's saved config.json
+  and changes its trajectory (all but FREE_TO_CHANGE). A setting the saved config lacks (it
+  predates the setting) counts as its default."""
+  old = {**_flatten(config_lib.base_config().to_dict()), **_flatten(saved)}
+  new = _flatten(json.loads(json.dumps(config.to_dict())))  # tuples as config.json has them
+  free = lambda key: any(key == f or key.startswith(f + '.') for f in FREE_TO_CHANGE)
+  return [f'{key}: {old.get(key, "absent")!r} -> {new.get(key, "absent")!r}'
+          for key in sorted(set(old) | set(new))
+          if not free(key) and old.get(key, 'absent') != new.get(key, 'absent')]
 
 
 def check_compatible(run: Run, workdir: str, what: str, config: ml_collections.ConfigDict,
@@ -86,3 +131,117 @@ def check_compatible(run: Run, workdir: str, what: str, config: ml_collections.C
   if run.config.model.vocab_size != config.model.vocab_size:
     raise UserError(f'{what}={workdir!r} has model.vocab_size={run.config.model.vocab_size}, this '
                     f'run {config.model.vocab_size}; set --config.model.vocab_size to match')
+
+
+def _process_running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # it exists, under another user
+    return True
+  return True
+
+
+class WorkdirLock:
+  """DIR/lock.json, held by the one run that writes into DIR, so that a second run started on the
+  same workdir stops with one line instead of resuming from checkpoints still being written and
+  interleaving its metrics with the first's.
+
+  The file is created exclusively (O_EXCL, which local and network file systems honour) and names
+  its holder: host, process id, start time. It is removed on release. A lock left by a process
+  that died (kill -9, a crashed machine) is stale: on the same host that is checked and the lock
+  taken over; from another host it cannot be, so the error says how to remove it.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, LOCK)
+    self._created_workdir = False
+
+  def acquire(self, log=print) -> None:
+    self._created_workdir = not os.path.isdir(self.workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    me = {'host': socket.gethostname(), 'pid': os.getpid(),
+          'since': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
+    for _ in range(3):  # a stale lock is taken over at most once per competitor
+      try:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+      except FileExistsError:
+        holder = self._holder()
+        if not self._is_stale(holder):
+          self.release_workdir()
+          raise UserError(self._held_message(holder)) from None
+        log(f'taking over the stale lock of {self._describe(holder)}, which is no longer running')
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(self.path)
+        continue
+      with os.fdopen(fd, 'w') as f:
+        json.dump(me, f)
+      return
+    raise UserError(f'cannot take the lock {self.path}: other runs keep taking it; start one run '
+                    'per workdir')
+
+  def release(self) -> None:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self.path)
+    self.release_workdir()
+
+  def release_workdir(self) -> None:
+    """Removes the workdir again if acquire() made it and nothing else was written there."""
+    if self._created_workdir and os.path.isdir(self.workdir) and not os.listdir(self.workdir):
+      os.rmdir(self.workdir)
+
+  def _holder(self) -> dict | None:
+    """The lock file's contents; None while its creator has not written them yet (or never
+    will: it died in between)."""
+    for _ in range(20):
+      try:
+        with open(self.path) as f:
+          return json.load(f)
+      except FileNotFoundError:
+        return {}  # released meanwhile: stale, so the next attempt takes it
+      except ValueError:
+        time.sleep(0.05)
+    return None
+
+  @staticmethod
+  def _is_stale(holder: dict | None) -> bool:
+    if not holder:
+      return True
+    return holder.get('host') == socket.gethostname() and not _process_running(holder['pid'])
+
+  @staticmethod
+  def _describe(holder: dict) -> str:
+    return f'process {holder.get("pid")} on {holder.get("host")} (since {holder.get("since")})'
+
+  def _held_message(self, holder: dict) -> str:
+    message = (f'{self.workdir} is in use by another run: {self._describe(holder)}; wait for it '
+               'to finish or stop it, or pass another --workdir')
+    if holder.get('host') != socket.gethostname():
+      message += f' (if no run is left on {holder.get("host")}, delete {self.path})'
+    return message
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: str, log=print):
+  """Holds the WorkdirLock of `workdir` while the block runs. In a multi-process job process 0
+  takes it for all (they share the workdir) and every process stops if it cannot."""
+  lock = WorkdirLock(workdir)
+  error = ''
+  if jax.process_index() == 0:
+    try:
+      lock.acquire(log)
+    except UserError as e:
+      error = str(e)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    if multihost_utils.broadcast_one_to_all(np.int32(bool(error))) and not error:
+      error = f'process 0 could not take the lock of {workdir}; see its error'
+  if error:
+    raise UserError(error)
+  try:
+    yield lock
+  finally:
+    if jax.process_index() == 0:
+      lock.release()

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import tqdm
 
@@ -34,11 +35,12 @@ def distill_alpha(distill: ml_collections.ConfigDict, steps: int):
 
 
 def make_train_step(gpt: model.GPT, tx: optax.GradientTransformation, config,
-                    teacher: model.GPT | None = None):
+                    teacher: model.GPT | None = None, num_tokens: int | None = None):
   """(state, batch[, teacher_params]) -> (state, metrics). batch['tokens'] is (B, L+1);
   batch['mask'] (B, L) is optional and zeroes targets that must not count. With grad_accum = k
   the batch is split into k microbatches whose gradients are summed in a scan, so memory is that
-  of B/k rows. With a teacher, the loss is the distillation loss against its logits."""
+  of B/k rows. With a teacher, the loss is the distillation loss against its logits. The softmax
+  is over the tokenizer's `num_tokens` ids (None: the whole model vocabulary)."""
   lr_schedule = optim.schedule(config.optim, config.steps)
   alpha_schedule = distill_alpha(config.distill, config.steps)
 
@@ -49,14 +51,15 @@ def make_train_step(gpt: model.GPT, tx: optax.GradientTransformation, config,
                        rngs={'dropout': rng})
       return losses.head_next_token_loss(x_ND, model.head_weight(params, config.model),
                                          tokens_BL1[:, 1:], mask_BL, z_loss=config.loss.z_loss,
-                                         normalizer=normalizer)
+                                         normalizer=normalizer, num_tokens=num_tokens)
     logits_BLV = gpt.apply({'params': params}, tokens_BL1[:, :-1], deterministic=False,
                            rngs={'dropout': rng})
     teacher_BLV = teacher.apply({'params': teacher_params}, tokens_BL1[:, :-1])
     d = config.distill
     return losses.distillation_loss(logits_BLV, teacher_BLV, tokens_BL1[:, 1:], mask_BL,
                                     alpha=alpha_schedule(step), temperature=d.temperature,
-                                    reverse=d.reverse, top_k=d.top_k, normalizer=normalizer)
+                                    reverse=d.reverse, top_k=d.top_k, normalizer=normalizer,
+                                    num_tokens=num_tokens)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -92,13 +95,15 @@ def make_train_step(gpt: model.GPT, tx: optax.GradientTransformation, config,
   return train_step
 
 
-def make_eval_step(gpt: model.GPT):
-  """(state, tokens_BL1) -> summed next-token loss and the number of targets."""
+def make_eval_step(gpt: model.GPT, num_tokens: int | None = None):
+  """(state, tokens_BL1) -> summed next-token loss (over the first num_tokens ids) and the number
+  of targets."""
 
   def eval_step(state: TrainState, tokens_BL1):
     logits_BLV = gpt.apply({'params': state.params}, tokens_BL1[:, :-1])
     mask_BL = jnp.ones(tokens_BL1[:, 1:].shape, jnp.float32)
-    loss_sum, _ = losses.next_token_loss(logits_BLV, tokens_BL1[:, 1:], mask_BL, normalizer=1.0)
+    loss_sum, _ = losses.next_token_loss(logits_BLV, tokens_BL1[:, 1:], mask_BL, normalizer=1.0,
+                                         num_tokens=num_tokens)
     return {'loss_sum': loss_sum, 'targets': mask_BL.sum()}
 
   return eval_step
@@ -115,10 +120,11 @@ def train_compiler_options() -> dict:
 
 
 def compile_steps(gpt, tx, config, mesh: jax.sharding.Mesh, abstract: TrainState, log,
-                  teacher: distill.Teacher | None = None):
+                  teacher: distill.Teacher | None = None, num_tokens: int | None = None):
   """The train and eval steps, compiled for the mesh (state and batch laid out by the rules,
   metrics replicated, the state donated), after a report of the memory each device needs. With a
-  teacher, the train step takes its parameters as a third argument."""
+  teacher, the train step takes its parameters as a third argument. Both score the first
+  num_tokens ids of the vocabulary (the tokenizer's)."""
   replicated = sharding.replicated(mesh)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
   batch = {'tokens': jax.ShapeDtypeStruct((config.batch_size, config.seq_len + 1), jnp.int32,
@@ -138,10 +144,10 @@ def compile_steps(gpt, tx, config, mesh: jax.sharding.Mesh, abstract: TrainState
                     f'({opt_bytes / 2**30:.2f} GiB) per device exceed its {available / 2**30:.1f} '
                     f'GiB on mesh {mesh_text}; shard more (--config.mesh.fsdp) or shrink the model')
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-    train_step = jax.jit(make_train_step(gpt, tx, config, teacher and teacher.gpt),
+    train_step = jax.jit(make_train_step(gpt, tx, config, teacher and teacher.gpt, num_tokens),
                          out_shardings=(shardings, replicated), donate_argnums=0
                          ).lower(abstract, batch, *teacher_args).compile(train_compiler_options())
-    eval_step = jax.jit(make_eval_step(gpt), out_shardings=replicated
+    eval_step = jax.jit(make_eval_step(gpt, num_tokens), out_shardings=replicated
                         ).lower(abstract, eval_tokens).compile()
   activations = train_step.memory_analysis().temp_size_in_bytes
   log(f'memory per device on mesh {mesh_text}: parameters {param_bytes / 2**20:.1f} MiB'
@@ -209,6 +215,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
   """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
 
   `prepared` is config.data already prepared, for callers that train many models on one corpus.
+  The run holds the workdir's lock (runs.WorkdirLock) from before it reads a checkpoint to the end.
   """
   validate_config(config)
   mesh = sharding.make_mesh(config.mesh)
@@ -225,66 +232,128 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
         f'steps={config.steps} needs {config.steps} batches but {config.data.num_epochs} epoch(s) '
         f'of the training split give {len(train_ds)} at batch_size={config.batch_size}, '
         f'seq_len={config.seq_len}; lower steps or raise data.num_epochs')
-  # Every process reads the same validation batches and passes on its own rows of each.
-  eval_rows = config.batch_size // config.grad_accum // jax.process_count()
-  val_batches = [batch[jax.process_index() * eval_rows:(jax.process_index() + 1) * eval_rows]
-                 for batch in data.eval_batches(prepared, 'val', seq_len=config.seq_len,
-                                                batch_size=config.batch_size // config.grad_accum,
-                                                max_batches=config.eval_batches)]
+  step_tokens = config.batch_size * config.seq_len
+  step_flops = flops.flops_per_token(config.model, config.seq_len) * step_tokens
+  log(f'model: {flops.param_count(config.model) / 1e6:.2f}M parameters '
+      f'({flops.param_count(config.model, embeddings=False) / 1e6:.2f}M without embeddings), '
+      f'{step_flops / 1e9:.1f} GFLOP per step; {len(train_ds)} batches available, training '
+      f'{config.steps}')
+  val_batches = validation_batches(prepared, config)
   check_sample_room(prepared.tokenizer, config)
   teacher = distill.load_teacher(config, prepared.tokenizer, mesh) if config.distill.teacher else None
-
   gpt = model.build(config.model)
   tx = optim.optimizer(config.optim, config.steps)
   abstract = abstract_state(gpt, tx, config, mesh)
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
-  resume_step = ckpts.latest_step()
-  if resume_step is not None:
-    ckpts.check_params_match(resume_step, abstract.params)
-    if ckpts.holds_params_only(resume_step):
-      raise UserError(f'{workdir} holds imported weights, not a training run to resume; fine-tune '
-                      f'them with --config.init_from={workdir} and a new --workdir')
-  init_from = None
-  if resume_step is None and config.init_from:
-    init_from = runs.load(config.init_from, mesh=mesh, dtype=config.model.dtype, what='init_from')
-    runs.check_compatible(init_from, config.init_from, 'init_from', config, prepared.tokenizer)
-    checkpoint.check_same_shapes(init_from.params, abstract.params,
-                                 f'init_from={config.init_from!r}')
 
-  # Everything above only reads DIR; from here on the run writes into it.
-  is_main = jax.process_index() == 0
-  if is_main:
-    files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-    prepared.tokenizer.save(os.path.join(workdir, prepared.tokenizer.filename))
+  with runs.hold_workdir(workdir, log):
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
+    try:
+      state, data_iterator = initial_state(config, workdir, ckpts, gpt, tx, abstract, mesh,
+                                           prepared.tokenizer, train_ds, log)
+      # Everything above only reads DIR (or moves an unreadable checkpoint aside); from here on
+      # the run writes into it.
+      if jax.process_index() == 0:
+        files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+        prepared.tokenizer.save(os.path.join(workdir, prepared.tokenizer.filename))
+      record = train_loop(config, workdir, state, data_iterator, ckpts, gpt, tx, abstract, mesh,
+                          val_batches, prepared, teacher, log)
+    finally:
+      ckpts.close()
+  return record
+
+
+def validation_batches(prepared: data.Prepared, config) -> list:
+  """This process's rows of the validation microbatches: the first config.eval_batches batches of
+  batch_size rows of the val split, each cut into grad_accum microbatches (the shape the eval
+  step is compiled for), so the same tokens are scored whatever the microbatching. Every process
+  reads the same batches and takes its own rows of each."""
+  rows = config.batch_size // config.grad_accum // jax.process_count()
+  first = jax.process_index() * rows
+  return [microbatch[first:first + rows]
+          for batch in data.eval_batches(prepared, 'val', seq_len=config.seq_len,
+                                         batch_size=config.batch_size,
+                                         max_batches=config.eval_batches)
+          for microbatch in np.split(batch, config.grad_accum)]
+
+
+def initial_state(config, workdir: str, ckpts: checkpoint.Checkpoints, gpt, tx, abstract, mesh,
+                  tokenizer, train_ds, log) -> tuple[TrainState, object]:
+  """(state, data iterator) to start from: the newest readable checkpoint in `workdir` with the
+  data position it was saved at, else a fresh state (from config.init_from's parameters if set).
+  UserError if the workdir holds another run: imported weights, a model of another shape, or a
+  config whose trajectory settings changed (unless config.allow_config_changes)."""
   data_iterator = iter(train_ds.to_iter_dataset())
-  if resume_step is None:  # created sharded, never whole on one device
-    state = jax.jit(functools.partial(init_state, gpt, tx, config),
+  newest = ckpts.latest_step()
+  if newest is None:
+    state = jax.jit(functools.partial(init_state, gpt, tx, config),  # created sharded
                     out_shardings=jax.tree.map(lambda a: a.sharding, abstract))()
-    if init_from:
+    if config.init_from:
+      init_from = runs.load(config.init_from, mesh=mesh, dtype=config.model.dtype,
+                            what='init_from', log=log)
+      runs.check_compatible(init_from, config.init_from, 'init_from', config, tokenizer)
+      checkpoint.check_same_shapes(init_from.params, abstract.params,
+                                   f'init_from={config.init_from!r}')
       state = state.replace(params=init_from.params)
       log(f'starting from the parameters of {config.init_from} (step {init_from.step})')
-  else:
-    state = ckpts.restore(resume_step, abstract, data_iterator)
-    log(f'resuming from step {resume_step} in {workdir}')
-  start = int(state.step)
-  metrics_log = metrics.MetricsLog(workdir, resume_step=start) if is_main else None
+    return state, data_iterator
+  if ckpts.holds_params_only(newest):
+    raise UserError(f'{workdir} holds imported weights, not a training run to resume; fine-tune '
+                    f'them with --config.init_from={workdir} and a new --workdir')
+  if os.path.exists(os.path.join(workdir, runs.CONFIG)):
+    changes = runs.config_changes(runs.read_config(workdir).to_dict(), config)
+    if changes and not config.allow_config_changes:
+      raise UserError(f'{workdir} holds a run trained with other settings ({"; ".join(changes)}); '
+                      'resuming would silently change its course: run it with its own settings, '
+                      'pass --config.allow_config_changes=True to resume with these, or use a new '
+                      '--workdir')
+    if changes:
+      log(f'resuming with changed settings (config.allow_config_changes): {"; ".join(changes)}')
+  step, state = ckpts.restore_newest(abstract, data_iterator, log)
+  log(f'resuming from step {step} in {workdir}')
+  return state, data_iterator
 
+
+def stop_if_diverged(unchecked: list, config, saved_step: int | None) -> None:
+  """UserError at the first of the (step, metrics) pairs whose loss or gradient norm is not
+  finite: the run stops before such a state can be saved, so the last checkpoint stays good."""
+  values = jax.device_get([(m['loss'], m['grad_norm']) for _, m in unchecked])
+  for (step, _), (loss, grad_norm) in zip(unchecked, values):
+    for name, value in (('loss', loss), ('gradient norm', grad_norm)):
+      if not math.isfinite(value):
+        o = config.optim
+        kept = (f'the last checkpoint, step {saved_step}, is the last good state'
+                if saved_step is not None else 'nothing was saved')
+        raise UserError(
+            f'training diverged: the {name} is {float(value)} at step {step}; stopped without '
+            f'saving it ({kept}). Lower --config.optim.lr (now {o.lr}), keep gradient clipping on '
+            f'(--config.optim.grad_clip, now {o.grad_clip}) or warm up longer '
+            f'(--config.optim.warmup_steps, now {o.warmup_steps}), then rerun with '
+            '--config.allow_config_changes=True to resume, or use a new --workdir')
+
+
+def train_loop(config, workdir: str, state: TrainState, data_iterator,
+               ckpts: checkpoint.Checkpoints, gpt, tx, abstract, mesh, val_batches, prepared,
+               teacher, log) -> dict:
+  """Trains from state.step to config.steps, logging, evaluating and checkpointing as configured,
+  then plots the losses and prints samples; returns the last logged metrics."""
+  is_main = jax.process_index() == 0
+  start = int(state.step)
+  saved_step = start if start else None
+  metrics_log = metrics.MetricsLog(workdir, resume_step=start) if is_main else None
   tokens_per_step = config.batch_size * config.seq_len
   flops_per_token = flops.flops_per_token(config.model, config.seq_len)
   peak = flops.device_peak_flops() * jax.device_count()
-  log(f'model: {flops.param_count(config.model) / 1e6:.2f}M parameters '
-      f'({flops.param_count(config.model, embeddings=False) / 1e6:.2f}M without embeddings), '
-      f'{flops_per_token * tokens_per_step / 1e9:.1f} GFLOP per step; {len(train_ds)} batches '
-      f'available, training {config.steps}')
 
   batch_sharding = sharding.batch_sharding(mesh)
   to_global = lambda rows: jax.make_array_from_process_local_data(batch_sharding, rows)
-  train_step, eval_step = compile_steps(gpt, tx, config, mesh, abstract, log, teacher)
+  num_tokens = prepared.tokenizer.vocab_size
+  train_step, eval_step = compile_steps(gpt, tx, config, mesh, abstract, log, teacher, num_tokens)
   val_batches = [to_global(batch) for batch in val_batches]  # on the devices once, for every eval
   teacher_args = (teacher.params,) if teacher else ()
   bytes_per_token = prepared.bytes_per_token('val')
   preemption = _Preemption()
   record = {}
+  unchecked = []  # (step, metrics) not yet checked for divergence, left on the device till then
   bar = tqdm.tqdm(total=config.steps, initial=start, disable=not is_main, dynamic_ncols=True)
   try:
     # Throughput is measured over the steps of each log interval, leaving out the time spent
@@ -293,6 +362,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
     for step in range(start + 1, config.steps + 1):
       state, step_metrics = train_step(state, {'tokens': to_global(next(data_iterator))},
                                        *teacher_args)
+      unchecked.append((step, step_metrics))
       bar.update()
       if step == start + 1:
         jax.block_until_ready(state)
@@ -300,7 +370,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
       else:
         interval_steps += 1
       last = step == config.steps
-      if step % config.log_every == 0 or step % config.eval_every == 0 or last:
+      logs = step % config.log_every == 0 or step % config.eval_every == 0 or last
+      saves = step % config.checkpoint_every == 0 or last or preemption.requested
+      if logs or saves:
+        stop_if_diverged(unchecked, config, saved_step)
+        unchecked = []
+      if logs:
         step_metrics = jax.device_get(step_metrics)
         seconds = time.perf_counter() - interval_start
         tokens_per_sec = interval_steps * tokens_per_step / max(seconds, 1e-9)
@@ -312,8 +387,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
           metrics_log.write(record)
         bar.set_postfix({k: f'{record[k]:.4g}' for k in ('train_loss', 'val_loss') if k in record})
         interval_steps = 0
-      if step % config.checkpoint_every == 0 or last or preemption.requested:
+      if saves:
         ckpts.save(step, state, data_iterator, force=True)
+        saved_step = step
       if interval_steps == 0:
         interval_start = time.perf_counter()
       if preemption.requested:
@@ -324,7 +400,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print,
   finally:
     bar.close()
     preemption.restore()
-    ckpts.close()
     if metrics_log:
       metrics_log.close()
 

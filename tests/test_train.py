@@ -1,9 +1,13 @@
 """Training: the step function, the loop's outputs, exact resume, and the CLI's bad-input errors."""
 
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, losses, model, optim, runs, train
+from gpt_jax import checkpoint, cli, losses, model, optim, runs, train
 from gpt_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +69,9 @@ def test_tiny_model_overfits_one_batch(tiny):
 
 def test_grad_accumulation_equals_one_big_batch(tiny):
   tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 512, dtype=jnp.int32)
+  # Adam's first update is lr·g/(|g| + eps): with a tiny eps it turns the rounding differences of
+  # two summation orders in near-zero gradients into whole updates.
+  tiny.optim.eps = 1e-3
   results = []
   for accum in (1, 4):
     tiny.grad_accum = accum
@@ -172,7 +179,6 @@ def test_restart_from_a_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
   train.train(tiny, whole, log=lambda _: None)
   train.train(tiny, resumed, log=lambda _: None)
   # Lose everything after step 10, as if the run had been killed just after that checkpoint.
-  import shutil
   shutil.rmtree(os.path.join(resumed, 'checkpoints', '20'))
   messages = []
   train.train(tiny, resumed, log=messages.append)
@@ -274,9 +280,158 @@ def test_workdir_of_another_model_shape_is_refused_untouched(tiny, tmp_path):
   train.train(tiny, workdir, log=lambda _: None)
   before = dir_digest(workdir)
   tiny.model.n_embd = 128
+  with pytest.raises(UserError, match=r'holds a run trained with other settings \(model.n_embd: '
+                                       r'64 -> 128\)'):
+    train.train(tiny, workdir, log=lambda _: None)
+  tiny.allow_config_changes = True  # then the checkpoint itself does not fit
   with pytest.raises(UserError, match='holds a model of another shape'):
     train.train(tiny, workdir, log=lambda _: None)
   assert dir_digest(workdir) == before
+
+
+def test_resume_with_a_changed_trajectory_is_refused_unless_allowed(tiny, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train(tiny, workdir, log=lambda _: None)
+  before = dir_digest(workdir)
+  tiny.update(steps=30, log_every=10, keep_checkpoints=5)  # log_every, keep: free to change
+  tiny.optim.lr = 1e-3
+  with pytest.raises(UserError, match=r'\(optim.lr: 0.003 -> 0.001; steps: 20 -> 30\)'):
+    train.train(tiny, workdir, log=lambda _: None)
+  assert dir_digest(workdir) == before
+  tiny.allow_config_changes = True
+  logs = []
+  train.train(tiny, workdir, log=logs.append)
+  assert 'resuming with changed settings (config.allow_config_changes): optim.lr: 0.003 -> 0.001; ' \
+         'steps: 20 -> 30' in logs
+  assert [r['step'] for r in read_metrics(workdir)] == [5, 10, 15, 20, 30]
+  assert json.load(open(os.path.join(workdir, 'config.json')))['steps'] == 30
+
+
+def test_validation_scores_the_same_tokens_whatever_the_microbatching(tiny, tmp_path):
+  """grad_accum changes how the batch is fed, not which validation rows are scored."""
+  val_loss = {}
+  for accum in (1, 4):
+    tiny.grad_accum = accum
+    tiny.optim.eps = 1e-3  # as in test_grad_accumulation_equals_one_big_batch
+    final = train.train(tiny, str(tmp_path / f'accum{accum}'), log=lambda _: None)
+    val_loss[accum] = final['val_loss']
+  assert val_loss[1] == pytest.approx(val_loss[4], abs=2e-5)
+
+
+def test_padded_vocabulary_ids_get_no_probability(tiny):
+  """With a model vocabulary beyond the tokenizer's, the train and eval steps' softmax is over
+  the tokenizer's ids: the padded ids get no gradient and change no loss."""
+  gpt, tx, state = step_setup(tiny)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 400, dtype=jnp.int32)
+  step = jax.jit(train.make_train_step(gpt, tx, tiny, num_tokens=400))
+  new_state, metrics = step(state, {'tokens': tokens})
+  embedding = model.head_weight(state.params, tiny.model)
+  logits = gpt.apply({'params': state.params}, tokens[:, :-1])
+  expected = -jax.nn.log_softmax(logits[..., :400])[
+      jnp.arange(8)[:, None], jnp.arange(32), tokens[:, 1:]].mean()
+  np.testing.assert_allclose(metrics['train_loss'], expected, rtol=1e-5)
+  np.testing.assert_array_equal(model.head_weight(new_state.params, tiny.model)[400:],
+                                embedding[400:])  # no gradient, no decay: embeddings are not decayed
+  eval_out = jax.jit(train.make_eval_step(gpt, num_tokens=400))(state, tokens)
+  np.testing.assert_allclose(eval_out['loss_sum'] / eval_out['targets'], expected, rtol=1e-5)
+
+
+def test_a_diverged_run_stops_and_keeps_its_good_checkpoints(tiny, tmp_path):
+  workdir = str(tmp_path / 'run')
+  tiny.update(steps=40, checkpoint_every=2, log_every=20, eval_every=20)
+  tiny.optim.update(lr=1e4, grad_clip=0.0)  # the loss is NaN within a few steps
+  with pytest.raises(UserError, match=r'training diverged: the loss is nan at step (\d+); stopped '
+                                      r'without saving it \(the last checkpoint, step (\d+)'
+                     ) as error:
+    train.train(tiny, workdir, log=lambda _: None)
+  diverged, kept = map(int, re.search(r'step (\d+);.*step (\d+)', str(error.value)).groups())
+  assert 0 < kept < diverged <= kept + 2
+  assert max(map(int, os.listdir(os.path.join(workdir, 'checkpoints')))) == kept
+  params = runs.load(workdir, log=lambda _: None).params
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+  assert not os.path.exists(os.path.join(workdir, runs.LOCK))
+
+
+def truncate_array_files(step_dir):
+  """Damages a checkpoint as a failing disk or an interrupted copy does: every array data file
+  (TensorStore's OCDBT chunks) loses its second half."""
+  chunks = os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd')
+  for name in os.listdir(chunks):
+    with open(os.path.join(chunks, name), 'r+b') as f:
+      f.truncate(os.path.getsize(os.path.join(chunks, name)) // 2)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped(tiny, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train(tiny, workdir, log=lambda _: None)
+  truncate_array_files(os.path.join(workdir, 'checkpoints', '20'))
+  logs = []
+  loaded = runs.load(workdir, log=logs.append)  # what sample and evaluate read
+  assert loaded.step == 10
+  assert len(logs) == 1 and logs[0].startswith(f'skipping checkpoint step 20 in {workdir}')
+  # A step directory without its commit marker is not trusted at all.
+  os.remove(os.path.join(workdir, 'checkpoints', '10', checkpoint.COMMIT_MARKER))
+  with open(os.path.join(workdir, 'checkpoints', '10', checkpoint.STEP_METADATA), 'w') as f:
+    f.write('{}')
+  with pytest.raises(UserError, match=r'no checkpoint in .* can be read \(step 20: '):
+    runs.load(workdir, log=lambda _: None)
+
+
+def test_training_resumes_from_the_step_before_a_damaged_one(tiny, tmp_path):
+  whole, damaged = str(tmp_path / 'whole'), str(tmp_path / 'damaged')
+  for workdir in (whole, damaged):
+    train.train(tiny, workdir, log=lambda _: None)
+  truncate_array_files(os.path.join(damaged, 'checkpoints', '20'))
+  logs = []
+  train.train(tiny, damaged, log=logs.append)
+  assert any(m.startswith('skipping checkpoint step 20') for m in logs)
+  assert f'resuming from step 10 in {damaged}' in logs
+  assert os.path.isdir(os.path.join(damaged, 'checkpoints', '20' + checkpoint.UNREADABLE_SUFFIX))
+  assert read_metrics(damaged) == read_metrics(whole)  # steps 15 and 20 trained again, exactly
+
+
+def test_a_second_run_on_a_workdir_in_use_stops(tiny, tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:
+    (workdir / runs.LOCK).write_text(json.dumps(
+        {'host': socket.gethostname(), 'pid': holder.pid, 'since': 'now'}))
+    with pytest.raises(UserError, match=rf'{workdir} is in use by another run: process '
+                                        rf'{holder.pid} on {socket.gethostname()}'):
+      train.train(tiny, str(workdir), log=lambda _: None)
+    assert not os.path.exists(workdir / 'checkpoints')
+  finally:
+    holder.kill()
+    holder.wait()
+  logs = []  # the holder is gone: its lock is stale
+  train.train(tiny, str(workdir), log=logs.append)
+  assert any(m.startswith('taking over the stale lock of process') for m in logs)
+  assert not os.path.exists(workdir / runs.LOCK)
+  (workdir / runs.LOCK).write_text(json.dumps({'host': 'elsewhere', 'pid': 1, 'since': 'now'}))
+  with pytest.raises(UserError, match=rf'process 1 on elsewhere .*delete {workdir}/lock.json'):
+    train.train(tiny, str(workdir), log=lambda _: None)
+
+
+def test_a_full_disk_is_one_line(tiny, tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  usage = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(shutil, 'disk_usage', lambda path: usage._replace(free=1 << 20))
+  with pytest.raises(UserError, match=r'no space for a checkpoint in .*/run/checkpoints: 1 MiB '
+                                      r'are free but a checkpoint needs about 2 MiB; nothing saved'):
+    train.train(tiny, workdir, log=lambda _: None)
+  monkeypatch.undo()
+  # and when the write itself fails (the disk filled up meanwhile)
+  def full_disk():
+    try:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    except OSError as e:
+      raise ValueError('writing a TensorStore chunk failed') from e
+
+  ckpts = checkpoint.Checkpoints(str(tmp_path / 'ckpts'), keep=1)
+  monkeypatch.setattr(ckpts._manager, 'wait_until_finished', full_disk)
+  with pytest.raises(UserError, match='the disk is full; nothing saved'):
+    ckpts.wait()
 
 
 def test_init_from_starts_from_that_runs_parameters(tiny, tmp_path):
