@@ -5,6 +5,7 @@ Every failure a user can fix ends as one line on stderr and exit status 2, never
 """
 
 import argparse
+import errno
 import importlib.util
 import os
 import sys
@@ -117,11 +118,17 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run(fn: Callable[[], object]) -> None:
-  """Runs fn; a UserError or Ctrl-C becomes one line on stderr and a non-zero exit."""
+  """Runs fn; a UserError, a full disk or Ctrl-C becomes one line on stderr and a non-zero exit."""
   try:
     fn()
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    print(f'error: no space left on the disk of {e.filename or "the output"}; free some space '
+          '(or write elsewhere) and run the same command again', file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:
     print('interrupted; run the same command again to resume from the last checkpoint',

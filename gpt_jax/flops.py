@@ -86,15 +86,32 @@ def chinchilla_flops_per_sequence(model: ml_collections.ConfigDict, seq_len: int
   return 3 * forward
 
 
-def _cpu_name() -> str:
+# The CPU flags that decide a matmul's peak: vector width, FMA, and the bf16/int8 matrix units.
+PEAK_FLAGS = ('avx', 'avx2', 'fma', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_bf16',
+              'amx_tile', 'asimd', 'sve', 'sve2')
+
+
+def cpu_key() -> str:
+  """What identifies this CPU's matmul peak: the model name, the family, model and stepping
+  numbers (one marketing name, 'AMD EPYC', covers Zen 3 and Zen 5, 180 vs 420 GFLOP/s), the
+  vector extensions, the cores this process may use, and the jax version."""
+  fields, flags = {}, set()
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
+        key, _, value = line.partition(':')
+        key, value = key.strip(), value.strip()
+        if key in ('flags', 'Features'):  # x86, ARM
+          flags = set(value.split())
+          break
+        if key in ('model name', 'cpu family', 'model', 'stepping', 'CPU implementer', 'CPU part'):
+          fields.setdefault(key, value)
   except OSError:
-    pass
-  return platform.processor() or platform.machine()
+    fields['model name'] = platform.processor() or platform.machine()
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  return ' / '.join([*(f'{k} {v}' for k, v in fields.items()),
+                     ' '.join(f for f in PEAK_FLAGS if f in flags) or 'no vector flags',
+                     f'{cores} cores', f'jax {jax.__version__}'])
 
 
 def measure_cpu_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -112,7 +129,8 @@ def measure_cpu_peak(n: int = 2048, repeats: int = 5) -> float:
 
 @functools.cache
 def device_peak_flops(device=None) -> float:
-  """Peak FLOP/s of one device: the table above for accelerators, a cached measurement on CPU."""
+  """Peak FLOP/s of one device: the table above for accelerators; on CPU a measurement, kept in
+  <cache root>/cpu_peaks.json under cpu_key()."""
   device = device or jax.devices()[0]
   if device.platform != 'cpu':
     kind = device.device_kind
@@ -120,16 +138,15 @@ def device_peak_flops(device=None) -> float:
       if name.lower() in kind.lower():
         return PEAK_FLOPS[name]
     return float('nan')  # unknown accelerator: MFU is reported as NaN rather than guessed
-  key = f'{_cpu_name()} / {os.cpu_count()} cores / jax {jax.__version__}'
-  path = os.path.join(files.cache_root(), 'cpu_peak.json')
+  # One file for every CPU that shares this cache (a home directory on several machines).
+  key, path = cpu_key(), os.path.join(files.cache_root(), 'cpu_peaks.json')
   try:
     with open(path) as f:
-      cached = json.load(f)
-    if cached.get('key') == key:
-      return float(cached['flops'])
-  except (OSError, ValueError, KeyError):
-    pass
-  flops = measure_cpu_peak()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  files.write_json(path, {'key': key, 'flops': flops})
-  return flops
+      peaks = json.load(f)
+  except (OSError, ValueError):
+    peaks = {}
+  if not isinstance(peaks.get(key), (int, float)):
+    peaks[key] = measure_cpu_peak()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    files.write_json(path, peaks)
+  return float(peaks[key])

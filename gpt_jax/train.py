@@ -175,10 +175,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f'sample.temperature={config.sample.temperature} must be >= 0 (0 is greedy) '
                     f'and sample.max_tokens={config.sample.max_tokens} positive')
   d = config.distill
-  if not (0 <= d.alpha <= 1 and d.alpha_final <= 1 and d.temperature > 0 and
+  # At T = 0.01 the softened distributions are all but one-hot already; towards 0, logits / T
+  # overflows float32 and the loss is NaN.
+  if not (0 <= d.alpha <= 1 and d.alpha_final <= 1 and d.temperature >= 0.01 and
           0 <= d.top_k <= config.model.vocab_size):
     raise UserError(f'distill.alpha={d.alpha} (and alpha_final={d.alpha_final}, if >= 0) must be '
-                    f'in [0, 1], temperature={d.temperature} positive and top_k={d.top_k} in '
+                    f'in [0, 1], temperature={d.temperature} at least 0.01 and top_k={d.top_k} in '
                     f'[0, vocab_size]; fix --config.distill')
   if d.reverse and d.top_k:
     raise UserError('reverse KL needs the whole teacher distribution; set distill.top_k=0 or '

@@ -1,5 +1,8 @@
 """FLOP counts: Chinchilla's Appendix F reproduces the paper's Table A4; MFU peaks."""
 
+import io
+
+import jax
 import pytest
 
 from gpt_jax import config, flops
@@ -52,3 +55,35 @@ def test_accelerator_peaks_are_looked_up_by_device_kind():
   assert flops.device_peak_flops(Device()) == 197e12
   Device.device_kind = 'TPU v5p'
   assert flops.device_peak_flops(Device()) == 459e12
+
+
+ZEN3 = '''processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse2 avx avx2 fma
+'''
+ZEN5 = ZEN3.replace('cpu family\t: 25', 'cpu family\t: 26').replace(
+    'avx2 fma', 'avx2 fma avx512f avx512_bf16')
+
+
+def test_the_cached_cpu_peak_is_keyed_on_the_cpu_not_its_marketing_name(tmp_path, monkeypatch):
+  """Zen 3 and Zen 5 both call themselves 'AMD EPYC' (~180 vs ~420 GFLOP/s float32): a home
+  directory shared between them must not reuse one's peak for the other."""
+  real_open = open
+  cpuinfo = {}
+  monkeypatch.setattr('builtins.open', lambda path, *a, **k: io.StringIO(cpuinfo['text'])
+                      if path == '/proc/cpuinfo' else real_open(path, *a, **k))
+  monkeypatch.setenv('GPT_JAX_CACHE', str(tmp_path))
+  measured = iter([180e9, 420e9])
+  monkeypatch.setattr(flops, 'measure_cpu_peak', lambda: next(measured))
+  peaks = []
+  for text in (ZEN3, ZEN5, ZEN3):
+    cpuinfo['text'] = text
+    flops.device_peak_flops.cache_clear()
+    peaks.append(flops.device_peak_flops(jax.devices('cpu')[0]))
+  assert peaks == [180e9, 420e9, 180e9]  # each measured once, then read from the shared cache
+  assert 'cpu family 25' in flops.cpu_key() and 'avx512f' not in flops.cpu_key()
+  flops.device_peak_flops.cache_clear()
