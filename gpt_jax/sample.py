@@ -58,23 +58,45 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
     raise UserError(f'top_p={top_p} must be in (0, 1] (1 = off)')
 
 
+# top-p keeps the smallest prefix whose float32 cumulative mass reaches top_p·(1 − TOP_P_RTOL).
+# softmax and cumsum round each term by an ulp or so, so a prefix whose exact mass is top_p can
+# sum to a few ulps below it (softmax of log([.5, .2, .1, .1, .1]) sums its first three to
+# 0.79999995); 1e-5 is ~80 float32 ulps, room for the rounding of prefixes of hundreds of tokens,
+# and moves the nucleus by at most 1e-5 of its mass.
+TOP_P_RTOL = 1e-5
+
+
+def keep_mask(logits_BV, *, top_k: int, top_p: float) -> jax.Array:
+  """Which tokens (B, V) bool top-k / top-p sampling may draw from softmax(logits_BV).
+
+  Tokens are ranked by logit, ties by lower id first (as argmax breaks them); top_k > 0 keeps the
+  first k, then top_p < 1 the smallest prefix whose mass, renormalised over those k, reaches
+  top_p (nucleus sampling, Holtzman et al. 2019; top-k before top-p as in Hugging Face's
+  `generate`). Never empty: the likeliest token is always kept.
+  """
+  order_BV = jnp.argsort(logits_BV, axis=-1, descending=True, stable=True)
+  sorted_BV = jnp.take_along_axis(logits_BV, order_BV, axis=-1)
+  V = logits_BV.shape[-1]
+  rank_V = jnp.arange(V)
+  keep_BV = jnp.broadcast_to(rank_V < (top_k or V), logits_BV.shape)
+  if top_p < 1:
+    mass_BV = jnp.cumsum(jax.nn.softmax(jnp.where(keep_BV, sorted_BV, -jnp.inf)), axis=-1)
+    # Mass is nondecreasing, so the ranks short of top_p are a prefix; keep it and the next rank.
+    short_B1 = jnp.sum(mass_BV < top_p * (1 - TOP_P_RTOL), axis=-1, keepdims=True)
+    keep_BV = keep_BV & (rank_V <= short_B1)
+  return jnp.put_along_axis(jnp.zeros_like(keep_BV), order_BV, keep_BV, axis=-1, inplace=False)
+
+
 def next_token(logits_BV, rng, *, temperature: float, top_k: int, top_p: float) -> jax.Array:
-  """The next token of each row: argmax at temperature 0, else a draw from softmax(logits / T)
-  restricted to the top_k most likely tokens and to the smallest set of mass >= top_p."""
+  """The next token (B,) int32 of each row: argmax at temperature 0, else a draw from
+  softmax(logits / T) restricted by `keep_mask` to the top_k likeliest tokens and to the
+  smallest set of mass >= top_p. logits_BV may be any float dtype; the math is float32."""
+  logits_BV = logits_BV.astype(jnp.float32)
   if temperature == 0:
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
   logits_BV = logits_BV / temperature
-  if top_k > 0:
-    kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
-    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-  if top_p < 1:
-    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-    mass_before_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1) - jax.nn.softmax(
-        sorted_BV, axis=-1)
-    # The smallest logit still kept: the last one whose preceding mass is below top_p.
-    kept_B = jnp.sum(mass_before_BV < top_p, axis=-1)
-    cutoff_B1 = jnp.take_along_axis(sorted_BV, kept_B[:, None] - 1, axis=-1)
-    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+  if top_k > 0 or top_p < 1:
+    logits_BV = jnp.where(keep_mask(logits_BV, top_k=top_k, top_p=top_p), logits_BV, -jnp.inf)
   return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
 
 
@@ -131,8 +153,7 @@ def generate(gpt: model.GPT, params, prompts: Sequence[Sequence[int]], *, max_ne
   tokens_BP, positions_BP = pad_prompts(prompts, max_new_tokens, context_length(gpt.config))
   out_BN = _sample(gpt, params, tokens_BP, positions_BP, jax.random.key(seed),
                    max_new_tokens=max_new_tokens, temperature=float(temperature),
-                   top_k=min(int(top_k), gpt.config.vocab_size), top_p=float(top_p),
-                   eos_id=int(eos_id))
+                   top_k=int(top_k), top_p=float(top_p), eos_id=int(eos_id))
   return _strip(np.asarray(out_BN), eos_id)
 
 

@@ -96,6 +96,41 @@ def test_top_k_and_top_p_draw_only_from_their_sets():
   np.testing.assert_allclose(counts, [0.4, 0.3, 0.15, 0.1, 0.05], atol=0.03)
 
 
+def draws(logits_V, **kw):
+  """The set of tokens drawn (temperature 1 unless given) for 4000 rows of the same logits."""
+  logits_BV = jnp.broadcast_to(jnp.asarray(logits_V, jnp.float32), (4000, len(logits_V)))
+  kw = {'temperature': 1.0, 'top_k': 0, 'top_p': 1.0, **kw}
+  return set(np.asarray(sample.next_token(logits_BV, jax.random.key(0), **kw)).tolist())
+
+
+def test_top_p_keeps_the_smallest_prefix_reaching_it():
+  logits_V = jnp.log(jnp.asarray([0.5, 0.2, 0.2, 0.1]))
+  keep = sample.keep_mask(logits_V[None], top_k=0, top_p=0.6)
+  assert np.asarray(keep).tolist() == [[True, True, False, False]]  # .5 + .2 reaches .6
+  assert draws(logits_V, top_p=0.6) == {0, 1}  # id 2 ties with id 1 but comes after it
+
+
+def test_ties_at_the_cut_are_broken_by_lower_id():
+  assert draws([1.0, 1.0, 1.0, 0.0], top_k=2) == {0, 1}
+  assert draws([0.0, 1.0, 1.0, 1.0], top_k=1) == {1}  # as argmax does
+  assert draws([1.0, 1.0, 1.0, 1.0], top_p=0.5) == {0, 1}
+
+
+def test_top_p_counts_an_exact_mass_prefix_whose_float32_sum_falls_short():
+  logits_V = jnp.log(jnp.asarray([0.5, 0.2, 0.1, 0.1, 0.1]))
+  # float32 rounding puts the first three probabilities a hair below their exact sum 0.8 ...
+  assert np.cumsum(np.asarray(jax.nn.softmax(logits_V)), dtype=np.float32)[2] < np.float32(0.8)
+  # ... which still reaches top_p = 0.8; id 3 would be kept if it did not.
+  assert draws(logits_V, top_p=0.8) == {0, 1, 2}
+
+
+def test_top_p_applies_to_the_renormalised_top_k():
+  logits_V = jnp.log(jnp.asarray([0.4, 0.3, 0.15, 0.1, 0.05]))
+  # Over the top 2, token 0 has 0.4 / 0.7 > 0.5 of the mass (over all tokens it would not).
+  assert draws(logits_V, top_k=2, top_p=0.5) == {0}
+  assert draws(logits_V, top_k=3, top_p=0.8) == {0, 1}
+
+
 def test_beam_search_finds_the_exhaustive_optimum():
   # With W >= V^(N-1) beams nothing is ever pruned, so beam search is exhaustive search.
   V, N = 5, 3
