@@ -66,6 +66,17 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
 TOP_P_RTOL = 1e-5
 
 
+def _tempered(logits_BV, temperature: float) -> jax.Array:
+  """float32 logits / T shifted so that each row's max is exactly 0 (softmax is unchanged).
+
+  As T → 0 the max stays 0 and the others fall to -inf, so sampling tends to greedy without an
+  inf − inf or 0·inf. 1/T is taken in Python and capped at the largest float32: a tinier T (even
+  one float32 cannot hold, or would flush to 0 as a subnormal) acts as that cap.
+  """
+  inverse_temperature = min(1.0 / temperature, float(jnp.finfo(jnp.float32).max))
+  return (logits_BV - jnp.max(logits_BV, axis=-1, keepdims=True)) * inverse_temperature
+
+
 def keep_mask(logits_BV, *, top_k: int, top_p: float) -> jax.Array:
   """Which tokens (B, V) bool top-k / top-p sampling may draw from softmax(logits_BV).
 
@@ -94,7 +105,7 @@ def next_token(logits_BV, rng, *, temperature: float, top_k: int, top_p: float) 
   logits_BV = logits_BV.astype(jnp.float32)
   if temperature == 0:
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-  logits_BV = logits_BV / temperature
+  logits_BV = _tempered(logits_BV, temperature)
   if top_k > 0 or top_p < 1:
     logits_BV = jnp.where(keep_mask(logits_BV, top_k=top_k, top_p=top_p), logits_BV, -jnp.inf)
   return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)

@@ -79,6 +79,7 @@ def test_greedy_equivalences_and_seeds():
   assert sample.beam_search(gpt, params, PROMPTS, beam_width=1, max_new_tokens=8)[0] == greedy
   assert run(temperature=1.0, top_k=1, seed=5) == greedy
   assert run(temperature=1.0, top_p=1e-6, seed=5) == greedy
+  assert run(temperature=1e-39, seed=5) == greedy
   assert run(temperature=1.0, seed=5) == run(temperature=1.0, seed=5)
   assert run(temperature=1.0, seed=5) != run(temperature=1.0, seed=6)
   assert run(temperature=1.0, seed=5) != greedy
@@ -129,6 +130,22 @@ def test_top_p_applies_to_the_renormalised_top_k():
   # Over the top 2, token 0 has 0.4 / 0.7 > 0.5 of the mass (over all tokens it would not).
   assert draws(logits_V, top_k=2, top_p=0.5) == {0}
   assert draws(logits_V, top_k=3, top_p=0.8) == {0, 1}
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_a_tiny_temperature_is_greedy(dtype):
+  logits_BV = 3 * jax.random.normal(jax.random.key(2), (256, 50))
+  hot_B = jax.random.randint(jax.random.key(3), (256,), 0, 50)
+  logits_BV = logits_BV.at[jnp.arange(256), hot_B].set(logits_BV.max(-1) + 0.5).astype(dtype)
+  sorted_BV = np.sort(np.asarray(logits_BV, np.float32), axis=-1)
+  assert np.all(sorted_BV[:, -1] > sorted_BV[:, -2])  # a unique max: greedy is well defined
+  greedy_B = np.asarray(jnp.argmax(logits_BV, axis=-1))
+  draw = lambda temperature, **kw: np.asarray(sample.next_token(
+      logits_BV, jax.random.key(3), temperature=temperature, **{'top_k': 0, 'top_p': 1.0, **kw}))
+  for temperature in (1e-39, 1e-30, 1e-8):  # 1e-39 is subnormal in float32, 1/1e-39 overflows
+    np.testing.assert_array_equal(draw(temperature), greedy_B)
+    np.testing.assert_array_equal(draw(temperature, top_k=5, top_p=0.9), greedy_B)
+  assert np.mean(draw(1.0) == greedy_B) < 0.9  # T = 1 still samples
 
 
 def test_beam_search_finds_the_exhaustive_optimum():
