@@ -148,6 +148,58 @@ def test_a_tiny_temperature_is_greedy(dtype):
   assert np.mean(draw(1.0) == greedy_B) < 0.9  # T = 1 still samples
 
 
+@pytest.mark.parametrize('kwargs', [
+    dict(temperature=0.0), dict(temperature=1.0), dict(temperature=1.0, top_k=5),
+    dict(temperature=1.0, top_p=0.9), dict(temperature=1e35), dict(temperature=1e-39)])
+def test_next_token_never_draws_ids_beyond_num_tokens(kwargs):
+  logits_BV = jax.random.normal(jax.random.key(4), (1000, 64)).at[:, 40:].add(5.0)
+  kwargs = {'top_k': 0, 'top_p': 1.0, **kwargs}
+  draw = lambda **kw: np.asarray(sample.next_token(logits_BV, jax.random.key(5), **kwargs, **kw))
+  assert draw().max() >= 40 and draw(num_tokens=40).max() < 40
+
+
+def logits_favouring_padded_ids():
+  """A tiny model of vocabulary 64 whose likeliest next tokens are mostly ids >= 40."""
+  gpt, params = tiny_model(vocab_size=64, **VARIANTS['llama_gqa'])
+  head_DV = params['lm_head']['kernel']
+  return gpt, {**params, 'lm_head': {'kernel': head_DV.at[:, 40:].multiply(3.0)}}
+
+
+def test_ids_beyond_the_tokenizer_are_never_generated():
+  gpt, params = logits_favouring_padded_ids()
+  run = lambda **kw: sample.generate(gpt, params, PROMPTS * 4, max_new_tokens=6, **kw)
+  greedy = run()
+  assert np.mean(np.asarray(greedy) >= 40) > 0.5  # unmasked, the padded ids win
+  assert run(num_tokens=64) == greedy  # num_tokens >= the model's vocabulary changes nothing
+  assert np.max(run(num_tokens=40)) < 40
+  assert max(np.max(run(num_tokens=40, temperature=1.0, seed=seed)) for seed in range(4)) < 40
+  beam = lambda **kw: sample.beam_search(gpt, params, PROMPTS, max_new_tokens=6, **kw)[0]
+  assert np.max(beam(beam_width=4, num_tokens=40)) < 40
+  # 2W = 8 candidates from 3 tokens: the beams get padded ids as filler, but never win.
+  assert np.max(beam(beam_width=4, num_tokens=3)) < 3
+
+
+class PaddedVocabTokenizer:
+  """40 pieces for a 64-id model; decoding an id it lacks fails, as sentencepiece's does."""
+  vocab_size, eos_id = 40, 0
+
+  def encode_batch(self, texts):
+    return [[3, 4, 5] for _ in texts]
+
+  def decode(self, ids):
+    if max(ids, default=0) >= self.vocab_size:
+      raise IndexError('piece id is out of range')
+    return ' '.join(map(str, ids))
+
+
+@pytest.mark.parametrize('kwargs', [dict(temperature=1.0, num_samples=8), dict(beam_width=3)])
+def test_complete_decodes_only_the_tokenizers_ids(kwargs):
+  gpt, params = logits_favouring_padded_ids()
+  texts = sample.complete(gpt, params, PaddedVocabTokenizer(), ['a', 'b'], max_new_tokens=6,
+                          **kwargs)
+  assert len(texts) == (16 if 'num_samples' in kwargs else 2)
+
+
 def test_beam_search_finds_the_exhaustive_optimum():
   # With W >= V^(N-1) beams nothing is ever pruned, so beam search is exhaustive search.
   V, N = 5, 3
