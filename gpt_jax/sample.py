@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import cli, model, runs
+from gpt_jax import cli, losses, model, runs
 from gpt_jax.errors import UserError
 
 
@@ -58,23 +58,60 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
     raise UserError(f'top_p={top_p} must be in (0, 1] (1 = off)')
 
 
-def next_token(logits_BV, rng, *, temperature: float, top_k: int, top_p: float) -> jax.Array:
-  """The next token of each row: argmax at temperature 0, else a draw from softmax(logits / T)
-  restricted to the top_k most likely tokens and to the smallest set of mass >= top_p."""
+# top-p keeps the smallest prefix whose float32 cumulative mass reaches top_p·(1 − TOP_P_RTOL).
+# softmax and cumsum round each term by an ulp or so, so a prefix whose exact mass is top_p can
+# sum to a few ulps below it (softmax of log([.5, .2, .1, .1, .1]) sums its first three to
+# 0.79999995); 1e-5 is ~80 float32 ulps, room for the rounding of prefixes of hundreds of tokens,
+# and moves the nucleus by at most 1e-5 of its mass.
+TOP_P_RTOL = 1e-5
+
+
+def _tempered(logits_BV, temperature: float) -> jax.Array:
+  """float32 logits / T shifted so that each row's max is exactly 0 (softmax is unchanged).
+
+  As T → 0 the max stays 0 and the others fall to -inf, so sampling tends to greedy without an
+  inf − inf or 0·inf. 1/T is taken in Python and capped at the largest float32: a tinier T (even
+  one float32 cannot hold, or would flush to 0 as a subnormal) acts as that cap.
+  """
+  inverse_temperature = min(1.0 / temperature, float(jnp.finfo(jnp.float32).max))
+  return (logits_BV - jnp.max(logits_BV, axis=-1, keepdims=True)) * inverse_temperature
+
+
+def keep_mask(logits_BV, *, top_k: int, top_p: float) -> jax.Array:
+  """Which tokens (B, V) bool top-k / top-p sampling may draw from softmax(logits_BV).
+
+  Tokens are ranked by logit, ties by lower id first (as argmax breaks them); top_k > 0 keeps the
+  first k, then top_p < 1 the smallest prefix whose mass, renormalised over those k, reaches
+  top_p (nucleus sampling, Holtzman et al. 2019; top-k before top-p as in Hugging Face's
+  `generate`). Never empty: the likeliest token is always kept.
+  """
+  order_BV = jnp.argsort(logits_BV, axis=-1, descending=True, stable=True)
+  sorted_BV = jnp.take_along_axis(logits_BV, order_BV, axis=-1)
+  V = logits_BV.shape[-1]
+  rank_V = jnp.arange(V)
+  keep_BV = jnp.broadcast_to(rank_V < (top_k or V), logits_BV.shape)
+  if top_p < 1:
+    mass_BV = jnp.cumsum(jax.nn.softmax(jnp.where(keep_BV, sorted_BV, -jnp.inf)), axis=-1)
+    # Mass is nondecreasing, so the ranks short of top_p are a prefix; keep it and the next rank.
+    short_B1 = jnp.sum(mass_BV < top_p * (1 - TOP_P_RTOL), axis=-1, keepdims=True)
+    keep_BV = keep_BV & (rank_V <= short_B1)
+  return jnp.put_along_axis(jnp.zeros_like(keep_BV), order_BV, keep_BV, axis=-1, inplace=False)
+
+
+def next_token(logits_BV, rng, *, temperature: float, top_k: int, top_p: float,
+               num_tokens: int | None = None) -> jax.Array:
+  """The next token (B,) int32 of each row: argmax at temperature 0, else a draw from
+  softmax(logits / T) restricted by `keep_mask` to the top_k likeliest tokens and to the
+  smallest set of mass >= top_p. logits_BV may be any float dtype; the math is float32. Ids >=
+  num_tokens (a model vocabulary padded beyond its tokenizer's) are never chosen."""
+  logits_BV = losses.mask_padded_vocab(logits_BV.astype(jnp.float32), num_tokens)
   if temperature == 0:
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-  logits_BV = logits_BV / temperature
-  if top_k > 0:
-    kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
-    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-  if top_p < 1:
-    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-    mass_before_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1) - jax.nn.softmax(
-        sorted_BV, axis=-1)
-    # The smallest logit still kept: the last one whose preceding mass is below top_p.
-    kept_B = jnp.sum(mass_before_BV < top_p, axis=-1)
-    cutoff_B1 = jnp.take_along_axis(sorted_BV, kept_B[:, None] - 1, axis=-1)
-    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+  # Masked before tempering, so that each row's max is a token, and after, because a large T
+  # would shrink the masked ids' margin (MASKED_LOGIT / T) until they could be drawn.
+  logits_BV = losses.mask_padded_vocab(_tempered(logits_BV, temperature), num_tokens)
+  if top_k > 0 or top_p < 1:
+    logits_BV = jnp.where(keep_mask(logits_BV, top_k=top_k, top_p=top_p), logits_BV, -jnp.inf)
   return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
 
 
@@ -86,11 +123,12 @@ def _decode_step(gpt, params, cache, tokens_BL, positions_BL):
 
 
 @functools.partial(jax.jit, static_argnames=('gpt', 'max_new_tokens', 'temperature', 'top_k',
-                                             'top_p', 'eos_id'))
+                                             'top_p', 'eos_id', 'num_tokens'))
 def _sample(gpt, params, tokens_BP, positions_BP, rng, *, max_new_tokens, temperature, top_k,
-            top_p, eos_id):
+            top_p, eos_id, num_tokens):
   B, P = tokens_BP.shape
-  choose = functools.partial(next_token, temperature=temperature, top_k=top_k, top_p=top_p)
+  choose = functools.partial(next_token, temperature=temperature, top_k=top_k, top_p=top_p,
+                             num_tokens=num_tokens)
   logits_BV, cache = _decode_step(gpt, params, model.init_cache(gpt, B, P + max_new_tokens),
                                   tokens_BP, positions_BP)
   first_B = choose(logits_BV, jax.random.fold_in(rng, 0))
@@ -122,17 +160,18 @@ def _strip(rows: np.ndarray, eos_id: int) -> list[list[int]]:
 
 def generate(gpt: model.GPT, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, eos_id: int = -1,
-             seed: int = 0) -> list[list[int]]:
+             seed: int = 0, num_tokens: int | None = None) -> list[list[int]]:
   """The continuation of each prompt (token lists), up to max_new_tokens or the first EOS (not
-  included). temperature 0 is greedy; the same seed gives the same samples."""
+  included). temperature 0 is greedy; the same seed gives the same samples. Only ids below
+  num_tokens (the tokenizer's vocabulary size; None: all of the model's) are ever generated."""
   check_sampling(temperature, top_k, top_p)
   if max_new_tokens < 1:
     raise UserError(f'max_new_tokens={max_new_tokens} must be >= 1')
   tokens_BP, positions_BP = pad_prompts(prompts, max_new_tokens, context_length(gpt.config))
   out_BN = _sample(gpt, params, tokens_BP, positions_BP, jax.random.key(seed),
                    max_new_tokens=max_new_tokens, temperature=float(temperature),
-                   top_k=min(int(top_k), gpt.config.vocab_size), top_p=float(top_p),
-                   eos_id=int(eos_id))
+                   top_k=int(top_k), top_p=float(top_p), eos_id=int(eos_id),
+                   num_tokens=num_tokens)
   return _strip(np.asarray(out_BN), eos_id)
 
 
@@ -144,9 +183,9 @@ def _take_rows(cache, rows, axis: int):
 
 
 @functools.partial(jax.jit, static_argnames=('gpt', 'beam_width', 'max_new_tokens',
-                                             'length_penalty', 'eos_id'))
+                                             'length_penalty', 'eos_id', 'num_tokens'))
 def _beam_search(gpt, params, tokens_BP, positions_BP, *, beam_width, max_new_tokens,
-                 length_penalty, eos_id):
+                 length_penalty, eos_id, num_tokens):
   B, P = tokens_BP.shape
   W, N = beam_width, max_new_tokens
   score = lambda logp, length: logp / jnp.asarray(length, jnp.float32) ** length_penalty
@@ -164,7 +203,8 @@ def _beam_search(gpt, params, tokens_BP, positions_BP, *, beam_width, max_new_to
   def extend(t, logits_RV, cache, alive_BWN, alive_logp_BW, finished_BWN, finished_score_BW):
     """One step: the 2W best extensions of the alive beams; those ending in EOS join the finished
     hypotheses (ranked by length-penalised score), the W best others stay alive."""
-    logp_BWV = jax.nn.log_softmax(logits_RV).reshape(B, W, V) + alive_logp_BW[:, :, None]
+    logp_RV = jax.nn.log_softmax(losses.mask_padded_vocab(logits_RV, num_tokens))
+    logp_BWV = logp_RV.reshape(B, W, V) + alive_logp_BW[:, :, None]
     logp_B2W, flat_B2W = jax.lax.top_k(logp_BWV.reshape(B, W * V), 2 * W)
     parent_B2W, token_B2W = flat_B2W // V, flat_B2W % V
     seqs_B2WN = jnp.take_along_axis(alive_BWN, parent_B2W[:, :, None], axis=1)
@@ -208,11 +248,12 @@ def _beam_search(gpt, params, tokens_BP, positions_BP, *, beam_width, max_new_to
 
 
 def beam_search(gpt: model.GPT, params, prompts: Sequence[Sequence[int]], *, beam_width: int,
-                max_new_tokens: int, length_penalty: float = 1.0,
-                eos_id: int = -1) -> tuple[list[list[int]], list[float]]:
+                max_new_tokens: int, length_penalty: float = 1.0, eos_id: int = -1,
+                num_tokens: int | None = None) -> tuple[list[list[int]], list[float]]:
   """The best continuation of each prompt by beam search, and its score: the summed log-prob of
   its tokens (EOS included) divided by (number of tokens) ** length_penalty (0: no
-  normalisation; larger values favour longer continuations)."""
+  normalisation; larger values favour longer continuations). Only ids below num_tokens (the
+  tokenizer's vocabulary size; None: all of the model's) are ever part of a continuation."""
   if beam_width < 1:
     raise UserError(f'beam_width={beam_width} must be >= 1')
   if max_new_tokens < 1:
@@ -220,7 +261,8 @@ def beam_search(gpt: model.GPT, params, prompts: Sequence[Sequence[int]], *, bea
   tokens_BP, positions_BP = pad_prompts(prompts, max_new_tokens, context_length(gpt.config))
   seqs_BN, scores_B = _beam_search(gpt, params, tokens_BP, positions_BP,
                                    beam_width=int(beam_width), max_new_tokens=max_new_tokens,
-                                   length_penalty=float(length_penalty), eos_id=int(eos_id))
+                                   length_penalty=float(length_penalty), eos_id=int(eos_id),
+                                   num_tokens=num_tokens)
   return _strip(np.asarray(seqs_BN), eos_id), np.asarray(scores_B).tolist()
 
 
@@ -228,17 +270,19 @@ def complete(gpt: model.GPT, params, tokenizer, texts: Sequence[str], *, max_new
              num_samples: int = 1, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              beam_width: int = 0, length_penalty: float = 1.0, seed: int = 0) -> list[str]:
   """Each text followed by its continuation; num_samples rows per text (beam search: one).
-  A prompt starts as a document does, after EOS; generation stops at the next EOS."""
+  A prompt starts as a document does, after EOS; generation stops at the next EOS. Ids of a
+  model vocabulary padded beyond the tokenizer's are never generated."""
   prompts = [[tokenizer.eos_id] + ids for ids in tokenizer.encode_batch(texts)]
   if beam_width:
     rows, _ = beam_search(gpt, params, prompts, beam_width=beam_width,
                           max_new_tokens=max_new_tokens, length_penalty=length_penalty,
-                          eos_id=tokenizer.eos_id)
+                          eos_id=tokenizer.eos_id, num_tokens=tokenizer.vocab_size)
   else:
     prompts = [p for p in prompts for _ in range(num_samples)]
     texts = [t for t in texts for _ in range(num_samples)]
     rows = generate(gpt, params, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                    top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id, seed=seed)
+                    top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id, seed=seed,
+                    num_tokens=tokenizer.vocab_size)
   return [text + tokenizer.decode(row) for text, row in zip(texts, rows)]
 
 

@@ -79,6 +79,7 @@ def test_greedy_equivalences_and_seeds():
   assert sample.beam_search(gpt, params, PROMPTS, beam_width=1, max_new_tokens=8)[0] == greedy
   assert run(temperature=1.0, top_k=1, seed=5) == greedy
   assert run(temperature=1.0, top_p=1e-6, seed=5) == greedy
+  assert run(temperature=1e-39, seed=5) == greedy
   assert run(temperature=1.0, seed=5) == run(temperature=1.0, seed=5)
   assert run(temperature=1.0, seed=5) != run(temperature=1.0, seed=6)
   assert run(temperature=1.0, seed=5) != greedy
@@ -94,6 +95,109 @@ def test_top_k_and_top_p_draw_only_from_their_sets():
   assert set(draw(top_k=0, top_p=0.71)) == {0, 1, 2}
   counts = np.bincount(draw(top_k=0, top_p=1.0), minlength=5) / 4000
   np.testing.assert_allclose(counts, [0.4, 0.3, 0.15, 0.1, 0.05], atol=0.03)
+
+
+def draws(logits_V, **kw):
+  """The set of tokens drawn (temperature 1 unless given) for 4000 rows of the same logits."""
+  logits_BV = jnp.broadcast_to(jnp.asarray(logits_V, jnp.float32), (4000, len(logits_V)))
+  kw = {'temperature': 1.0, 'top_k': 0, 'top_p': 1.0, **kw}
+  return set(np.asarray(sample.next_token(logits_BV, jax.random.key(0), **kw)).tolist())
+
+
+def test_top_p_keeps_the_smallest_prefix_reaching_it():
+  logits_V = jnp.log(jnp.asarray([0.5, 0.2, 0.2, 0.1]))
+  keep = sample.keep_mask(logits_V[None], top_k=0, top_p=0.6)
+  assert np.asarray(keep).tolist() == [[True, True, False, False]]  # .5 + .2 reaches .6
+  assert draws(logits_V, top_p=0.6) == {0, 1}  # id 2 ties with id 1 but comes after it
+
+
+def test_ties_at_the_cut_are_broken_by_lower_id():
+  assert draws([1.0, 1.0, 1.0, 0.0], top_k=2) == {0, 1}
+  assert draws([0.0, 1.0, 1.0, 1.0], top_k=1) == {1}  # as argmax does
+  assert draws([1.0, 1.0, 1.0, 1.0], top_p=0.5) == {0, 1}
+
+
+def test_top_p_counts_an_exact_mass_prefix_whose_float32_sum_falls_short():
+  logits_V = jnp.log(jnp.asarray([0.5, 0.2, 0.1, 0.1, 0.1]))
+  # float32 rounding puts the first three probabilities a hair below their exact sum 0.8 ...
+  assert np.cumsum(np.asarray(jax.nn.softmax(logits_V)), dtype=np.float32)[2] < np.float32(0.8)
+  # ... which still reaches top_p = 0.8; id 3 would be kept if it did not.
+  assert draws(logits_V, top_p=0.8) == {0, 1, 2}
+
+
+def test_top_p_applies_to_the_renormalised_top_k():
+  logits_V = jnp.log(jnp.asarray([0.4, 0.3, 0.15, 0.1, 0.05]))
+  # Over the top 2, token 0 has 0.4 / 0.7 > 0.5 of the mass (over all tokens it would not).
+  assert draws(logits_V, top_k=2, top_p=0.5) == {0}
+  assert draws(logits_V, top_k=3, top_p=0.8) == {0, 1}
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_a_tiny_temperature_is_greedy(dtype):
+  logits_BV = 3 * jax.random.normal(jax.random.key(2), (256, 50))
+  hot_B = jax.random.randint(jax.random.key(3), (256,), 0, 50)
+  logits_BV = logits_BV.at[jnp.arange(256), hot_B].set(logits_BV.max(-1) + 0.5).astype(dtype)
+  sorted_BV = np.sort(np.asarray(logits_BV, np.float32), axis=-1)
+  assert np.all(sorted_BV[:, -1] > sorted_BV[:, -2])  # a unique max: greedy is well defined
+  greedy_B = np.asarray(jnp.argmax(logits_BV, axis=-1))
+  draw = lambda temperature, **kw: np.asarray(sample.next_token(
+      logits_BV, jax.random.key(3), temperature=temperature, **{'top_k': 0, 'top_p': 1.0, **kw}))
+  for temperature in (1e-39, 1e-30, 1e-8):  # 1e-39 is subnormal in float32, 1/1e-39 overflows
+    np.testing.assert_array_equal(draw(temperature), greedy_B)
+    np.testing.assert_array_equal(draw(temperature, top_k=5, top_p=0.9), greedy_B)
+  assert np.mean(draw(1.0) == greedy_B) < 0.9  # T = 1 still samples
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(temperature=0.0), dict(temperature=1.0), dict(temperature=1.0, top_k=5),
+    dict(temperature=1.0, top_p=0.9), dict(temperature=1e35), dict(temperature=1e-39)])
+def test_next_token_never_draws_ids_beyond_num_tokens(kwargs):
+  logits_BV = jax.random.normal(jax.random.key(4), (1000, 64)).at[:, 40:].add(5.0)
+  kwargs = {'top_k': 0, 'top_p': 1.0, **kwargs}
+  draw = lambda **kw: np.asarray(sample.next_token(logits_BV, jax.random.key(5), **kwargs, **kw))
+  assert draw().max() >= 40 and draw(num_tokens=40).max() < 40
+
+
+def logits_favouring_padded_ids():
+  """A tiny model of vocabulary 64 whose likeliest next tokens are mostly ids >= 40."""
+  gpt, params = tiny_model(vocab_size=64, **VARIANTS['llama_gqa'])
+  head_DV = params['lm_head']['kernel']
+  return gpt, {**params, 'lm_head': {'kernel': head_DV.at[:, 40:].multiply(3.0)}}
+
+
+def test_ids_beyond_the_tokenizer_are_never_generated():
+  gpt, params = logits_favouring_padded_ids()
+  run = lambda **kw: sample.generate(gpt, params, PROMPTS * 4, max_new_tokens=6, **kw)
+  greedy = run()
+  assert np.mean(np.asarray(greedy) >= 40) > 0.5  # unmasked, the padded ids win
+  assert run(num_tokens=64) == greedy  # num_tokens >= the model's vocabulary changes nothing
+  assert np.max(run(num_tokens=40)) < 40
+  assert max(np.max(run(num_tokens=40, temperature=1.0, seed=seed)) for seed in range(4)) < 40
+  beam = lambda **kw: sample.beam_search(gpt, params, PROMPTS, max_new_tokens=6, **kw)[0]
+  assert np.max(beam(beam_width=4, num_tokens=40)) < 40
+  # 2W = 8 candidates from 3 tokens: the beams get padded ids as filler, but never win.
+  assert np.max(beam(beam_width=4, num_tokens=3)) < 3
+
+
+class PaddedVocabTokenizer:
+  """40 pieces for a 64-id model; decoding an id it lacks fails, as sentencepiece's does."""
+  vocab_size, eos_id = 40, 0
+
+  def encode_batch(self, texts):
+    return [[3, 4, 5] for _ in texts]
+
+  def decode(self, ids):
+    if max(ids, default=0) >= self.vocab_size:
+      raise IndexError('piece id is out of range')
+    return ' '.join(map(str, ids))
+
+
+@pytest.mark.parametrize('kwargs', [dict(temperature=1.0, num_samples=8), dict(beam_width=3)])
+def test_complete_decodes_only_the_tokenizers_ids(kwargs):
+  gpt, params = logits_favouring_padded_ids()
+  texts = sample.complete(gpt, params, PaddedVocabTokenizer(), ['a', 'b'], max_new_tokens=6,
+                          **kwargs)
+  assert len(texts) == (16 if 'num_samples' in kwargs else 2)
 
 
 def test_beam_search_finds_the_exhaustive_optimum():
