@@ -273,7 +273,9 @@ def read_text(path: str) -> tuple[str, int]:
       data = f.read()
   except (OSError, EOFError) as e:  # gzip raises these for a corrupt file
     raise UserError(f"cannot read corpus file '{path}': {e}; fix or remove it") from None
-  return _SURROGATE.subn('\ufffd', data.decode('utf-8', errors='surrogateescape'))
+  # A byte-order mark (Windows editors' "UTF-8 with BOM") is not part of the text.
+  text = data.removeprefix(b'\xef\xbb\xbf').decode('utf-8', errors='surrogateescape')
+  return _SURROGATE.subn('\ufffd', text)
 
 
 def _json_lines(path: str, text: str, text_field: str) -> list[Document]:

@@ -247,7 +247,7 @@ def parse_task(data, name: str, source: str = 'the task') -> Task:
 def read_task(path: str) -> Task:
   """The task in a Natural Instructions .json file (parse_task), named by the file."""
   try:
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8-sig') as f:  # -sig: also with a byte-order mark
       data = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise UserError(f'{path} is not a JSON task file ({e}); pass a Natural Instructions task'
@@ -401,7 +401,8 @@ def generate_answers(run: runs.Run, prompts: Sequence[str], *, max_new_tokens: i
   answers = []
   for start in range(0, len(rows), batch_size):
     continuations = sample.generate(run.gpt, run.params, rows[start:start + batch_size],
-                                    max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id)
+                                    max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
+                                    num_tokens=tokenizer.vocab_size)
     answers += [tokenizer.decode(ids).split('\n', 1)[0].strip() for ids in continuations]
   return answers
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from gpt_jax import corpus
+from gpt_jax import config, corpus
 from gpt_jax.corpus import Document
 from gpt_jax.errors import UserError
 
@@ -196,3 +196,33 @@ def test_bad_corpora_are_user_errors(tmp_path, spec, message):
     corpus.load_documents(spec.format(d=tmp_path))
   assert str(e.value).startswith(message.format(d=tmp_path))
   assert '\n' not in str(e.value) and '; ' in str(e.value)
+
+
+def test_long_documents_are_cut_at_blank_lines_then_line_ends():
+  text = 'aaa\n\nbbbb\ncc\n\n' + 'x' * 25 + '\nyy\n\n\nzz'
+  docs, summary = corpus.cut_long_documents([corpus.Document('a.txt', text),
+                                             corpus.Document('b.txt', 'short')], 12, 10)
+  assert [(d.source, d.text) for d in docs] == [
+      ('a.txt:part1', 'aaa'), ('a.txt:part2', 'bbbb\ncc'), ('a.txt:part3', 'x' * 10),
+      ('a.txt:part4', 'x' * 10), ('a.txt:part5', 'xxxxx\nyy'), ('a.txt:part6', 'zz'),
+      ('b.txt', 'short')]
+  assert summary.startswith('cut 1 documents longer than data.max_document_chars=12 characters '
+                            'into 6 pieces')
+  assert corpus.cut_long_documents(docs, 0, 10)[0] == docs  # 0: never cut
+  with pytest.raises(UserError, match='data.piece_chars=20 in'):
+    corpus.cut_long_documents(docs, 12, 20)
+
+
+def test_shakespeares_scenes_are_never_cut(shakespeare):
+  """The default limit is above the longest scene: the shipped corpus is as it always was."""
+  d = config.base_config().data
+  assert corpus.cut_long_documents(shakespeare, d.max_document_chars, d.piece_chars)[0] == \
+      shakespeare
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+  (tmp_path / 'bom.txt').write_bytes(b'\xef\xbb\xbfHello')
+  (tmp_path / 'bom.jsonl').write_bytes(b'\xef\xbb\xbf{"text": "Hi"}\n')
+  assert corpus.read_text(str(tmp_path / 'bom.txt')) == ('Hello', 0)
+  docs, _ = corpus.load_documents(str(tmp_path / 'bom.jsonl'))
+  assert [d.text for d in docs] == ['Hi']

@@ -133,8 +133,9 @@ def test_a_given_tokenizer_is_used_and_checked_against_the_model(prepared, small
 @pytest.mark.parametrize('val_fraction, split', [(0.0, 'val'), (1.0, 'train')])
 def test_an_empty_split_is_a_user_error(small_corpus, val_fraction, split):
   with pytest.raises(UserError, match=f'^the {split} split is empty: 74 documents with '
-                     f'val_fraction {val_fraction}; use a larger corpus or a different '
-                     '--config.data.val_fraction$'):
+                     f'val_fraction {val_fraction}; use a larger corpus, a different '
+                     r'--config.data.val_fraction, or cut long documents into smaller pieces '
+                     r'\(--config.data.max_document_chars, --config.data.piece_chars\)$'):
     data.prepare(data_config(small_corpus, val_fraction=val_fraction), VOCAB, log=lambda _: None)
 
 
@@ -227,3 +228,19 @@ def test_eval_batches_are_the_first_windows_in_order(counting, prepared):
                      r'4x101; lower --config.batch_size or --config.seq_len, or raise '
                      r'--config.data.val_fraction$'):
     data.eval_batches(counting, 'val', seq_len=100, batch_size=4, max_batches=0)
+
+
+def test_one_long_text_file_is_cut_into_documents_and_split(small_corpus, tmp_path):
+  """nanoGPT's input.txt: one file of plays, which as one document could not be split."""
+  docs, _ = corpus.load_documents(small_corpus)
+  (tmp_path / 'input.txt').write_text('\n\n'.join(d.text for d in docs), encoding='utf-8')
+  logs = []
+  cfg = data_config(str(tmp_path / 'input.txt'), val_fraction=0.05)
+  prepared = data.prepare(cfg, VOCAB, log=logs.append)
+  assert logs[1] == ('cut 1 documents longer than data.max_document_chars=65,536 characters into '
+                     '62 pieces of at most data.piece_chars=8,192 (at blank lines, else line ends)')
+  splits = prepared.manifest['splits']
+  assert (splits['train']['documents'], splits['val']['documents']) == (60, 2)
+  with pytest.raises(UserError, match='the val split is empty: 1 documents .*max_document_chars'):
+    data.prepare(data_config(str(tmp_path / 'input.txt'), max_document_chars=0), VOCAB,
+                 log=lambda _: None)
