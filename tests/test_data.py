@@ -241,6 +241,6 @@ def test_one_long_text_file_is_cut_into_documents_and_split(small_corpus, tmp_pa
                      '62 pieces of at most data.piece_chars=8,192 (at blank lines, else line ends)')
   splits = prepared.manifest['splits']
   assert (splits['train']['documents'], splits['val']['documents']) == (60, 2)
-  with pytest.raises(UserError, match='the val split is empty: 1 documents .*max_document_chars'):
+  with pytest.raises(UserError, match='split is empty: 1 documents .*max_document_chars'):
     data.prepare(data_config(str(tmp_path / 'input.txt'), max_document_chars=0), VOCAB,
-                 log=lambda _: None)
+                 log=lambda _: None)  # not cut: one document, in one split or the other
