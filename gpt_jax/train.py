@@ -372,8 +372,9 @@ def train_loop(config, workdir: str, state: TrainState, data_iterator,
       else:
         interval_steps += 1
       last = step == config.steps
+      stop = preemption.requested  # read once: SIGTERM may arrive at any moment
       logs = step % config.log_every == 0 or step % config.eval_every == 0 or last
-      saves = step % config.checkpoint_every == 0 or last or preemption.requested
+      saves = step % config.checkpoint_every == 0 or last or stop
       if logs or saves:
         stop_if_diverged(unchecked, config, saved_step)
         unchecked = []
@@ -394,7 +395,7 @@ def train_loop(config, workdir: str, state: TrainState, data_iterator,
         saved_step = step
       if interval_steps == 0:
         interval_start = time.perf_counter()
-      if preemption.requested:
+      if stop:
         ckpts.wait()
         raise SystemExit(f'stopped by SIGTERM: saved a checkpoint at step {step} in {workdir}; '
                          'run the same command again to resume')

@@ -267,12 +267,19 @@ def test_corpus_errors(tiny, tmp_path):
       train.train(tiny, str(tmp_path / 'run'), log=lambda _: None)
 
 
-def test_vocab_smaller_than_the_tokenizers(tiny, tmp_path):
+def test_vocab_smaller_or_larger_than_the_tokenizers(tiny, tmp_path):
   train.train(tiny, str(tmp_path / 'first'), log=lambda _: None)
   tiny.data.tokenizer = str(tmp_path / 'first' / 'tokenizer.model')
   tiny.model.vocab_size = 300
   with pytest.raises(UserError, match='model.vocab_size'):
     train.train(tiny, str(tmp_path / 'second'), log=lambda _: None)
+  # A vocabulary padded beyond the tokenizer's 512 ids: the ids beyond are never sampled (the
+  # tokenizer could not decode them), here in the samples that end training.
+  tiny.model.vocab_size = 640
+  tiny.sample.update(num=4, temperature=1.0, max_tokens=48)
+  logs = []
+  train.train(tiny, str(tmp_path / 'padded'), log=logs.append)
+  assert sum(line.startswith('--- sample') for line in logs) == 4
 
 
 def test_workdir_of_another_model_shape_is_refused_untouched(tiny, tmp_path):
