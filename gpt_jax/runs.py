@@ -169,6 +169,8 @@ class WorkdirLock:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
       except FileExistsError:
         holder = self._holder()
+        if holder == {}:  # released meanwhile
+          continue
         if not self._is_stale(holder):
           self.release_workdir()
           raise UserError(self._held_message(holder)) from None
@@ -193,26 +195,28 @@ class WorkdirLock:
       os.rmdir(self.workdir)
 
   def _holder(self) -> dict | None:
-    """The lock file's contents; None while its creator has not written them yet (or never
-    will: it died in between)."""
+    """The lock file's contents: {} if it is gone, None if its creator has not written them
+    within a second (it died in between)."""
     for _ in range(20):
       try:
         with open(self.path) as f:
           return json.load(f)
       except FileNotFoundError:
-        return {}  # released meanwhile: stale, so the next attempt takes it
+        return {}
       except ValueError:
         time.sleep(0.05)
     return None
 
   @staticmethod
   def _is_stale(holder: dict | None) -> bool:
-    if not holder:
+    if holder is None:
       return True
     return holder.get('host') == socket.gethostname() and not _process_running(holder['pid'])
 
   @staticmethod
-  def _describe(holder: dict) -> str:
+  def _describe(holder: dict | None) -> str:
+    if holder is None:
+      return 'a run that died while taking it (the lock file is empty)'
     return f'process {holder.get("pid")} on {holder.get("host")} (since {holder.get("since")})'
 
   def _held_message(self, holder: dict) -> str:
