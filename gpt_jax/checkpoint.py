@@ -72,8 +72,12 @@ class Checkpoints:
                       'use a new --workdir or the model settings of that run')
 
   def holds_params_only(self, step: int) -> bool:
-    """True for a checkpoint of parameters without optimizer state (an imported model)."""
-    return 'opt_state' not in self._metadata(step)
+    """True for a checkpoint of parameters without optimizer state (an imported model); False
+    also when its metadata cannot be read (restore_newest then skips the damaged step)."""
+    try:
+      return 'opt_state' not in self._metadata(step)
+    except Exception:  # orbax raises many types for a damaged file
+      return False
 
   def _metadata(self, step: int) -> dict:
     return self._manager.item_metadata(step)['state'].tree

@@ -123,6 +123,7 @@ def test_bad_teacher_is_one_line(make_args, message, teacher_dir, small_corpus, 
   assert not os.path.exists(tmp_path / 'student')
 
 
+@pytest.mark.slow
 def test_study_trains_three_runs_and_reports_them(small_corpus, tmp_path):
   from gpt_jax import distill_study
   config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'distill.py'))

@@ -51,6 +51,7 @@ def assert_metrics_close(a, b, rtol):
       assert x[key] == pytest.approx(y[key], rel=rtol), (x['step'], key)
 
 
+@pytest.mark.slow
 def test_strategies_match_one_device_and_split_the_parameter_bytes():
   """Data, FSDP, tensor parallel and a 2×2×2 mix: 3 steps give the losses and parameters of one
   device. Float sums in another order differ in the last bits, so 1e-5 relative."""
@@ -102,6 +103,7 @@ def test_strategies_match_one_device_and_split_the_parameter_bytes():
   assert result['mix'][2] < total_bytes / 3
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_on_8_devices_resumes_on_1_and_4(small_corpus, tmp_path):
   args = [f'--config={TINY}', f'--config.data.corpus={small_corpus}', '--config.sample.num=0']
   saved = str(tmp_path / 'on8')
@@ -124,6 +126,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(small_corpus, tmp_path):
   """Two processes on localhost (jax.distributed, CPU collectives), each with its own share of
   the data, log the metrics of a single process."""
@@ -151,6 +154,7 @@ def test_two_processes_train_like_one(small_corpus, tmp_path):
     (['--config.batch_size=4'], 'do not split over mesh data × fsdp = 8 devices'),
     (['--config.mesh.data=-1', '--config.mesh.fsdp=-1'], 'at most one -1'),
 ])
+@pytest.mark.slow
 def test_bad_mesh_is_one_line(overrides, message, small_corpus, tmp_path):
   result = run_cli(f'--config={TINY}', f'--config.data.corpus={small_corpus}', *overrides,
                    f'--workdir={tmp_path / "run"}', devices=8)
@@ -170,6 +174,7 @@ def test_mesh_shape_fills_in_the_rest():
     sharding.mesh_shape(config.mesh, 8)
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_fit_is_refused_before_compiling():
   from gpt_jax import model, optim, train
   config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'gpt3.py:13b'))

@@ -99,6 +99,7 @@ def read_rows(path):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_runner_writes_rows_skips_finished_points_and_resumes_unfinished(micro, tmp_path,
                                                                          monkeypatch):
   workdir = str(tmp_path / 'sweep')

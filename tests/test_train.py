@@ -186,6 +186,7 @@ def test_restart_from_a_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
   assert read_metrics(resumed) == read_metrics(whole)
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_reproduces_the_metrics(small_corpus, tmp_path):
   args = [f'--config={TINY}', f'--config.data.corpus={small_corpus}', '--config.steps=60',
           '--config.checkpoint_every=10', '--config.log_every=2', '--config.sample.num=0']
@@ -205,6 +206,7 @@ def test_kill_9_then_rerun_reproduces_the_metrics(small_corpus, tmp_path):
   assert read_metrics(killed) == read_metrics(whole)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits(small_corpus, tmp_path):
   workdir = str(tmp_path / 'run')
   proc = subprocess.Popen(
