@@ -109,7 +109,15 @@ class Checkpoints:
 
     def read(step):
       self.check_params_match(step, abstract_state.params)
-      return self.restore(step, abstract_state, data_iterator)
+      try:
+        return self.restore(step, abstract_state, data_iterator)
+      except ValueError as e:  # a state of another layout is not a damaged file
+        if 'tree structures do not match' not in str(e):
+          raise
+        raise UserError(f'checkpoint step {step} in {self.directory} holds a train state of '
+                        'another structure than this config builds (its optimizer state '
+                        'differs); resume with the settings the run was trained with, or use a '
+                        'new --workdir') from None
 
     step, state = newest_readable(self.committed_steps(), read, self.directory, log)
     for newer in (s for s in self._manager.all_steps() if s > step):

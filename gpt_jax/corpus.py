@@ -122,11 +122,14 @@ def cut_long_documents(docs: Iterable[Document], max_chars: int,
     parts = _pieces(doc.text, piece_chars)
     out += [Document(f'{doc.source}:part{i}', text) for i, text in enumerate(parts, 1)]
     cut, pieces = cut + 1, pieces + len(parts)
+  if not max_chars:
+    return out, 'documents are not cut (data.max_document_chars=0)'
   if not cut:
     return out, f'no document is longer than data.max_document_chars={max_chars:,}'
-  return out, (f'cut {cut:,} documents longer than data.max_document_chars={max_chars:,} '
-               f'characters into {pieces:,} pieces of at most data.piece_chars={piece_chars:,} '
-               '(at blank lines, else line ends)')
+  return out, (f'cut {cut:,} document{"s" * (cut > 1)} longer than data.max_document_chars='
+               f'{max_chars:,} characters into {pieces:,} pieces of at most data.piece_chars='
+               f'{piece_chars:,} (at blank lines where possible, else at line ends, else '
+               'mid-line; the newlines at each cut dropped)')
 
 
 def _pieces(text: str, limit: int) -> list[str]:

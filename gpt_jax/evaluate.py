@@ -306,19 +306,22 @@ def task_options(task: Task) -> list[str]:
 
 
 def option_logliks(scorer: Scorer, tokenizer, prompts: Sequence[str],
-                   options: Sequence[str]) -> np.ndarray:
+                   options: Sequence[str]) -> tuple[np.ndarray, int]:
   """(prompts, options) log-likelihoods of ' ' + option after each prompt, which starts as a new
-  document (after EOS) and loses tokens on the left if prompt and option overflow the context."""
-  rows = []
+  document (after EOS) and loses tokens on the left if prompt and option overflow the context;
+  and the number of prompts that lost tokens so."""
+  rows, cut = [], 0
   continuations = tokenizer.encode_batch([f' {o}' for o in options])
   for context in tokenizer.encode_batch(prompts):
+    document = [tokenizer.eos_id, *context]
+    cut += any(len(document) + len(c) > scorer.seq_len + 1 for c in continuations)
     for option, continuation in zip(options, continuations):
       keep = scorer.seq_len + 1 - len(continuation)
       if keep < 1:
         raise UserError(f'option {option!r} is {len(continuation)} tokens, longer than the '
                         f'{scorer.seq_len}-token context; shorten it or raise --seq_len')
-      rows.append(([tokenizer.eos_id, *context][-keep:] + continuation, len(continuation)))
-  return -scorer.score_rows(rows).reshape(len(prompts), len(options))
+      rows.append((document[-keep:] + continuation, len(continuation)))
+  return -scorer.score_rows(rows).reshape(len(prompts), len(options)), cut
 
 
 def accuracy(loglik_NO: np.ndarray, correct_NO: np.ndarray, option_bytes_O: np.ndarray) -> dict:
@@ -344,8 +347,8 @@ def choice_metrics(scorer: Scorer, tokenizer, task: Task, shots: Sequence[int],
   results = {}
   for k in shots:
     prompts = [format_prompt(task, k, i.input) for i in instances]
-    results[str(k)] = accuracy(option_logliks(scorer, tokenizer, prompts, options), correct_NO,
-                               option_bytes_O)
+    loglik_NO, cut = option_logliks(scorer, tokenizer, prompts, options)
+    results[str(k)] = {**accuracy(loglik_NO, correct_NO, option_bytes_O), 'cut_prompts': cut}
   return {'instances': len(instances), 'options': options, 'chance': 1 / len(options),
           'shots': results}
 
@@ -387,24 +390,25 @@ def answer_scores(answers: Sequence[str], references: Sequence[Sequence[str]]) -
 
 
 def generate_answers(run: runs.Run, prompts: Sequence[str], *, max_new_tokens: int, seq_len: int,
-                     batch_size: int) -> list[str]:
+                     batch_size: int) -> tuple[list[str], int]:
   """The greedy answer to each prompt (sample.generate, batch_size prompts at a time): its
-  continuation up to the first newline or EOS, without surrounding spaces. A prompt starts as a
-  document does, after EOS, and loses tokens on the left so that it and max_new_tokens fit in
-  seq_len tokens."""
+  continuation up to the first newline or EOS, without surrounding spaces; and the number of
+  prompts cut. A prompt starts as a document does, after EOS, and loses tokens on the left so
+  that it and max_new_tokens fit in seq_len tokens."""
   tokenizer = run.tokenizer
   keep = seq_len - max_new_tokens
   if keep < 1:
     raise UserError(f'{max_new_tokens} new tokens leave no room for a prompt in {seq_len} tokens; '
                     'raise --seq_len')
-  rows = [[tokenizer.eos_id, *ids][-keep:] for ids in tokenizer.encode_batch(prompts)]
+  documents = [[tokenizer.eos_id, *ids] for ids in tokenizer.encode_batch(prompts)]
+  rows = [document[-keep:] for document in documents]
   answers = []
   for start in range(0, len(rows), batch_size):
     continuations = sample.generate(run.gpt, run.params, rows[start:start + batch_size],
                                     max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
                                     num_tokens=tokenizer.vocab_size)
     answers += [tokenizer.decode(ids).split('\n', 1)[0].strip() for ids in continuations]
-  return answers
+  return answers, sum(len(document) > keep for document in documents)
 
 
 def generation_metrics(run: runs.Run, task: Task, shots: Sequence[int], *, seq_len: int,
@@ -423,9 +427,9 @@ def generation_metrics(run: runs.Run, task: Task, shots: Sequence[int], *, seq_l
   results = {}
   for k in shots:
     prompts = [format_prompt(task, k, i.input) for i in instances]
-    answers = generate_answers(run, prompts, max_new_tokens=max_new_tokens, seq_len=seq_len,
-                               batch_size=batch_size)
-    results[str(k)] = answer_scores(answers, references)
+    answers, cut = generate_answers(run, prompts, max_new_tokens=max_new_tokens, seq_len=seq_len,
+                                    batch_size=batch_size)
+    results[str(k)] = {**answer_scores(answers, references), 'cut_prompts': cut}
   return {'instances': len(instances), 'max_new_tokens': max_new_tokens, 'shots': results}
 
 
@@ -536,7 +540,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help='multiple choice or greedy generation; auto: by the task '
                       '(evaluate.auto_scoring)')
   parser.add_argument('--max_instances', type=int, default=0, help='0 = all')
-  parser.add_argument('--seq_len', type=int, default=0, help="0 = the run's, at most its context")
+  parser.add_argument('--seq_len', type=int, default=0,
+                      help="0 = the run's (with --task: the model's context), at most the context")
   parser.add_argument('--batch_size', type=int, default=0, help="0 = the run's eval batch")
   parser.add_argument('--max_batches', type=int, default=0, help='0 = all')
   parser.add_argument('--json', help='also write the results to this file')
@@ -580,7 +585,10 @@ def run(args: argparse.Namespace, log=print) -> dict:
   from gpt_jax import train
   train.use_compilation_cache()
   config = run.config
-  seq_len = min(args.seq_len or config.seq_len, sample.context_length(config.model))
+  # A task's prompts (definition, examples) get the model's whole context; the language-model
+  # metrics default to the windows the run was trained on.
+  context = sample.context_length(config.model)
+  seq_len = min(args.seq_len or (context if task else config.seq_len), context)
   if args.seq_len > seq_len:
     log(f'--seq_len={args.seq_len} is beyond the model\'s {seq_len}-token context; using {seq_len}')
   batch_size = args.batch_size or config.batch_size // config.grad_accum
@@ -601,7 +609,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
                                                               args.max_batches)}
     m = results['lm']
     log(f'{args.workdir} (step {run.step}) on {m["data"]}: loss {m["loss"]:.4f} nats/token, '
-        f'ppl {m["ppl"]:.2f}, bpb {m["bpb"]:.4f} ({m["tokens"]:,} tokens, {m["bytes"]:,} bytes, '
+        f'ppl {m["ppl"]:.6g}, bpb {m["bpb"]:.4f} ({m["tokens"]:,} tokens, {m["bytes"]:,} bytes, '
         f'windows of {seq_len})')
   if args.json:
     files.write_json(args.json, results)
@@ -620,6 +628,9 @@ def task_table(metrics: dict, workdir: str, step: int) -> str:
            f'{step}', '| shots | ' + ' | '.join(columns) + ' |', '|---:' * (len(columns) + 1) + '|']
   lines += ['| ' + ' | '.join([k] + [f'{m[c]:.1%}' for c in columns]) + ' |'
             for k, m in metrics['shots'].items()]
+  lines += [f'{k} shots: {m["cut_prompts"]} of {metrics["instances"]} prompts lost tokens on the '
+            'left to fit the context (--seq_len)' for k, m in metrics['shots'].items()
+            if m['cut_prompts']]
   return '\n'.join(lines)
 
 

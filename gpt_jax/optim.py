@@ -27,8 +27,9 @@ def decay_mask(params):
 
 
 def optimizer(optim: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
-  adamw = optax.adamw(schedule(optim, steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                      weight_decay=optim.weight_decay, mask=decay_mask)
-  if optim.grad_clip > 0:
-    return optax.chain(optax.clip_by_global_norm(optim.grad_clip), adamw)
-  return adamw
+  """Global-norm clipping (grad_clip > 0), then AdamW. Its state has one structure whatever the
+  settings, so a run resumed with other optimizer settings (allow_config_changes) still loads."""
+  clip = optax.clip_by_global_norm(optim.grad_clip) if optim.grad_clip > 0 else optax.identity()
+  return optax.chain(clip, optax.adamw(schedule(optim, steps), b1=optim.b1, b2=optim.b2,
+                                       eps=optim.eps, weight_decay=optim.weight_decay,
+                                       mask=decay_mask))

@@ -50,7 +50,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int,
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-  if temperature < 0:
+  if not temperature >= 0:  # also NaN
     raise UserError(f'temperature={temperature} must be >= 0 (0 = greedy)')
   if top_k < 0:
     raise UserError(f'top_k={top_k} must be >= 0 (0 = off)')
@@ -303,6 +303,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
   check_sampling(args.temperature, args.top_k, args.top_p)
+  if args.max_tokens < 1:
+    raise UserError(f'--max_tokens={args.max_tokens} must be >= 1')
   if args.num_samples < 1:
     raise UserError(f'--num_samples={args.num_samples} must be >= 1')
   if args.beam_width < 0:

@@ -341,8 +341,9 @@ def fit_isoflop(params: ArrayLike, loss: ArrayLike, budget: ArrayLike) -> IsoFlo
                       'beyond it')
     minima.append((c, math.exp(x), np.polyval(coeffs, x)))
   if len(minima) < 2:
+    why = f' ({"; ".join(warnings)})' if warnings else ''
     raise UserError(f'the isoFLOP fit needs 2 or more budgets with 3+ model sizes and a parabola '
-                    f'that opens upward, got {len(minima)}; add runs to the sweep')
+                    f'that opens upward, got {len(minima)}{why}; add runs to the sweep')
   c, n_opt, loss_opt = (np.array(v) for v in zip(*minima))
   n_law, d_law = fit_power_law(c, n_opt), fit_power_law(c, c / (6 * n_opt))
   _check_growth('the isoFLOP fit', n_law, d_law)

@@ -171,7 +171,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
               'checkpoint_every', 'keep_checkpoints'):
     if config[key] <= 0:
       raise UserError(f'{key}={config[key]} must be positive')
-  if config.sample.temperature < 0 or config.sample.max_tokens <= 0:
+  if not config.sample.temperature >= 0 or config.sample.max_tokens <= 0:  # NaN fails too
     raise UserError(f'sample.temperature={config.sample.temperature} must be >= 0 (0 is greedy) '
                     f'and sample.max_tokens={config.sample.max_tokens} positive')
   d = config.distill

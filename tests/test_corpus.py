@@ -206,9 +206,10 @@ def test_long_documents_are_cut_at_blank_lines_then_line_ends():
       ('a.txt:part1', 'aaa'), ('a.txt:part2', 'bbbb\ncc'), ('a.txt:part3', 'x' * 10),
       ('a.txt:part4', 'x' * 10), ('a.txt:part5', 'xxxxx\nyy'), ('a.txt:part6', 'zz'),
       ('b.txt', 'short')]
-  assert summary.startswith('cut 1 documents longer than data.max_document_chars=12 characters '
+  assert summary.startswith('cut 1 document longer than data.max_document_chars=12 characters '
                             'into 6 pieces')
-  assert corpus.cut_long_documents(docs, 0, 10)[0] == docs  # 0: never cut
+  assert corpus.cut_long_documents(docs, 0, 10) == (
+      docs, 'documents are not cut (data.max_document_chars=0)')
   with pytest.raises(UserError, match='data.piece_chars=20 in'):
     corpus.cut_long_documents(docs, 12, 20)
 

@@ -237,8 +237,9 @@ def test_one_long_text_file_is_cut_into_documents_and_split(small_corpus, tmp_pa
   logs = []
   cfg = data_config(str(tmp_path / 'input.txt'), val_fraction=0.05)
   prepared = data.prepare(cfg, VOCAB, log=logs.append)
-  assert logs[1] == ('cut 1 documents longer than data.max_document_chars=65,536 characters into '
-                     '62 pieces of at most data.piece_chars=8,192 (at blank lines, else line ends)')
+  assert logs[1] == ('cut 1 document longer than data.max_document_chars=65,536 characters into '
+                     '62 pieces of at most data.piece_chars=8,192 (at blank lines where possible, '
+                     'else at line ends, else mid-line; the newlines at each cut dropped)')
   splits = prepared.manifest['splits']
   assert (splits['train']['documents'], splits['val']['documents']) == (60, 2)
   with pytest.raises(UserError, match='split is empty: 1 documents .*max_document_chars'):

@@ -192,7 +192,9 @@ def test_option_logliks_equal_log_softmax_over_the_continuation(loaded):
   prompts = ['Say which.\n\nInput: the king\nOutput:',
              ' '.join(['My lord, I will speak with you anon.'] * 6)]  # longer than the context
   options = ['Hamlet', 'A Midsummer Night\'s Dream']
-  logliks = evaluate.option_logliks(scorer, tok, prompts, options)
+  logliks, cut = evaluate.option_logliks(scorer, tok, prompts, options)
+  lengths = [1 + len(tok.encode(p)) + len(tok.encode(' ' + o)) for p in prompts for o in options]
+  assert lengths[1] > 33 and cut == 2  # the long option overflows the first prompt's row, too
   for p, prompt in enumerate(prompts):
     for o, option in enumerate(options):
       continuation = tok.encode(' ' + option)
@@ -204,7 +206,7 @@ def test_option_logliks_equal_log_softmax_over_the_continuation(loaded):
       np.testing.assert_allclose(logliks[p, o], expected, rtol=1e-5)
   # one row per call, in a batch of one, gives the same scores as eight rows padded together
   one = evaluate.Scorer(run, jax.tree.leaves(run.params)[0].sharding.mesh, 1, 32)
-  np.testing.assert_allclose(evaluate.option_logliks(one, tok, prompts, options), logliks,
+  np.testing.assert_allclose(evaluate.option_logliks(one, tok, prompts, options)[0], logliks,
                              rtol=1e-5)
 
 
@@ -265,18 +267,20 @@ def test_generated_answers_are_the_samplers_greedy_continuations(loaded):
   # the task's two prompts, as generation_metrics batches them, then a short and a long one
   prompts = [evaluate.format_prompt(task, 0, i.input) for i in task.instances]
   prompts += ['Q: 1\nA:', 'KING HENRY:\nMy lord, I will speak with you anon.' * 3]
-  answers = evaluate.generate_answers(run, prompts, max_new_tokens=max_new_tokens, seq_len=32,
-                                      batch_size=2)
+  answers, cut = evaluate.generate_answers(run, prompts, max_new_tokens=max_new_tokens,
+                                           seq_len=32, batch_size=2)
   keep = 32 - max_new_tokens
   rows = [([tok.eos_id] + tok.encode(p))[-keep:] for p in prompts]
   assert rows[2][0] == tok.eos_id and len(rows[2]) < keep  # a document's start, left-padded
   assert all(len(rows[r]) == keep for r in (0, 1, 3))  # cut on the left
+  assert cut == 3
   continuations = [c for chunk in (rows[:2], rows[2:])
                    for c in sample.generate(run.gpt, run.params, chunk,
                                             max_new_tokens=max_new_tokens, eos_id=tok.eos_id)]
   assert answers == [tok.decode(c).split('\n')[0].strip() for c in continuations]
   assert all(answers)
-  assert metrics['shots'] == {'0': evaluate.answer_scores(answers[:2], [['3'], ['4']])}
+  assert metrics['shots'] == {'0': {**evaluate.answer_scores(answers[:2], [['3'], ['4']]),
+                                    'cut_prompts': 2}}
 
 
 def test_a_free_text_task_is_scored_by_generation(trained, tmp_path, capsys):
@@ -286,7 +290,8 @@ def test_a_free_text_task_is_scored_by_generation(trained, tmp_path, capsys):
                  f'--json={tmp_path}/results.json'])
   task = json.loads((tmp_path / 'results.json').read_text())['task']
   assert task['scoring'] == 'generation' and task['instances'] == 2
-  assert set(task['shots']) == {'0'} and set(task['shots']['0']) == {'exact_match', 'rouge_l'}
+  assert set(task['shots']) == {'0'}
+  assert set(task['shots']['0']) == {'exact_match', 'rouge_l', 'cut_prompts'}
   printed = capsys.readouterr().out
   assert 'task minimal: 2 instances, greedy answers of up to' in printed
   assert '| shots | exact_match | rouge_l |\n|---:|---:|---:|\n| 0 | 0.0% | 0.0% |' in printed

@@ -234,6 +234,7 @@ def test_eos_ends_a_row():
     (dict(top_p=0.0), r'top_p=0.0 must be in \(0, 1\]'),
     (dict(top_p=1.5), r'top_p=1.5 must be in \(0, 1\]'),
     (dict(temperature=-1.0), 'temperature=-1.0 must be >= 0'),
+    (dict(temperature=float('nan')), 'temperature=nan must be >= 0'),
 ])
 def test_bad_decoding_settings_are_user_errors(kwargs, message):
   gpt, params = tiny_model()
@@ -276,6 +277,7 @@ def test_cli_samples_and_beams(trained):
     (['--prompt=Hi', '--top_p=0'], r'top_p=0.0 must be in \(0, 1\]'),
     (['--prompt=Hi', '--top_p=2'], r'top_p=2.0 must be in \(0, 1\]'),
     (['--prompt=Hi', '--max_tokens=many'], "argument --max_tokens: invalid int value: 'many'"),
+    (['--prompt=Hi', '--max_tokens=0'], '--max_tokens=0 must be >= 1'),
 ])
 def test_cli_bad_input_is_one_line(trained, args, message):
   out = run_sample(f'--workdir={trained}', *args)

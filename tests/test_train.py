@@ -15,6 +15,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from gpt_jax import checkpoint, cli, losses, model, optim, runs, train
@@ -303,17 +304,29 @@ def test_resume_with_a_changed_trajectory_is_refused_unless_allowed(tiny, tmp_pa
   train.train(tiny, workdir, log=lambda _: None)
   before = dir_digest(workdir)
   tiny.update(steps=30, log_every=10, keep_checkpoints=5)  # log_every, keep: free to change
-  tiny.optim.lr = 1e-3
-  with pytest.raises(UserError, match=r'\(optim.lr: 0.003 -> 0.001; steps: 20 -> 30\)'):
+  tiny.optim.update(lr=1e-3, grad_clip=0.0)  # clipping off: the optimizer state keeps its layout
+  changes = 'optim.grad_clip: 1.0 -> 0.0; optim.lr: 0.003 -> 0.001; steps: 20 -> 30'
+  with pytest.raises(UserError, match=re.escape(f'({changes})')):
     train.train(tiny, workdir, log=lambda _: None)
   assert dir_digest(workdir) == before
   tiny.allow_config_changes = True
   logs = []
   train.train(tiny, workdir, log=logs.append)
-  assert 'resuming with changed settings (config.allow_config_changes): optim.lr: 0.003 -> 0.001; ' \
-         'steps: 20 -> 30' in logs
+  assert f'resuming with changed settings (config.allow_config_changes): {changes}' in logs
   assert [r['step'] for r in read_metrics(workdir)] == [5, 10, 15, 20, 30]
   assert json.load(open(os.path.join(workdir, 'config.json')))['steps'] == 30
+
+
+def test_a_checkpoint_of_another_optimizer_layout_is_one_line(tiny, tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  # the layout of a run saved before clipping always had a place in the optimizer's state
+  adamw_alone = lambda o, steps: optax.adamw(optim.schedule(o, steps), mask=optim.decay_mask)
+  with monkeypatch.context() as m:
+    m.setattr(train.optim, 'optimizer', adamw_alone)
+    train.train(tiny, workdir, log=lambda _: None)
+  with pytest.raises(UserError, match='checkpoint step 20 in .* holds a train state of another '
+                                      'structure than this config builds'):
+    train.train(tiny, workdir, log=lambda _: None)
 
 
 def test_validation_scores_the_same_tokens_whatever_the_microbatching(tiny, tmp_path):
