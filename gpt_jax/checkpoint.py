@@ -245,9 +245,9 @@ def newest_readable(steps: list[int], read: Callable[[int], object], directory: 
     except UserError:
       raise
     except Exception as e:  # TensorStore and orbax raise many types for a damaged file
-      reasons.append(f'step {step}: {_first_line(e)}')
-      log(f'skipping checkpoint step {step} in {directory}: it cannot be read '
-          f'({_first_line(e)})')
+      reason = _first_line(e)
+      reasons.append(f'step {step}: {reason}')
+      log(f'skipping checkpoint step {step} in {directory}: it cannot be read ({reason})')
   raise UserError(f'no checkpoint in {directory} can be read ({"; ".join(reasons)}); restore '
                   'the directory from a copy or start a new run')
 
