@@ -7,21 +7,18 @@ FLOP/s, MFU and peak memory for each size. `--torch` also times an eager PyTorch
 same shape on the same batch, the yardstick on a CPU.
 """
 
-import functools
 import os
 import resource
 import statistics
 import sys
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import cli, files, flops, model, optim, sharding, train
+from gpt_jax import cli, files, flops, model, optim, sharding, trainer
+from gpt_jax.objectives import lm
 from gpt_jax.errors import UserError
-from gpt_jax.state import abstract_state, init_state
 
 DEFAULT_CONFIG = 'experiments/bench_cpu.py'
 
@@ -68,22 +65,18 @@ def _step_stats(times: list[float], tokens_per_step: int, flops_per_token: float
 
 def bench_jax(config, batches: list[np.ndarray], steps: int, warmup: int, peak: float) -> dict:
   """Compile time, step times and memory of the real train step for `config`."""
-  train.validate_config(config)
+  trainer.validate_config(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_divisible(config, mesh)
-  gpt = model.build(config.model)
+  objective = lm.LanguageModeling.without_data(config)  # the batches are random tokens
   tx = optim.optimizer(config.optim, config.steps)
-  abstract = abstract_state(gpt, tx, config, mesh)
+  abstract = trainer.abstract(objective, tx, config, mesh)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
   batch_sharding = sharding.batch_sharding(mesh)
-  batch_shape = jax.ShapeDtypeStruct(batches[0].shape, jnp.int32, sharding=batch_sharding)
   start = time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-    step = jax.jit(train.make_train_step(gpt, tx, config),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0
-                   ).lower(abstract, {'tokens': batch_shape}).compile(train.train_compiler_options())
+  step = trainer.compile_train_step(objective, tx, config, mesh, abstract)
   compile_s = time.perf_counter() - start
-  state = jax.jit(functools.partial(init_state, gpt, tx, config), out_shardings=shardings)()
+  state = jax.jit(lambda: trainer.new_state(objective, tx, config), out_shardings=shardings)()
   device_batches = [{'tokens': jax.device_put(b, batch_sharding)} for b in batches]
   calls = 0
 

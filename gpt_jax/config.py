@@ -11,6 +11,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.objective = 'lm'  # 'lm' (next-token; distillation with distill.teacher), 'sft' or 'classify'
   c.init_from = ''  # a run's workdir (e.g. an imported HF model): start from its parameters
   c.allow_config_changes = False  # resume a run whose trajectory settings changed (logged)
   c.steps = 1000  # optimizer steps
@@ -86,6 +87,14 @@ def base_config() -> ml_collections.ConfigDict:
   data.min_letter_fraction = 0.6  # quality filter: documents with fewer letters are dropped
   data.num_epochs = 1  # passes over the training split that `steps` may use
   data.cache_dir = ''  # where prepared data is kept; '' = ~/.cache/gpt_jax
+
+  data.tasks = ''  # objective sft/classify: task files, directories or globs (comma-separated)
+  data.held_out_tasks = ''  # their held-out instances, in tasks of the same names; '' = split off
+
+  c.sft = sft = ml_collections.ConfigDict()  # objective 'sft': instruction tuning
+  sft.shots = 2  # positive examples in each prompt (Tk-Instruct: 2)
+  sft.held_out = 0.1  # without data.held_out_tasks: the fraction of each task's instances held out
+  sft.eval_instances = 100  # held-out instances per task scored in sft_report.md; 0 = all
 
   c.sample = sample = ml_collections.ConfigDict()
   sample.num = 3  # sample lines printed after training; 0 = none

@@ -188,21 +188,28 @@ class Windows:
     return np.asarray(self.tokens[start:start + self.seq_len + 1], dtype=np.int32)
 
 
-def train_dataset(prepared: Prepared, *, seq_len: int, batch_size: int, seed: int,
-                  num_epochs: int = 1, process_index: int = 0,
-                  process_count: int = 1) -> grain.MapDataset:
-  """This process's training batches, int32 (batch_size, seq_len + 1).
-
-  The training windows, shuffled by `seed` and reshuffled each epoch, `num_epochs` times over;
-  process p takes every process_count-th window from the p-th, the same number for each process.
-  `batch_size` is this process's share of the global batch. len() is the number of batches.
-  """
-  tokens = prepared.tokens('train')
-  ds = grain.MapDataset.source(Windows(tokens, seq_len))
+def shuffled_batches(source, *, batch_size: int, seed: int, num_epochs: int = 1,
+                     process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """This process's batches of the rows of `source` (a sequence: len() and [i]), batch_size rows
+  each, in a checkpointable order: shuffled by `seed` and reshuffled each epoch, `num_epochs`
+  times over; process p takes every process_count-th row from the p-th, the same number for each
+  process. len() is the number of batches."""
+  ds = grain.MapDataset.source(source)
   ds = ds.shuffle(seed=seed).repeat(num_epochs)  # repeat() reseeds the shuffle for each epoch
   per_process = len(ds) // process_count
   ds = ds[process_index:per_process * process_count:process_count]
-  ds = ds.batch(batch_size, drop_remainder=True)
+  return ds.batch(batch_size, drop_remainder=True)
+
+
+def train_dataset(prepared: Prepared, *, seq_len: int, batch_size: int, seed: int,
+                  num_epochs: int = 1, process_index: int = 0,
+                  process_count: int = 1) -> grain.MapDataset:
+  """This process's training batches of windows (shuffled_batches), int32
+  (batch_size, seq_len + 1). `batch_size` is this process's share of the global batch."""
+  tokens = prepared.tokens('train')
+  ds = shuffled_batches(Windows(tokens, seq_len), batch_size=batch_size, seed=seed,
+                        num_epochs=num_epochs, process_index=process_index,
+                        process_count=process_count)
   if len(ds) == 0:
     processes = f' on each of {process_count} processes' if process_count > 1 else ''
     raise UserError(f'the training split has {len(tokens):,} tokens, too few for one batch of '

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
-from gpt_jax import files, flops, metrics, train  # noqa: E402
+from gpt_jax import files, flops, metrics, trainer  # noqa: E402
 
 
 def _quiet(_):
@@ -44,7 +44,7 @@ def run_study(config, workdir: str, log=print) -> dict:
       continue
     log(f'[{i}/3] {name}: {flops.param_count(run.model):,} parameters, {run.steps} steps of '
         f'{run.batch_size * run.seq_len:,} tokens -> {run_dir}')
-    train.train(run, run_dir, log=_quiet)
+    trainer.train(run, run_dir, log=_quiet)
     results[name] = metrics.read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))
     log(f'    val loss {results[name][-1]["val_loss"]:.4f}, {results[name][-1]["val_bpb"]:.4f} '
         'bits/byte')

@@ -54,12 +54,8 @@ def score_fn(gpt, num_tokens: int | None = None):
   padded vocabulary adds beyond the tokenizer's are not tokens (losses.mask_padded_vocab)."""
 
   def score(params, tokens_BL1, mask_BL):
-    logits_BLV = gpt.apply({'params': params}, tokens_BL1[:, :-1]).astype(jnp.float32)
-    logits_BLV = losses.mask_padded_vocab(logits_BLV, num_tokens)
-    # the same terms as losses.next_token_loss, kept per row
-    log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
-    target_logit_BL = jnp.take_along_axis(logits_BLV, tokens_BL1[:, 1:, None], axis=-1)[..., 0]
-    return ((log_z_BL - target_logit_BL) * mask_BL).sum(-1)
+    logits_BLV = gpt.apply({'params': params}, tokens_BL1[:, :-1])
+    return (losses.token_nll(logits_BLV, tokens_BL1[:, 1:], num_tokens) * mask_BL).sum(-1)
 
   return score
 
@@ -582,8 +578,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
   mesh = sharding.data_parallel_mesh()
   run = runs.load(args.workdir, mesh=mesh)
   # imported only now: it brings in tensorboardX and torch, seconds a mistyped flag need not wait
-  from gpt_jax import train
-  train.use_compilation_cache()
+  from gpt_jax import trainer
+  trainer.use_compilation_cache()
   config = run.config
   # A task's prompts (definition, examples) get the model's whole context; the language-model
   # metrics default to the windows the run was trained on.

@@ -30,22 +30,32 @@ def mask_padded_vocab(logits, num_tokens: int | None, axis: int = -1):
   return jnp.where(is_token, logits, MASKED_LOGIT).astype(logits.dtype)
 
 
+def token_nll(logits_BLV, targets_BL, num_tokens: int | None = None, *, with_log_z: bool = False):
+  """The cross-entropy of each target, −log softmax(logits)[target] in nats, float32 (B, L): the
+  one per-position loss that training, validation and gpt_jax.evaluate all use. The softmax is
+  over the first `num_tokens` ids (mask_padded_vocab). with_log_z=True also returns the log
+  normaliser log Z (B, L), for the z-loss."""
+  logits_BLV = mask_padded_vocab(logits_BLV.astype(jnp.float32), num_tokens)
+  log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
+  target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
+  nll_BL = log_z_BL - target_logit_BL
+  return (nll_BL, log_z_BL) if with_log_z else nll_BL
+
+
 def next_token_loss(logits_BLV, targets_BL, mask_BL, *, z_loss: float = 0.0, normalizer=None,
                     num_tokens: int | None = None):
-  """Cross-entropy of the targets, plus PaLM's z-loss z_loss·log(Z)², over unmasked targets.
+  """Cross-entropy of the targets (token_nll), plus PaLM's z-loss z_loss·log(Z)², over unmasked
+  targets.
 
   The sums are divided by `normalizer` (default: the number of unmasked targets); gradient
   accumulation passes the whole batch's count so microbatch losses add up to the batch mean.
-  The softmax is over the first `num_tokens` ids (mask_padded_vocab). Returns
-  (loss, {'ce': ..., 'z_loss': ...}) with each term divided the same way.
+  Returns (loss, {'ce': ..., 'z_loss': ...}) with each term divided the same way.
   """
-  logits_BLV = mask_padded_vocab(logits_BLV.astype(jnp.float32), num_tokens)
+  nll_BL, log_z_BL = token_nll(logits_BLV, targets_BL, num_tokens, with_log_z=True)
   mask_BL = mask_BL.astype(jnp.float32)
-  log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
-  target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
   if normalizer is None:
     normalizer = jnp.maximum(mask_BL.sum(), 1.0)
-  ce = ((log_z_BL - target_logit_BL) * mask_BL).sum() / normalizer
+  ce = (nll_BL * mask_BL).sum() / normalizer
   zl = z_loss * (jnp.square(log_z_BL) * mask_BL).sum() / normalizer
   return ce + zl, {'ce': ce, 'z_loss': zl}
 

@@ -13,6 +13,9 @@ import tensorboardX  # noqa: E402
 from gpt_jax import files  # noqa: E402
 
 
+METRICS = 'metrics.jsonl'
+
+
 def read_jsonl(path: str) -> list[dict]:
   if not os.path.exists(path):
     return []
@@ -25,7 +28,7 @@ class MetricsLog:
   (atomically) so the file matches an uninterrupted run."""
 
   def __init__(self, workdir: str, resume_step: int):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, METRICS)
     kept = [r for r in read_jsonl(self.path) if r['step'] <= resume_step]
     files.write_text(self.path, ''.join(json.dumps(r) + '\n' for r in kept))
     self._file = open(self.path, 'a', encoding='utf-8')

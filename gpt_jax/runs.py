@@ -11,6 +11,7 @@ DIR/lock.json      while a run trains in DIR: its host and process id (WorkdirLo
 
 import contextlib
 import dataclasses
+import functools
 import datetime
 import json
 import os
@@ -24,10 +25,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt_jax import checkpoint, config as config_lib, model, optim, sharding
+from gpt_jax import checkpoint, config as config_lib, model, sharding, state
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
-from gpt_jax.state import abstract_state
 from gpt_jax.tokenizer import Tokenizer
 
 CONFIG, CHECKPOINTS, LOCK = 'config.json', 'checkpoints', 'lock.json'
@@ -82,8 +82,9 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   if dtype:
     config.model.dtype = dtype
   gpt = model.build(config.model)
-  tx = optim.optimizer(config.optim, config.steps)
-  abstract_params = abstract_state(gpt, tx, config, mesh).params
+  abstract_params = state.abstract_params(
+      functools.partial(model.init_params, gpt, seq_len=config.seq_len),
+      model.logical_axes(gpt, config.seq_len), mesh)
   directory = os.path.join(workdir, CHECKPOINTS)
   step, params = checkpoint.newest_readable(
       steps, lambda step: checkpoint.restore_params(directory, step, abstract_params), directory,
@@ -131,6 +132,16 @@ def check_compatible(run: Run, workdir: str, what: str, config: ml_collections.C
   if run.config.model.vocab_size != config.model.vocab_size:
     raise UserError(f'{what}={workdir!r} has model.vocab_size={run.config.model.vocab_size}, this '
                     f'run {config.model.vocab_size}; set --config.model.vocab_size to match')
+
+
+def load_compatible(workdir: str, what: str, config: ml_collections.ConfigDict,
+                    tokenizer: Tokenizer, *, mesh: jax.sharding.Mesh,
+                    log: Callable[[str], None] = _to_stderr) -> Run:
+  """The run in `workdir` (load), on `mesh` in config.model.dtype, after check_compatible: how
+  init_from, a teacher or a reference model is read."""
+  run = load(workdir, mesh=mesh, dtype=config.model.dtype, what=what, log=log)
+  check_compatible(run, workdir, what, config, tokenizer)
+  return run
 
 
 def _process_running(pid: int) -> bool:

@@ -18,7 +18,7 @@ import time
 
 import ml_collections
 
-from gpt_jax import data, files, flops, metrics, scaling, train
+from gpt_jax import data, files, flops, metrics, scaling, trainer
 from gpt_jax.errors import UserError
 
 RUN_COLUMNS = ('name', 'budget', 'n_layer', 'n_embd', 'n_head', 'seq_len', 'batch_size', 'steps',
@@ -158,7 +158,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, log=print) -> dic
   points = plan(config, max_tokens=prepared.manifest['splits']['train']['tokens'] *
                 config.data.num_epochs)
   for point in points:
-    train.validate_config(point.config)
+    trainer.validate_config(point.config)
 
   os.makedirs(workdir, exist_ok=True)
   files.write_json(os.path.join(workdir, 'sweep_config.json'), config.to_dict())
@@ -180,7 +180,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, log=print) -> dic
         f'{eta}')
     run_dir = os.path.join(workdir, 'runs', point.name)
     run_start = time.perf_counter()
-    train.train(run, run_dir, log=lambda _: None, prepared=prepared)
+    trainer.train(run, run_dir, log=lambda _: None, prepared=prepared)
     row, curve = _result_rows(point, run_dir, time.perf_counter() - run_start)
     if not math.isfinite(row['loss']):
       raise UserError(f'run {point.name} diverged (validation loss {row["loss"]}); lower '

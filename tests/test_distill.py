@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from gpt_jax import cli, distill, model, optim, sharding, train
+from gpt_jax import cli, model, optim, runs, sharding, trainer
+from gpt_jax.objectives import distill
 from gpt_jax.tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,7 @@ def teacher_dir(small_corpus, tmp_path_factory):
   config = cli.load_experiment(TINY)
   config.data.corpus, config.sample.num = small_corpus, 0
   workdir = str(tmp_path_factory.mktemp('teacher'))
-  train.train(config, workdir, log=quiet)
+  trainer.train(config, workdir, log=quiet)
   return workdir
 
 
@@ -54,9 +55,9 @@ def read_metrics(workdir):
 
 def test_alpha_zero_trains_exactly_like_no_teacher(student, tmp_path):
   student.distill.alpha = 0.0
-  train.train(student, str(tmp_path / 'distilled'), log=quiet)
+  trainer.train(student, str(tmp_path / 'distilled'), log=quiet)
   student.distill.teacher = ''
-  train.train(student, str(tmp_path / 'plain'), log=quiet)
+  trainer.train(student, str(tmp_path / 'plain'), log=quiet)
   distilled, plain = read_metrics(tmp_path / 'distilled'), read_metrics(tmp_path / 'plain')
   assert [d['step'] for d in distilled] == [p['step'] for p in plain]
   for d, p in zip(distilled, plain):
@@ -71,7 +72,7 @@ def test_a_smaller_student_learns_from_the_teacher_which_stays_untouched(student
   before = digest(teacher_dir)
   student.model.update(n_embd=32, n_head=2, n_kv_head=2)
   student.distill.update(alpha=0.5, temperature=2.0)
-  final = train.train(student, str(tmp_path / 'student'), log=quiet)
+  final = trainer.train(student, str(tmp_path / 'student'), log=quiet)
   records = read_metrics(tmp_path / 'student')
   assert records[-1]['kl'] < records[0]['kl']  # the student moves towards the teacher
   assert final['val_loss'] < np.log(512)
@@ -82,11 +83,12 @@ def test_student_equal_to_teacher_starts_with_zero_kl(student):
   """Same config and seed: the student's initial parameters are the teacher's at init, so the
   first step's KL against a teacher holding those parameters is zero."""
   gpt, tx = model.build(student.model), optim.optimizer(student.optim, student.steps)
-  state = jax.jit(lambda: train.init_state(gpt, tx, student))()
+  objective = distill.Distillation(student, None, gpt, teacher=gpt)
+  state = jax.jit(lambda: trainer.new_state(objective, tx, student))()
   teacher_params = jax.tree.map(jax.numpy.copy, state.params)
   saved = jax.tree.map(np.array, teacher_params)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 512)
-  step = jax.jit(train.make_train_step(gpt, tx, student, teacher=gpt), donate_argnums=0)
+  step = jax.jit(trainer.make_train_step(objective, tx, student), donate_argnums=0)
   _, metrics = step(state, {'tokens': tokens}, teacher_params)
   assert abs(float(metrics['kl'])) < 1e-6 and float(metrics['train_loss']) > 5
   assert float(metrics['grad_norm']) > 0  # the student got a gradient (from its CE term)
@@ -97,7 +99,8 @@ def test_student_equal_to_teacher_starts_with_zero_kl(student):
 def test_teacher_is_loaded_sharded_like_the_student(student):
   mesh = sharding.make_mesh(student.mesh)
   tokenizer = Tokenizer.load(os.path.join(student.distill.teacher, 'tokenizer.model'))
-  teacher = distill.load_teacher(student, tokenizer, mesh)
+  teacher = runs.load_compatible(student.distill.teacher, 'distill.teacher', student, tokenizer,
+                                 mesh=mesh)
   leaf = teacher.params['h_0']['mlp']['fc']['kernel']
   assert leaf.shape == (64, 256) and leaf.sharding.mesh.shape == mesh.shape
 

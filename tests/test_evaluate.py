@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import cli, config as config_lib, corpus, data, evaluate, runs, sample, sharding, train
+from gpt_jax import cli, config as config_lib, corpus, data, evaluate, runs, sample, sharding, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
@@ -39,7 +39,7 @@ def trained(small_corpus, tmp_path_factory):
   config.data.corpus = small_corpus
   config.sample.num = 0
   workdir = str(tmp_path_factory.mktemp('run'))
-  return workdir, train.train(config, workdir, log=lambda *_: None)
+  return workdir, trainer.train(config, workdir, log=lambda *_: None)
 
 
 @pytest.fixture(scope='module')

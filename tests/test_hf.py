@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, corpus, hf, runs, train
+from gpt_jax import cli, corpus, hf, runs, trainer
 from gpt_jax.config import base_config
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
@@ -254,11 +254,11 @@ def test_cli_import_is_a_run_to_fine_tune(llama_dir, sp_model, small_corpus, tmp
                 checkpoint_every=2, init_from=workdir)
   config.data.corpus, config.sample.num, config.optim.warmup_steps = small_corpus, 0, 1
   logs = []
-  record = train.train(config, str(tmp_path / 'tuned'), log=logs.append)
+  record = trainer.train(config, str(tmp_path / 'tuned'), log=logs.append)
   assert any(line.startswith(f'starting from the parameters of {workdir}') for line in logs)
   assert record['step'] == 2 and np.isfinite(record['val_loss'])
   with pytest.raises(UserError, match='holds imported weights, not a training run to resume'):
-    train.train(config, workdir, log=quiet)
+    trainer.train(config, workdir, log=quiet)
 
 
 def test_imported_gpt2_teaches_with_its_tokenizer_json(gpt2_dir, small_corpus, tmp_path):
@@ -276,7 +276,7 @@ def test_imported_gpt2_teaches_with_its_tokenizer_json(gpt2_dir, small_corpus, t
   student.data.update(corpus=small_corpus, tokenizer=os.path.join(teacher, 'tokenizer.json'))
   student.sample.num, student.distill.teacher = 0, teacher
   student_dir = str(tmp_path / 'student')
-  record = train.train(student, student_dir, log=quiet)
+  record = trainer.train(student, student_dir, log=quiet)
   assert record['step'] == 2 and np.isfinite(record['kl'])
   assert os.path.exists(os.path.join(student_dir, 'tokenizer.json'))
 

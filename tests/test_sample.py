@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, config as config_lib, model, sample, train
+from gpt_jax import cli, config as config_lib, model, sample, trainer
 from gpt_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -249,7 +249,7 @@ def trained(small_corpus, tmp_path_factory):
   config.data.corpus = small_corpus
   config.sample.num = 0
   workdir = str(tmp_path_factory.mktemp('run'))
-  train.train(config, workdir, log=lambda _: None)
+  trainer.train(config, workdir, log=lambda _: None)
   return workdir
 
 

@@ -56,21 +56,21 @@ def test_strategies_match_one_device_and_split_the_parameter_bytes():
   """Data, FSDP, tensor parallel and a 2×2×2 mix: 3 steps give the losses and parameters of one
   device. Float sums in another order differ in the last bits, so 1e-5 relative."""
   result = run_python('''
-    import functools, json
+    import json
     import jax, jax.numpy as jnp, numpy as np
-    from gpt_jax import config, model, optim, sharding, train
+    from gpt_jax import config, optim, sharding, trainer
+    from gpt_jax.objectives import lm
     c = config.base_config()
     c.seq_len, c.batch_size = 16, 8
     c.model.update(vocab_size=256, n_layer=2, n_embd=64, n_head=8, n_kv_head=8, block_size=16)
-    gpt, tx = model.build(c.model), optim.optimizer(c.optim, 10)
-    init = functools.partial(train.init_state, gpt, tx, c)
+    objective, tx = lm.LanguageModeling.without_data(c), optim.optimizer(c.optim, 10)
     batches = np.random.RandomState(0).randint(0, 256, (3, 8, 17)).astype(np.int32)
 
     def run(mesh):
-      abstract = train.abstract_state(gpt, tx, c, mesh)
+      abstract = trainer.abstract(objective, tx, c, mesh)
       shardings = jax.tree.map(lambda a: a.sharding, abstract)
-      state = jax.jit(init, out_shardings=shardings)()
-      step, _ = train.compile_steps(gpt, tx, c, mesh, abstract, log=lambda _: None)
+      state = jax.jit(lambda: trainer.new_state(objective, tx, c), out_shardings=shardings)()
+      step, _ = trainer.compile_steps(objective, tx, c, mesh, abstract, log=lambda _: None)
       losses = []
       for tokens in batches:
         global_tokens = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), tokens)
@@ -176,12 +176,13 @@ def test_mesh_shape_fills_in_the_rest():
 
 @pytest.mark.slow
 def test_a_model_that_cannot_fit_is_refused_before_compiling():
-  from gpt_jax import model, optim, train
+  from gpt_jax import optim, trainer
+  from gpt_jax.objectives import lm
   config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'gpt3.py:13b'))
   config.mesh.update(data=1, fsdp=1, tensor=1)
-  gpt, tx = model.build(config.model), optim.optimizer(config.optim, config.steps)
+  objective, tx = lm.LanguageModeling.without_data(config), optim.optimizer(config.optim, config.steps)
   mesh = sharding.make_mesh(config.mesh)
-  abstract = train.abstract_state(gpt, tx, config, mesh)
+  abstract = trainer.abstract(objective, tx, config, mesh)
   with pytest.raises(UserError, match=r'parameters \(47\.88 GiB\) and optimizer state '
                                       r'\(95\.77 GiB\) per device exceed'):
-    train.compile_steps(gpt, tx, config, mesh, abstract, log=lambda _: None)
+    trainer.compile_steps(objective, tx, config, mesh, abstract, log=lambda _: None)

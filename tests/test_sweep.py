@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from gpt_jax import cli, flops, sweep, train
+from gpt_jax import cli, flops, sweep, trainer
 from gpt_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,8 +130,8 @@ def test_runner_writes_rows_skips_finished_points_and_resumes_unfinished(micro, 
   shutil.rmtree(os.path.join(checkpoints, max(os.listdir(checkpoints), key=int)))
 
   trained = []
-  real_train = train.train
-  monkeypatch.setattr(train, 'train', lambda config, run_dir, **kwargs: trained.append(run_dir)
+  real_train = trainer.train
+  monkeypatch.setattr(trainer, 'train', lambda config, run_dir, **kwargs: trained.append(run_dir)
                       or real_train(config, run_dir, **kwargs))
   sweep.run_sweep(micro, workdir, log=lambda _: None)
   assert trained == [os.path.join(workdir, 'runs', last)]

@@ -3,6 +3,7 @@
 import errno
 import hashlib
 import json
+import types
 import os
 import re
 import shutil
@@ -18,7 +19,8 @@ import numpy as np
 import optax
 import pytest
 
-from gpt_jax import checkpoint, cli, losses, model, optim, runs, train
+from gpt_jax import checkpoint, cli, losses, model, optim, runs, trainer
+from gpt_jax.objectives import lm
 from gpt_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +55,7 @@ def step_setup(tiny, **overrides):
     tiny[key] = value
   gpt = model.build(tiny.model)
   tx = optim.optimizer(tiny.optim, tiny.steps)
-  state = jax.jit(lambda: train.init_state(gpt, tx, tiny))()
+  state = jax.jit(lambda: trainer.new_state(lm.LanguageModeling.without_data(tiny), tx, tiny))()
   return gpt, tx, state
 
 
@@ -61,7 +63,7 @@ def test_tiny_model_overfits_one_batch(tiny):
   tiny.steps = 150
   tiny.optim.update(warmup_steps=10, weight_decay=0.0)
   gpt, tx, state = step_setup(tiny)
-  step = jax.jit(train.make_train_step(gpt, tx, tiny))
+  step = jax.jit(trainer.make_train_step(lm.LanguageModeling.without_data(tiny), tx, tiny))
   tokens = jax.random.randint(jax.random.PRNGKey(0), (4, 33), 0, 512, dtype=jnp.int32)
   for _ in range(150):
     state, metrics = step(state, {'tokens': tokens})
@@ -77,7 +79,7 @@ def test_grad_accumulation_equals_one_big_batch(tiny):
   for accum in (1, 4):
     tiny.grad_accum = accum
     gpt, tx, state = step_setup(tiny)
-    new_state, metrics = jax.jit(train.make_train_step(gpt, tx, tiny))(state, {'tokens': tokens})
+    new_state, metrics = jax.jit(trainer.make_train_step(lm.LanguageModeling.without_data(tiny), tx, tiny))(state, {'tokens': tokens})
     results.append((new_state.params, metrics))
   (p1, m1), (p4, m4) = results
   np.testing.assert_allclose(m1['train_loss'], m4['train_loss'], rtol=1e-6)
@@ -93,8 +95,8 @@ def test_bfloat16_parameters_train(tiny, tie_embeddings, dtype):
   tiny.model.update(param_dtype='bfloat16', dtype=dtype, tie_embeddings=tie_embeddings)
   gpt, tx, state = step_setup(tiny)
   batch = {'tokens': jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 512, dtype=jnp.int32)}
-  step = jax.jit(train.make_train_step(gpt, tx, tiny), donate_argnums=0).lower(state, batch).compile(
-      train.train_compiler_options())
+  step = jax.jit(trainer.make_train_step(lm.LanguageModeling.without_data(tiny), tx, tiny), donate_argnums=0).lower(state, batch).compile(
+      trainer.train_compiler_options())
   first = None
   for _ in range(10):
     state, metrics = step(state, batch)
@@ -143,7 +145,7 @@ def test_schedule_warms_up_then_decays_to_the_floor(tiny):
 def test_the_first_update_moves_the_parameters(tiny):
   gpt, tx, state = step_setup(tiny)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 512, dtype=jnp.int32)
-  new_state, metrics = jax.jit(train.make_train_step(gpt, tx, tiny))(state, {'tokens': tokens})
+  new_state, metrics = jax.jit(trainer.make_train_step(lm.LanguageModeling.without_data(tiny), tx, tiny))(state, {'tokens': tokens})
   assert float(metrics['lr']) == pytest.approx(tiny.optim.lr / tiny.optim.warmup_steps)
   moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
   assert all(jax.tree.leaves(moved))
@@ -154,7 +156,7 @@ def test_the_first_update_moves_the_parameters(tiny):
 
 def test_run_writes_metrics_plot_and_checkpoints(tiny, tmp_path):
   workdir = str(tmp_path / 'run')
-  final = train.train(tiny, workdir, log=lambda _: None)
+  final = trainer.train(tiny, workdir, log=lambda _: None)
   records = read_metrics(workdir)
   assert [r['step'] for r in records] == [5, 10, 15, 20]
   for key in ('train_loss', 'lr', 'grad_norm'):
@@ -169,7 +171,7 @@ def test_run_writes_metrics_plot_and_checkpoints(tiny, tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', '20']
   assert json.load(open(os.path.join(workdir, 'config.json')))['model']['n_layer'] == 2
   # Running a finished run again trains nothing and reports the same final metrics.
-  assert train.train(tiny, workdir, log=lambda _: None) == final
+  assert trainer.train(tiny, workdir, log=lambda _: None) == final
   assert [r['step'] for r in read_metrics(workdir)] == [5, 10, 15, 20]
 
 
@@ -177,12 +179,12 @@ def test_restart_from_a_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
   """N + N steps with a restart in between give bit-for-bit the metrics of 2N steps."""
   tiny.model.dropout = 0.1  # so the dropout RNG must be restored too
   whole, resumed = str(tmp_path / 'whole'), str(tmp_path / 'resumed')
-  train.train(tiny, whole, log=lambda _: None)
-  train.train(tiny, resumed, log=lambda _: None)
+  trainer.train(tiny, whole, log=lambda _: None)
+  trainer.train(tiny, resumed, log=lambda _: None)
   # Lose everything after step 10, as if the run had been killed just after that checkpoint.
   shutil.rmtree(os.path.join(resumed, 'checkpoints', '20'))
   messages = []
-  train.train(tiny, resumed, log=messages.append)
+  trainer.train(tiny, resumed, log=messages.append)
   assert any('resuming from step 10' in m for m in messages)
   assert read_metrics(resumed) == read_metrics(whole)
 
@@ -267,51 +269,51 @@ def test_corpus_errors(tiny, tmp_path):
   for path, message in ((empty, 'empty'), (binary, 'not valid UTF-8')):
     tiny.data.corpus = str(path)
     with pytest.raises(UserError, match=message):
-      train.train(tiny, str(tmp_path / 'run'), log=lambda _: None)
+      trainer.train(tiny, str(tmp_path / 'run'), log=lambda _: None)
 
 
 def test_vocab_smaller_or_larger_than_the_tokenizers(tiny, tmp_path):
-  train.train(tiny, str(tmp_path / 'first'), log=lambda _: None)
+  trainer.train(tiny, str(tmp_path / 'first'), log=lambda _: None)
   tiny.data.tokenizer = str(tmp_path / 'first' / 'tokenizer.model')
   tiny.model.vocab_size = 300
   with pytest.raises(UserError, match='model.vocab_size'):
-    train.train(tiny, str(tmp_path / 'second'), log=lambda _: None)
+    trainer.train(tiny, str(tmp_path / 'second'), log=lambda _: None)
   # A vocabulary padded beyond the tokenizer's 512 ids: the ids beyond are never sampled (the
   # tokenizer could not decode them), here in the samples that end training.
   tiny.model.vocab_size = 640
   tiny.sample.update(num=4, temperature=1.0, max_tokens=48)
   logs = []
-  train.train(tiny, str(tmp_path / 'padded'), log=logs.append)
+  trainer.train(tiny, str(tmp_path / 'padded'), log=logs.append)
   assert sum(line.startswith('--- sample') for line in logs) == 4
 
 
 def test_workdir_of_another_model_shape_is_refused_untouched(tiny, tmp_path):
   workdir = str(tmp_path / 'run')
-  train.train(tiny, workdir, log=lambda _: None)
+  trainer.train(tiny, workdir, log=lambda _: None)
   before = dir_digest(workdir)
   tiny.model.n_embd = 128
   with pytest.raises(UserError, match=r'holds a run trained with other settings \(model.n_embd: '
                                        r'64 -> 128\)'):
-    train.train(tiny, workdir, log=lambda _: None)
+    trainer.train(tiny, workdir, log=lambda _: None)
   tiny.allow_config_changes = True  # then the checkpoint itself does not fit
   with pytest.raises(UserError, match='holds a model of another shape'):
-    train.train(tiny, workdir, log=lambda _: None)
+    trainer.train(tiny, workdir, log=lambda _: None)
   assert dir_digest(workdir) == before
 
 
 def test_resume_with_a_changed_trajectory_is_refused_unless_allowed(tiny, tmp_path):
   workdir = str(tmp_path / 'run')
-  train.train(tiny, workdir, log=lambda _: None)
+  trainer.train(tiny, workdir, log=lambda _: None)
   before = dir_digest(workdir)
   tiny.update(steps=30, log_every=10, keep_checkpoints=5)  # log_every, keep: free to change
   tiny.optim.update(lr=1e-3, grad_clip=0.0)  # clipping off: the optimizer state keeps its layout
   changes = 'optim.grad_clip: 1.0 -> 0.0; optim.lr: 0.003 -> 0.001; steps: 20 -> 30'
   with pytest.raises(UserError, match=re.escape(f'({changes})')):
-    train.train(tiny, workdir, log=lambda _: None)
+    trainer.train(tiny, workdir, log=lambda _: None)
   assert dir_digest(workdir) == before
   tiny.allow_config_changes = True
   logs = []
-  train.train(tiny, workdir, log=logs.append)
+  trainer.train(tiny, workdir, log=logs.append)
   assert f'resuming with changed settings (config.allow_config_changes): {changes}' in logs
   assert [r['step'] for r in read_metrics(workdir)] == [5, 10, 15, 20, 30]
   assert json.load(open(os.path.join(workdir, 'config.json')))['steps'] == 30
@@ -322,11 +324,11 @@ def test_a_checkpoint_of_another_optimizer_layout_is_one_line(tiny, tmp_path, mo
   # the layout of a run saved before clipping always had a place in the optimizer's state
   adamw_alone = lambda o, steps: optax.adamw(optim.schedule(o, steps), mask=optim.decay_mask)
   with monkeypatch.context() as m:
-    m.setattr(train.optim, 'optimizer', adamw_alone)
-    train.train(tiny, workdir, log=lambda _: None)
+    m.setattr(trainer.optim, 'optimizer', adamw_alone)
+    trainer.train(tiny, workdir, log=lambda _: None)
   with pytest.raises(UserError, match='checkpoint step 20 in .* holds a train state of another '
                                       'structure than this config builds'):
-    train.train(tiny, workdir, log=lambda _: None)
+    trainer.train(tiny, workdir, log=lambda _: None)
 
 
 def test_validation_scores_the_same_tokens_whatever_the_microbatching(tiny, tmp_path):
@@ -335,7 +337,7 @@ def test_validation_scores_the_same_tokens_whatever_the_microbatching(tiny, tmp_
   for accum in (1, 4):
     tiny.grad_accum = accum
     tiny.optim.eps = 1e-3  # as in test_grad_accumulation_equals_one_big_batch
-    final = train.train(tiny, str(tmp_path / f'accum{accum}'), log=lambda _: None)
+    final = trainer.train(tiny, str(tmp_path / f'accum{accum}'), log=lambda _: None)
     val_loss[accum] = final['val_loss']
   assert val_loss[1] == pytest.approx(val_loss[4], abs=2e-5)
 
@@ -345,7 +347,7 @@ def test_padded_vocabulary_ids_get_no_probability(tiny):
   the tokenizer's ids: the padded ids get no gradient and change no loss."""
   gpt, tx, state = step_setup(tiny)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 400, dtype=jnp.int32)
-  step = jax.jit(train.make_train_step(gpt, tx, tiny, num_tokens=400))
+  step = jax.jit(trainer.make_train_step(lm.LanguageModeling.without_data(tiny, types.SimpleNamespace(vocab_size=400)), tx, tiny))
   new_state, metrics = step(state, {'tokens': tokens})
   embedding = model.head_weight(state.params, tiny.model)
   logits = gpt.apply({'params': state.params}, tokens[:, :-1])
@@ -354,7 +356,7 @@ def test_padded_vocabulary_ids_get_no_probability(tiny):
   np.testing.assert_allclose(metrics['train_loss'], expected, rtol=1e-5)
   np.testing.assert_array_equal(model.head_weight(new_state.params, tiny.model)[400:],
                                 embedding[400:])  # no gradient, no decay: embeddings are not decayed
-  eval_out = jax.jit(train.make_eval_step(gpt, num_tokens=400))(state, tokens)
+  eval_out = jax.jit(trainer.make_eval_step(lm.LanguageModeling.without_data(tiny, types.SimpleNamespace(vocab_size=400))))(state, {'tokens': tokens})
   np.testing.assert_allclose(eval_out['loss_sum'] / eval_out['targets'], expected, rtol=1e-5)
 
 
@@ -365,7 +367,7 @@ def test_a_diverged_run_stops_and_keeps_its_good_checkpoints(tiny, tmp_path):
   with pytest.raises(UserError, match=r'training diverged: the loss is nan at step (\d+); stopped '
                                       r'without saving it \(the last checkpoint, step (\d+)'
                      ) as error:
-    train.train(tiny, workdir, log=lambda _: None)
+    trainer.train(tiny, workdir, log=lambda _: None)
   diverged, kept = map(int, re.search(r'step (\d+);.*step (\d+)', str(error.value)).groups())
   assert 0 < kept < diverged <= kept + 2
   assert max(map(int, os.listdir(os.path.join(workdir, 'checkpoints')))) == kept
@@ -385,7 +387,7 @@ def truncate_array_files(step_dir):
 
 def test_a_damaged_newest_checkpoint_is_skipped(tiny, tmp_path):
   workdir = str(tmp_path / 'run')
-  train.train(tiny, workdir, log=lambda _: None)
+  trainer.train(tiny, workdir, log=lambda _: None)
   truncate_array_files(os.path.join(workdir, 'checkpoints', '20'))
   logs = []
   loaded = runs.load(workdir, log=logs.append)  # what sample and evaluate read
@@ -402,10 +404,10 @@ def test_a_damaged_newest_checkpoint_is_skipped(tiny, tmp_path):
 def test_training_resumes_from_the_step_before_a_damaged_one(tiny, tmp_path):
   whole, damaged = str(tmp_path / 'whole'), str(tmp_path / 'damaged')
   for workdir in (whole, damaged):
-    train.train(tiny, workdir, log=lambda _: None)
+    trainer.train(tiny, workdir, log=lambda _: None)
   truncate_array_files(os.path.join(damaged, 'checkpoints', '20'))
   logs = []
-  train.train(tiny, damaged, log=logs.append)
+  trainer.train(tiny, damaged, log=logs.append)
   assert any(m.startswith('skipping checkpoint step 20') for m in logs)
   assert f'resuming from step 10 in {damaged}' in logs
   assert os.path.isdir(os.path.join(damaged, 'checkpoints', '20' + checkpoint.UNREADABLE_SUFFIX))
@@ -421,18 +423,18 @@ def test_a_second_run_on_a_workdir_in_use_stops(tiny, tmp_path):
         {'host': socket.gethostname(), 'pid': holder.pid, 'since': 'now'}))
     with pytest.raises(UserError, match=rf'{workdir} is in use by another run: process '
                                         rf'{holder.pid} on {socket.gethostname()}'):
-      train.train(tiny, str(workdir), log=lambda _: None)
+      trainer.train(tiny, str(workdir), log=lambda _: None)
     assert not os.path.exists(workdir / 'checkpoints')
   finally:
     holder.kill()
     holder.wait()
   logs = []  # the holder is gone: its lock is stale
-  train.train(tiny, str(workdir), log=logs.append)
+  trainer.train(tiny, str(workdir), log=logs.append)
   assert any(m.startswith('taking over the stale lock of process') for m in logs)
   assert not os.path.exists(workdir / runs.LOCK)
   (workdir / runs.LOCK).write_text(json.dumps({'host': 'elsewhere', 'pid': 1, 'since': 'now'}))
   with pytest.raises(UserError, match=rf'process 1 on elsewhere .*delete {workdir}/lock.json'):
-    train.train(tiny, str(workdir), log=lambda _: None)
+    trainer.train(tiny, str(workdir), log=lambda _: None)
 
 
 def test_a_full_disk_is_one_line(tiny, tmp_path, monkeypatch):
@@ -441,7 +443,7 @@ def test_a_full_disk_is_one_line(tiny, tmp_path, monkeypatch):
   monkeypatch.setattr(shutil, 'disk_usage', lambda path: usage._replace(free=1 << 20))
   with pytest.raises(UserError, match=r'no space for a checkpoint in .*/run/checkpoints: 1 MiB '
                                       r'are free but a checkpoint needs about 2 MiB; nothing saved'):
-    train.train(tiny, workdir, log=lambda _: None)
+    trainer.train(tiny, workdir, log=lambda _: None)
   monkeypatch.undo()
   # and when the write itself fails (the disk filled up meanwhile)
   def full_disk():
@@ -458,16 +460,16 @@ def test_a_full_disk_is_one_line(tiny, tmp_path, monkeypatch):
 
 def test_init_from_starts_from_that_runs_parameters(tiny, tmp_path):
   source = str(tmp_path / 'source')
-  train.train(tiny, source, log=lambda _: None)
+  trainer.train(tiny, source, log=lambda _: None)
   tiny.init_from = source
   tiny.optim.lr = 0.0  # so the fine-tuned parameters must be exactly where they started
   logs = []
-  train.train(tiny, str(tmp_path / 'tuned'), log=logs.append)
+  trainer.train(tiny, str(tmp_path / 'tuned'), log=logs.append)
   assert any(line.startswith(f'starting from the parameters of {source}') for line in logs)
   jax.tree.map(np.testing.assert_array_equal, runs.load(str(tmp_path / 'tuned')).params,
                runs.load(source).params)
 
   tiny.model.n_embd = 128
   with pytest.raises(UserError, match=r"init_from='.*source' holds a model of another shape"):
-    train.train(tiny, str(tmp_path / 'other'), log=lambda _: None)
+    trainer.train(tiny, str(tmp_path / 'other'), log=lambda _: None)
   assert not os.path.exists(tmp_path / 'other' / 'config.json')

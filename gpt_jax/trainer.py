@@ -1,0 +1,391 @@
+"""The one training loop, for every objective (gpt_jax.objectives).
+
+The train step and eval step are pure functions of (state, batch), jitted once with the state
+donated; everything host-side (data, logging, checkpoints) stays in the loop around them. A run
+resumes automatically from the latest checkpoint in its workdir and then reproduces, bit for bit,
+the metrics an uninterrupted run would have logged.
+
+train() is cut along its seams: setup (config checks, mesh, the objective with its data) →
+initial state (fresh, from config.init_from, or resumed) → loop → finish (plot, the objective's
+samples or report).
+"""
+
+import math
+import os
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import tqdm
+
+from gpt_jax import checkpoint, files, flops, metrics, model, objectives, optim, runs, sharding
+from gpt_jax.errors import UserError
+from gpt_jax.objectives import Objective
+from gpt_jax.state import TrainState, abstract_state, init_state
+
+
+def make_train_step(objective: Objective, tx: optax.GradientTransformation, config):
+  """(state, batch[, frozen]) -> (state, metrics). batch holds the arrays of
+  objective.batch_spec(), B rows each. With grad_accum = k the batch is split into k microbatches
+  whose gradients are summed in a scan, so memory is that of B/k rows; the objective's weights
+  come from the whole batch, so the sum is the whole batch's mean."""
+  lr_schedule = optim.schedule(config.optim, config.steps)
+
+  def loss_fn(params, batch, rng, step, weights, frozen):
+    return objective.loss(params, batch, rng=rng, step=step, weights=weights, frozen=frozen)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch, frozen=None):
+    weights = objective.weights(batch)
+    rng = jax.random.fold_in(state.rng, state.step)
+    if config.grad_accum == 1:
+      (loss, terms), grads = grad_fn(state.params, batch, rng, state.step, weights, frozen)
+    else:
+      def microbatch(carry, xs):
+        micro, i = xs
+        out = grad_fn(state.params, micro, jax.random.fold_in(rng, i), state.step, weights, frozen)
+        return jax.tree.map(jnp.add, carry, out), None
+
+      # Microbatch i takes rows i, i + k, ...: every device's share of the batch feeds each one.
+      split = lambda x: x.reshape(-1, config.grad_accum, *x.shape[1:]).swapaxes(0, 1)
+      micro_batches = jax.tree.map(split, batch)
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          grad_fn, state.params, jax.tree.map(lambda x: x[0], micro_batches), rng, state.step,
+          weights, frozen))
+      ((loss, terms), grads), _ = jax.lax.scan(
+          microbatch, zeros, (micro_batches, jnp.arange(config.grad_accum)))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state)
+    return new_state, {**terms, 'loss': loss, 'grad_norm': optax.tree.norm(grads),
+                       'lr': lr_schedule(state.step)}
+
+  return train_step
+
+
+def make_eval_step(objective: Objective):
+  """(state, batch[, frozen]) -> the objective's validation sums over the batch."""
+
+  def eval_step(state: TrainState, batch, frozen=None):
+    return objective.eval_sums(state.params, batch, frozen)
+
+  return eval_step
+
+
+def train_compiler_options() -> dict:
+  """XLA options for compiling a train step. On XLA:CPU, YNNPACK fusion folds the LayerNorm scale
+  and other elementwise work into the train step's matmuls and makes it slower (2-core Zen 3,
+  4x256 GPT, 8192 tokens/step: 3.1 s -> 2.7 s per step with it off), while it speeds up decoding
+  (~1.4x at batch 8), so it is turned off for train steps only."""
+  if jax.default_backend() == 'cpu':
+    return {'xla_cpu_experimental_ynn_fusion_type': ''}
+  return {}
+
+
+def batch_shapes(objective: Objective, rows: int, mesh: jax.sharding.Mesh) -> dict:
+  """The abstract batch of `rows` rows, laid out over the mesh's batch axes."""
+  return {name: jax.ShapeDtypeStruct((rows, *shape), dtype,
+                                     sharding=sharding.batch_sharding(mesh))
+          for name, (shape, dtype) in objective.batch_spec().items()}
+
+
+def new_state(objective: Objective, tx, config) -> TrainState:
+  return init_state(objective.init_params, tx, config.seed)
+
+
+def abstract(objective: Objective, tx, config, mesh) -> TrainState:
+  return abstract_state(objective.init_params, objective.param_axes(), tx, config.seed, mesh)
+
+
+def compile_train_step(objective: Objective, tx, config, mesh: jax.sharding.Mesh,
+                       abstract_train_state: TrainState):
+  """The train step compiled for the mesh: state and batch laid out by the rules, metrics
+  replicated, the state donated. What training and gpt_jax.bench both run."""
+  shardings = jax.tree.map(lambda a: a.sharding, abstract_train_state)
+  frozen = () if objective.frozen is None else (objective.frozen,)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    return jax.jit(make_train_step(objective, tx, config),
+                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0
+                   ).lower(abstract_train_state, batch_shapes(objective, config.batch_size, mesh),
+                           *frozen).compile(train_compiler_options())
+
+
+def compile_steps(objective: Objective, tx, config, mesh: jax.sharding.Mesh,
+                  abstract_train_state: TrainState, log):
+  """The train and eval steps, compiled for the mesh, after a check and a report of the memory
+  each device needs. The eval step takes batch_size // grad_accum rows."""
+  shardings = jax.tree.map(lambda a: a.sharding, abstract_train_state)
+  param_bytes = sharding.bytes_per_device(abstract_train_state.params, shardings.params)
+  opt_bytes = sharding.bytes_per_device(abstract_train_state.opt_state, shardings.opt_state)
+  frozen = () if objective.frozen is None else (objective.frozen,)
+  if frozen:
+    param_bytes += sharding.bytes_per_device(objective.frozen,
+                                             jax.tree.map(lambda p: p.sharding, objective.frozen))
+  available = sharding.device_memory()
+  mesh_text = ' × '.join(f'{axis} {size}' for axis, size in mesh.shape.items())
+  if param_bytes + opt_bytes > available:
+    raise UserError(f'parameters ({param_bytes / 2**30:.2f} GiB) and optimizer state '
+                    f'({opt_bytes / 2**30:.2f} GiB) per device exceed its {available / 2**30:.1f} '
+                    f'GiB on mesh {mesh_text}; shard more (--config.mesh.fsdp) or shrink the model')
+  train_step = compile_train_step(objective, tx, config, mesh, abstract_train_state)
+  eval_rows = config.batch_size // config.grad_accum
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    eval_step = jax.jit(make_eval_step(objective), out_shardings=sharding.replicated(mesh)
+                        ).lower(abstract_train_state, batch_shapes(objective, eval_rows, mesh),
+                                *frozen).compile()
+  activations = train_step.memory_analysis().temp_size_in_bytes
+  log(f'memory per device on mesh {mesh_text}: parameters {param_bytes / 2**20:.1f} MiB'
+      f'{" (with the frozen model)" if frozen else ""}, '
+      f'optimizer state {opt_bytes / 2**20:.1f} MiB, activations and temporaries '
+      f'{activations / 2**20:.1f} MiB (compiled), of {available / 2**30:.1f} GiB')
+  return train_step, eval_step
+
+
+def evaluate(eval_step, state: TrainState, batches, objective: Objective) -> dict:
+  """The objective's validation metrics over `batches` (on the devices)."""
+  frozen = () if objective.frozen is None else (objective.frozen,)
+  sums = [eval_step(state, batch, *frozen) for batch in batches]
+  return objective.eval_metrics(jax.tree.map(lambda *s: sum(s), *sums))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  model.validate(config.model, config.seq_len)
+  for key in ('steps', 'batch_size', 'grad_accum', 'seq_len', 'log_every', 'eval_every',
+              'checkpoint_every', 'keep_checkpoints'):
+    if config[key] <= 0:
+      raise UserError(f'{key}={config[key]} must be positive')
+  if not config.sample.temperature >= 0 or config.sample.max_tokens <= 0:  # NaN fails too
+    raise UserError(f'sample.temperature={config.sample.temperature} must be >= 0 (0 is greedy) '
+                    f'and sample.max_tokens={config.sample.max_tokens} positive')
+  if config.batch_size % (config.grad_accum * jax.process_count()):
+    raise UserError(f'batch_size={config.batch_size} is not divisible by grad_accum='
+                    f'{config.grad_accum} × {jax.process_count()} processes; change one of them')
+
+
+def use_compilation_cache() -> None:
+  """Keeps compiled XLA programs on disk (unless the user chose a place already), so a rerun, a
+  resumed run or a sweep's repeated shapes skip most of the compile time."""
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.join(files.cache_root(), 'jax'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+class _Preemption:
+  """Turns SIGTERM (a TPU preemption notice) into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+class Throughput:
+  """Tokens per second over the steps since the last `rate()`, leaving out time spent outside
+  them (compiling, evaluating, checkpointing): `resume()` restarts the clock after such work."""
+
+  def __init__(self, tokens_per_step: int):
+    self.tokens_per_step = tokens_per_step
+    self.steps, self.seconds, self._start = 0, 0.0, None
+
+  def resume(self) -> None:
+    self._start = time.perf_counter()
+
+  def step(self) -> None:
+    self.steps += 1
+
+  def pause(self) -> None:
+    self.seconds += time.perf_counter() - self._start
+
+  def rate(self) -> float:
+    """Tokens/s since the last call; then starts a new interval."""
+    rate = self.steps * self.tokens_per_step / max(self.seconds, 1e-9)
+    self.steps, self.seconds = 0, 0.0
+    return rate
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, log=print, prepared=None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
+
+  `prepared` is config.data already prepared (data.Prepared), for callers that train many
+  language models on one corpus. The run holds the workdir's lock (runs.WorkdirLock) from before
+  it reads a checkpoint to the end.
+  """
+  validate_config(config)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_divisible(config, mesh)
+  use_compilation_cache()
+  objective = objectives.build(config, mesh, log, prepared)
+  train_ds = objective.train_dataset(config.batch_size // jax.process_count())
+  if config.steps > len(train_ds):
+    raise UserError(
+        f'steps={config.steps} needs {config.steps} batches but {config.data.num_epochs} epoch(s) '
+        f'of the training split give {len(train_ds)} at batch_size={config.batch_size}, '
+        f'seq_len={config.seq_len}; lower steps or raise data.num_epochs')
+  flops_per_token = flops.flops_per_token(config.model, config.seq_len)
+  step_flops = flops_per_token * config.batch_size * objective.row_tokens()
+  log(f'model: {flops.param_count(config.model) / 1e6:.2f}M parameters '
+      f'({flops.param_count(config.model, embeddings=False) / 1e6:.2f}M without embeddings), '
+      f'{step_flops / 1e9:.1f} GFLOP per step; {len(train_ds)} batches available, training '
+      f'{config.steps}')
+  val_batches = objective.validation_batches()
+  tx = optim.optimizer(config.optim, config.steps)
+  abstract_train_state = abstract(objective, tx, config, mesh)
+
+  with runs.hold_workdir(workdir, log):
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
+    try:
+      state, data_iterator = initial_state(objective, tx, config, workdir, ckpts,
+                                           abstract_train_state, mesh, train_ds, log)
+      # Everything above only reads DIR (or moves an unreadable checkpoint aside); from here on
+      # the run writes into it.
+      if jax.process_index() == 0:
+        files.write_json(os.path.join(workdir, runs.CONFIG), config.to_dict())
+        objective.tokenizer.save(os.path.join(workdir, objective.tokenizer.filename))
+      state = train_loop(objective, tx, config, workdir, state, data_iterator, ckpts,
+                         abstract_train_state, mesh, val_batches, flops_per_token, log)
+    finally:
+      ckpts.close()
+  return finish(objective, config, workdir, state, log)
+
+
+def initial_state(objective: Objective, tx, config, workdir: str, ckpts: checkpoint.Checkpoints,
+                  abstract_train_state: TrainState, mesh, train_ds, log
+                  ) -> tuple[TrainState, object]:
+  """(state, data iterator) to start from: the newest readable checkpoint in `workdir` with the
+  data position it was saved at, else a fresh state (from config.init_from's parameters if set).
+  UserError if the workdir holds another run: imported weights, a model of another shape, or a
+  config whose trajectory settings changed (unless config.allow_config_changes)."""
+  data_iterator = iter(train_ds.to_iter_dataset())
+  newest = ckpts.latest_step()
+  if newest is None:
+    state = jax.jit(lambda: new_state(objective, tx, config),  # created sharded
+                    out_shardings=jax.tree.map(lambda a: a.sharding, abstract_train_state))()
+    params = objective.start_from(state.params, mesh, log)
+    if params is not state.params:
+      state = state.replace(params=params)
+      log(f'starting from the parameters of {config.init_from}')
+    return state, data_iterator
+  if ckpts.holds_params_only(newest):
+    raise UserError(f'{workdir} holds imported weights, not a training run to resume; fine-tune '
+                    f'them with --config.init_from={workdir} and a new --workdir')
+  if os.path.exists(os.path.join(workdir, runs.CONFIG)):
+    changes = runs.config_changes(runs.read_config(workdir).to_dict(), config)
+    if changes and not config.allow_config_changes:
+      raise UserError(f'{workdir} holds a run trained with other settings ({"; ".join(changes)}); '
+                      'resuming would silently change its course: run it with its own settings, '
+                      'pass --config.allow_config_changes=True to resume with these, or use a new '
+                      '--workdir')
+    if changes:
+      log(f'resuming with changed settings (config.allow_config_changes): {"; ".join(changes)}')
+  step, state = ckpts.restore_newest(abstract_train_state, data_iterator, log)
+  log(f'resuming from step {step} in {workdir}')
+  return state, data_iterator
+
+
+def stop_if_diverged(unchecked: list, config, saved_step: int | None) -> None:
+  """UserError at the first of the (step, metrics) pairs whose loss or gradient norm is not
+  finite: the run stops before such a state can be saved, so the last checkpoint stays good."""
+  values = jax.device_get([(m['loss'], m['grad_norm']) for _, m in unchecked])
+  for (step, _), (loss, grad_norm) in zip(unchecked, values):
+    for name, value in (('loss', loss), ('gradient norm', grad_norm)):
+      if not math.isfinite(value):
+        o = config.optim
+        kept = (f'the last checkpoint, step {saved_step}, is the last good state'
+                if saved_step is not None else 'nothing was saved')
+        raise UserError(
+            f'training diverged: the {name} is {float(value)} at step {step}; stopped without '
+            f'saving it ({kept}). Lower --config.optim.lr (now {o.lr}), keep gradient clipping on '
+            f'(--config.optim.grad_clip, now {o.grad_clip}) or warm up longer '
+            f'(--config.optim.warmup_steps, now {o.warmup_steps}), then rerun with '
+            '--config.allow_config_changes=True to resume, or use a new --workdir')
+
+
+def train_loop(objective: Objective, tx, config, workdir: str, state: TrainState, data_iterator,
+               ckpts: checkpoint.Checkpoints, abstract_train_state: TrainState, mesh, val_batches,
+               flops_per_token: float, log) -> TrainState:
+  """Trains from state.step to config.steps, logging, evaluating and checkpointing as configured;
+  returns the final state."""
+  is_main = jax.process_index() == 0
+  start = int(state.step)
+  saved_step = start if start else None
+  metrics_log = metrics.MetricsLog(workdir, resume_step=start) if is_main else None
+  peak = flops.device_peak_flops() * jax.device_count()
+  throughput = Throughput(config.batch_size * objective.row_tokens())
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  to_global = lambda rows: jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(batch_sharding, x), rows)
+  train_step, eval_step = compile_steps(objective, tx, config, mesh, abstract_train_state, log)
+  val_batches = [to_global(batch) for batch in val_batches]  # on the devices once, for every eval
+  frozen = () if objective.frozen is None else (objective.frozen,)
+  preemption = _Preemption()
+  unchecked = []  # (step, metrics) not yet checked for divergence, left on the device till then
+  bar = tqdm.tqdm(total=config.steps, initial=start, disable=not is_main, dynamic_ncols=True)
+  try:
+    for step in range(start + 1, config.steps + 1):
+      state, step_metrics = train_step(state, to_global(next(data_iterator)), *frozen)
+      unchecked.append((step, step_metrics))
+      bar.update()
+      if step == start + 1:  # the first step's time is mostly compiling: not counted
+        jax.block_until_ready(state)
+        throughput.resume()
+      else:
+        throughput.step()
+      last = step == config.steps
+      stop = preemption.requested  # read once: SIGTERM may arrive at any moment
+      logs = step % config.log_every == 0 or step % config.eval_every == 0 or last
+      saves = step % config.checkpoint_every == 0 or last or stop
+      if logs or saves:
+        stop_if_diverged(unchecked, config, saved_step)
+        unchecked = []
+      if logs:
+        step_metrics = jax.device_get(step_metrics)
+        throughput.pause()
+        tokens_per_sec = throughput.rate()
+        record = {'step': step, **{k: float(v) for k, v in step_metrics.items()},
+                  'tokens_per_sec': tokens_per_sec, 'mfu': tokens_per_sec * flops_per_token / peak}
+        if step % config.eval_every == 0 or last:
+          record.update(evaluate(eval_step, state, val_batches, objective))
+        if metrics_log:
+          metrics_log.write(record)
+        bar.set_postfix({k: f'{record[k]:.4g}' for k in ('train_loss', 'val_loss') if k in record})
+      if saves:
+        if not logs:
+          throughput.pause()
+        ckpts.save(step, state, data_iterator, force=True)
+        saved_step = step
+      if logs or saves:
+        throughput.resume()
+      if stop:
+        ckpts.wait()
+        raise SystemExit(f'stopped by SIGTERM: saved a checkpoint at step {step} in {workdir}; '
+                         'run the same command again to resume')
+    ckpts.wait()
+  finally:
+    bar.close()
+    preemption.restore()
+    if metrics_log:
+      metrics_log.close()
+  return state
+
+
+def finish(objective: Objective, config, workdir: str, state: TrainState, log) -> dict:
+  """On process 0: the loss plot and the objective's own finish (samples, a report). Returns the
+  last logged metrics (also for a run that had already finished)."""
+  if jax.process_index() != 0:
+    return {}
+  records = metrics.read_jsonl(os.path.join(workdir, metrics.METRICS))
+  metrics.plot_losses(records, os.path.join(workdir, 'loss.png'),
+                      title=os.path.basename(os.path.abspath(workdir)))
+  objective.finish(state.params, workdir, log)
+  return records[-1] if records else {}
