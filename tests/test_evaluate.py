@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import cli, config as config_lib, corpus, data, evaluate, runs, sample, sharding, train
+from gpt_jax import (cli, config as config_lib, corpus, data, evaluate, instructions, runs, sample,
+                     sharding, train)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
-TASK = evaluate.parse_task({
+TASK = instructions.parse_task({
     'Definition': ['Say which.'],
     'Positive Examples': [{'input': 'a b', 'output': 'yes', 'explanation': 'why'},
                           {'input': 'c', 'output': 'no'}],
@@ -139,10 +140,10 @@ def test_max_batches_scores_a_prefix(loaded):
 
 def test_both_published_layouts_are_read(tmp_path):
   (tmp_path / 'minimal.json').write_text(json.dumps(MINIMAL))
-  assert evaluate.read_task(str(tmp_path / 'minimal.json')) == evaluate.Task(
+  assert instructions.read_task(str(tmp_path / 'minimal.json')) == instructions.Task(
       'minimal', 'Add the numbers.', (), (),
-      (evaluate.Instance('minimal-1', '1 2', ('3',)),
-       evaluate.Instance('minimal-2', '2 2', ('4',))))
+      (instructions.Instance('minimal-1', '1 2', ('3',)),
+       instructions.Instance('minimal-2', '2 2', ('4',))))
   published = {  # the keys of a current NI task; older files give an example's output as a list
       'Contributors': ['A'], 'Source': ['s'], 'URL': ['u'], 'Categories': ['Mathematics'],
       'Reasoning': [], 'Definition': ['Add the numbers.', 'Answer with a number.'],
@@ -155,19 +156,19 @@ def test_both_published_layouts_are_read(tmp_path):
                     {'id': 'task-b', 'input': '0 0', 'output': '0'}],
       'Instance License': ['MIT'],
   }
-  assert evaluate.parse_task(published, 'add') == evaluate.Task(
+  assert instructions.parse_task(published, 'add') == instructions.Task(
       'add', 'Add the numbers.\nAnswer with a number.',
-      (evaluate.Example('1 1', '2', '1 + 1 = 2'), evaluate.Example('2 3', '5')),
-      (evaluate.Example('1 3', '13', 'not added'),),
-      (evaluate.Instance('task-a', '3 4', ('7', 'seven')),
-       evaluate.Instance('task-b', '0 0', ('0',))))
+      (instructions.Example('1 1', '2', '1 + 1 = 2'), instructions.Example('2 3', '5')),
+      (instructions.Example('1 3', '13', 'not added'),),
+      (instructions.Instance('task-a', '3 4', ('7', 'seven')),
+       instructions.Instance('task-b', '0 0', ('0',))))
 
 
 def test_auto_scoring_tells_a_label_set_from_free_text():
   assert evaluate.auto_scoring(evaluate.load_task('shakespeare_play')) == 'choice'  # its Options
-  assert evaluate.auto_scoring(evaluate.parse_task(MINIMAL, 'minimal')) == 'generation'
+  assert evaluate.auto_scoring(instructions.parse_task(MINIMAL, 'minimal')) == 'generation'
   assert evaluate.auto_scoring(TASK) == 'generation'  # three outputs, each of one instance
-  labels = lambda *outputs: evaluate.parse_task(
+  labels = lambda *outputs: instructions.parse_task(
       {'Definition': 'd', 'Instances': [{'input': 'x', 'output': o} for o in outputs]}, 'labels')
   assert evaluate.auto_scoring(labels(['yes'], ['no'], ['yes'], ['no', 'yes'], ['no'])) == 'choice'
   assert evaluate.auto_scoring(labels(['yes'], ['no'], ['yes'], ['no'], ['yes'])) == 'generation'
@@ -177,10 +178,10 @@ def test_auto_scoring_tells_a_label_set_from_free_text():
 
 
 def test_prompt_format():
-  assert evaluate.format_prompt(TASK, 0, 'q') == 'Say which.\n\nInput: q\nOutput:'
-  assert evaluate.format_prompt(TASK, 1, 'q') == (
+  assert instructions.format_prompt(TASK, 0, 'q') == 'Say which.\n\nInput: q\nOutput:'
+  assert instructions.format_prompt(TASK, 1, 'q') == (
       'Say which.\n\nInput: a b\nOutput: yes\n\nInput: q\nOutput:')
-  assert evaluate.format_prompt(TASK, 2, 'q') == (
+  assert instructions.format_prompt(TASK, 2, 'q') == (
       'Say which.\n\nInput: a b\nOutput: yes\n\nInput: c\nOutput: no\n\nInput: q\nOutput:')
   assert evaluate.task_options(TASK) == ['maybe', 'no', 'yes']
   assert evaluate.task_options(dataclasses.replace(TASK, options=('no', 'yes'))) == ['no', 'yes']
@@ -259,13 +260,13 @@ def test_generated_answers_are_the_samplers_greedy_continuations(loaded):
   run = dataclasses.replace(trained_run, params=jax.tree.map(
       lambda p: p + rng.normal(0, 0.2, p.shape).astype(p.dtype), trained_run.params))
   tok = run.tokenizer
-  task = evaluate.parse_task(MINIMAL, 'minimal')
+  task = instructions.parse_task(MINIMAL, 'minimal')
   metrics = evaluate.generation_metrics(run, task, [0], seq_len=32, batch_size=2)
   max_new_tokens = max(len(tok.encode(f' {a}')) for a in ('3', '4')) + evaluate.GENERATION_MARGIN
   assert metrics['max_new_tokens'] == max_new_tokens and metrics['instances'] == 2
 
   # the task's two prompts, as generation_metrics batches them, then a short and a long one
-  prompts = [evaluate.format_prompt(task, 0, i.input) for i in task.instances]
+  prompts = [instructions.format_prompt(task, 0, i.input) for i in task.instances]
   prompts += ['Q: 1\nA:', 'KING HENRY:\nMy lord, I will speak with you anon.' * 3]
   answers, cut = evaluate.generate_answers(run, prompts, max_new_tokens=max_new_tokens,
                                            seq_len=32, batch_size=2)
