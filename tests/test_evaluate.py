@@ -18,6 +18,7 @@ import scipy.special
 
 from gpt_jax import (cli, config as config_lib, corpus, data, evaluate, instructions, runs, sample,
                      sharding, train)
+from gpt_jax.tasks import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
@@ -308,9 +309,9 @@ def test_a_free_text_task_is_scored_by_generation(trained, tmp_path, capsys):
 
 
 def test_the_shipped_task_is_what_the_generator_builds():
-  with open(evaluate.PLAY_TASK, encoding='utf-8') as f:
+  with open(build.PLAY_TASK, encoding='utf-8') as f:
     shipped = f.read()
-  assert json.dumps(evaluate.build_play_task(), indent=2, sort_keys=True) + '\n' == shipped
+  assert json.dumps(build.build_play_task(), indent=2, sort_keys=True) + '\n' == shipped
 
 
 def test_the_shipped_task_is_valid_balanced_and_held_out(shakespeare):
