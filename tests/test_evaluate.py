@@ -139,32 +139,6 @@ def test_max_batches_scores_a_prefix(loaded):
 # --- prompted tasks --------------------------------------------------------------------------
 
 
-def test_both_published_layouts_are_read(tmp_path):
-  (tmp_path / 'minimal.json').write_text(json.dumps(MINIMAL))
-  assert instructions.read_task(str(tmp_path / 'minimal.json')) == instructions.Task(
-      'minimal', 'Add the numbers.', (), (),
-      (instructions.Instance('minimal-1', '1 2', ('3',)),
-       instructions.Instance('minimal-2', '2 2', ('4',))))
-  published = {  # the keys of a current NI task; older files give an example's output as a list
-      'Contributors': ['A'], 'Source': ['s'], 'URL': ['u'], 'Categories': ['Mathematics'],
-      'Reasoning': [], 'Definition': ['Add the numbers.', 'Answer with a number.'],
-      'Input_language': ['English'], 'Output_language': ['English'],
-      'Instruction_language': ['English'], 'Domains': ['Numbers'],
-      'Positive Examples': [{'input': '1 1', 'output': '2', 'explanation': '1 + 1 = 2'},
-                            {'input': '2 3', 'output': ['5', 'five']}],
-      'Negative Examples': [{'input': '1 3', 'output': '13', 'explanation': 'not added'}],
-      'Instances': [{'id': 'task-a', 'input': '3 4', 'output': ['7', 'seven']},
-                    {'id': 'task-b', 'input': '0 0', 'output': '0'}],
-      'Instance License': ['MIT'],
-  }
-  assert instructions.parse_task(published, 'add') == instructions.Task(
-      'add', 'Add the numbers.\nAnswer with a number.',
-      (instructions.Example('1 1', '2', '1 + 1 = 2'), instructions.Example('2 3', '5')),
-      (instructions.Example('1 3', '13', 'not added'),),
-      (instructions.Instance('task-a', '3 4', ('7', 'seven')),
-       instructions.Instance('task-b', '0 0', ('0',))))
-
-
 def test_auto_scoring_tells_a_label_set_from_free_text():
   assert evaluate.auto_scoring(evaluate.load_task('shakespeare_play')) == 'choice'  # its Options
   assert evaluate.auto_scoring(instructions.parse_task(MINIMAL, 'minimal')) == 'generation'
