@@ -1,5 +1,5 @@
 """Evaluation: LM metrics against training and a hand computation, few-shot scoring and prompts,
-the shipped task (reproducible, held out, balanced), and the CLI's bad-input errors."""
+and the CLI's bad-input errors (the shipped tasks: test_tasks.py)."""
 
 import dataclasses
 import gzip
@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import (cli, config as config_lib, corpus, data, evaluate, instructions, runs, sample,
-                     sharding, train)
-from gpt_jax.tasks import build
+from gpt_jax import cli, evaluate, instructions, runs, sample, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
@@ -277,38 +275,6 @@ def test_a_free_text_task_is_scored_by_generation(trained, tmp_path, capsys):
   task = json.loads((tmp_path / 'results.json').read_text())['task']
   assert task['scoring'] == 'choice' and task['options'] == ['3', '4']
   assert '| shots | acc | acc_norm |' in capsys.readouterr().out
-
-
-# --- the shipped task ------------------------------------------------------------------------
-
-
-def test_the_shipped_task_is_what_the_generator_builds():
-  with open(build.PLAY_TASK, encoding='utf-8') as f:
-    shipped = f.read()
-  assert json.dumps(build.build_play_task(), indent=2, sort_keys=True) + '\n' == shipped
-
-
-def test_the_shipped_task_is_valid_balanced_and_held_out(shakespeare):
-  task = evaluate.load_task('shakespeare_play')
-  assert task.name == 'shakespeare_play'
-  options = evaluate.task_options(task)
-  assert len(options) == 4 and len(task.positive_examples) >= 5
-  outputs = [i.outputs for i in task.instances]
-  assert all(len(o) == 1 and o[0] in options for o in outputs)
-  assert all(sum(o == (title,) for o in outputs) == 50 for title in options)
-  inputs = [i.input for i in task.instances]
-  assert len(set(inputs)) == len(inputs)
-  assert not {e.input for e in task.positive_examples} & set(inputs)
-  d = config_lib.base_config().data
-  docs = {doc.source: doc.text for doc in corpus.clean(shakespeare, d.min_chars,
-                                                       d.min_letter_fraction)[0]}
-  training = [text for text in docs.values() if not data.is_validation(text, d.val_fraction)]
-  for instance in task.instances:
-    source, line = instance.id.removeprefix('shakespeare_play-').rsplit(':', 1)
-    assert data.is_validation(docs[source], d.val_fraction)
-    assert docs[source].split('\n')[int(line) - 1] == instance.input
-    assert 25 <= len(instance.input) <= 120
-    assert not any(instance.input in text for text in training)
 
 
 # --- bad inputs ------------------------------------------------------------------------------
