@@ -3,7 +3,8 @@
   python -m gpt_jax.evaluate --workdir=DIR [--data=FILE] [--seq_len=N] [--max_batches=N]
   python -m gpt_jax.evaluate --workdir=DIR --task=FILE.json|NAME [--shots=0,1,5] [--max_instances=N]
       [--scoring=auto|choice|generation]
-  python -m gpt_jax.evaluate --write_play_task[=PATH]  (rebuilds the shipped shakespeare_play task)
+  python -m gpt_jax.evaluate --write_play_task[=PATH]  (rebuilds the shipped shakespeare_play task;
+      python -m gpt_jax.tasks.build rebuilds every shipped task)
 
 Language-model metrics are loss (nats/token), perplexity and bits per byte on the run's validation
 split or on a .txt/.jsonl[.gz] file, every token after the first scored exactly once.
