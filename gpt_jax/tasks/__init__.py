@@ -1,0 +1,1 @@
+"""The shipped tasks, and the builders that make them from the embedded corpus (build.py)."""
