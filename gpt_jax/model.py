@@ -258,6 +258,10 @@ class GPT(nn.Module):
   their own id (padding 0, one more segment) and attend only within it; give positions_BL that
   restart at 0 for each example to compute what each would alone. Not with decode=True
   (ValueError).
+  special_embeddings_SD ((S, D), S small) embeds ids the tokenizer never makes, such as GPT-1's
+  start, delimiter and extract tokens for task fine-tuning (Radford et al. 2018, §3.3): id
+  vocab_size + s reads row s of it instead of the token table, which is left as it is (ids must
+  stay below vocab_size + S). The logits still cover the vocab_size ids alone.
   hidden=True returns the final normalised hidden states x_ND (N = B·L rows) instead of the
   logits, for a loss that applies the head itself (losses.head_next_token_loss, head_weight).
   """
@@ -265,7 +269,8 @@ class GPT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, deterministic: bool = True,
-               decode: bool = False, hidden: bool = False, segment_ids_BL=None):
+               decode: bool = False, hidden: bool = False, segment_ids_BL=None,
+               special_embeddings_SD=None):
     c = self.config
     if decode and segment_ids_BL is not None:
       raise ValueError('segment_ids_BL (packed rows) is not supported with decode=True; decode '
@@ -274,7 +279,14 @@ class GPT(nn.Module):
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
     wte = nn.Embed(c.vocab_size, c.n_embd, dtype=c.dtype, param_dtype=c.param_dtype,
                    embedding_init=_param(c.init_std, ('vocab', 'embed')), name='wte')
-    x_BLD = wte(tokens_BL)
+    if special_embeddings_SD is None:
+      x_BLD = wte(tokens_BL)
+    else:
+      is_special_BL = tokens_BL >= c.vocab_size
+      token_BLD = wte(jnp.where(is_special_BL, 0, tokens_BL))
+      special_BLD = jnp.asarray(special_embeddings_SD, c.dtype)[
+          jnp.maximum(tokens_BL - c.vocab_size, 0)]
+      x_BLD = jnp.where(is_special_BL[..., None], special_BLD, token_BLD)
     if c.position == 'learned':
       wpe_PD = self.param('wpe', _param(c.init_std, (None, 'embed')), (c.block_size, c.n_embd),
                           c.param_dtype)

@@ -1,4 +1,4 @@
-"""Packed rows: several examples per row, kept apart by segment ids."""
+"""Packed rows (several examples per row, segment ids) and special-token embeddings."""
 
 import jax
 import jax.numpy as jnp
@@ -128,3 +128,24 @@ def test_segment_mask_is_causal_and_windowed_within_examples():
                                        [0, 0, 0, 1, 1, 0],
                                        [0, 0, 0, 0, 0, 1]])
 
+
+def test_special_embeddings_replace_token_embeddings():
+  """Ids >= vocab_size read special_embeddings_SD: the hidden states of a model whose token
+  table has those rows appended, and gradient only in the rows used."""
+  gpt, params = build(**TINY)
+  special_SD = jax.random.normal(jax.random.key(2), (3, 32)) * 0.02
+  tokens = jnp.array([[64, 5, 9, 65, 7, 3, 64, 11]])  # special rows 0 and 1 used, row 2 not
+  hidden = jax.jit(lambda special_SD: gpt.apply({'params': params}, tokens, hidden=True,
+                                                special_embeddings_SD=special_SD))
+  wider, _ = build(**dict(TINY, vocab_size=67))
+  wider_params = dict(params, wte={'embedding': jnp.concatenate(
+      [params['wte']['embedding'], special_SD])})
+  np.testing.assert_allclose(hidden(special_SD),
+                             wider.apply({'params': wider_params}, tokens, hidden=True), atol=1e-6)
+  ordinary = jnp.where(tokens >= 64, 1, tokens)
+  np.testing.assert_array_equal(gpt.apply({'params': params}, ordinary, hidden=True,
+                                          special_embeddings_SD=special_SD),
+                                gpt.apply({'params': params}, ordinary, hidden=True))
+  grad_SD = jax.grad(lambda s: jnp.sum(jnp.sin(hidden(s))))(special_SD)
+  assert np.all(np.abs(grad_SD[:2]).sum(-1) > 0)
+  np.testing.assert_array_equal(grad_SD[2], 0)
