@@ -32,6 +32,10 @@ from gpt_jax.tokenizer import Tokenizer
 
 CONFIG, CHECKPOINTS, LOCK = 'config.json', 'checkpoints', 'lock.json'
 
+# Objectives that train more than the model (a task head) keep the model's parameters under this
+# key of the trained tree (gpt_jax.objectives.classify).
+MODEL_KEY = {'classify': 'gpt'}
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -61,10 +65,12 @@ def _to_stderr(message: str) -> None:
 
 def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | None = None,
          what: str = 'workdir', log: Callable[[str], None] = _to_stderr) -> Run:
-  """The parameters of the newest readable checkpoint of the run in `workdir` (a damaged newer
-  one is skipped with a line to `log`), placed on `mesh` (default: all devices, data parallel),
-  computing in `dtype` (default: the run's). `what` names the setting that gave `workdir`, for
-  the error messages."""
+  """The model parameters of the newest readable checkpoint of the run in `workdir` (a damaged
+  newer one is skipped with a line to `log`), placed on `mesh` (default: all devices, data
+  parallel), computing in `dtype` (default: the run's). `what` names the setting that gave
+  `workdir`, for the error messages. Of a run that trained more than the model (MODEL_KEY: a
+  task head) they are the model's part alone, so sampling, evaluation, export and init_from read
+  it as any language model."""
   config = read_config(workdir, what)
   path = tokenizer_lib.find(workdir)
   if path is None:
@@ -86,10 +92,11 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
       functools.partial(model.init_params, gpt, seq_len=config.seq_len),
       model.logical_axes(gpt, config.seq_len), mesh)
   directory = os.path.join(workdir, CHECKPOINTS)
+  key = MODEL_KEY.get(config.get('objective'))
+  wanted = abstract_params if key is None else {key: abstract_params}  # a partial restore
   step, params = checkpoint.newest_readable(
-      steps, lambda step: checkpoint.restore_params(directory, step, abstract_params), directory,
-      log)
-  return Run(gpt, params, config, tokenizer, step)
+      steps, lambda step: checkpoint.restore_params(directory, step, wanted), directory, log)
+  return Run(gpt, params if key is None else params[key], config, tokenizer, step)
 
 
 # Settings a resumed run may change freely: they decide what is logged, kept or printed, where
