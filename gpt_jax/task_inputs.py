@@ -110,8 +110,7 @@ def read_task_splits(spec: str, kind: str = '') -> tuple[LabelledTask, LabelledT
   val_path = path.removesuffix('.train.jsonl') + '.val.jsonl'
   if path.endswith('.train.jsonl') and os.path.isfile(val_path):
     train = read_task_file(path, kind)
-    val_kind, val_rows, _ = _read(val_path, kind or train.kind)
-    return train, check_labels(train, _labelled(val_path, val_kind, val_rows, ()))
+    return train, read_held_out(val_path, train)
   kind, rows, options = _read(path, kind)
   held = _held_out(path, rows)
   if all(held) or not any(held):
@@ -123,6 +122,14 @@ def read_task_splits(spec: str, kind: str = '') -> tuple[LabelledTask, LabelledT
                                      options), 'training example')
   held_out = _labelled(path, kind, [r for r, h in zip(rows, held) if h], options)
   return train, check_labels(train, held_out)
+
+
+def read_held_out(path: str, train: LabelledTask) -> LabelledTask:
+  """Every example of the task file `path` (whatever its "split"), as held-out examples of
+  `train`: of its kind, with label indices into train.labels (check_labels). Unlike
+  read_task_file, one label is enough. UserError as read_task_file and check_labels."""
+  kind, rows, options = _read(path, train.kind)
+  return check_labels(train, _labelled(path, kind, rows, options))
 
 
 def check_labels(train: LabelledTask, held_out: LabelledTask) -> LabelledTask:
