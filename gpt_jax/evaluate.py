@@ -193,13 +193,23 @@ def task_options(task: instructions.Task) -> list[str]:
 
 def option_logliks(scorer: Scorer, tokenizer, prompts: Sequence[str],
                    options: Sequence[str]) -> tuple[np.ndarray, int]:
-  """(prompts, options) log-likelihoods of ' ' + option after each prompt, which starts as a new
-  document (after EOS) and loses tokens on the left if prompt and option overflow the context;
-  and the number of prompts that lost tokens so."""
+  """(prompts, options) log-likelihoods of ' ' + option after each prompt (choice_logliks with
+  the same options for every prompt), and the number of prompts cut."""
+  logliks, cut = choice_logliks(scorer, tokenizer, prompts, [options] * len(prompts))
+  return np.array(logliks).reshape(len(prompts), len(options)), cut
+
+
+def choice_logliks(scorer: Scorer, tokenizer, prompts: Sequence[str],
+                   choices: Sequence[Sequence[str]]) -> tuple[list[np.ndarray], int]:
+  """For each prompt, the log-likelihoods of ' ' + each of its own choices after it (an array per
+  prompt), the prompt starting as a new document (after EOS) and losing tokens on the left if
+  prompt and choice overflow the context; and the number of prompts that lost tokens so."""
+  texts = list(dict.fromkeys(f' {c}' for options in choices for c in options))
+  ids = dict(zip(texts, tokenizer.encode_batch(texts)))
   rows, cut = [], 0
-  continuations = tokenizer.encode_batch([f' {o}' for o in options])
-  for context in tokenizer.encode_batch(prompts):
+  for context, options in zip(tokenizer.encode_batch(prompts), choices):
     document = [tokenizer.eos_id, *context]
+    continuations = [ids[f' {o}'] for o in options]
     cut += any(len(document) + len(c) > scorer.seq_len + 1 for c in continuations)
     for option, continuation in zip(options, continuations):
       keep = scorer.seq_len + 1 - len(continuation)
@@ -207,7 +217,9 @@ def option_logliks(scorer: Scorer, tokenizer, prompts: Sequence[str],
         raise UserError(f'option {option!r} is {len(continuation)} tokens, longer than the '
                         f'{scorer.seq_len}-token context; shorten it or raise --seq_len')
       rows.append((document[-keep:] + continuation, len(continuation)))
-  return -scorer.score_rows(rows).reshape(len(prompts), len(options)), cut
+  logliks = -scorer.score_rows(rows)
+  ends = np.cumsum([len(options) for options in choices], dtype=int)
+  return [logliks[end - len(options):end] for options, end in zip(choices, ends)], cut
 
 
 def accuracy(loglik_NO: np.ndarray, correct_NO: np.ndarray, option_bytes_O: np.ndarray) -> dict:
