@@ -90,11 +90,21 @@ def base_config() -> ml_collections.ConfigDict:
 
   data.tasks = ''  # objective sft/classify: task files, directories or globs (comma-separated)
   data.held_out_tasks = ''  # their held-out instances, in tasks of the same names; '' = split off
+  # (objective classify: one task file in data.tasks, its held-out file in data.held_out_tasks)
 
   c.sft = sft = ml_collections.ConfigDict()  # objective 'sft': instruction tuning
   sft.shots = 2  # positive examples in each prompt (Tk-Instruct: 2)
   sft.held_out = 0.1  # without data.held_out_tasks: the fraction of each task's instances held out
   sft.eval_instances = 100  # held-out instances per task scored in sft_report.md; 0 = all
+
+  c.task = task = ml_collections.ConfigDict()  # objective 'classify': GPT-1 task fine-tuning
+  task.kind = ''  # '' = from the file's keys; else one of task_inputs.KINDS (must match them)
+  task.labels = ()  # the label set, filled in from the training file (saved so the run reloads)
+  task.shots = (0, 3)  # the base model's prompted baselines in finetune_report.md
+  task.eval_instances = 200  # held-out examples scored in finetune_report.md; 0 = all
+
+  c.finetune = finetune = ml_collections.ConfigDict()
+  finetune.lm_weight = 0.5  # λ of GPT-1's L3 = L2 (task) + λ·L1 (language modelling); 0 = off
 
   c.sample = sample = ml_collections.ConfigDict()
   sample.num = 3  # sample lines printed after training; 0 = none
