@@ -3,6 +3,8 @@
   python -m gpt_jax.evaluate --workdir=DIR [--data=FILE] [--seq_len=N] [--max_batches=N]
   python -m gpt_jax.evaluate --workdir=DIR --task=FILE.json|NAME [--shots=0,1,5] [--max_instances=N]
       [--scoring=auto|choice|generation]
+  python -m gpt_jax.evaluate --workdir=DIR --task=FILE.jsonl [--max_instances=N]  (DIR a run of
+      objective classify: the accuracy of its task head on FILE's labelled examples)
   python -m gpt_jax.evaluate --write_play_task[=PATH]  (rebuilds the shipped shakespeare_play task;
       python -m gpt_jax.tasks.build rebuilds every shipped task)
 
@@ -350,7 +352,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       "run's validation split")
   parser.add_argument('--text_field', default='text', help='the text field of .jsonl records')
   parser.add_argument('--task', help='a Natural Instructions task .json, or a shipped task: '
-                      'shakespeare_play')
+                      'shakespeare_play; for a run of objective classify, a labelled .jsonl '
+                      'task file (gpt_jax.task_inputs)')
   parser.add_argument('--shots', type=_shots, help='e.g. 0,1,5; default: those of 0, 1 and 5 '
                       'the task has enough positive examples for')
   parser.add_argument('--scoring', choices=('auto', 'choice', 'generation'), default='auto',
@@ -384,6 +387,14 @@ def run(args: argparse.Namespace, log=print) -> dict:
   # the inputs are checked before the run is loaded, so a mistake fails fast
   if args.task and args.data:
     raise UserError('--data and --task are separate evaluations; pass one of them')
+  if args.task and runs.read_config(args.workdir).get('objective') == 'classify':
+    # a fine-tuned classifier answers with its task head, not a prompt
+    from gpt_jax.objectives import classify  # imported here: it imports this module
+    results = classify.evaluate_head(args.workdir, args.task, max_instances=args.max_instances,
+                                     batch_size=args.batch_size, log=log)
+    if args.json:
+      files.write_json(args.json, results)
+    return results
   task = load_task(args.task) if args.task else None
   if task:
     num_examples = len(task.positive_examples)
