@@ -10,6 +10,8 @@ Interchangeable paths that compute the same function:
 Shapes: q_BLHD (batch, length, query heads, head dim), k_BSKD and v_BSKD with K key/value heads,
 where K divides H: K = H is multi-head, 1 < K < H grouped-query, K = 1 multi-query attention.
 `window > 0` gives GPT-3's local banded attention: position i sees j with i - window < j <= i.
+`segment_ids_BL` packs several examples into each row (self-attention, S = L): a position sees
+only positions of its own example, the causal mask and any window still applying within it.
 Decoding with a KV cache passes an explicit mask instead (`position_mask`): the queries are the
 newest tokens and the keys are every slot of the cache.
 """
@@ -42,7 +44,14 @@ def position_mask(q_positions_BL, k_positions_BS, window: int = 0) -> jax.Array:
   return mask
 
 
-def reference_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0, mask_BLS=None) -> jax.Array:
+def segment_mask(segment_ids_BL) -> jax.Array:
+  """Boolean (B, L, L) mask: query i sees key j only if both carry the same segment id (belong
+  to the same packed example; padding, with id 0, is one more segment)."""
+  return segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
+
+
+def reference_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0, mask_BLS=None,
+                        segment_ids_BL=None) -> jax.Array:
   B, L, H, D = q_BLHD.shape
   S, K = k_BSKD.shape[1], k_BSKD.shape[2]
   # Each group of H // K query heads shares one key/value head.
@@ -50,6 +59,8 @@ def reference_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0, mask_BLS=Non
   logits_BKGLS = jnp.einsum('blkgd,bskd->bkgls', q_BLKGD, k_BSKD).astype(jnp.float32)
   logits_BKGLS = logits_BKGLS / jnp.sqrt(D).astype(jnp.float32)
   mask = causal_mask(L, S, window) if mask_BLS is None else mask_BLS[:, None, None]
+  if segment_ids_BL is not None:
+    mask &= segment_mask(segment_ids_BL)[:, None, None]
   logits_BKGLS = jnp.where(mask, logits_BKGLS, jnp.finfo(jnp.float32).min)
   probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(v_BSKD.dtype)
   out_BLKGD = jnp.einsum('bkgls,bskd->blkgd', probs_BKGLS, v_BSKD)
@@ -64,19 +75,20 @@ def _query_blocks(L: int, S: int, block: int):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _softmax_attention(q_BHLD, k_BHSD, v_BHSD, mask_LS, block):
-  return _softmax_attention_fwd(q_BHLD, k_BHSD, v_BHSD, mask_LS, block)[0]
+def _softmax_attention(q_BHLD, k_BHSD, v_BHSD, mask_B1LS, block):
+  return _softmax_attention_fwd(q_BHLD, k_BHSD, v_BHSD, mask_B1LS, block)[0]
 
 
-def _softmax_attention_fwd(q_BHLD, k_BHSD, v_BHSD, mask_LS, block):
+def _softmax_attention_fwd(q_BHLD, k_BHSD, v_BHSD, mask_B1LS, block):
   # Causal attention in blocks of query rows, each against only the keys it can see: the masked
   # upper triangle is skipped (a third fewer FLOPs with 4 blocks) and each block's (B, H, l, s)
-  # probabilities are a quarter of the size, so the softmax works closer to cache.
+  # probabilities are a quarter of the size, so the softmax works closer to cache. The mask's
+  # batch axis is 1 unless rows are packed. The backward needs no mask: masked probabilities are 0.
   probs, outs = [], []
   for rows, s in _query_blocks(q_BHLD.shape[2], k_BHSD.shape[2], block):
     logits_BHlS = jnp.einsum('bhld,bhsd->bhls', q_BHLD[:, :, rows], k_BHSD[:, :, :s],
                              preferred_element_type=jnp.float32)
-    logits_BHlS = jnp.where(mask_LS[rows, :s], logits_BHlS, jnp.finfo(jnp.float32).min)
+    logits_BHlS = jnp.where(mask_B1LS[:, :, rows, :s], logits_BHlS, jnp.finfo(jnp.float32).min)
     probs_BHlS = jax.nn.softmax(logits_BHlS, axis=-1).astype(v_BHSD.dtype)
     probs.append(probs_BHlS)
     outs.append(jnp.einsum('bhls,bhsd->bhld', probs_BHlS, v_BHSD[:, :, :s]))
@@ -105,7 +117,8 @@ def _softmax_attention_bwd(block, residuals, dout_BHLD):
 _softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
-def einsum_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0, block: int = 64) -> jax.Array:
+def einsum_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0, block: int = 64,
+                     segment_ids_BL=None) -> jax.Array:
   """Causal attention for XLA:CPU: heads moved in front of length once, so every matmul is a
   plain batched one, and a hand-written backward that keeps softmax's row sums over D (XLA:CPU
   turns sums over long rows into slow reduce-windows), in causal blocks of `block` query rows
@@ -114,26 +127,44 @@ def einsum_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0, block: int = 64
   B, L, H, D = q_BLHD.shape
   to_heads = lambda x: jnp.repeat(jnp.transpose(x, (0, 2, 1, 3)), H // x.shape[2], axis=1)
   q_BHLD = to_heads(q_BLHD * jnp.asarray(D ** -0.5, q_BLHD.dtype))
-  out_BHLD = _softmax_attention(q_BHLD, to_heads(k_BSKD), to_heads(v_BSKD),
-                                causal_mask(L, k_BSKD.shape[1], window), block)
+  mask_BLS = causal_mask(L, k_BSKD.shape[1], window)[None]
+  if segment_ids_BL is not None:
+    mask_BLS &= segment_mask(segment_ids_BL)
+  out_BHLD = _softmax_attention(q_BHLD, to_heads(k_BSKD), to_heads(v_BSKD), mask_BLS[:, None],
+                                block)
   return jnp.transpose(out_BHLD, (0, 2, 1, 3))
 
 
 def attention(q_BLHD, k_BSKD, v_BSKD, *, implementation: str = 'auto', window: int = 0,
-              mask_BLS=None):
+              mask_BLS=None, segment_ids_BL=None):
   """Causal attention through the chosen implementation (see the module docstring), or, given
-  mask_BLS, attention under that mask (a window is then already part of the mask)."""
+  mask_BLS, attention under that mask (a window is then already part of the mask).
+
+  segment_ids_BL (int32, (B, L)): packed rows, one id per example, padding 0; a position then
+  sees only earlier positions of its own example. Self-attention only (S = L); not with mask_BLS.
+  Raises ValueError if both are given.
+  """
+  if mask_BLS is not None and segment_ids_BL is not None:
+    raise ValueError('segment_ids_BL (packed rows) and mask_BLS (decoding) do not combine; '
+                     'pass one of them')
   if implementation == 'reference':
-    return reference_attention(q_BLHD, k_BSKD, v_BSKD, window=window, mask_BLS=mask_BLS)
+    return reference_attention(q_BLHD, k_BSKD, v_BSKD, window=window, mask_BLS=mask_BLS,
+                               segment_ids_BL=segment_ids_BL)
   if implementation == 'auto':
     implementation = 'einsum' if jax.default_backend() == 'cpu' else 'xla'
   if mask_BLS is None and implementation == 'einsum':
-    return einsum_attention(q_BLHD, k_BSKD, v_BSKD, window=window)
+    return einsum_attention(q_BLHD, k_BSKD, v_BSKD, window=window, segment_ids_BL=segment_ids_BL)
   if mask_BLS is not None:  # decoding: a handful of queries, where XLA's kernel is the right one
     return jax.nn.dot_product_attention(q_BLHD, k_BSKD, v_BSKD, mask=mask_BLS[:, None],
                                         implementation='xla')
   return jax.nn.dot_product_attention(
       q_BLHD, k_BSKD, v_BSKD,
+      # cuDNN takes the mask as an additive bias (and computes its unused gradient) but still
+      # skips the blocks above the diagonal. H200, B=8, L=2048, H=12, E=64, bf16, forward and
+      # backward: 1.07 ms with 4 examples a row, 0.65 ms unpacked (XLA: 5.1 ms). cuDNN's packed
+      # (THD) layout would skip the blocks between examples too (0.34 ms), but needs a static
+      # bound on the examples per row and a private jax API.
+      mask=None if segment_ids_BL is None else segment_mask(segment_ids_BL)[:, None],
       is_causal=True,
       # (left, right) neighbours each position sees besides itself.
       local_window_size=(window - 1, 0) if window > 0 else None,

@@ -157,7 +157,7 @@ class Attention(nn.Module):
   window: int
 
   @nn.compact
-  def __call__(self, x_ND, positions_BL, decode: bool = False):
+  def __call__(self, x_ND, positions_BL, segment_ids_BL=None, decode: bool = False):
     c = self.config
     E = head_size(c)
     out_std = c.init_std / math.sqrt(2 * c.n_layer)  # GPT-2: residual branches scaled by depth
@@ -180,7 +180,7 @@ class Attention(nn.Module):
                                      mask_BLS=mask_BLS)
     else:
       out_BLHE = attention.attention(q_BLHE, k_BLKE, v_BLKE, implementation=c.attention,
-                                     window=self.window)
+                                     window=self.window, segment_ids_BL=segment_ids_BL)
     out_NHE = out_BLHE.reshape(-1, *out_BLHE.shape[2:])
     return _dense(c, c.n_embd, ('heads', 'kv'), ('embed',), out_std, 'out')(out_NHE)
 
@@ -226,9 +226,10 @@ class Block(nn.Module):
   window: int = 0
 
   @nn.compact
-  def __call__(self, x_ND, positions_BL, deterministic: bool, decode: bool):
+  def __call__(self, x_ND, positions_BL, segment_ids_BL, deterministic: bool, decode: bool):
     c = self.config
-    h_ND = Attention(c, self.window, name='attn')(_norm(c, 'ln_1')(x_ND), positions_BL, decode)
+    h_ND = Attention(c, self.window, name='attn')(_norm(c, 'ln_1')(x_ND), positions_BL,
+                                                  segment_ids_BL, decode)
     x_ND = x_ND + nn.Dropout(c.dropout)(h_ND, deterministic=deterministic)
     h_ND = MLP(c, name='mlp')(_norm(c, 'ln_2')(x_ND))
     x_ND = x_ND + nn.Dropout(c.dropout)(h_ND, deterministic=deterministic)
@@ -238,8 +239,8 @@ class Block(nn.Module):
 class ScanBlock(Block):
   """A Block in nn.scan's (carry, x) -> (carry, y) form."""
 
-  def __call__(self, x_ND, positions_BL, deterministic: bool, decode: bool):
-    return super().__call__(x_ND, positions_BL, deterministic, decode), None
+  def __call__(self, x_ND, positions_BL, segment_ids_BL, deterministic: bool, decode: bool):
+    return super().__call__(x_ND, positions_BL, segment_ids_BL, deterministic, decode), None
 
 
 REMAT_POLICIES = {
@@ -253,6 +254,14 @@ class GPT(nn.Module):
 
   positions_BL defaults to 0, 1, ...; a negative position marks a padding token, which no other
   token attends to (used with decode=True, where a batch of prompts is left-padded).
+  segment_ids_BL (int32, (B, L)) packs several examples into a row: each example's tokens carry
+  their own id (padding 0, one more segment) and attend only within it; give positions_BL that
+  restart at 0 for each example to compute what each would alone. Not with decode=True
+  (ValueError).
+  special_embeddings_SD ((S, D), S small) embeds ids the tokenizer never makes, such as GPT-1's
+  start, delimiter and extract tokens for task fine-tuning (Radford et al. 2018, §3.3): id
+  vocab_size + s reads row s of it instead of the token table, which is left as it is (ids must
+  stay below vocab_size + S). The logits still cover the vocab_size ids alone.
   hidden=True returns the final normalised hidden states x_ND (N = B·L rows) instead of the
   logits, for a loss that applies the head itself (losses.head_next_token_loss, head_weight).
   """
@@ -260,13 +269,24 @@ class GPT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, deterministic: bool = True,
-               decode: bool = False, hidden: bool = False):
+               decode: bool = False, hidden: bool = False, segment_ids_BL=None,
+               special_embeddings_SD=None):
     c = self.config
+    if decode and segment_ids_BL is not None:
+      raise ValueError('segment_ids_BL (packed rows) is not supported with decode=True; decode '
+                       'one example per row')
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
     wte = nn.Embed(c.vocab_size, c.n_embd, dtype=c.dtype, param_dtype=c.param_dtype,
                    embedding_init=_param(c.init_std, ('vocab', 'embed')), name='wte')
-    x_BLD = wte(tokens_BL)
+    if special_embeddings_SD is None:
+      x_BLD = wte(tokens_BL)
+    else:
+      is_special_BL = tokens_BL >= c.vocab_size
+      token_BLD = wte(jnp.where(is_special_BL, 0, tokens_BL))
+      special_BLD = jnp.asarray(special_embeddings_SD, c.dtype)[
+          jnp.maximum(tokens_BL - c.vocab_size, 0)]
+      x_BLD = jnp.where(is_special_BL[..., None], special_BLD, token_BLD)
     if c.position == 'learned':
       wpe_PD = self.param('wpe', _param(c.init_std, (None, 'embed')), (c.block_size, c.n_embd),
                           c.param_dtype)
@@ -277,19 +297,19 @@ class GPT(nn.Module):
 
     block = ScanBlock if c.scan_layers else Block
     if c.remat != 'none':
-      # Arguments 3 and 4 of __call__ (counting self) are the Python bools.
-      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], static_argnums=(3, 4))
+      # Arguments 4 and 5 of __call__ (counting self) are the Python bools.
+      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], static_argnums=(4, 5))
     if c.scan_layers:
       layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
                        split_rngs={'params': True, 'dropout': True},
-                       in_axes=(nn.broadcast,) * 3, length=c.n_layer,
+                       in_axes=(nn.broadcast,) * 4, length=c.n_layer,
                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_ND, _ = layers(c, layer_window(c, 0), name='layers')(x_ND, positions_BL, deterministic,
-                                                            decode)
+      x_ND, _ = layers(c, layer_window(c, 0), name='layers')(x_ND, positions_BL, segment_ids_BL,
+                                                            deterministic, decode)
     else:
       for i in range(c.n_layer):
-        x_ND = block(c, layer_window(c, i), name=f'h_{i}')(x_ND, positions_BL, deterministic,
-                                                          decode)
+        x_ND = block(c, layer_window(c, i), name=f'h_{i}')(x_ND, positions_BL, segment_ids_BL,
+                                                          deterministic, decode)
 
     x_ND = _norm(c, 'ln_f')(x_ND)
     if hidden and not self.is_initializing():
