@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Iterable
 
+from gpt_jax import files
 from gpt_jax.errors import UserError
 
 TEXT_EXTENSIONS = ('.txt', '.md', '.jsonl', '.json')
@@ -84,7 +85,7 @@ def load_documents(corpus: str, text_field: str = 'text') -> tuple[list[Document
     docs, invalid, paths = _shakespeare(), {}, shakespeare_files()
   else:
     docs, invalid = [], {}
-    paths = _expand(corpus)
+    paths = files.expand_paths(corpus, 'corpus', _FIX_PATHS, _text_files)
     for path in paths:
       text, num_invalid = read_text(path)
       if num_invalid:
@@ -231,25 +232,6 @@ def _shakespeare() -> list[Document]:
       scenes = [strip_markup(scene) for scene in split_scenes(f.read())]
     docs += [Document(f'{name}#{i}', text) for i, text in enumerate(filter(None, scenes), 1)]
   return docs
-
-
-def _expand(corpus: str) -> list[str]:
-  """The files a comma-separated list of files, directories and globs names."""
-  paths = []
-  for part in filter(None, (p.strip() for p in corpus.split(','))):
-    if any(c in part for c in '*?['):
-      matches = sorted(glob.glob(part, recursive=True))
-      if not matches:
-        raise UserError(f"corpus glob '{part}' matches nothing; {_FIX_PATHS}")
-    elif os.path.exists(part):
-      matches = [part]
-    else:
-      raise UserError(f"corpus path '{part}' does not exist; {_FIX_PATHS}")
-    for path in matches:
-      paths += _text_files(path) if os.path.isdir(path) else [path]
-  if not paths:
-    raise UserError(f"corpus '{corpus}' names no file; {_FIX_PATHS}")
-  return paths
 
 
 def _text_files(directory: str) -> list[str]:

@@ -1,7 +1,8 @@
-"""Atomic writes: a reader (or a run killed mid-write) sees the old file or the new one, and a
-directory appears whole or not at all."""
+"""Files: atomic writes (a reader, or a run killed mid-write, sees the old file or the new one, and
+a directory appears whole or not at all), and the files a list of paths and globs names."""
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -53,3 +54,24 @@ def write_text(path: str, text: str) -> None:
 
 def write_json(path: str, obj) -> None:
   write_text(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+
+
+def expand_paths(spec: str, what: str, fix: str, directory_files) -> list[str]:
+  """The files a comma-separated list of files, directories and globs names: a directory gives
+  directory_files(directory). `what` names the setting in the one-line UserError (ending in
+  `fix`) for a path that does not exist, a glob that matches nothing, or a spec naming no file."""
+  paths = []
+  for part in filter(None, (p.strip() for p in spec.split(','))):
+    if any(c in part for c in '*?['):
+      matches = sorted(glob.glob(part, recursive=True))
+      if not matches:
+        raise UserError(f"{what} glob '{part}' matches nothing; {fix}")
+    elif os.path.exists(part):
+      matches = [part]
+    else:
+      raise UserError(f"{what} path '{part}' does not exist; {fix}")
+    for path in matches:
+      paths += directory_files(path) if os.path.isdir(path) else [path]
+  if not paths:
+    raise UserError(f"{what}='{spec}' names no file; {fix}")
+  return paths

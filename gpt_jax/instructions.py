@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gpt_jax import files
 from gpt_jax.errors import UserError
 
 
@@ -156,21 +157,8 @@ def read_tasks(spec: str) -> list[Task]:
   the keys found) for a path that does not exist, a spec that names no task, a line in neither
   layout, or an empty answer.
   """
-  paths = []
-  for part in filter(None, (p.strip() for p in spec.split(','))):
-    if any(c in part for c in '*?['):
-      matches = sorted(glob.glob(part, recursive=True))
-      if not matches:
-        raise UserError(f"data.tasks glob '{part}' matches nothing; {_FIX_TASKS}")
-    elif os.path.exists(part):
-      matches = [part]
-    else:
-      raise UserError(f"data.tasks path '{part}' does not exist; {_FIX_TASKS}")
-    for path in matches:
-      paths += (sorted(glob.glob(os.path.join(path, '*.json')) +
-                       glob.glob(os.path.join(path, '*.jsonl'))) if os.path.isdir(path) else [path])
-  if not paths:
-    raise UserError(f"data.tasks='{spec}' names no task file; {_FIX_TASKS}")
+  paths = files.expand_paths(spec, 'data.tasks', _FIX_TASKS, lambda directory: sorted(
+      glob.glob(os.path.join(directory, '*.json')) + glob.glob(os.path.join(directory, '*.jsonl'))))
   tasks = []
   for path in paths:
     if path.endswith('.jsonl'):

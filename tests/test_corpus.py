@@ -180,7 +180,7 @@ def test_nothing_passing_the_filter_is_an_error_that_counts_invalid_bytes(tmp_pa
     ('{d}/*.nope', "corpus glob '{d}/*.nope' matches nothing; pass"),
     ('{d}/empty_dir', "corpus directory '{d}/empty_dir' holds no .txt/.md/.jsonl/.json files"),
     ('{d}/blank.txt', 'corpus {d}/blank.txt is empty'),
-    (' , ', "corpus ' , ' names no file"),
+    (' , ', "corpus=' , ' names no file"),
     ('{d}/bad.jsonl', '{d}/bad.jsonl:2 is not valid JSON'),
     ('{d}/nofield.jsonl', "{d}/nofield.jsonl:2 has no string field 'text'; set --config.data."),
     ('{d}/broken.txt.gz', "cannot read corpus file '{d}/broken.txt.gz'"),

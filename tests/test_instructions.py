@@ -128,9 +128,9 @@ def test_a_bad_task_file_is_one_error_line(tmp_path, name):
 
 
 @pytest.mark.parametrize('spec, expected', [
-    ('', "data.tasks='' names no task file"), (' , ', 'names no task file'),
+    ('', "data.tasks='' names no file"), (' , ', 'names no file'),
     ('{tmp}/missing.json', 'does not exist'), ('{tmp}/nothing*.json', 'matches nothing'),
-    ('{tmp}', 'names no task file')])
+    ('{tmp}', 'names no file')])
 def test_a_spec_without_tasks_is_one_error_line(tmp_path, spec, expected):
   with pytest.raises(UserError) as error:
     instructions.read_tasks(spec.format(tmp=tmp_path))

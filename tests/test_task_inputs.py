@@ -8,7 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from gpt_jax import evaluate, task_inputs, tokenizer as tokenizer_lib
+from gpt_jax import instructions, task_inputs, tokenizer as tokenizer_lib
+from gpt_jax.tasks import build
 from gpt_jax.errors import UserError
 from gpt_jax.task_inputs import encode, majority_rate, read_task_file, read_task_splits
 
@@ -125,8 +126,8 @@ def test_bad_task_files_are_one_line_user_errors(tmp_path, examples, kind, messa
 
 
 def test_a_natural_instructions_task_with_options_is_a_classification_task():
-  path = os.path.join(evaluate.TASKS_DIR, 'shakespeare_play.json')
-  task, ni_task = read_task_file(path), evaluate.read_task(path)
+  path = build.PLAY_TASK
+  task, ni_task = read_task_file(path), instructions.read_task(path)
   assert (task.name, task.kind, task.labels) == ('shakespeare_play', 'classification',
                                                  tuple(sorted(ni_task.options)))
   assert [e.texts for e in task.examples] == [(i.input,) for i in ni_task.instances]
