@@ -35,6 +35,7 @@ def get_config(task: str = 'genre'):
   c.checkpoint_every = 75
   c.keep_checkpoints = 1
   c.optim.update(lr=3e-4, warmup_steps=6, weight_decay=0.01)  # GPT-1: lr 6.25e-5, L2 0.01
+  c.task.shots = (0, 1)  # more shots do not fit the base's 128-token context
   c.task.eval_instances = 200
   c.sample.num = 0
   return c
