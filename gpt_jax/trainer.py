@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 import tqdm
+from jax.sharding import PartitionSpec
 
 from gpt_jax import checkpoint, files, flops, metrics, model, objectives, optim, runs, sharding
 from gpt_jax.errors import UserError
@@ -87,11 +88,17 @@ def train_compiler_options() -> dict:
   return {}
 
 
+def batch_shardings(objective: Objective, mesh: jax.sharding.Mesh) -> dict:
+  """Where each array of a batch lives: its logical axes (objective.batch_spec) by the rules."""
+  return {name: sharding.logical_sharding(PartitionSpec(*axes), mesh)
+          for name, (_, _, axes) in objective.batch_spec().items()}
+
+
 def batch_shapes(objective: Objective, rows: int, mesh: jax.sharding.Mesh) -> dict:
-  """The abstract batch of `rows` rows, laid out over the mesh's batch axes."""
-  return {name: jax.ShapeDtypeStruct((rows, *shape), dtype,
-                                     sharding=sharding.batch_sharding(mesh))
-          for name, (shape, dtype) in objective.batch_spec().items()}
+  """The abstract batch of `rows` rows, laid out over the mesh."""
+  shardings = batch_shardings(objective, mesh)
+  return {name: jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=shardings[name])
+          for name, (shape, dtype, _) in objective.batch_spec().items()}
 
 
 def new_state(objective: Objective, tx, config) -> TrainState:
@@ -322,9 +329,9 @@ def train_loop(objective: Objective, tx, config, workdir: str, state: TrainState
   peak = flops.device_peak_flops() * jax.device_count()
   throughput = Throughput(config.batch_size * objective.row_tokens())
 
-  batch_sharding = sharding.batch_sharding(mesh)
-  to_global = lambda rows: jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(batch_sharding, x), rows)
+  shardings = batch_shardings(objective, mesh)
+  to_global = lambda rows: {name: jax.make_array_from_process_local_data(shardings[name], x)
+                            for name, x in rows.items()}
   train_step, eval_step = compile_steps(objective, tx, config, mesh, abstract_train_state, log)
   val_batches = [to_global(batch) for batch in val_batches]  # on the devices once, for every eval
   frozen = () if objective.frozen is None else (objective.frozen,)

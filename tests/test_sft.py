@@ -175,6 +175,7 @@ def test_sft_through_the_command_line(sft_config, tmp_path):
     (dict(data=dict(tasks='')), 'objective=sft needs tasks'),
     (dict(sft=dict(shots=5)), 'sft.shots=5, but task first_word has 2 positive examples'),
     (dict(data=dict(held_out_tasks='NOWHERE')), 'NOWHERE'),
+    (dict(model=dict(vocab_size=1024)), r'model.vocab_size=1024, but init_from=.* has 512'),
 ])
 def test_bad_sft_settings_are_one_line(sft_config, tmp_path, change, message):
   for key, value in change.items():

@@ -6,7 +6,8 @@ checkpoints, resume, logging and MFU are the trainer's and never learn about a n
 
 An objective is built once per run from the config (`build`), after which it holds its data
 (tokenizer, training rows, validation rows) and any frozen model (a teacher). The trainer then:
-  - lays out a batch as `batch_spec()` says (every array's leading axis is the batch);
+  - lays out a batch as `batch_spec()` says: each array's shape, dtype and logical axes, the
+    first of them 'batch' (sharding.RULES maps them to the mesh);
   - calls `weights(batch)` on the whole batch and `loss(...)` on each microbatch, so that sums
     divided by the whole batch's weights add up to the batch mean under gradient accumulation;
   - sums `eval_sums(...)` over the validation batches and turns them into metrics
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gpt_jax import checkpoint, data, model, runs
+from gpt_jax import checkpoint, config as config_lib, data, model, runs
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
@@ -46,8 +47,9 @@ class Objective:
     """The tokenizer's vocabulary size: the softmax is over these ids (losses.mask_padded_vocab)."""
     return self.tokenizer.vocab_size if self.tokenizer else None
 
-  def batch_spec(self) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """name -> (shape of one row, dtype) of each array of a training batch."""
+  def batch_spec(self) -> dict[str, tuple[tuple[int, ...], Any, tuple]]:
+    """name -> (shape of one row, dtype, logical axes of the whole (B, ...) array) of each array
+    of a training batch; the first axis is 'batch'."""
     raise NotImplementedError
 
   def row_tokens(self) -> int:
@@ -160,12 +162,19 @@ def load_base(config, mesh, log) -> runs.Run:
   """The config.init_from run that a fine-tuning objective starts from. Its model and tokenizer
   are this run's: config.model becomes the base's (keeping this config's kernel choices,
   model.attention and model.remat, and model.dropout), so the command line need not repeat
-  them. UserError without init_from, or with a data.tokenizer other than the base's."""
+  them. UserError without init_from, or with a data.tokenizer or a model.vocab_size (other than
+  the default) unlike the base's."""
   if not config.init_from:
     raise UserError(f'objective={config.objective} fine-tunes a pretrained model; pass '
                     '--config.init_from=DIR (a finished run, or a model imported by gpt_jax.hf)')
+  base_model = runs.read_config(config.init_from, 'init_from').model
+  if config.model.vocab_size not in (base_model.vocab_size,
+                                     config_lib.base_config().model.vocab_size):
+    raise UserError(f'model.vocab_size={config.model.vocab_size}, but init_from='
+                    f'{config.init_from!r} has {base_model.vocab_size}: a fine-tuned model keeps '
+                    "its base's vocabulary; drop --config.model.vocab_size")
   kept = {key: config.model[key] for key in ('attention', 'remat', 'dropout')}
-  config.model.update(runs.read_config(config.init_from, 'init_from').model.to_dict() | kept)
+  config.model.update(base_model.to_dict() | kept)
   model.validate(config.model, config.seq_len)
   base = runs.load(config.init_from, mesh=mesh, what='init_from', log=log)
   if config.data.tokenizer:

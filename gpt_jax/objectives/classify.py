@@ -141,8 +141,10 @@ class TaskFineTuning(Objective):
 
   def batch_spec(self):
     C, L = self.num_sequences, self.config.seq_len
-    return {'tokens': ((C, L), jnp.int32), 'extract': ((C,), jnp.int32), 'label': ((), jnp.int32),
-            'choice_mask': ((C,), jnp.float32), 'lm_mask': ((C, L), jnp.float32)}
+    return {'tokens': ((C, L), jnp.int32, ('batch', None, 'length')),
+            'extract': ((C,), jnp.int32, ('batch', None)), 'label': ((), jnp.int32, ('batch',)),
+            'choice_mask': ((C,), jnp.float32, ('batch', None)),
+            'lm_mask': ((C, L), jnp.float32, ('batch', None, 'length'))}
 
   def row_tokens(self):
     return self.num_sequences * self.config.seq_len

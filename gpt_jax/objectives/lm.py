@@ -39,7 +39,7 @@ class LanguageModeling(Objective):
     return cls(config, tokenizer, model.build(config.model))
 
   def batch_spec(self):
-    return {'tokens': ((self.config.seq_len + 1,), jnp.int32)}
+    return {'tokens': ((self.config.seq_len + 1,), jnp.int32, ('batch', 'length'))}
 
   def weights(self, batch):
     return {'targets': jnp.asarray(batch['tokens'][:, 1:].size, jnp.float32)}

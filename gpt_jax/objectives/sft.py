@@ -99,7 +99,8 @@ class InstructionTuning(Objective):
     return objective
 
   def batch_spec(self):
-    return {name: ((self.config.seq_len,), dtype) for name, dtype in ROW_ARRAYS.items()}
+    return {name: ((self.config.seq_len,), dtype, ('batch', 'length'))
+            for name, dtype in ROW_ARRAYS.items()}
 
   def start_from(self, params, mesh, log):
     # A copy: the train step donates the state's buffers, and the report scores the base too.
