@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from gpt_jax import cli, files, flops, model, optim, sharding, trainer
+from gpt_jax import cli, files, flops, optim, sharding, trainer
 from gpt_jax.objectives import lm
 from gpt_jax.errors import UserError
 

@@ -2,7 +2,6 @@
 split, golden token layouts, masks and cuts, and the majority baseline."""
 
 import json
-import os
 import random
 
 import numpy as np

@@ -37,7 +37,8 @@ ROW_ARRAYS = {'tokens': jnp.int32, 'targets': jnp.int32, 'mask': jnp.float32,
 REPORT = 'sft_report.md'
 
 
-def held_out_instances(config, tasks: list[instructions.Task]) -> list[instructions.Task]:
+def split_tasks(config, tasks: list[instructions.Task]
+                ) -> tuple[list[instructions.Task], list[instructions.Task]]:
   """(train tasks, held-out tasks), each a task with its own instances: data.held_out_tasks's
   task of the same name, else sft.held_out of its instances (instructions.split_instances)."""
   if not config.data.held_out_tasks:
@@ -88,7 +89,7 @@ class InstructionTuning(Objective):
       raise UserError('objective=sft needs tasks: pass --config.data.tasks=FILES (Natural '
                       'Instructions .json or instruction .jsonl files, directories or globs)')
     base = load_base(config, mesh, log)
-    train, held = held_out_instances(config, instructions.read_tasks(config.data.tasks))
+    train, held = split_tasks(config, instructions.read_tasks(config.data.tasks))
     if not any(task.instances for task in held):
       raise UserError('no held-out instances: raise --config.sft.held_out or pass '
                       '--config.data.held_out_tasks')
@@ -171,7 +172,7 @@ def task_scores(base: runs.Run, tuned: runs.Run, tasks, config, log) -> dict:
 
 
 def format_report(report: dict, config) -> str:
-  lines = [f'# Instruction tuning: held-out scores\n',
+  lines = ['# Instruction tuning: held-out scores\n',
            f'Base model: `{config.init_from}`, zero-shot. Tuned: this run, prompted as it was '
            f'trained ({config.sft.shots} positive examples). Greedy answers up to the first '
            'newline (exact match and ROUGE-L, Super-NaturalInstructions); for a task with a '
