@@ -151,13 +151,16 @@ def val_tokens(run: runs.Run) -> np.ndarray:
 
 
 def load_task(spec: str) -> instructions.Task:
-  """The task of --task: a .json file, or the name of a shipped task."""
+  """The task of --task: a Natural Instructions .json file, an instruction .jsonl file (its lines
+  are one task, instructions.read_tasks), or the name of a shipped task."""
+  if spec.endswith('.jsonl'):
+    return instructions.read_tasks(spec)[0]
   path = (spec if spec.endswith('.json') or os.path.sep in spec else
           os.path.join(build.TASKS_DIR, f'{spec}.json'))
   if not os.path.isfile(path):
     shipped = sorted(f[:-5] for f in os.listdir(build.TASKS_DIR) if f.endswith('.json'))
-    raise UserError(f'--task={spec}: no such file {path!r}; pass a task .json file or one of '
-                    f'{", ".join(shipped)}')
+    raise UserError(f'--task={spec}: no such file {path!r}; pass one task file (.json, or '
+                    f'instruction .jsonl) or one of {", ".join(shipped)}')
   return instructions.read_task(path)
 
 

@@ -98,7 +98,7 @@ def parse_task(data, name: str, source: str = 'the task') -> Task:
 
   instances = data.get('Instances')
   if not (isinstance(instances, list) and instances):
-    raise UserError(f'{source} has no "Instances" list; {fix}')
+    raise UserError(f'{source} has no instances ("Instances" missing or empty); {fix}')
   parsed = []
   for number, instance in enumerate(instances, 1):
     outputs = _strings(instance.get('output')) if isinstance(instance, dict) else None
@@ -279,7 +279,8 @@ def tokenize_examples(task: Task, instances: Sequence[Instance], tokenizer, *, s
   """
   if not 0 <= shots <= len(task.positive_examples):
     raise UserError(f'sft.shots={shots}, but task {task.name} has {len(task.positive_examples)} '
-                    'positive examples; pass from 0 to that many shots')
+                    'positive example(s); pass from 0 to that many shots (instruction .jsonl '
+                    'tasks have none: --config.sft.shots=0)')
   eos = tokenizer.eos_id
   prompts = tokenizer.encode_batch([format_prompt(task, shots, i.input) for i in instances])
   answers = tokenizer.encode_batch([f' {i.outputs[0]}' for i in instances])

@@ -200,7 +200,7 @@ def _read_jsonl(path: str, kind: str) -> tuple[str, list[_Row], tuple[str, ...]]
       raise UserError(f'{where} is not JSON ({e.msg}); write one JSON object per line') from None
     row_kind = _kind_of(obj, where)
     if kind and row_kind != kind:
-      raise UserError(f'{where} is of kind {row_kind}, not {kind}: a {kind} example has the keys '
+      raise UserError(f'{where} is of kind {row_kind}, not {kind}: an example of {kind} has the keys '
                       f'{", ".join(TEXT_KEYS[kind])}, label; pass the kind of the file')
     row = _row(obj, row_kind, where)
     first = first or (row, row_kind)

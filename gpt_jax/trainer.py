@@ -161,7 +161,8 @@ def evaluate(eval_step, state: TrainState, batches, objective: Objective) -> dic
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  model.validate(config.model, config.seq_len)
+  if config.objective == 'lm':  # fine-tuning takes its model from init_from (objectives.load_base)
+    model.validate(config.model, config.seq_len)
   for key in ('steps', 'batch_size', 'grad_accum', 'seq_len', 'log_every', 'eval_every',
               'checkpoint_every', 'keep_checkpoints'):
     if config[key] <= 0:

@@ -310,6 +310,8 @@ def test_a_run_from_the_command_line_then_evaluate_scores_its_head(base_run, tmp
     ({'data.tasks': 'SCHEMALESS'}, 'is in no task schema'),
     ({'task.kind': 'similarity'}, 'is of kind classification, not similarity'),
     ({'task.labels': ('a', 'b')}, 'differ from the labels of'),
+    ({'data.tasks': 'DIRECTORY'}, 'objective=classify trains one task; pass one'),
+    ({'data.tasks': 'OTHER_LABELS'}, r"never seen in training .* pass --config.data.held_out_tasks= "),
 ])
 def test_bad_settings_are_one_line_before_training(overrides, message, tmp_path):
   config = cli.load_experiment(f'{CLASSIFY}:genre')
@@ -317,6 +319,11 @@ def test_bad_settings_are_one_line_before_training(overrides, message, tmp_path)
   for key, value in overrides.items():
     if value == 'SCHEMALESS':
       value = write_jsonl(tmp_path / 'bad.jsonl', [{'sentence': 'a', 'label': 'x'}])
+    if value == 'DIRECTORY':
+      value = str(tmp_path)
+    if value == 'OTHER_LABELS':  # the genre task's held-out file stays: its labels are unseen
+      value = write_jsonl(tmp_path / 'sent.jsonl', [{'text': 'good', 'label': 'pos'},
+                                                    {'text': 'bad', 'label': 'neg'}])
     node, _, leaf = key.rpartition('.')
     (config[node] if node else config)[leaf] = value
   with pytest.raises(UserError, match=message) as error:

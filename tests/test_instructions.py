@@ -112,7 +112,7 @@ BAD_FILES = {  # file name -> (its text, the error it gives)
                           'instance empty_string-1 has an empty answer'),
     'empty_list.json': (json.dumps({**MINIMAL, 'Instances': [{'input': '1', 'output': []}]}),
                         'instance 1 needs an "input" string and an "output" list'),
-    'no_instances.json': (json.dumps({**MINIMAL, 'Instances': []}), 'no "Instances" list'),
+    'no_instances.json': (json.dumps({**MINIMAL, 'Instances': []}), 'has no instances'),
     'notes.txt': ('x', 'is neither .json nor .jsonl'),
 }
 
@@ -215,7 +215,8 @@ def test_an_answer_that_fills_the_context_drops_its_example():
 
 
 def test_more_shots_than_positive_examples_is_an_error():
-  with pytest.raises(UserError, match='sft.shots=3, but task say_which has 2 positive examples'):
+  with pytest.raises(UserError, match=r'sft.shots=3, but task say_which has 2 positive '
+                                      r'example\(s\); .* tasks have none: --config.sft.shots=0'):
     instructions.tokenize_examples(TASK, TASK.instances, CharTokenizer(), seq_len=64, shots=3)
 
 
@@ -298,3 +299,15 @@ def test_an_example_longer_than_a_row_is_an_error():
   assert instructions.pack([], 8)['tokens'].shape == (0, 8)
   with pytest.raises(UserError, match='an example of 10 tokens does not fit rows of 8 positions'):
     instructions.pack([example(range(10), 2)], 8)
+
+
+def test_evaluate_reads_an_instruction_jsonl_task(tmp_path):
+  """--task takes the instruction JSON lines that instruction tuning trains on, as one task."""
+  from gpt_jax import evaluate
+  path = tmp_path / 'alpaca.jsonl'
+  path.write_text('{"instruction": "Add.", "input": "1 2", "output": "3"}\n'
+                  '{"prompt": "2 2", "completion": " 4"}\n')
+  task = evaluate.load_task(str(path))
+  assert task.name == 'alpaca' and [i.outputs for i in task.instances] == [('3',), ('4',)]
+  assert instructions.format_prompt(task, 0, task.instances[0].input) == (
+      'Input: Add.\n\n1 2\nOutput:')

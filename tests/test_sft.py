@@ -173,9 +173,10 @@ def test_sft_through_the_command_line(sft_config, tmp_path):
 @pytest.mark.parametrize('change, message', [
     (dict(init_from=''), 'objective=sft fine-tunes a pretrained model; pass --config.init_from'),
     (dict(data=dict(tasks='')), 'objective=sft needs tasks'),
-    (dict(sft=dict(shots=5)), 'sft.shots=5, but task first_word has 2 positive examples'),
+    (dict(sft=dict(shots=5)), 'sft.shots=5, but task first_word has 2 positive example'),
     (dict(data=dict(held_out_tasks='NOWHERE')), 'NOWHERE'),
     (dict(model=dict(vocab_size=1024)), r'model.vocab_size=1024, but init_from=.* has 512'),
+    (dict(seq_len=128), r'seq_len=128 is beyond the 64-token context of init_from=.*; lower'),
 ])
 def test_bad_sft_settings_are_one_line(sft_config, tmp_path, change, message):
   for key, value in change.items():

@@ -174,6 +174,9 @@ def load_base(config, mesh, log) -> runs.Run:
                     "its base's vocabulary; drop --config.model.vocab_size")
   kept = {key: config.model[key] for key in ('attention', 'remat', 'dropout')}
   config.model.update(base_model.to_dict() | kept)
+  if config.model.position == 'learned' and config.seq_len > config.model.block_size:
+    raise UserError(f'seq_len={config.seq_len} is beyond the {config.model.block_size}-token '
+                    f'context of init_from={config.init_from!r}; lower --config.seq_len')
   model.validate(config.model, config.seq_len)
   base = runs.load(config.init_from, mesh=mesh, what='init_from', log=log)
   if config.data.tokenizer:

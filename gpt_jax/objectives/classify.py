@@ -275,10 +275,18 @@ class TaskFineTuning(Objective):
 def read_splits(config) -> tuple[task_inputs.LabelledTask, task_inputs.LabelledTask]:
   """(train, held_out): config.data.tasks and all of config.data.held_out_tasks when set, else
   the split task_inputs.read_task_splits makes of config.data.tasks."""
+  if ',' in config.data.tasks or os.path.isdir(config.data.tasks):
+    raise UserError(f'data.tasks={config.data.tasks!r}: objective=classify trains one task; pass '
+                    'one .jsonl (or Natural Instructions .json) file')
   if not config.data.held_out_tasks:
     return task_inputs.read_task_splits(config.data.tasks, config.task.kind)
   train = task_inputs.read_task_file(config.data.tasks, config.task.kind)
-  return train, task_inputs.read_held_out(config.data.held_out_tasks, train)
+  try:
+    return train, task_inputs.read_held_out(config.data.held_out_tasks, train)
+  except UserError as e:
+    raise UserError(f'{e} (the held-out file is data.held_out_tasks; pass '
+                    '--config.data.held_out_tasks= to hold out part of data.tasks instead)'
+                    ) from None
 
 
 def _labels_text(labels) -> str:

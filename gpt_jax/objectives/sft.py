@@ -173,17 +173,20 @@ def task_scores(base: runs.Run, tuned: runs.Run, tasks, config, log) -> dict:
 
 def format_report(report: dict, config) -> str:
   lines = ['# Instruction tuning: held-out scores\n',
-           f'Base model: `{config.init_from}`, zero-shot. Tuned: this run, prompted as it was '
-           f'trained ({config.sft.shots} positive examples). Greedy answers up to the first '
+           f'Base model: `{config.init_from}`, zero-shot. Tuned: this run, with the prompts of '
+           f'its training ({config.sft.shots} positive examples). Greedy answers up to the first '
            'newline (exact match and ROUGE-L, Super-NaturalInstructions); for a task with a '
-           'fixed label set, also the accuracy of the likeliest option.\n',
+           'fixed label set, also the accuracy of the likeliest option. Scores are fractions of '
+           '1; "cut" counts the prompts that lost tokens on the left to leave room for the '
+           'answer (base / tuned).\n',
            '| task | instances | EM base | EM tuned | ROUGE-L base | ROUGE-L tuned '
-           '| acc base | acc tuned |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|']
+           '| acc base | acc tuned | cut |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
   for name, r in report.items():
     b, t = r['base'], r['tuned']
     acc = lambda s: f'{s["choice"]["acc"]:.3f}' if 'choice' in s else '-'
     lines.append(f'| {name} | {r["instances"]} | {b["generation"]["exact_match"]:.3f} | '
                  f'{t["generation"]["exact_match"]:.3f} | {b["generation"]["rouge_l"]:.3f} | '
-                 f'{t["generation"]["rouge_l"]:.3f} | {acc(b)} | {acc(t)} |')
+                 f'{t["generation"]["rouge_l"]:.3f} | {acc(b)} | {acc(t)} | '
+                 f'{b["generation"]["cut_prompts"]} / {t["generation"]["cut_prompts"]} |')
   return '\n'.join(lines) + '\n'
