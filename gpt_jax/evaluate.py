@@ -1,8 +1,8 @@
 """Evaluating a finished run: language-model metrics and zero-/few-shot prompted tasks.
 
   python -m gpt_jax.evaluate --workdir=DIR [--data=FILE] [--seq_len=N] [--max_batches=N]
-  python -m gpt_jax.evaluate --workdir=DIR --task=FILE.json|NAME [--shots=0,1,5] [--max_instances=N]
-      [--scoring=auto|choice|generation]
+  python -m gpt_jax.evaluate --workdir=DIR --task=FILE.json|FILE.jsonl|NAME [--shots=0,1,5]
+      [--max_instances=N] [--scoring=auto|choice|generation]  (FILE.jsonl: instruction lines)
   python -m gpt_jax.evaluate --workdir=DIR --task=FILE.jsonl [--max_instances=N]  (DIR a run of
       objective classify: the accuracy of its task head on FILE's labelled examples)
   python -m gpt_jax.evaluate --write_play_task[=PATH]  (rebuilds the shipped shakespeare_play task;
