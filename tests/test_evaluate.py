@@ -294,7 +294,7 @@ def test_bad_inputs_give_one_error_line(trained, tmp_path, capsys):
       'no such file': [f'--workdir={workdir}', f'--data={tmp_path}/missing.txt'],
       'is empty': [f'--workdir={workdir}', f'--data={tmp_path}/empty.txt'],
       'is not a JSON task file': [f'--workdir={workdir}', f'--task={tmp_path}/broken.json'],
-      'no "Instances"': [f'--workdir={workdir}', f'--task={tmp_path}/no_instances.json'],
+      'has no instances': [f'--workdir={workdir}', f'--task={tmp_path}/no_instances.json'],
       'no "Definition"': [f'--workdir={workdir}', f'--task={tmp_path}/no_definition.json'],
       'instance 1 needs an "input" string and an "output" list': [
           f'--workdir={workdir}', f'--task={tmp_path}/no_answers.json'],
