@@ -75,3 +75,24 @@ def expand_paths(spec: str, what: str, fix: str, directory_files) -> list[str]:
   if not paths:
     raise UserError(f"{what}='{spec}' names no file; {fix}")
   return paths
+
+
+def read_json_lines(path: str, name: str, fix: str) -> list[tuple[int, str, object]]:
+  """(line number, where, object) of each non-blank line of a UTF-8 JSON Lines file (a byte-order mark is
+  allowed), where = f'{name} line {number}'. One-line UserError, ending in `fix`, for a file that
+  cannot be read or a line that is not JSON."""
+  try:
+    with open(path, encoding='utf-8-sig') as f:  # -sig: also with a byte-order mark
+      lines = f.read().split('\n')  # not splitlines(): JSON strings may hold U+2028 and others
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f'{name} cannot be read ({e}); {fix}') from None
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    where = f'{name} line {number}'
+    try:
+      records.append((number, where, json.loads(line)))
+    except json.JSONDecodeError as e:
+      raise UserError(f'{where} is not JSON ({e.msg}); {fix}') from None
+  return records

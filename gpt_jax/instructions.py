@@ -177,22 +177,9 @@ def read_tasks(spec: str) -> list[Task]:
 def _read_jsonl_task(path: str) -> Task:
   """The task of an instruction .jsonl file (read_tasks)."""
   name = os.path.basename(path).removesuffix('.jsonl')
-  try:
-    with open(path, encoding='utf-8-sig') as f:  # -sig: also with a byte-order mark
-      text = f.read()
-  except (OSError, UnicodeDecodeError) as e:
-    raise UserError(f'data.tasks file {path} cannot be read ({e}); pass a UTF-8 .jsonl file'
-                    ) from None
   instances = []
-  for number, line in enumerate(text.split('\n'), 1):  # not splitlines: JSON allows U+2028
-    if not line.strip():
-      continue
-    where = f'data.tasks file {path} line {number}'
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise UserError(f'{where} is not JSON ({e.msg}); an instruction file holds a JSON object '
-                      'a line') from None
+  for number, where, record in files.read_json_lines(
+      path, f'data.tasks file {path}', 'an instruction file holds a JSON object a line'):
     strings = lambda *keys: all(isinstance(record.get(key), str) for key in keys)
     if isinstance(record, dict) and strings('instruction', 'output') and isinstance(
         record.get('input') or '', str):

@@ -30,7 +30,7 @@ import re
 
 import numpy as np
 
-from gpt_jax import data
+from gpt_jax import data, files
 from gpt_jax.errors import UserError
 from gpt_jax.evaluate import MAX_LABELS, auto_scoring
 from gpt_jax.instructions import read_task
@@ -184,24 +184,12 @@ def _read(path: str, kind: str) -> tuple[str, list[_Row], tuple[str, ...]]:
 
 
 def _read_jsonl(path: str, kind: str) -> tuple[str, list[_Row], tuple[str, ...]]:
-  try:
-    with open(path, encoding='utf-8-sig') as f:  # -sig: also with a byte-order mark
-      lines = f.read().split('\n')  # not splitlines(): JSON strings may hold U+2028 and others
-  except (OSError, UnicodeDecodeError) as e:
-    raise UserError(f'cannot read task file {path} ({e}); pass a UTF-8 JSON Lines file') from None
   rows, first = [], None  # first: the first row and its kind, the kind of the whole file
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    where = f'{path} line {number}'
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise UserError(f'{where} is not JSON ({e.msg}); write one JSON object per line') from None
+  for _, where, obj in files.read_json_lines(path, path, 'write one JSON object per line'):
     row_kind = _kind_of(obj, where)
     if kind and row_kind != kind:
-      raise UserError(f'{where} is of kind {row_kind}, not {kind}: an example of {kind} has the keys '
-                      f'{", ".join(TEXT_KEYS[kind])}, label; pass the kind of the file')
+      raise UserError(f'{where} is of kind {row_kind}, not {kind}: an example of {kind} has the '
+                      f'keys {", ".join(TEXT_KEYS[kind])}, label; pass the kind of the file')
     row = _row(obj, row_kind, where)
     first = first or (row, row_kind)
     if row_kind != first[1]:
