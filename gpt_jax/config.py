@@ -54,6 +54,12 @@ def base_config() -> ml_collections.ConfigDict:
   model.param_dtype = 'float32'
   model.remat = 'none'  # 'none', 'full' or 'dots' (save matmul outputs only)
   model.scan_layers = False  # nn.scan over layers: one compiled layer, fast compile when deep
+  model.quant = quant = ml_collections.ConfigDict()  # set by gpt_jax.quantize, not by hand
+  quant.format = ''  # '' (float weights), 'int8', 'int4' or 'nf4': how the matmul weights are stored
+  quant.group_size = 0  # int4/nf4: input rows sharing one scale (int8: 0 = one per output column)
+  quant.zero_point = False  # int4: asymmetric groups, w = (q − z)·s
+  quant.embeddings = False  # also the token embedding (and with it the tied head)
+  quant.activations = 'none'  # 'none' (weight-only) or 'int8' (per-token dynamic, int8 matmuls)
 
   c.optim = optim = ml_collections.ConfigDict()
   optim.lr = 1e-3
@@ -67,6 +73,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = loss = ml_collections.ConfigDict()
   loss.z_loss = 0.0  # weight of log(Z)² (PaLM), keeps the softmax normaliser near 1
+
+  c.lora = lora = ml_collections.ConfigDict()  # LoRA (Hu et al. 2021): train W + (alpha/rank)·B·A
+  lora.rank = 0  # 0 = off (train every weight); > 0 needs init_from (the frozen base)
+  lora.alpha = 16.0
+  lora.dropout = 0.0  # on the adapters' input
+  lora.targets = 'attn'  # 'attn' (query, key, value, out), 'mlp', 'all' or layer names, e.g. 'query,value'
 
   c.distill = distill = ml_collections.ConfigDict()
   distill.teacher = ''  # a finished run's workdir: train against its outputs (same tokenizer)

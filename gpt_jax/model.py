@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gpt_jax import attention
+from gpt_jax import attention, lora as lora_lib, quant as quant_lib
 from gpt_jax.errors import UserError
 
 CHOICES = {
@@ -109,6 +109,8 @@ class Dense(nn.Module):
 
   Not nn.DenseGeneral: it initialises a multi-axis kernel flat and reshapes it, and under a mesh
   the flat kernel cannot take the logical sharding of the real one.
+  With `quant` the kernel is stored quantized and dequantized inside the matmul (gpt_jax.quant);
+  with `lora` a trained low-rank update is added, x·W + (alpha/rank)·(x·A)·B (gpt_jax.lora).
   """
   features: tuple[int, ...]
   in_names: tuple[str, ...]
@@ -117,17 +119,20 @@ class Dense(nn.Module):
   use_bias: bool
   dtype: str
   param_dtype: str
+  quant: quant_lib.QuantSpec | None = None
+  lora: lora_lib.LoraSpec | None = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deterministic: bool = True):
     n_in = len(self.in_names)
-    kernel = self.param('kernel', _param(self.std, self.in_names + self.out_names),
-                        x.shape[-n_in:] + self.features, self.param_dtype)
-    # One 2-D matmul over flat rows, whatever x's leading axes (see the module docstring).
-    in_shape, batch_shape = kernel.shape[:n_in], x.shape[:-n_in]
-    x_NI = x.reshape(-1, math.prod(in_shape)).astype(self.dtype)
-    y_NO = x_NI @ kernel.reshape(math.prod(in_shape), -1).astype(self.dtype)
-    y = y_NO.reshape(batch_shape + self.features)
+    shape, names = x.shape[-n_in:] + self.features, self.in_names + self.out_names
+    if self.quant:
+      y = quant_lib.quantized_dense(self, x, shape, names, self.quant)
+    else:
+      kernel = self.param('kernel', _param(self.std, names), shape, self.param_dtype)
+      y = contract(x, kernel, n_in, self.dtype)
+    if self.lora:
+      y = y + lora_lib.lora_delta(self, x, shape, names, self.lora, deterministic)
     if self.use_bias:
       bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, self.out_names),
                         self.features, self.param_dtype)
@@ -135,10 +140,21 @@ class Dense(nn.Module):
     return y
 
 
+def contract(x, kernel, n_in: int, dtype):
+  """x · kernel over the last n_in axes of x and the first n_in of the kernel, in `dtype`.
+
+  A jax.lax.dot_general on the kernel as stored, not a reshape to 2-D and `@`: XLA emits the
+  same matmul, and JAX quantization libraries (qwix) intercept exactly this form.
+  """
+  x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=dtype)
+  x_axes = tuple(range(x.ndim - n_in, x.ndim))
+  return jax.lax.dot_general(x, kernel, ((x_axes, tuple(range(n_in))), ((), ())))
+
+
 def _dense(model, features, in_names: tuple, out_names: tuple, std: float, name: str) -> Dense:
   features = features if isinstance(features, tuple) else (features,)
   return Dense(features, in_names, out_names, std, model.bias, model.dtype, model.param_dtype,
-               name=name)
+               quant=quant_lib.spec(model), lora=lora_lib.spec(model, name), name=name)
 
 
 def rope(x_BLHE: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
@@ -157,16 +173,17 @@ class Attention(nn.Module):
   window: int
 
   @nn.compact
-  def __call__(self, x_ND, positions_BL, segment_ids_BL=None, decode: bool = False):
+  def __call__(self, x_ND, positions_BL, segment_ids_BL=None, decode: bool = False,
+               deterministic: bool = True):
     c = self.config
     E = head_size(c)
+    dense = lambda *args: functools.partial(_dense(c, *args), deterministic=deterministic)
     out_std = c.init_std / math.sqrt(2 * c.n_layer)  # GPT-2: residual branches scaled by depth
     unflat = lambda y: y.reshape(positions_BL.shape + y.shape[1:])
-    q_BLHE = unflat(_dense(c, (c.n_head, E), ('embed',), ('heads', 'kv'), c.init_std, 'query')(x_ND))
-    k_BLKE = unflat(_dense(c, (c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std,
-                           'key')(x_ND))
-    v_BLKE = unflat(_dense(c, (c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std,
-                           'value')(x_ND))
+    q_BLHE = unflat(dense((c.n_head, E), ('embed',), ('heads', 'kv'), c.init_std, 'query')(x_ND))
+    k_BLKE = unflat(dense((c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std, 'key')(x_ND))
+    v_BLKE = unflat(dense((c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std,
+                          'value')(x_ND))
     if c.position == 'rope':
       q_BLHE = rope(q_BLHE, positions_BL, c.rope_theta)
       k_BLKE = rope(k_BLKE, positions_BL, c.rope_theta)
@@ -182,7 +199,7 @@ class Attention(nn.Module):
       out_BLHE = attention.attention(q_BLHE, k_BLKE, v_BLKE, implementation=c.attention,
                                      window=self.window, segment_ids_BL=segment_ids_BL)
     out_NHE = out_BLHE.reshape(-1, *out_BLHE.shape[2:])
-    return _dense(c, c.n_embd, ('heads', 'kv'), ('embed',), out_std, 'out')(out_NHE)
+    return dense(c.n_embd, ('heads', 'kv'), ('embed',), out_std, 'out')(out_NHE)
 
   def _cache(self, k_BLKE, v_BLKE, positions_BL):
     """Writes the new keys, values and their positions at the cache's index and returns the
@@ -206,18 +223,19 @@ class MLP(nn.Module):
   config: ml_collections.FrozenConfigDict
 
   @nn.compact
-  def __call__(self, x_ND):
+  def __call__(self, x_ND, deterministic: bool = True):
     c = self.config
     F = mlp_hidden_size(c)
     out_std = c.init_std / math.sqrt(2 * c.n_layer)
+    dense = lambda *args: functools.partial(_dense(c, *args), deterministic=deterministic)
     if c.mlp == 'swiglu':
-      gate_NF = _dense(c, F, ('embed',), ('mlp',), c.init_std, 'gate')(x_ND)
-      up_NF = _dense(c, F, ('embed',), ('mlp',), c.init_std, 'up')(x_ND)
+      gate_NF = dense(F, ('embed',), ('mlp',), c.init_std, 'gate')(x_ND)
+      up_NF = dense(F, ('embed',), ('mlp',), c.init_std, 'up')(x_ND)
       h_NF = nn.silu(gate_NF) * up_NF
     else:
-      h_NF = nn.gelu(_dense(c, F, ('embed',), ('mlp',), c.init_std, 'fc')(x_ND), approximate=True)
+      h_NF = nn.gelu(dense(F, ('embed',), ('mlp',), c.init_std, 'fc')(x_ND), approximate=True)
     h_NF = nn.with_logical_constraint(h_NF, ('batch', 'mlp'))
-    return _dense(c, c.n_embd, ('mlp',), ('embed',), out_std, 'proj')(h_NF)
+    return dense(c.n_embd, ('mlp',), ('embed',), out_std, 'proj')(h_NF)
 
 
 class Block(nn.Module):
@@ -229,9 +247,9 @@ class Block(nn.Module):
   def __call__(self, x_ND, positions_BL, segment_ids_BL, deterministic: bool, decode: bool):
     c = self.config
     h_ND = Attention(c, self.window, name='attn')(_norm(c, 'ln_1')(x_ND), positions_BL,
-                                                  segment_ids_BL, decode)
+                                                  segment_ids_BL, decode, deterministic)
     x_ND = x_ND + nn.Dropout(c.dropout)(h_ND, deterministic=deterministic)
-    h_ND = MLP(c, name='mlp')(_norm(c, 'ln_2')(x_ND))
+    h_ND = MLP(c, name='mlp')(_norm(c, 'ln_2')(x_ND), deterministic)
     x_ND = x_ND + nn.Dropout(c.dropout)(h_ND, deterministic=deterministic)
     return nn.with_logical_constraint(x_ND, ('batch', 'embed'))
 
@@ -330,8 +348,13 @@ def head_weight(params, model: ml_collections.ConfigDict) -> jax.Array:
   return params['lm_head']['kernel'].T
 
 
-def build(model: ml_collections.ConfigDict) -> GPT:
-  return GPT(ml_collections.FrozenConfigDict(model))
+def build(model: ml_collections.ConfigDict, lora: ml_collections.ConfigDict | None = None) -> GPT:
+  """The GPT of a model config; with `lora` (config.lora, rank > 0) its target layers carry
+  adapters (gpt_jax.lora)."""
+  frozen = model.to_dict()
+  if lora is not None and lora.rank > 0:
+    frozen['lora'] = lora.to_dict()
+  return GPT(ml_collections.FrozenConfigDict(frozen))
 
 
 def init_params(gpt: GPT, rng: jax.Array, seq_len: int):
