@@ -27,8 +27,7 @@ def atomic_path(path: str):
 def new_directory(path: str, flag: str):
   """Yields a temporary directory beside `path` to fill; on success it becomes `path`, which must
   not exist or be empty (`flag` names the setting that gave it, for the error)."""
-  if os.path.isdir(path) and os.listdir(path) or os.path.isfile(path):
-    raise UserError(f'{flag}={path} already exists and is not empty; pass a new directory')
+  check_new_directory(path, flag)
   tmp = f'{os.path.abspath(path)}.tmp{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -39,6 +38,13 @@ def new_directory(path: str, flag: str):
     os.rename(tmp, path)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_new_directory(path: str, flag: str) -> None:
+  """UserError unless `path` (given as setting `flag`) is missing or an empty directory: checked
+  by new_directory, and by a command before slow work whose result goes there."""
+  if os.path.isdir(path) and os.listdir(path) or os.path.isfile(path):
+    raise UserError(f'{flag}={path} already exists and is not empty; pass a new directory')
 
 
 def cache_root(override: str = '') -> str:

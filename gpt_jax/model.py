@@ -65,6 +65,11 @@ def validate(model: ml_collections.ConfigDict, seq_len: int) -> None:
   if model.position == 'learned' and seq_len > model.block_size:
     raise UserError(f'seq_len={seq_len} is beyond the learned position table '
                     f'(model.block_size={model.block_size}); lower seq_len or raise block_size')
+  quant = model.get('quant')
+  if quant is not None and quant.format:
+    raise UserError(f'model.quant.format={quant.format!r}: a quantized model is not trained; it is '
+                    'made from a trained run by `python -m gpt_jax.quantize` and fine-tuned only '
+                    'through LoRA adapters (--config.init_from=DIR --config.lora.rank=r)')
   if model.scan_layers and model.sliding_window > 0 and model.local_layers == 'alternate':
     raise UserError("model.scan_layers needs identical layers, but local_layers='alternate' mixes "
                     "dense and local ones; set scan_layers=False or local_layers='all'")
@@ -295,8 +300,13 @@ class GPT(nn.Module):
                        'one example per row')
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
-    wte = nn.Embed(c.vocab_size, c.n_embd, dtype=c.dtype, param_dtype=c.param_dtype,
-                   embedding_init=_param(c.init_std, ('vocab', 'embed')), name='wte')
+    quant = quant_lib.spec(c)
+    head_quant = quant if quant and quant.embeddings else None
+    if head_quant:
+      wte = quant_lib.Embed(c.vocab_size, c.n_embd, head_quant, c.dtype, name='wte')
+    else:
+      wte = nn.Embed(c.vocab_size, c.n_embd, dtype=c.dtype, param_dtype=c.param_dtype,
+                     embedding_init=_param(c.init_std, ('vocab', 'embed')), name='wte')
     if special_embeddings_SD is None:
       x_BLD = wte(tokens_BL)
     else:
@@ -335,14 +345,19 @@ class GPT(nn.Module):
     if c.tie_embeddings:
       logits_NV = wte.attend(x_ND)
     else:
-      logits_NV = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
-                           kernel_init=_param(c.init_std, ('embed', 'vocab')), name='lm_head')(x_ND)
+      logits_NV = Dense((c.vocab_size,), ('embed',), ('vocab',), c.init_std, False, c.dtype,
+                        c.param_dtype, quant=head_quant, name='lm_head')(x_ND)
     logits_NV = nn.with_logical_constraint(logits_NV, ('batch', 'vocab'))
     return logits_NV.reshape(*tokens_BL.shape, -1)
 
 
 def head_weight(params, model: ml_collections.ConfigDict) -> jax.Array:
-  """The output head as (vocab, n_embd): logits = hidden · head_weightᵀ."""
+  """The output head as (vocab, n_embd): logits = hidden · head_weightᵀ (dequantized if the
+  model's is quantized, gpt_jax.quant)."""
+  quant = quant_lib.spec(model)
+  if quant and quant.embeddings:
+    module, prefix = ('wte', 'embedding') if model.tie_embeddings else ('lm_head', 'kernel')
+    return quant_lib.dequantize(quant_lib.parts(params[module], prefix), quant).T
   if model.tie_embeddings:
     return params['wte']['embedding']
   return params['lm_head']['kernel'].T

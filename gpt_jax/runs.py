@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt_jax import checkpoint, config as config_lib, model, sharding, state
+from gpt_jax import checkpoint, config as config_lib, files, model, sharding, state
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.tokenizer import Tokenizer
@@ -97,6 +97,20 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   step, params = checkpoint.newest_readable(
       steps, lambda step: checkpoint.restore_params(directory, step, wanted), directory, log)
   return Run(gpt, params if key is None else params[key], config, tokenizer, step)
+
+
+def write_params_run(workdir: str, config: ml_collections.ConfigDict, tokenizer: Tokenizer, params,
+                     step: int, flag: str) -> str:
+  """Makes `workdir` (new or empty; `flag` names the setting that gave it) a run of parameters
+  alone, whole or not at all: config.json (its data.tokenizer the copy beside it), the tokenizer
+  and a params-only checkpoint at `step`. Returns the absolute workdir."""
+  workdir = os.path.abspath(workdir)
+  config.data.tokenizer = os.path.join(workdir, tokenizer.filename)
+  with files.new_directory(workdir, flag) as tmp:
+    files.write_json(os.path.join(tmp, CONFIG), config.to_dict())
+    tokenizer.save(os.path.join(tmp, tokenizer.filename))
+    checkpoint.save_params(os.path.join(tmp, CHECKPOINTS), step, params)
+  return workdir
 
 
 # Settings a resumed run may change freely: they decide what is logged, kept or printed, where

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt_jax import checkpoint, config as config_lib, data, model, runs
+from gpt_jax import checkpoint, config as config_lib, data, model, quant as quant_lib, runs
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
@@ -96,6 +96,7 @@ class Objective:
     `params` as initialised when it is empty."""
     if not self.config.init_from:
       return params
+    check_trainable_base(self.config, runs.read_config(self.config.init_from, 'init_from').model)
     base = runs.load_compatible(self.config.init_from, 'init_from', self.config, self.tokenizer,
                                 mesh=mesh, log=log)
     checkpoint.check_same_shapes(base.params, params, f'init_from={self.config.init_from!r}')
@@ -157,6 +158,16 @@ def split_batches(arrays: dict[str, np.ndarray], config, pad: bool = False) -> l
           for start in range(0, batches * config.batch_size, micro)]
 
 
+def check_trainable_base(config, base_model) -> None:
+  """UserError if config.init_from, whose model config is `base_model`, is quantized and this run
+  would train all of its weights (config.lora.rank = 0)."""
+  quant = quant_lib.spec(base_model)
+  if quant and config.lora.rank == 0:
+    raise UserError(f'init_from={config.init_from!r} is quantized ({quant.format}); quantized runs '
+                    'are frozen bases for LoRA: add --config.lora.rank=r (QLoRA), or start from '
+                    'the float run it was quantized from')
+
+
 def load_base(config, mesh, log) -> runs.Run:
   """The config.init_from run that a fine-tuning objective starts from. Its model and tokenizer
   are this run's: config.model becomes the base's (keeping this config's kernel choices,
@@ -167,6 +178,7 @@ def load_base(config, mesh, log) -> runs.Run:
     raise UserError(f'objective={config.objective} fine-tunes a pretrained model; pass '
                     '--config.init_from=DIR (a finished run, or a model imported by gpt_jax.hf)')
   base_model = runs.read_config(config.init_from, 'init_from').model
+  check_trainable_base(config, base_model)
   if config.model.vocab_size not in (base_model.vocab_size,
                                      config_lib.base_config().model.vocab_size):
     raise UserError(f'model.vocab_size={config.model.vocab_size}, but init_from='
