@@ -14,6 +14,7 @@ import os
 import sys
 
 import jax
+import ml_collections
 
 from gpt_jax import cli, files, quant as quant_lib, runs
 from gpt_jax.errors import UserError
@@ -53,8 +54,8 @@ def quantize_run(workdir: str, out: str, quant: quant_lib.QuantSpec, log=print) 
                     'quantize the float run it was made from')
   run = runs.load(workdir, what='--workdir', log=log)
   params = quant_lib.quantize_params(run.params, config.model, quant)
-  config.model.quant.update(dataclasses.asdict(quant))
-  if config.objective in runs.MODEL_KEY:
+  config.model.quant = ml_collections.ConfigDict(dataclasses.asdict(quant))
+  if config.get('objective') in runs.MODEL_KEY:
     config.objective = 'lm'  # runs.load gave the model alone: its task head stays behind
   out = runs.write_params_run(out, config, run.tokenizer, params, run.step, '--out')
   source_files = _file_bytes(os.path.join(workdir, runs.CHECKPOINTS, str(run.step)))
