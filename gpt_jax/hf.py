@@ -25,7 +25,7 @@ import ml_collections
 import ml_dtypes
 import numpy as np
 
-from gpt_jax import checkpoint, cli, config as config_lib, files, model, runs
+from gpt_jax import cli, config as config_lib, files, model, runs
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
@@ -439,10 +439,7 @@ def import_checkpoint(hf_dir: str, workdir: str, tokenizer: str | None = None,
   params = _params(hf_dir, config)
   workdir = os.path.abspath(workdir)
   config.data.tokenizer = os.path.join(workdir, tok.filename)
-  with files.new_directory(workdir, '--workdir') as tmp:  # a failed import leaves nothing
-    files.write_json(os.path.join(tmp, runs.CONFIG), config.to_dict())
-    tok.save(os.path.join(tmp, tok.filename))
-    checkpoint.save_params(os.path.join(tmp, runs.CHECKPOINTS), 0, params)
+  runs.write(workdir, config, tok, params)  # a failed import leaves nothing
   return workdir
 
 
