@@ -43,8 +43,8 @@ def adapted_lm(config):
   return LoraTuning.wrap(lm.LanguageModeling.without_data(config), base), base
 
 
-def tokens(rows=2, length=32, vocab=512):
-  return jax.random.randint(jax.random.PRNGKey(2), (rows, length), 0, vocab)
+def tokens(rows=2, length=32):
+  return jax.random.randint(jax.random.PRNGKey(2), (rows, length), 0, 512)
 
 
 def paths(tree) -> list[str]:
@@ -156,7 +156,8 @@ def test_a_step_trains_the_adapters_alone_and_the_optimizer_holds_them_alone():
 def test_sft_with_lora_trains_the_adapters_alone():
   config = tiny()
   config.update(objective='sft', seq_len=24)
-  config.model.update(vocab_size=64, n_embd=32, n_head=2, n_kv_head=2, position='rope')
+  config.model.update(vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_kv_head=2,
+                      position='rope')
   inner = sft.InstructionTuning(config, None, model.build(config.model))
   base = model.init_params(inner.gpt, jax.random.PRNGKey(1), config.seq_len)
   objective = LoraTuning.wrap(inner, base)
