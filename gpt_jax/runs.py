@@ -6,6 +6,8 @@ DIR/tokenizer.model  the tokenizer its data was encoded with (sentencepiece), or
 DIR/tokenizer.json   a Hugging Face one (a model imported by gpt_jax.hf)
 DIR/checkpoints/   orbax checkpoints; the parameters of the newest readable one are what
                    sampling, evaluation, export and distillation use
+DIR/lora.json      of a LoRA run (config.lora.rank > 0), whose checkpoints hold the adapters
+                   alone: its base run and the base's fingerprint (gpt_jax.lora)
 DIR/lock.json      while a run trains in DIR: its host and process id (WorkdirLock)
 """
 
@@ -25,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt_jax import checkpoint, config as config_lib, files, model, sharding, state
+from gpt_jax import checkpoint, config as config_lib, files, lora, model, sharding, state
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.tokenizer import Tokenizer
@@ -64,13 +66,18 @@ def _to_stderr(message: str) -> None:
 
 
 def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | None = None,
-         what: str = 'workdir', log: Callable[[str], None] = _to_stderr) -> Run:
+         what: str = 'workdir', log: Callable[[str], None] = _to_stderr, merge: bool = True) -> Run:
   """The model parameters of the newest readable checkpoint of the run in `workdir` (a damaged
   newer one is skipped with a line to `log`), placed on `mesh` (default: all devices, data
   parallel), computing in `dtype` (default: the run's). `what` names the setting that gave
   `workdir`, for the error messages. Of a run that trained more than the model (MODEL_KEY: a
   task head) they are the model's part alone, so sampling, evaluation, export and init_from read
-  it as any language model."""
+  it as any language model.
+
+  Of a LoRA run they are its base's (loaded so, recursively, from the workdir its lora.json
+  names, and checked against the fingerprint there: UserError if the base changed) with the
+  adapters merged in, W + (alpha/r)·A·B (lora.merge), under the plain model; merge=False keeps
+  them apart, under the adapted model (model.build with config.lora)."""
   config = read_config(workdir, what)
   path = tokenizer_lib.find(workdir)
   if path is None:
@@ -87,16 +94,37 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   config.mesh = ml_collections.ConfigDict(dict(zip(mesh.axis_names, mesh.devices.shape)))
   if dtype:
     config.model.dtype = dtype
-  gpt = model.build(config.model)
+  adapted = lora.is_adapted(config)
+  base = _lora_base(workdir, mesh, dtype, log) if adapted else None
+  gpt = model.build(config.model, config.lora if adapted else None)
   abstract_params = state.abstract_params(
       functools.partial(model.init_params, gpt, seq_len=config.seq_len),
       model.logical_axes(gpt, config.seq_len), mesh)
+  if adapted:
+    abstract_params, _ = lora.split(abstract_params)  # the checkpoints hold the adapters alone
   directory = os.path.join(workdir, CHECKPOINTS)
   key = MODEL_KEY.get(config.get('objective'))
   wanted = abstract_params if key is None else {key: abstract_params}  # a partial restore
   step, params = checkpoint.newest_readable(
       steps, lambda step: checkpoint.restore_params(directory, step, wanted), directory, log)
-  return Run(gpt, params if key is None else params[key], config, tokenizer, step)
+  params = params if key is None else params[key]
+  if adapted:
+    params = lora.join(params, base.params)
+    if merge:
+      shardings = jax.tree.map(lambda p: p.sharding, base.params)
+      params = jax.jit(functools.partial(lora.merge, lora=config.lora),
+                       out_shardings=shardings)(params)
+      gpt = model.build(config.model)
+  return Run(gpt, params, config, tokenizer, step)
+
+
+def _lora_base(workdir: str, mesh, dtype: str | None, log) -> Run:
+  """The base of the LoRA run in `workdir` (merged, if itself a LoRA run), after checking it is
+  the one the adapters were trained on."""
+  record = lora.read_base(workdir)
+  base = load(record['base'], mesh=mesh, dtype=dtype, what=f'the base of {workdir}', log=log)
+  lora.check_base(workdir, lora.base_record(record['base'], base.step, base.params))
+  return base
 
 
 def write_params_run(workdir: str, config: ml_collections.ConfigDict, tokenizer: Tokenizer, params,

@@ -125,14 +125,16 @@ def compile_train_step(objective: Objective, tx, config, mesh: jax.sharding.Mesh
 def compile_steps(objective: Objective, tx, config, mesh: jax.sharding.Mesh,
                   abstract_train_state: TrainState, log):
   """The train and eval steps, compiled for the mesh, after a check and a report of the memory
-  each device needs. The eval step takes batch_size // grad_accum rows."""
+  each device needs: the trained parameters (their count too) and their optimizer state apart
+  from the frozen ones (objective.frozen). The eval step takes batch_size // grad_accum rows."""
   shardings = jax.tree.map(lambda a: a.sharding, abstract_train_state)
-  param_bytes = sharding.bytes_per_device(abstract_train_state.params, shardings.params)
+  trained = sum(math.prod(p.shape) for p in jax.tree.leaves(abstract_train_state.params))
+  trained_bytes = sharding.bytes_per_device(abstract_train_state.params, shardings.params)
   opt_bytes = sharding.bytes_per_device(abstract_train_state.opt_state, shardings.opt_state)
   frozen = () if objective.frozen is None else (objective.frozen,)
-  if frozen:
-    param_bytes += sharding.bytes_per_device(objective.frozen,
-                                             jax.tree.map(lambda p: p.sharding, objective.frozen))
+  frozen_bytes = sharding.bytes_per_device(
+      objective.frozen, jax.tree.map(lambda p: p.sharding, objective.frozen)) if frozen else 0
+  param_bytes = trained_bytes + frozen_bytes
   available = sharding.device_memory()
   mesh_text = ' × '.join(f'{axis} {size}' for axis, size in mesh.shape.items())
   if param_bytes + opt_bytes > available:
@@ -146,11 +148,18 @@ def compile_steps(objective: Objective, tx, config, mesh: jax.sharding.Mesh,
                         ).lower(abstract_train_state, batch_shapes(objective, eval_rows, mesh),
                                 *frozen).compile()
   activations = train_step.memory_analysis().temp_size_in_bytes
-  log(f'memory per device on mesh {mesh_text}: parameters {param_bytes / 2**20:.1f} MiB'
-      f'{" (with the frozen model)" if frozen else ""}, '
-      f'optimizer state {opt_bytes / 2**20:.1f} MiB, activations and temporaries '
-      f'{activations / 2**20:.1f} MiB (compiled), of {available / 2**30:.1f} GiB')
+  frozen_text = f', frozen parameters {_size(frozen_bytes)}' if frozen else ''
+  log(f'memory per device on mesh {mesh_text}: {trained:,} trained parameters '
+      f'{_size(trained_bytes)} and their optimizer state {_size(opt_bytes)}{frozen_text}, '
+      f'activations and temporaries {_size(activations)} (compiled), of '
+      f'{available / 2**30:.1f} GiB')
   return train_step, eval_step
+
+
+def _size(n_bytes: int) -> str:
+  """Bytes in KiB, MiB or GiB, whichever reads best (LoRA adapters are KiB, a base GiB)."""
+  unit = next((u for u in (3, 2) if n_bytes >= 2**(10 * u)), 1)
+  return f'{n_bytes / 2**(10 * unit):.1f} {("KiB", "MiB", "GiB")[unit - 1]}'
 
 
 def evaluate(eval_step, state: TrainState, batches, objective: Objective) -> dict:
@@ -256,6 +265,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print, prepared=N
                                            abstract_train_state, mesh, train_ds, log)
       # Everything above only reads DIR (or moves an unreadable checkpoint aside); from here on
       # the run writes into it.
+      objective.check_workdir(workdir)
       if jax.process_index() == 0:
         files.write_json(os.path.join(workdir, runs.CONFIG), config.to_dict())
         objective.tokenizer.save(os.path.join(workdir, objective.tokenizer.filename))

@@ -13,6 +13,9 @@ An objective is built once per run from the config (`build`), after which it hol
   - sums `eval_sums(...)` over the validation batches and turns them into metrics
     (`eval_metrics`);
   - calls `finish(...)` once training is done (samples, reports).
+
+With config.lora.rank > 0 the objective built is wrapped by objectives.lora, which trains LoRA
+adapters on a frozen base instead of the model's weights, whatever the objective.
 """
 
 import dataclasses
@@ -101,6 +104,11 @@ class Objective:
                                 mesh=mesh, log=log)
     checkpoint.check_same_shapes(base.params, params, f'init_from={self.config.init_from!r}')
     return base.params
+
+  def check_workdir(self, workdir: str) -> None:
+    """Checks the files the objective keeps in the run's workdir against this run (UserError),
+    writing those still missing on process 0; called on every process once the initial state is
+    ready, before the first step."""
 
   def finish(self, params, workdir: str, log) -> None:
     """Work after the last step, on process 0 (samples, reports)."""
@@ -203,9 +211,17 @@ def load_base(config, mesh, log) -> runs.Run:
 
 
 def build(config: ml_collections.ConfigDict, mesh, log, prepared=None) -> Objective:
-  """The objective config.objective names (distillation for 'lm' with a distill.teacher)."""
+  """The objective config.objective names (distillation for 'lm' with a distill.teacher),
+  training LoRA adapters on a frozen config.init_from when config.lora.rank is set."""
   if config.objective not in NAMES:
     raise UserError(f'objective={config.objective!r} is not one of {NAMES}; pick one of them')
+  if config.lora.rank:
+    from gpt_jax.objectives import lora
+    return lora.LoraTuning.build(config, mesh, log, lambda: _build(config, mesh, log, prepared))
+  return _build(config, mesh, log, prepared)
+
+
+def _build(config, mesh, log, prepared) -> Objective:
   if config.objective == 'lm':
     from gpt_jax.objectives import distill, lm
     if config.distill.teacher:

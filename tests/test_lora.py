@@ -1,0 +1,471 @@
+"""LoRA (gpt_jax.lora, objectives.lora): the adapted model starts as its base, merged equals
+unmerged, a step trains the adapters alone with every objective, a LoRA run's checkpoints, its
+base's fingerprint, `lora merge`, and the figures for GPT-2 124M."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt_jax import checkpoint, cli, hf, instructions, lora, model, objectives, optim, runs
+from gpt_jax import sharding, task_inputs, trainer
+from gpt_jax.errors import UserError
+from gpt_jax.objectives import classify, lm, sft
+from gpt_jax.objectives.lora import LoraTuning
+from test_classify import EXAMPLES, objective_for
+from test_sft import write_tasks
+from test_sharding import run_cli, run_python
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
+
+
+def quiet(_):
+  pass
+
+
+def tiny(**lora_settings):
+  config = cli.load_experiment(TINY)
+  config.lora.update(dict(rank=4, alpha=8.0) | lora_settings)
+  return config
+
+
+def adapted_lm(config):
+  """(objective, base parameters): LoRA on a language model with random base parameters."""
+  base = model.init_params(model.build(config.model), jax.random.PRNGKey(1), config.seq_len)
+  return LoraTuning.wrap(lm.LanguageModeling.without_data(config), base), base
+
+
+def tokens(rows=2, length=32):
+  return jax.random.randint(jax.random.PRNGKey(2), (rows, length), 0, 512)
+
+
+def paths(tree) -> list[str]:
+  return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+# --- the adapted model ----------------------------------------------------------------------------
+
+
+def test_adapters_start_at_zero_so_the_adapted_model_is_its_base_bit_for_bit():
+  config = tiny(targets='query,value')
+  objective, base = adapted_lm(config)
+  params = objective.init_params(jax.random.PRNGKey(0))
+  assert sorted(paths(params)) == sorted(f"['h_{i}']['attn']['{layer}']['{name}']" for i in (0, 1)
+                                         for layer in ('query', 'value') for name in lora.ADAPTERS)
+  query = params['h_0']['attn']['query']
+  assert query['lora_a'].shape == (64, 4) and query['lora_b'].shape == (4, 4, 16)
+  assert float(jnp.abs(query['lora_a']).max()) > 0 and not jnp.any(query['lora_b'])
+  adapted = objective.gpt.apply({'params': objective.combine(params, base)}, tokens())
+  plain = model.build(config.model).apply({'params': base}, tokens())
+  np.testing.assert_array_equal(adapted, plain)
+
+
+def with_random_b(params):
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jax.random.normal(jax.random.PRNGKey(3), x.shape) * 0.1
+      if path[-1].key == 'lora_b' else x, params)
+
+
+@pytest.mark.parametrize('mlp, targets', [('gelu', 'all'), ('swiglu', 'key,out,up')])
+def test_merged_gives_the_logits_of_unmerged(mlp, targets):
+  config = tiny(targets=targets)
+  config.model.mlp = mlp
+  objective, base = adapted_lm(config)
+  params = objective.combine(with_random_b(objective.init_params(jax.random.PRNGKey(0))), base)
+  unmerged = objective.gpt.apply({'params': params}, tokens())
+  merged_params = lora.merge(params, config.lora)
+  assert jax.tree.structure(merged_params) == jax.tree.structure(base)
+  plain = model.build(config.model).apply
+  merged = plain({'params': merged_params}, tokens())
+  assert float(jnp.abs(unmerged - plain({'params': base}, tokens())).max()) > 0.1  # they matter
+  np.testing.assert_allclose(merged, unmerged, atol=1e-5)
+
+
+def test_scanned_layers_merge_layer_by_layer():
+  """model.scan_layers stacks each parameter over a leading 'layers' axis: merging the stack is
+  merging each layer."""
+  rng = np.random.default_rng(0)
+  normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
+  layer = lambda: {'out': {'kernel': normal(4, 3, 8), 'lora_a': normal(4, 3, 2),
+                           'lora_b': normal(2, 8)}}
+  layers = [layer() for _ in range(3)]
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *layers)
+  config = tiny(rank=2)
+  merged = lora.merge(stacked, config.lora)['out']['kernel']
+  for i, one in enumerate(layers):
+    np.testing.assert_allclose(merged[i], lora.merge(one, config.lora)['out']['kernel'], atol=1e-6)
+  a, b = layers[0]['out']['lora_a'], layers[0]['out']['lora_b']
+  np.testing.assert_allclose(lora.merge(layers[0], config.lora)['out']['kernel'],
+                             layers[0]['out']['kernel'] + 8.0 / 2 * np.einsum('hei,io->heo', a, b),
+                             atol=1e-5)
+
+
+# --- a train step -------------------------------------------------------------------------------
+
+
+def train(objective, batch, steps=2):
+  """(trained params, frozen tree) as numpy before, and the state after `steps` steps."""
+  config = objective.config
+  tx = optim.optimizer(config.optim, 10)
+  state = jax.jit(lambda: trainer.new_state(objective, tx, config))()
+  before = jax.tree.map(np.array, (state.params, objective.frozen))
+  step = jax.jit(trainer.make_train_step(objective, tx, config))
+  for _ in range(steps):
+    state, metrics = step(state, batch, objective.frozen)
+    assert np.isfinite(float(metrics['loss']))
+  return before, state
+
+
+def assert_only_trained_moved(objective, before, state, beside_model=()):
+  """The base is bit-identical; the trained tree is the adapters (and the `beside_model` parts)
+  and every adapter moved."""
+  params_before, frozen_before = before
+  jax.tree.map(np.testing.assert_array_equal, frozen_before,
+               jax.tree.map(np.array, objective.frozen))
+  key = runs.MODEL_KEY.get(objective.config.objective)
+  if key:
+    assert set(state.params) == {key, *beside_model}
+  model_part = state.params[key] if key else state.params
+  assert all(p.endswith(("['lora_a']", "['lora_b']")) for p in paths(model_part))
+  for path, old, new in zip(paths(state.params), jax.tree.leaves(params_before),
+                            jax.tree.leaves(state.params)):
+    if 'lora' in path:
+      assert not np.array_equal(old, new), path
+
+
+def test_a_step_trains_the_adapters_alone_and_the_optimizer_holds_them_alone():
+  config = tiny(targets='all')
+  objective, _ = adapted_lm(config)
+  batch = {'tokens': tokens(8, 33)}
+  before, state = train(objective, batch)
+  assert_only_trained_moved(objective, before, state)
+  adapter_sizes = [x.size for x in jax.tree.leaves(state.params)]
+  assert sum(adapter_sizes) == 2 * 4 * (4 * (64 + 64) + (64 + 256) + (256 + 64))
+  moments = [x.size for x in jax.tree.leaves(state.opt_state) if x.ndim]  # AdamW's mu and nu
+  assert sorted(moments) == sorted(adapter_sizes * 2)
+
+
+def test_sft_with_lora_trains_the_adapters_alone():
+  config = tiny()
+  config.update(objective='sft', seq_len=24)
+  config.model.update(vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_kv_head=2,
+                      position='rope')
+  inner = sft.InstructionTuning(config, None, model.build(config.model))
+  base = model.init_params(inner.gpt, jax.random.PRNGKey(1), config.seq_len)
+  objective = LoraTuning.wrap(inner, base)
+  rng = np.random.default_rng(0)
+  examples = [instructions.TokenizedExample(rng.integers(3, 64, n).astype(np.int32), answer)
+              for n, answer in ((9, 3), (7, 2), (6, 4))]
+  rows = instructions.pack(examples, config.seq_len)
+  before, state = train(objective, {k: jnp.asarray(np.repeat(v, 2, 0)) for k, v in rows.items()})
+  assert_only_trained_moved(objective, before, state)
+
+
+def test_classify_with_lora_trains_the_adapters_and_the_head(tmp_path):
+  inner, params, batch = objective_for(tmp_path, EXAMPLES['classification'])
+  inner.config.lora.update(rank=2, targets='attn')
+  objective = LoraTuning.wrap(inner, params['gpt'])
+  before, state = train(objective, batch)
+  assert_only_trained_moved(objective, before, state, beside_model=('special', 'head'))
+  assert not np.array_equal(before[0]['head']['kernel'], state.params['head']['kernel'])
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('settings, message', [
+    (dict(rank=-1), r'lora.rank=-1 must be >= 0 \(0 turns LoRA off\)'),
+    (dict(alpha=0.0), r'lora.alpha=0.0 must be > 0 and lora.dropout=0.0 in \[0, 1\)'),
+    (dict(dropout=1.0), r'lora.dropout=1.0 in \[0, 1\)'),
+    (dict(targets='query,gate'), r"lora.targets='query,gate': this model has no layer gate; "
+                                 r'use attn, mlp, all or layer names among '
+                                 r'query,key,value,out,fc,proj$'),
+    (dict(targets=','), r"lora.targets=',' names no layer; use attn"),
+    (dict(init_from=''), r'lora.rank=4 adapts a pretrained model; pass --config.init_from=DIR'),
+])
+def test_bad_lora_settings_are_one_line_before_anything_loads(settings, message, tmp_path):
+  config = tiny()
+  base = tmp_path / 'base'
+  base.mkdir()
+  (base / runs.CONFIG).write_text(json.dumps(config.to_dict()))  # a base's config, no weights
+  config.init_from = settings.pop('init_from', str(base))
+  config.lora.update(**settings)
+  with pytest.raises(UserError, match=message) as error:
+    objectives.build(config, sharding.data_parallel_mesh(), quiet)
+  assert '\n' not in str(error.value)
+
+
+def test_targets_name_the_layers_of_either_mlp():
+  assert lora.targeted_layers('query, up', 'swiglu') == ('query', 'up')
+  assert lora.targeted_layers('mlp', 'gelu') == ('fc', 'proj')
+  assert lora.targeted_layers('all', 'swiglu') == ('query', 'key', 'value', 'out', 'gate', 'up',
+                                                   'proj')
+  with pytest.raises(UserError, match=r'no layer fc; use .* query,key,value,out,gate,up,proj$'):
+    lora.targeted_layers('fc', 'swiglu')
+
+
+def test_the_fingerprint_sees_one_changed_bit_and_a_swap():
+  params = {'a': jnp.arange(12, dtype=jnp.float32).reshape(3, 4),
+            'b': jnp.ones(5, jnp.bfloat16)}
+  same = lora.fingerprint(jax.tree.map(jnp.copy, params))
+  assert same == lora.fingerprint(params) and len(same) == 64
+  nudged = dict(params, a=params['a'].at[2, 3].set(jnp.nextafter(11.0, 12.0)))
+  swapped = dict(params, a=params['a'][::-1])
+  halved = dict(params, b=params['b'] / 2)
+  assert len({same, *map(lora.fingerprint, (nudged, swapped, halved))}) == 4
+
+
+# --- a LoRA run ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def base_dir(small_corpus, tmp_path_factory):
+  config = cli.load_experiment(TINY)
+  config.data.corpus, config.sample.num = small_corpus, 0
+  workdir = str(tmp_path_factory.mktemp('base'))
+  trainer.train(config, workdir, log=quiet)
+  return workdir
+
+
+def lora_config(small_corpus, base_dir):
+  config = tiny()
+  config.data.corpus, config.init_from = small_corpus, base_dir
+  config.update(steps=4, log_every=2, eval_every=2, checkpoint_every=2)
+  config.sample.num = 0
+  return config
+
+
+@pytest.fixture(scope='module')
+def lora_run(small_corpus, base_dir, tmp_path_factory):
+  """(workdir, log lines) of 4 LoRA steps on base_dir."""
+  workdir, logs = str(tmp_path_factory.mktemp('lora')), []
+  trainer.train(lora_config(small_corpus, base_dir), workdir, log=logs.append)
+  return workdir, logs
+
+
+def test_a_lora_run_saves_the_adapters_alone_and_names_its_base(lora_run, base_dir):
+  workdir, logs = lora_run
+  with open(os.path.join(workdir, lora.BASE_FILE)) as f:
+    record = json.load(f)
+  base = runs.load(base_dir)
+  assert record == {'base': os.path.abspath(base_dir), 'base_step': 20,
+                    'base_sha256': lora.fingerprint(base.params)}
+  config = runs.read_config(workdir)
+  gpt = model.build(config.model, config.lora)
+  adapters, _ = lora.split(jax.eval_shape(lambda: model.init_params(gpt, jax.random.PRNGKey(0),
+                                                                    config.seq_len)))
+  assert len(paths(adapters)) == 2 * 4 * 2
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS), keep=2)
+  ckpts.check_params_match(4, adapters)  # these leaves and no other
+  ckpts.close()
+  # 2 layers × 4 attention layers × r·(64 + 64) parameters, the base's 0.5 MiB frozen
+  memory = next(line for line in logs if line.startswith('memory per device'))
+  assert '4,096 trained parameters 16.0 KiB and their optimizer state 32.0 KiB, frozen ' \
+         'parameters 535.0 KiB' in memory
+
+
+def test_a_lora_run_loads_merged_or_not_and_merges_into_an_ordinary_run(lora_run, tmp_path):
+  workdir, _ = lora_run
+  merged, unmerged = runs.load(workdir), runs.load(workdir, merge=False)
+  assert jax.tree.structure(merged.params) == jax.tree.structure(runs.load(
+      runs.read_config(workdir).init_from).params)
+  np.testing.assert_allclose(merged.gpt.apply({'params': merged.params}, tokens()),
+                             unmerged.gpt.apply({'params': unmerged.params}, tokens()), atol=1e-5)
+
+  out = str(tmp_path / 'merged')
+  assert lora.merge_run(workdir, out, log=quiet) == out
+  assert sorted(os.listdir(out)) == ['checkpoints', 'config.json', 'tokenizer.model']
+  written = runs.load(out)
+  assert written.step == merged.step == 4 and written.config.lora.rank == 0
+  jax.tree.map(np.testing.assert_array_equal, written.params, merged.params)
+  # hf export reads the LoRA run as the merged one
+  exported = [hf.read_tensors(hf.export(d, str(tmp_path / f'hf_{i}')))
+              for i, d in enumerate((workdir, out))]
+  jax.tree.map(np.testing.assert_array_equal, *exported)
+
+  with pytest.raises(UserError, match=r'already exists and is not empty'):
+    lora.merge_run(workdir, out)
+  with pytest.raises(UserError, match=r'is not a LoRA run \(its lora.rank is 0\): it has no '
+                                      r'adapters to merge'):
+    lora.merge_run(out, str(tmp_path / 'again'))
+
+
+def test_a_base_that_changed_is_refused_on_load_and_resume(lora_run, small_corpus, tmp_path):
+  workdir, _ = lora_run
+  base, run = str(tmp_path / 'base'), str(tmp_path / 'lora')
+  shutil.copytree(lora.read_base(workdir)['base'], base)
+  shutil.copytree(workdir, run)
+  with open(os.path.join(run, lora.BASE_FILE)) as f:
+    record = json.load(f)
+  with open(os.path.join(run, lora.BASE_FILE), 'w') as f:
+    json.dump(dict(record, base=base), f)  # the base moved, unchanged: still loads
+  runs.load(run)
+
+  # the base trains on: a newer checkpoint with other weights
+  changed = jax.tree.map(lambda x: x * 1.01, runs.load(base).params)
+  checkpoint.save_params(os.path.join(base, runs.CHECKPOINTS), 21, changed)
+  message = (f'the base of the LoRA run {re.escape(run)} changed since it was trained: '
+             rf'{re.escape(base)} \(step 21\) is not the model its adapters were trained on '
+             rf'\({re.escape(base)}, step 20\)')
+  with pytest.raises(UserError, match=message):
+    runs.load(run)
+  config = lora_config(small_corpus, base)
+  config.update(steps=6, allow_config_changes=True)
+  with pytest.raises(UserError, match=message):
+    trainer.train(config, run, log=quiet)
+
+
+def run_module(module, *args):
+  return subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
+                        cwd=ROOT, timeout=300)
+
+
+@pytest.mark.slow
+def test_lora_through_the_command_line_then_merge_and_sample_both(base_dir, small_corpus,
+                                                                  tmp_path):
+  workdir, merged = str(tmp_path / 'lora'), str(tmp_path / 'merged')
+  result = run_cli(f'--config={TINY}', f'--config.data.corpus={small_corpus}',
+                   f'--config.init_from={base_dir}', '--config.lora.rank=8',
+                   '--config.lora.targets=all', '--config.steps=6', '--config.sample.num=0',
+                   f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'LoRA: rank 8, alpha 16.0 on query, key, value, out, fc, proj; the base' in result.stdout
+  result = run_module('gpt_jax.lora', 'merge', f'--workdir={workdir}', f'--out={merged}')
+  assert result.returncode == 0 and f'merged {workdir} into {merged}' in result.stdout
+  samples = []
+  for directory in (workdir, merged):
+    result = run_module('gpt_jax.sample', f'--workdir={directory}', '--prompt=KING', '--seed=1',
+                        '--max_tokens=12')
+    assert result.returncode == 0, result.stderr[-2000:]
+    samples.append(result.stdout)
+  assert samples[0] == samples[1] and 'KING' in samples[0]
+  result = run_module('gpt_jax.lora', 'merge', f'--workdir={base_dir}', f'--out={tmp_path / "x"}')
+  assert result.returncode == 2 and result.stderr.count('\n') == 1
+  assert 'is not a LoRA run' in result.stderr and not os.path.exists(tmp_path / 'x')
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in ('tokens_per_sec', 'mfu')}
+            for line in f]
+
+
+@pytest.mark.slow
+def test_sft_with_lora_resumes_bit_for_bit_and_reports(base_dir, tmp_path):
+  config = tiny(dropout=0.1)
+  config.update(objective='sft', init_from=base_dir, seq_len=64, steps=8, log_every=4,
+                eval_every=4, checkpoint_every=4)
+  config.data.update(tasks=write_tasks(tmp_path / 'tasks'), num_epochs=20)
+  config.sft.update(shots=1, eval_instances=4)
+  config.sample.num = 0
+  whole, resumed = str(tmp_path / 'whole'), str(tmp_path / 'resumed')
+  trainer.train(config, whole, log=quiet)
+  trainer.train(config, resumed, log=quiet)
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '8'))
+  messages = []
+  trainer.train(config, resumed, log=messages.append)
+  assert any('resuming from step 4' in m for m in messages)
+  assert read_metrics(resumed) == read_metrics(whole)
+  assert '| first_word | 4 |' in open(os.path.join(whole, sft.REPORT)).read()
+
+
+@pytest.mark.slow
+def test_classify_with_lora_merges_into_a_classifier_with_its_head(base_dir, tmp_path):
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'classify.py:follows'))
+  config.update(init_from=base_dir, steps=6, batch_size=8, seq_len=32, eval_every=3, log_every=3)
+  config.task.update(eval_instances=16, shots=(0,))
+  config.lora.rank = 4
+  workdir, merged = str(tmp_path / 'lora'), str(tmp_path / 'merged')
+  trainer.train(config, workdir, log=quiet)
+  lora.merge_run(workdir, merged, log=quiet)
+  mesh = sharding.data_parallel_mesh()
+  trees = [classify.load_classifier(d, mesh=mesh, log=quiet)[1] for d in (workdir, merged)]
+  jax.tree.map(np.testing.assert_array_equal, *trees)
+  held_out = os.path.join(task_inputs.SHIPPED_DIR, 'val', 'follows.jsonl')
+  with open(os.path.join(workdir, 'finetune_report.json')) as f:
+    head_accuracy = json.load(f)['head_accuracy']
+  for directory in (workdir, merged):
+    scores = classify.evaluate_head(directory, held_out, max_instances=16, log=quiet)
+    assert scores['task']['accuracy'] == head_accuracy
+
+
+@pytest.mark.slow
+def test_a_lora_step_on_a_2x2x2_mesh_matches_one_device():
+  """3 LoRA steps on every layer: losses and adapters of one device, adapters sharded with
+  their weights, and the base's fingerprint the same on both meshes."""
+  result = run_python('''
+    import json
+    import jax, numpy as np
+    from gpt_jax import config, lora, model, optim, sharding, trainer
+    from gpt_jax.objectives import lm
+    from gpt_jax.objectives.lora import LoraTuning
+    c = config.base_config()
+    c.seq_len, c.batch_size = 16, 8
+    c.model.update(vocab_size=256, n_layer=2, n_embd=64, n_head=8, n_kv_head=8, block_size=16)
+    c.lora.update(rank=4, targets='all')
+    plain = model.build(c.model)
+    base = model.init_params(plain, jax.random.PRNGKey(1), 16)
+    tx = optim.optimizer(c.optim, 10)
+    batches = np.random.RandomState(0).randint(0, 256, (3, 8, 17)).astype(np.int32)
+
+    def run(mesh):
+      on_mesh = jax.device_put(base, sharding.param_shardings(model.logical_axes(plain, 16), base,
+                                                              mesh))
+      objective = LoraTuning.wrap(lm.LanguageModeling.without_data(c), on_mesh)
+      abstract = trainer.abstract(objective, tx, c, mesh)
+      state = jax.jit(lambda: trainer.new_state(objective, tx, c),
+                      out_shardings=jax.tree.map(lambda a: a.sharding, abstract))()
+      step, _ = trainer.compile_steps(objective, tx, c, mesh, abstract, log=lambda _: None)
+      losses = []
+      for tokens in batches:
+        tokens = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), tokens)
+        state, m = step(state, {'tokens': tokens}, objective.frozen)
+        losses.append(float(m['train_loss']))
+      query = state.params['h_0']['attn']['query']
+      return {'losses': losses, 'params': [np.asarray(p).tolist() for p in jax.tree.leaves(
+                  state.params)], 'fingerprint': lora.fingerprint(on_mesh),
+              'specs': [str(query[k].sharding.spec) for k in lora.ADAPTERS]}
+
+    auto = (jax.sharding.AxisType.Auto,) * 3
+    print(json.dumps({
+        'one': run(jax.make_mesh((1, 1, 1), sharding.MESH_AXES, devices=jax.devices()[:1],
+                                 axis_types=auto)),
+        'mix': run(jax.make_mesh((2, 2, 2), sharding.MESH_AXES, axis_types=auto))}))
+  ''', devices=8)
+  one, mix = result['one'], result['mix']
+  np.testing.assert_allclose(mix['losses'], one['losses'], rtol=1e-5)
+  for p, p1 in zip(mix['params'], one['params']):
+    np.testing.assert_allclose(p, p1, rtol=1e-4, atol=1e-6)
+  assert mix['fingerprint'] == one['fingerprint']
+  assert mix['specs'] == ["P('fsdp', None)", "P(None, 'tensor', None)"]
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def test_gpt2_124m_full_fine_tuning_against_lora_r8_on_attention():
+  """Trained parameters and their parameter + AdamW bytes (float32) from shapes alone: full
+  fine-tuning of GPT-2 small trains all 124.5M; LoRA r = 8 on query, key, value and out trains
+  12 layers × 4 × 8·(768 + 768) = 589,824 and keeps the 124.5M frozen."""
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'gpt2.py'))
+  config.lora.update(rank=8, targets='attn')
+  mesh, tx = sharding.data_parallel_mesh(), optim.optimizer(config.optim, config.steps)
+
+  def figures(objective):
+    state = trainer.abstract(objective, tx, config, mesh)
+    count = sum(x.size for x in jax.tree.leaves(state.params))
+    return count, sum(sharding.bytes_per_device(tree, jax.tree.map(lambda a: a.sharding, tree))
+                      for tree in (state.params, state.opt_state))
+
+  full = figures(lm.LanguageModeling.without_data(config))
+  adapted = figures(LoraTuning.wrap(lm.LanguageModeling.without_data(config), None))
+  assert full[0] == 124_475_904 and adapted[0] == 589_824
+  assert full[1] == 12 * full[0] + 8 and adapted[1] == 12 * adapted[0] + 8  # + 2 step counts
