@@ -25,7 +25,7 @@ import ml_collections
 import ml_dtypes
 import numpy as np
 
-from gpt_jax import cli, config as config_lib, files, model, runs
+from gpt_jax import cli, config as config_lib, files, model, quant, runs
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
@@ -450,6 +450,10 @@ def export(run, out_dir: str) -> str:
   else:
     config, params = run
   m = config.model if 'model' in config else config
+  if quant.spec(m):
+    raise UserError(f'{run if isinstance(run, str) else "the run"} holds {m.quant.format} weights; '
+                    'an HF checkpoint holds float ones: export the float run it was quantized '
+                    'from (a QLoRA run: `python -m gpt_jax.lora merge` it first)')
   hf_config = config_to_hf(m, tokenizer)
   tensors = params_to_hf(m, params)
   with files.new_directory(out_dir, '--out') as tmp:

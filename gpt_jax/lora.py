@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
-from gpt_jax import cli, files, sharding
+from gpt_jax import cli, files, quant, sharding
 from gpt_jax.errors import UserError
 
 ATTENTION_LAYERS = ('query', 'key', 'value', 'out')
@@ -235,12 +235,21 @@ def merge_run(workdir: str, out: str, log=print) -> str:
                     'merge; pass the workdir of a run trained with --config.lora.rank > 0')
   files.check_new_directory(out, '--out')  # before the slow part
   if config.objective in runs.MODEL_KEY:
+    if quant.spec(config.model):
+      raise UserError(f'{workdir} is a task-head run on a quantized base; evaluate it as it is '
+                      '(evaluate --task), merging it is not supported')
     from gpt_jax.objectives import classify
     _, params, run = classify.load_classifier(workdir, mesh=sharding.data_parallel_mesh(),
                                                log=log)
   else:
     run = runs.load(workdir, log=log)
     params = run.params
+  quantized = quant.spec(config.model)
+  if quantized:  # runs.load kept the adapters apart
+    params = merge(quant.dequantize_params(params, config.model), config.lora)
+    config.model.quant.format = ''
+    log(f'the base is {quantized.format}: merging dequantizes it, so {out} holds '
+        f'{config.model.param_dtype} weights W + (alpha/r)·A·B')
   config.lora.rank = 0
   return runs.write_params_run(out, config, run.tokenizer, params, run.step, '--out')
 

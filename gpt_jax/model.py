@@ -65,11 +65,6 @@ def validate(model: ml_collections.ConfigDict, seq_len: int) -> None:
   if model.position == 'learned' and seq_len > model.block_size:
     raise UserError(f'seq_len={seq_len} is beyond the learned position table '
                     f'(model.block_size={model.block_size}); lower seq_len or raise block_size')
-  quant = model.get('quant')
-  if quant is not None and quant.format:
-    raise UserError(f'model.quant.format={quant.format!r}: a quantized model is not trained; it is '
-                    'made from a trained run by `python -m gpt_jax.quantize` and fine-tuned only '
-                    'through LoRA adapters (--config.init_from=DIR --config.lora.rank=r)')
   if model.scan_layers and model.sliding_window > 0 and model.local_layers == 'alternate':
     raise UserError("model.scan_layers needs identical layers, but local_layers='alternate' mixes "
                     "dense and local ones; set scan_layers=False or local_layers='all'")

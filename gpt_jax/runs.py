@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt_jax import checkpoint, config as config_lib, files, lora, model, sharding, state
+from gpt_jax import checkpoint, config as config_lib, files, lora, model, quant, sharding, state
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.tokenizer import Tokenizer
@@ -76,8 +76,9 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
 
   Of a LoRA run they are its base's (loaded so, recursively, from the workdir its lora.json
   names, and checked against the fingerprint there: UserError if the base changed) with the
-  adapters merged in, W + (alpha/r)·A·B (lora.merge), under the plain model; merge=False keeps
-  them apart, under the adapted model (model.build with config.lora)."""
+  adapters merged in, W + (alpha/r)·A·B (lora.merge), under the plain model; merge=False, or a
+  quantized base (QLoRA: merging would dequantize it), keeps them apart, under the adapted model
+  (model.build with config.lora)."""
   config = read_config(workdir, what)
   path = tokenizer_lib.find(workdir)
   if path is None:
@@ -110,7 +111,7 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   params = params if key is None else params[key]
   if adapted:
     params = lora.join(params, base.params)
-    if merge:
+    if merge and not quant.spec(config.model):
       shardings = jax.tree.map(lambda p: p.sharding, base.params)
       params = jax.jit(functools.partial(lora.merge, lora=config.lora),
                        out_shardings=shardings)(params)

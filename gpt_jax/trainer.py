@@ -172,6 +172,11 @@ def evaluate(eval_step, state: TrainState, batches, objective: Objective) -> dic
 def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.objective == 'lm':  # fine-tuning takes its model from init_from (objectives.load_base)
     model.validate(config.model, config.seq_len)
+  if config.model.quant.format:  # only objectives.load_base copies a quantized base's setting
+    raise UserError(f'model.quant.format={config.model.quant.format!r}: a quantized model is not '
+                    'trained; it is made from a trained run by `python -m gpt_jax.quantize` and '
+                    'fine-tuned only through LoRA adapters (--config.init_from=DIR '
+                    '--config.lora.rank=r)')
   for key in ('steps', 'batch_size', 'grad_accum', 'seq_len', 'log_every', 'eval_every',
               'checkpoint_every', 'keep_checkpoints'):
     if config[key] <= 0:

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import checkpoint, cli, hf, instructions, lora, model, objectives, optim, runs
-from gpt_jax import sharding, task_inputs, trainer
+from gpt_jax import checkpoint, cli, hf, instructions, lora, model, objectives, optim, quant
+from gpt_jax import quantize, runs, sharding, task_inputs, trainer
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import classify, lm, sft
 from gpt_jax.objectives.lora import LoraTuning
@@ -151,6 +151,22 @@ def test_a_step_trains_the_adapters_alone_and_the_optimizer_holds_them_alone():
   assert sum(adapter_sizes) == 2 * 4 * (4 * (64 + 64) + (64 + 256) + (256 + 64))
   moments = [x.size for x in jax.tree.leaves(state.opt_state) if x.ndim]  # AdamW's mu and nu
   assert sorted(moments) == sorted(adapter_sizes * 2)
+
+
+def test_qlora_steps_lower_the_loss_on_a_frozen_nf4_base():
+  config = tiny(targets='all')
+  float_base = model.init_params(model.build(config.model), jax.random.PRNGKey(1), config.seq_len)
+  nf4 = quant.QuantSpec('nf4', 32, False, 'none', False)
+  config.model.quant.update(format='nf4', group_size=32)
+  objective = LoraTuning.wrap(lm.LanguageModeling.without_data(config),
+                              quant.quantize_params(float_base, config.model, nf4))
+  batch = {'tokens': tokens(8, 33)}
+  loss = lambda params: objective.loss(params, batch, rng=jax.random.PRNGKey(0), step=0,
+                                       weights=objective.weights(batch),
+                                       frozen=objective.frozen)[0]
+  before, state = train(objective, batch, steps=5)
+  assert_only_trained_moved(objective, before, state)
+  assert float(loss(state.params)) < float(loss(before[0])) - 0.01
 
 
 def test_sft_with_lora_trains_the_adapters_alone():
@@ -321,6 +337,25 @@ def test_a_base_that_changed_is_refused_on_load_and_resume(lora_run, small_corpu
   config.update(steps=6, allow_config_changes=True)
   with pytest.raises(UserError, match=message):
     trainer.train(config, run, log=quiet)
+
+
+def test_qlora_trains_adapters_on_an_nf4_base_and_merging_dequantizes_it(small_corpus, base_dir,
+                                                                         tmp_path):
+  nf4 = quantize.quantize_run(base_dir, str(tmp_path / 'nf4'),
+                              quant.QuantSpec('nf4', 32, False, 'none', False), log=quiet)
+  workdir = str(tmp_path / 'qlora')
+  trainer.train(lora_config(small_corpus, nf4), workdir, log=quiet)
+
+  run = runs.load(workdir)  # a quantized base keeps its adapters apart
+  query = run.params['h_0']['attn']['query']
+  assert sorted(query) == ['bias', 'kernel_q', 'kernel_scale', 'kernel_scale_mean',
+                           'kernel_scale_scale', 'lora_a', 'lora_b']
+  assert np.abs(np.asarray(query['lora_b'])).max() > 0
+  out = lora.merge_run(workdir, str(tmp_path / 'merged'), log=quiet)
+  merged = runs.load(out)
+  assert not merged.config.model.quant.format and 'kernel' in merged.params['h_0']['attn']['query']
+  np.testing.assert_allclose(merged.gpt.apply({'params': merged.params}, tokens()),
+                             run.gpt.apply({'params': run.params}, tokens()), atol=1e-4)
 
 
 def run_module(module, *args):

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, config as config_lib, evaluate, model, objectives, quant, quantize, runs
-from gpt_jax import sample, trainer
+from gpt_jax import cli, config as config_lib, evaluate, hf, model, objectives, quant, quantize
+from gpt_jax import runs, sample, trainer
 from gpt_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,7 +177,7 @@ def test_quantized_models_are_not_trained_in_full():
   c.model.quant.format = 'int4'
   with pytest.raises(UserError, match="model.quant.format='int4': a quantized model is not "
                                       'trained'):
-    model.validate(c.model, 32)
+    trainer.validate_config(c)
   c.init_from = 'DIR'
   with pytest.raises(UserError, match="init_from='DIR' is quantized \\(int4\\); quantized runs "
                                       'are frozen bases for LoRA'):
@@ -220,6 +220,12 @@ def test_the_quantized_run_holds_packed_int4_and_loads(trained, int4_run, capsys
       quant.quantize_params(float_run.params, float_run.config.model,
                             quant.spec(run.config.model))['h_1']['mlp']['fc']['kernel_q'],
       run.params['h_1']['mlp']['fc']['kernel_q'])
+
+
+def test_hf_export_refuses_quantized_weights(int4_run, tmp_path):
+  with pytest.raises(UserError, match=r'holds int4 weights; an HF checkpoint holds float ones'):
+    hf.export(int4_run, str(tmp_path / 'hf'))
+  assert not os.path.exists(tmp_path / 'hf')
 
 
 def test_sample_and_evaluate_read_the_quantized_run(trained, int4_run, capsys):
