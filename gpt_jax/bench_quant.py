@@ -72,13 +72,11 @@ def variants(args) -> list[tuple[str, quant.QuantSpec | str]]:
 
 
 def write_variant(workdir: str, what, out: str) -> str:
-  """DIR's weights as `what` says, as a run in `out` (fp32: DIR itself)."""
-  if what == 'fp32':
-    return workdir
-  if what == 'bf16':
+  """DIR's weights as `what` says, as a run of parameters alone in `out`."""
+  if what in ('fp32', 'bf16'):  # written too, so file bytes count the parameters alone
     run = runs.load(workdir)
-    run.config.model.param_dtype = 'bfloat16'
-    params = jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16), run.params)
+    run.config.model.param_dtype = 'float32' if what == 'fp32' else 'bfloat16'
+    params = jax.tree.map(lambda x: x.astype(run.config.model.param_dtype), run.params)
     return runs.write_params_run(out, run.config, run.tokenizer, params, run.step, '--out')
   return quantize.quantize_run(workdir, out, what, log=lambda _: None)
 
