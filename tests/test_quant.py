@@ -2,6 +2,7 @@
 against the dequantized weight, quantized models against float ones, and the quantize command."""
 
 import functools
+import json
 import os
 
 import jax
@@ -282,3 +283,20 @@ def test_bad_inputs_give_one_error_line(trained, int4_run, tmp_path, capsys):
     assert len(stderr.strip().splitlines()) == 1 and stderr.startswith('error: '), stderr
     assert expected in stderr, stderr
     assert not out.exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_bench_quant_measures_each_format_of_a_run(trained, tmp_path, capsys):
+  from gpt_jax import bench_quant
+  out = str(tmp_path / 'quant.json')
+  bench_quant.main([f'--workdir={trained}', '--formats=fp32,int8,nf4', '--group_size=32',
+                    '--activations=none,int8', '--batch_sizes=1', '--prompt_len=4',
+                    '--new_tokens=4', '--repeats=1', '--max_batches=1', f'--json={out}'])
+  with open(out) as f:
+    rows = {row['weights']: row for row in json.load(f)}
+  assert list(rows) == ['fp32', 'int8', 'int8, int8 activations', 'nf4 g32']  # no nf4 × int8
+  assert rows['int8']['device_bytes'] < rows['fp32']['device_bytes'] / 2  # the embedding stays
+  assert rows['int8']['val_bpb'] == pytest.approx(rows['fp32']['val_bpb'], rel=0.01)
+  assert '| nf4 g32 |' in capsys.readouterr().out
+  with pytest.raises(UserError, match=r"--formats='int3': give a comma-separated list of fp32"):
+    bench_quant.parse_args([f'--workdir={trained}', '--formats=int3'])
