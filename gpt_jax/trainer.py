@@ -23,7 +23,8 @@ import optax
 import tqdm
 from jax.sharding import PartitionSpec
 
-from gpt_jax import checkpoint, files, flops, metrics, model, objectives, optim, runs, sharding
+from gpt_jax import checkpoint, files, flops, metrics, model, objectives, optim, quant, runs
+from gpt_jax import sharding
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import Objective
 from gpt_jax.state import TrainState, abstract_state, init_state
@@ -172,7 +173,7 @@ def evaluate(eval_step, state: TrainState, batches, objective: Objective) -> dic
 def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.objective == 'lm':  # fine-tuning takes its model from init_from (objectives.load_base)
     model.validate(config.model, config.seq_len)
-  if config.model.quant.format:  # only objectives.load_base copies a quantized base's setting
+  if quant.spec(config.model):  # only objectives.load_base copies a quantized base's setting
     raise UserError(f'model.quant.format={config.model.quant.format!r}: a quantized model is not '
                     'trained; it is made from a trained run by `python -m gpt_jax.quantize` and '
                     'fine-tuned only through LoRA adapters (--config.init_from=DIR '
