@@ -50,8 +50,10 @@ def quantize_run(workdir: str, out: str, quant: quant_lib.QuantSpec, log=print) 
   files.check_new_directory(out, '--out')  # before the slow part
   config = runs.read_config(workdir, '--workdir')
   if quant_lib.spec(config.model):
+    fix = ('merge it (`python -m gpt_jax.lora merge`) and quantize the merged run'
+           if lora.is_adapted(config) else 'quantize the float run it was made from')
     raise UserError(f'--workdir={workdir} is quantized already ({config.model.quant.format}); '
-                    'quantize the float run it was made from')
+                    f'{fix}')
   run = runs.load(workdir, what='--workdir', log=log)
   params = quant_lib.quantize_params(run.params, config.model, quant)
   config.model.quant = ml_collections.ConfigDict(dataclasses.asdict(quant))

@@ -364,6 +364,10 @@ def test_qlora_trains_adapters_on_an_nf4_base_and_merging_dequantizes_it(small_c
   assert sorted(query) == ['bias', 'kernel_q', 'kernel_scale', 'kernel_scale_mean',
                            'kernel_scale_scale', 'lora_a', 'lora_b']
   assert np.abs(np.asarray(query['lora_b'])).max() > 0
+  with pytest.raises(UserError, match=r'is quantized already \(nf4\); merge it \(`python -m '
+                                      r'gpt_jax.lora merge`\) and quantize the merged run'):
+    quantize.quantize_run(workdir, str(tmp_path / 'int8'),
+                          quant.QuantSpec('int8', 0, False, 'none', False), log=quiet)
   out = lora.merge_run(workdir, str(tmp_path / 'merged'), log=quiet)
   merged = runs.load(out)
   assert not merged.config.model.quant.format and 'kernel' in merged.params['h_0']['attn']['query']
