@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = loss = ml_collections.ConfigDict()
   loss.z_loss = 0.0  # weight of log(Z)² (PaLM), keeps the softmax normaliser near 1
 
-  c.lora = lora = ml_collections.ConfigDict()  # LoRA (Hu et al. 2021): train W + (alpha/rank)·B·A
+  c.lora = lora = ml_collections.ConfigDict()  # LoRA (Hu et al. 2021): train W + (alpha/rank)·A·B
   lora.rank = 0  # 0 = off (train every weight); > 0 needs init_from (the frozen base)
   lora.alpha = 16.0
   lora.dropout = 0.0  # on the adapters' input

@@ -224,10 +224,10 @@ def is_adapted(config: ml_collections.ConfigDict) -> bool:
 
 def merge_run(workdir: str, out: str, log=print) -> str:
   """Writes the LoRA run in `workdir` merged (runs.load) into `out`, new or empty, all at once or
-  not at all: an ordinary run of parameters alone (runs.write_params_run) at the LoRA run's step, its config
-  with lora.rank = 0. A classify run keeps its head and special-token embeddings beside the merged
-  model, as its checkpoints hold them, so evaluate --task reads it too. UserError for a run
-  without adapters, a non-empty `out` or a base that changed. Returns `out`."""
+  not at all: an ordinary run of parameters alone (runs.write_params_run) at the LoRA run's step,
+  its config with lora.rank = 0. A classify run keeps its head and special-token embeddings beside
+  the merged model, as its checkpoints hold them, so evaluate --task reads it too. UserError for a
+  run without adapters, a non-empty `out` or a base that changed. Returns `out`."""
   from gpt_jax import runs  # runs imports the model, which imports this module
   config = runs.read_config(workdir)
   if not is_adapted(config):
@@ -255,9 +255,13 @@ def merge_run(workdir: str, out: str, log=print) -> str:
 
 
 def _main(argv: list[str]) -> None:
-  parser = cli.ArgumentParser(prog='python -m gpt_jax.lora', description=__doc__.split('\n')[0])
+  parser = cli.ArgumentParser(prog='python -m gpt_jax.lora',
+                              description='Commands on LoRA runs (Hu et al. 2021).')
   commands = parser.add_subparsers(dest='command', required=True)
-  merge_parser = commands.add_parser('merge', help='a LoRA run into an ordinary run')
+  merge_parser = commands.add_parser(
+      'merge', help='a LoRA run into an ordinary run',
+      description="Writes a LoRA run's merged weights, W + (alpha/r)·A·B, as an ordinary run; a "
+      'quantized base (QLoRA) is dequantized, so the weights are float.')
   merge_parser.add_argument('--workdir', required=True, help='the LoRA run')
   merge_parser.add_argument('--out', required=True, help='a new directory')
   args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ import sys
 import jax
 import ml_collections
 
-from gpt_jax import cli, files, quant as quant_lib, runs
+from gpt_jax import cli, files, lora, quant as quant_lib, runs
 from gpt_jax.errors import UserError
 
 DEFAULT_GROUP_SIZE = {'int8': 0, 'int4': 128, 'nf4': 64}  # nf4: QLoRA's block size
@@ -44,30 +44,36 @@ def _device_bytes(params) -> int:
 
 
 def quantize_run(workdir: str, out: str, quant: quant_lib.QuantSpec, log=print) -> str:
-  """Writes the run in `workdir` with quantized weights to `out` (new or empty), all or nothing;
-  logs the bytes before and after. Returns out's absolute path."""
+  """Writes the run in `workdir` (of a LoRA run, its merged model) with quantized weights to `out`
+  (new or empty), all or nothing; logs the bytes before and after. Returns out's absolute path."""
   check(quant)
   files.check_new_directory(out, '--out')  # before the slow part
   config = runs.read_config(workdir, '--workdir')
   if quant_lib.spec(config.model):
+    fix = ('merge it (`python -m gpt_jax.lora merge`) and quantize the merged run'
+           if lora.is_adapted(config) else 'quantize the float run it was made from')
     raise UserError(f'--workdir={workdir} is quantized already ({config.model.quant.format}); '
-                    'quantize the float run it was made from')
+                    f'{fix}')
   run = runs.load(workdir, what='--workdir', log=log)
   params = quant_lib.quantize_params(run.params, config.model, quant)
   config.model.quant = ml_collections.ConfigDict(dataclasses.asdict(quant))
   if config.get('objective') in runs.MODEL_KEY:
     config.objective = 'lm'  # runs.load gave the model alone: its task head stays behind
+  adapted = lora.is_adapted(config)
+  if adapted:
+    config.lora.rank = 0  # runs.load gave the merged model
   out = runs.write_params_run(out, config, run.tokenizer, params, run.step, '--out')
   source_files = _file_bytes(os.path.join(workdir, runs.CHECKPOINTS, str(run.step)))
   out_files = _file_bytes(os.path.join(out, runs.CHECKPOINTS))
   before, after = _device_bytes(run.params), _device_bytes(params)
+  source_note = ("a LoRA run's hold its adapters alone" if adapted
+                 else "a trained run's hold its optimizer state too")
   log(f'quantized {workdir} (step {run.step}) into {out}: {quant.format}, group size '
       f'{quant.group_size or "all inputs"}{", zero points" if quant.zero_point else ""}, '
       f'{"with" if quant.embeddings else "without"} the embeddings, activations '
       f'{quant.activations}')
   log(f'parameters on the device: {before:,} -> {after:,} bytes ({before / after:.2f}x smaller); '
-      f'checkpoint files: {source_files:,} -> {out_files:,} bytes (a trained run\'s hold its '
-      'optimizer state too)')
+      f'checkpoint files: {source_files:,} -> {out_files:,} bytes ({source_note})')
   return out
 
 

@@ -314,6 +314,19 @@ def test_a_lora_run_loads_merged_or_not_and_merges_into_an_ordinary_run(lora_run
     lora.merge_run(out, str(tmp_path / 'again'))
 
 
+def test_quantizing_a_lora_run_writes_its_merged_model_as_an_ordinary_quantized_run(lora_run,
+                                                                                   tmp_path):
+  workdir, _ = lora_run
+  logs = []
+  out = quantize.quantize_run(workdir, str(tmp_path / 'int8'),
+                              quant.QuantSpec('int8', 0, False, 'none', False), log=logs.append)
+  assert "(a LoRA run's hold its adapters alone)" in logs[-1]
+  written, merged = runs.load(out), runs.load(workdir)
+  assert written.config.lora.rank == 0 and written.config.model.quant.format == 'int8'
+  np.testing.assert_allclose(written.gpt.apply({'params': written.params}, tokens()),
+                             merged.gpt.apply({'params': merged.params}, tokens()), atol=2e-2)
+
+
 def test_a_base_that_changed_is_refused_on_load_and_resume(lora_run, small_corpus, tmp_path):
   workdir, _ = lora_run
   base, run = str(tmp_path / 'base'), str(tmp_path / 'lora')
@@ -351,6 +364,10 @@ def test_qlora_trains_adapters_on_an_nf4_base_and_merging_dequantizes_it(small_c
   assert sorted(query) == ['bias', 'kernel_q', 'kernel_scale', 'kernel_scale_mean',
                            'kernel_scale_scale', 'lora_a', 'lora_b']
   assert np.abs(np.asarray(query['lora_b'])).max() > 0
+  with pytest.raises(UserError, match=r'is quantized already \(nf4\); merge it \(`python -m '
+                                      r'gpt_jax.lora merge`\) and quantize the merged run'):
+    quantize.quantize_run(workdir, str(tmp_path / 'int8'),
+                          quant.QuantSpec('int8', 0, False, 'none', False), log=quiet)
   out = lora.merge_run(workdir, str(tmp_path / 'merged'), log=quiet)
   merged = runs.load(out)
   assert not merged.config.model.quant.format and 'kernel' in merged.params['h_0']['attn']['query']

@@ -288,7 +288,7 @@ def test_bad_inputs_give_one_error_line(trained, int4_run, tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_quant_measures_each_format_of_a_run(trained, tmp_path, capsys):
   from gpt_jax import bench_quant
-  out = str(tmp_path / 'quant.json')
+  out = str(tmp_path / 'bench' / 'quant.json')  # a directory that does not exist yet
   bench_quant.main([f'--workdir={trained}', '--formats=fp32,int8,nf4', '--group_size=32',
                     '--activations=none,int8', '--batch_sizes=1', '--prompt_len=4',
                     '--new_tokens=4', '--repeats=1', '--max_batches=1', f'--json={out}'])
