@@ -211,9 +211,10 @@ def declare(module: nn.Module, prefix: str, shape: tuple, names: tuple, n_in: in
   naming the layer if group_size does not divide its inputs."""
   I = math.prod(shape[:n_in])
   if quant.group_size and I % quant.group_size:
+    fits = math.gcd(I, quant.group_size)
     raise UserError(f'group_size={quant.group_size} does not divide the {I} inputs of layer '
                     f'{"/".join(module.scope.path)} (kernel {shape}); pick a group size that '
-                    "divides every layer's input size")
+                    f"divides every layer's input size (e.g. {fits}, or a divisor of it)")
   abstract = jax.eval_shape(functools.partial(quantize, n_in=n_in, quant=quant),
                             jax.ShapeDtypeStruct(shape, jnp.float32))
   scale_names = (None,) + names[n_in:]
