@@ -85,6 +85,8 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
     raise UserError(f'{what}={workdir!r} has no {" or ".join(tokenizer_lib.FILENAMES)}; pass the '
                     'workdir of a finished run')
   tokenizer = tokenizer_lib.load(path)
+  if config.data.tokenizer and not os.path.exists(config.data.tokenizer):
+    config.data.tokenizer = path  # a written run (write_params_run) that was moved: its own copy
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, CHECKPOINTS), keep=config.keep_checkpoints)
   steps = ckpts.committed_steps()
   ckpts.close()

@@ -4,6 +4,7 @@ against the dequantized weight, quantized models against float ones, and the qua
 import functools
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -221,6 +222,17 @@ def test_the_quantized_run_holds_packed_int4_and_loads(trained, int4_run, capsys
       quant.quantize_params(float_run.params, float_run.config.model,
                             quant.spec(run.config.model))['h_1']['mlp']['fc']['kernel_q'],
       run.params['h_1']['mlp']['fc']['kernel_q'])
+
+
+def test_a_moved_quantized_run_still_evaluates_with_its_own_tokenizer(int4_run, tmp_path):
+  moved = str(tmp_path / 'moved')
+  shutil.copytree(int4_run, moved)  # its config.json names the original's tokenizer
+  shutil.move(int4_run, str(tmp_path / 'gone'))
+  try:
+    assert runs.load(moved).config.data.tokenizer == os.path.join(moved, 'tokenizer.model')
+    assert len(evaluate.val_tokens(runs.load(moved))) > 0
+  finally:
+    shutil.move(str(tmp_path / 'gone'), int4_run)
 
 
 def test_hf_export_refuses_quantized_weights(int4_run, tmp_path):
