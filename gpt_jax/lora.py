@@ -10,7 +10,7 @@ A LoRA run (config.lora.rank > 0, objectives.lora) trains and checkpoints the ad
 (and a task head, if its objective has one); its base, config.init_from, stays frozen and is
 named in DIR/lora.json with a fingerprint of its parameters, which every load checks. runs.load
 gives such a run merged, W + (alpha/r)·A·B, so sampling, evaluation, export, init_from and
-distillation read it like any run, and
+distillation read it like any run (on a quantized base, QLoRA, with the adapters apart), and
 
   python -m gpt_jax.lora merge --workdir=DIR --out=DIR2
 
