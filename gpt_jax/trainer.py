@@ -178,7 +178,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                     'trained; it is made from a trained run by `python -m gpt_jax.quantize` and '
                     'fine-tuned only through LoRA adapters (--config.init_from=DIR '
                     '--config.lora.rank=r)')
-  if config.init_from:  # before the workdir is touched
+  if config.init_from and os.path.exists(os.path.join(config.init_from, runs.CONFIG)):  # early
     objectives.check_trainable_base(config, runs.read_config(config.init_from, 'init_from').model)
   for key in ('steps', 'batch_size', 'grad_accum', 'seq_len', 'log_every', 'eval_every',
               'checkpoint_every', 'keep_checkpoints'):
