@@ -25,15 +25,6 @@ from gpt_jax.errors import UserError
 FORMATS = ('fp32', 'bf16') + quant.FORMATS
 
 
-def directory_bytes(path: str) -> int:
-  return sum(os.path.getsize(os.path.join(root, name))
-             for root, _, names in os.walk(path) for name in names)
-
-
-def device_bytes(params) -> int:
-  return sum(leaf.nbytes for leaf in jax.tree.leaves(params))
-
-
 def decode_tokens_per_sec(run: runs.Run, batch_size: int, args) -> float:
   prompts = np.random.default_rng(0).integers(0, run.tokenizer.vocab_size,
                                               (batch_size, args.prompt_len)).tolist()
@@ -47,8 +38,9 @@ def measure(workdir: str, name: str, args, val_tokens) -> dict:
   mesh = sharding.data_parallel_mesh()
   scorer = evaluate.Scorer(run, mesh, args.eval_batch_size, run.config.seq_len)
   metrics = evaluate.lm_metrics(scorer, val_tokens, run.tokenizer, args.max_batches)
-  row = {'weights': name, 'file_bytes': directory_bytes(os.path.join(workdir, runs.CHECKPOINTS)),
-         'device_bytes': device_bytes(run.params), 'val_bpb': metrics['bpb']}
+  row = {'weights': name, 'val_bpb': metrics['bpb'],
+         'file_bytes': quantize.file_bytes(os.path.join(workdir, runs.CHECKPOINTS)),
+         'device_bytes': quantize.device_bytes(run.params)}
   for batch_size in args.batch_sizes:
     row[f'decode_tokens_per_sec_b{batch_size}'] = decode_tokens_per_sec(run, batch_size, args)
   return row

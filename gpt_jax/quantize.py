@@ -34,12 +34,14 @@ def check(quant: quant_lib.QuantSpec) -> None:
                     'integers; use --format=int8 or int4, or --activations=none')
 
 
-def _file_bytes(directory: str) -> int:
+def file_bytes(directory: str) -> int:
+  """Bytes of every file under `directory`."""
   return sum(os.path.getsize(os.path.join(root, name))
              for root, _, names in os.walk(directory) for name in names)
 
 
-def _device_bytes(params) -> int:
+def device_bytes(params) -> int:
+  """Bytes of a tree of arrays in device memory."""
   return sum(x.nbytes for x in jax.tree.leaves(params))
 
 
@@ -63,9 +65,9 @@ def quantize_run(workdir: str, out: str, quant: quant_lib.QuantSpec, log=print) 
   if adapted:
     config.lora.rank = 0  # runs.load gave the merged model
   out = runs.write_params_run(out, config, run.tokenizer, params, run.step, '--out')
-  source_files = _file_bytes(os.path.join(workdir, runs.CHECKPOINTS, str(run.step)))
-  out_files = _file_bytes(os.path.join(out, runs.CHECKPOINTS))
-  before, after = _device_bytes(run.params), _device_bytes(params)
+  source_files = file_bytes(os.path.join(workdir, runs.CHECKPOINTS, str(run.step)))
+  out_files = file_bytes(os.path.join(out, runs.CHECKPOINTS))
+  before, after = device_bytes(run.params), device_bytes(params)
   source_note = ("a LoRA run's hold its adapters alone" if adapted
                  else "a trained run's hold its optimizer state too")
   log(f'quantized {workdir} (step {run.step}) into {out}: {quant.format}, group size '
