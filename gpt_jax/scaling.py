@@ -11,7 +11,17 @@ flops = the FLOPs it accounted) and DIR/curves.csv (validation loss along each r
     gives N_opt ∝ C^a, D_opt ∝ C^b with a = β/(α+β), b = α/(α+β).
   Single-variable laws L(X) = (X_c/X)^α (Kaplan et al. 2020) for X = N, D, C, on frontier runs.
 
-Exponents get bootstrap confidence intervals. `python -m gpt_jax.scaling fit FILE.csv [--json]`
+Exponents get bootstrap confidence intervals. Only runs.csv rows with role 'sweep' are fitted
+(all rows without a role column); approach 3 counts repeated data as Muennighoff et al.'s D'.
+
+Predicting a larger run before training it (as OpenAI's GPT-4 report did): `predict` gives N_opt,
+D_opt and the loss at a budget beyond the sweep's, from approach 3 (with a bootstrap interval),
+approach 2 and the law L*(C) = E + k·C^-γ of the isoFLOP minima; the sweep saves it with
+`write_prediction` before it trains the 'verification' run. The report holds out the largest
+budget the same way, compares the verification run with its prediction, sets the spread of the
+'seed' runs beside the fits' residuals, and says whether the approaches agree.
+
+`python -m gpt_jax.scaling fit FILE.csv [--json]`
 fits any CSV with columns params, tokens, loss (optional flops, budget);
 `python -m gpt_jax.scaling report DIR` writes DIR/scaling/report.{md,json} and three plots.
 """
@@ -41,7 +51,8 @@ Table = dict[str, np.ndarray]  # a CSV file's columns by name
 
 RUN_COLUMNS = ('params', 'tokens', 'loss')
 CURVE_COLUMNS = ('name', 'params', 'tokens', 'flops', 'loss')
-POSITIVE_COLUMNS = ('params', 'tokens', 'loss', 'flops', 'budget')  # the fits take their logs
+# the fits take their logs (unique_tokens: tokens in one epoch of the corpus)
+POSITIVE_COLUMNS = ('params', 'tokens', 'loss', 'flops', 'budget', 'unique_tokens')
 BUDGET_RTOL = 0.1  # one budget's runs differ in FLOPs by rounded step counts, budgets far more
 HUBER_DELTA = 1e-3
 # Hoffmann et al. Appendix D.2: L-BFGS from a grid of initial (a, b, e, α, β), keeping the best.
@@ -57,6 +68,10 @@ EXTRA_BUDGETS = (1e18, 1e21, CHINCHILLA['flops'])
 APPROACHES = {'envelope': 'approach 1 (envelope)', 'isoflop': 'approach 2 (isoFLOP)',
               'parametric': 'approach 3 (L(N, D))'}
 PAPER_EXPONENTS = {'envelope': (0.50, 0.50), 'isoflop': (0.49, 0.51), 'parametric': (0.46, 0.54)}
+R_STAR = 15.4  # Muennighoff et al. 2023 eq. 5: repeats after which extra epochs are worth 1/e
+PREDICTION_BUDGETS = 3  # isoFLOP minima the law L*(C) = E + k·C^-γ needs (it has 3 parameters)
+# Issue 14's targets for the approaches to agree: the spread of their a, and approach 3's interval.
+AGREEMENT_TARGETS = {'max_difference': 0.1, 'parametric_interval_width': 0.3}
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -141,6 +156,32 @@ def run_budgets(table: Table) -> np.ndarray:
     labels[i] = group
   means = [np.exp(np.log(flops[labels == g]).mean()) for g in range(group + 1)]
   return np.array(means)[labels]
+
+
+def role_rows(table: Table, role: str) -> np.ndarray:
+  """Which rows have this role ('sweep': an isoFLOP point, fitted; 'seed': a sweep point again
+  with another seed, for the noise; 'verification': the held-out large run). Without a role
+  column every row is a sweep point."""
+  if 'role' not in table:
+    return np.full(len(table['loss']), role == 'sweep')
+  return table['role'] == role
+
+
+def effective_tokens(tokens: ArrayLike, unique_tokens: ArrayLike, r_star: float = R_STAR
+                     ) -> np.ndarray:
+  """Repetition-adjusted data D' = U + U·R*·(1 − exp(−R/R*)), R = D/U − 1 repeats of U unique
+  tokens (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models", eq. 5); D' = D
+  where D ≤ U. Elementwise over arrays of token counts."""
+  tokens, unique = np.asarray(tokens, dtype=float), np.asarray(unique_tokens, dtype=float)
+  repeats = np.maximum(tokens / unique - 1, 0)
+  return np.where(repeats > 0, unique + unique * r_star * -np.expm1(-repeats / r_star), tokens)
+
+
+def fitted_tokens(runs: Table) -> np.ndarray:
+  """The D that approach 3 fits: effective_tokens where the runs say how many tokens are unique."""
+  if 'unique_tokens' not in runs:
+    return runs['tokens']
+  return effective_tokens(runs['tokens'], runs['unique_tokens'])
 
 
 # --- power laws -----------------------------------------------------------------------------
@@ -497,7 +538,8 @@ def bootstrap(refit: Callable[[np.ndarray], dict[str, float]], strata: np.ndarra
 @dataclasses.dataclass(frozen=True)
 class SweepFit:
   """Every fit the data allow, with bootstrap intervals of their exponents."""
-  runs: Table
+  all_runs: Table  # every row of the CSV
+  runs: Table  # the rows fitted: role 'sweep'
   budget: np.ndarray | None  # each run's isoFLOP budget, where the CSV tells
   parametric: ParametricFit | None
   isoflop: IsoFlopFit | None
@@ -516,8 +558,18 @@ def fit_sweep(runs: Table, curves: Table | None = None, samples: int = BOOTSTRAP
               seed: int = 0) -> SweepFit:
   """Each approach and single-variable law where the data allow, and `samples` bootstrap refits
   of each approach fitted; `skipped` says why each other one could not be fitted. UserError, with
-  every reason, when nothing can be fitted."""
+  every reason, when nothing can be fitted.
+
+  Only the role 'sweep' rows are fitted (see role_rows); approach 3 fits L(N, D') on the
+  repetition-adjusted tokens D' (fitted_tokens), the other fits the tokens trained on.
+  """
+  all_runs, runs = runs, _rows(runs, role_rows(runs, 'sweep'))
+  if not len(runs['loss']):
+    raise UserError("no row has role 'sweep', so there is nothing to fit; add the sweep's runs")
   n, d, loss = runs['params'], runs['tokens'], runs['loss']
+  d_fit = fitted_tokens(runs)
+  if curves is not None and 'role' in all_runs and 'name' in all_runs:  # seed, verification: out
+    curves = _rows(curves, np.isin(curves['name'], runs['name']))
   skipped = {}
 
   def attempt(key: str, fit: Callable, *args):
@@ -527,7 +579,7 @@ def fit_sweep(runs: Table, curves: Table | None = None, samples: int = BOOTSTRAP
       skipped[key] = str(e)
       return None
 
-  parametric = attempt('parametric', fit_parametric, n, d, loss)
+  parametric = attempt('parametric', fit_parametric, n, d_fit, loss)
   budget = attempt('isoflop', run_budgets, runs)
   isoflop = None if budget is None else attempt('isoflop', fit_isoflop, n, loss, budget)
   if curves is None:
@@ -550,7 +602,7 @@ def fit_sweep(runs: Table, curves: Table | None = None, samples: int = BOOTSTRAP
   if parametric:
     # Refits of approach 3 start from the full-data fit instead of the grid: a resample moves the
     # optimum a little, and one L-BFGS run instead of POLISHED_STARTS keeps the bootstrap fast.
-    refits['parametric'] = (lambda i: fit_parametric(n[i], d[i], loss[i], parametric.theta)
+    refits['parametric'] = (lambda i: fit_parametric(n[i], d_fit[i], loss[i], parametric.theta)
                             .exponents(), strata)
   if isoflop:
     refits['isoflop'] = (lambda i: fit_isoflop(n[i], loss[i], budget[i]).exponents(), strata)
@@ -565,8 +617,8 @@ def fit_sweep(runs: Table, curves: Table | None = None, samples: int = BOOTSTRAP
   for key, (refit, key_strata) in refits.items():
     refitted = attempt(f'{key} intervals', bootstrap, refit, key_strata, samples, seed)
     intervals[key], counts[key] = refitted or ({}, 0)
-  return SweepFit(runs, budget, parametric, isoflop, envelope, single_variable, intervals, counts,
-                  skipped)
+  return SweepFit(all_runs, runs, budget, parametric, isoflop, envelope, single_variable,
+                  intervals, counts, skipped)
 
 
 def prediction_budgets(fit: SweepFit) -> list[float]:
@@ -574,6 +626,209 @@ def prediction_budgets(fit: SweepFit) -> list[float]:
   own = np.unique(fit.budget) if fit.budget is not None else []
   merged = np.sort(np.concatenate([own, EXTRA_BUDGETS]))
   return merged[np.concatenate([[True], merged[1:] > merged[:-1] * (1 + 1e-6)])].tolist()
+
+
+# --- predicting a larger run ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MinimumLossLaw:
+  """L*(C) = E + k·C^−γ: the lowest loss reachable with C FLOPs, fitted to the isoFLOP minima (the
+  form OpenAI's GPT-4 report, 2023, §3.1, extrapolated from; under approach 3's L(N, D) the
+  compute-optimal loss has exactly this form, with γ = αβ/(α+β))."""
+  E: float
+  k: float
+  gamma: float
+
+  def __call__(self, flops: ArrayLike) -> np.ndarray:
+    return self.E + self.k * np.asarray(flops, dtype=float) ** -self.gamma
+
+
+def fit_minimum_loss_law(budgets: ArrayLike, loss: ArrayLike) -> MinimumLossLaw:
+  """Least squares of L*(C) on (budget C in FLOPs, minimum loss in nats/token) points: for a given
+  γ the law is linear in (E, k), so only γ is searched (a grid over (0, 2], then Brent's method
+  around its best point), which no starting guess can send astray. UserError with fewer than 3
+  budgets or a loss that does not fall with C."""
+  c, loss = np.asarray(budgets, dtype=float), np.asarray(loss, dtype=float)
+  if len(np.unique(c)) < PREDICTION_BUDGETS:
+    raise UserError(f'the law L*(C) = E + k·C^-γ has 3 parameters and needs the minima of '
+                    f'{PREDICTION_BUDGETS} or more budgets, got {len(np.unique(c))}; add budgets')
+  x = np.log(c / c.min())  # C/C_min keeps C^-γ near 1
+
+  def solve(gamma: float) -> tuple[np.ndarray, float]:
+    design = np.stack([np.ones_like(x), np.exp(-gamma * x)], axis=1)
+    coef = np.linalg.lstsq(design, loss, rcond=None)[0]
+    return coef, float(((design @ coef - loss) ** 2).sum())
+
+  step = 0.01
+  grid = np.arange(1, 201) * step
+  best = grid[np.argmin([solve(g)[1] for g in grid])]
+  gamma = scipy.optimize.minimize_scalar(lambda g: solve(g)[1], method='bounded',
+                                         bounds=(max(best - step, step / 100), best + step),
+                                         options={'xatol': 1e-10}).x
+  (e, k), _ = solve(gamma)
+  if k <= 0:
+    raise UserError(f'the isoFLOP minima do not fall with compute (L*(C) = E + k·C^-γ gives k = '
+                    f'{k:.3g}), so no loss can be extrapolated; check the runs')
+  return MinimumLossLaw(float(e), float(k * c.min() ** gamma), float(gamma))
+
+
+def predict(fit: SweepFit, budget: float, params: float | None = None,
+            samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+  """The run of `budget` FLOPs foretold by the sweep, as JSON (counts, FLOPs, nats/token):
+
+    budget, params (`params`, else approach 3's N_opt), tokens = budget/(6·params);
+    loss: approach 3's L(params, tokens), fresh data assumed, with loss_interval, its CI_LEVEL
+      percentile interval over `samples` bootstrap refits (`seed`) that start from the full fit;
+    parametric: approach 3's {params, tokens, loss} at the optimum;
+    isoflop: approach 2's {params, tokens}, its power laws extrapolated;
+    minimum_loss_law: {E, k, gamma, loss} of L*(C) fitted to the isoFLOP minima, and L*(budget).
+
+  UserError without approaches 2 and 3, or with fewer than 3 isoFLOP minima below `budget`.
+  """
+  if not (fit.parametric and fit.isoflop):
+    missing = [key for key in ('parametric', 'isoflop') if not getattr(fit, key)]
+    raise UserError(f'a prediction needs approaches 2 and 3, but {" and ".join(missing)} could not '
+                    f'be fitted ({"; ".join(fit.skipped.get(key, "") for key in missing)})')
+  below = fit.isoflop.budgets[fit.isoflop.budgets < budget]
+  if len(below) < PREDICTION_BUDGETS:
+    raise UserError(f'budgets too close to fit a prediction: {len(below)} budget(s) with an '
+                    f'isoFLOP minimum lie below {budget:.3g} FLOPs, the law L*(C) needs '
+                    f'{PREDICTION_BUDGETS}; add smaller budgets to the sweep')
+  law = fit_minimum_loss_law(fit.isoflop.budgets, fit.isoflop.loss_opt)
+  p = fit.parametric
+  n_opt, d_opt, _ = (float(v) for v in p.optimal(budget))
+  n = n_opt if params is None else float(params)
+  runs, strata = fit.runs, fit.budget if fit.budget is not None else np.zeros(len(fit.runs['loss']))
+  d_fit = fitted_tokens(runs)
+  interval, refits = bootstrap(
+      lambda i: {'loss': float(fit_parametric(runs['params'][i], d_fit[i], runs['loss'][i],
+                                              p.theta).loss(n, budget / (6 * n)))},
+      strata, samples, seed)
+  return {'budget': float(budget), 'params': n, 'tokens': budget / (6 * n),
+          'loss': float(p.loss(n, budget / (6 * n))), 'loss_interval': interval.get('loss'),
+          'ci_level': CI_LEVEL, 'bootstrap_refits': refits,
+          'parametric': {'params': n_opt, 'tokens': d_opt, 'loss': float(p.loss(n_opt, d_opt))},
+          'isoflop': dict(zip(('params', 'tokens'),
+                              (float(v) for v in fit.isoflop.optimal(budget)[:2]))),
+          'minimum_loss_law': {**dataclasses.asdict(law), 'loss': float(law(budget))}}
+
+
+def write_prediction(sweep_dir: str, prediction: dict) -> None:
+  """Writes DIR/prediction.json before the verification run trains: predict's output and the
+  budget, params, tokens of the run chosen. write_report compares it with the run's loss."""
+  files.write_json(os.path.join(sweep_dir, 'prediction.json'), prediction)
+
+
+def read_prediction(sweep_dir: str) -> dict | None:
+  """DIR/prediction.json, or None where there is none; UserError where it cannot be read."""
+  path = os.path.join(sweep_dir, 'prediction.json')
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding='utf-8') as f:
+      prediction = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f'cannot read {path} ({e}); delete it and let the sweep write it '
+                    'again') from None
+  if not isinstance(prediction, dict):
+    raise UserError(f'{path} holds no JSON object; delete it and let the sweep write it again')
+  missing = [key for key in ('budget', 'params', 'tokens', 'loss') if key not in prediction]
+  if missing:
+    raise UserError(f'{path} has no {", ".join(missing)}; delete it and let the sweep write it '
+                    'again')
+  return prediction
+
+
+def holdout(fit: SweepFit, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+  """Approach 3 and the law L*(C) fitted to every sweep budget but the largest, predicting its
+  N_opt and minimum loss, against the parabola minimum measured there (approach 2 on all runs).
+  relative_error = (measured − predicted) / predicted, for params and loss. UserError where there
+  are too few budgets or the largest has no parabola minimum."""
+  if not fit.isoflop:
+    raise UserError(f'no isoFLOP minima to hold one out ({fit.skipped.get("isoflop")})')
+  top = float(fit.budget.max())
+  if top not in fit.isoflop.budgets:
+    raise UserError(f'the largest budget {top:.3g} has no parabola minimum to compare with; add '
+                    'model sizes around its optimum')
+  rest = fit_sweep(_rows(fit.runs, fit.budget < top), samples=0)
+  predicted = predict(rest, top, samples=samples, seed=seed)
+  at = fit.isoflop.budgets == top
+  measured = {'params': float(fit.isoflop.n_opt[at][0]), 'loss': float(fit.isoflop.loss_opt[at][0])}
+  guess = {'params': predicted['params'], 'loss': predicted['loss']}
+  return {'budget': top, 'predicted_params': guess['params'], 'measured_params': measured['params'],
+          'predicted_loss': guess['loss'], 'measured_loss': measured['loss'],
+          'loss_interval': predicted['loss_interval'],
+          'law_loss': predicted['minimum_loss_law']['loss'],
+          'isoflop_params': predicted['isoflop']['params'],
+          'relative_error': {key: (measured[key] - guess[key]) / guess[key] for key in guess}}
+
+
+def verification(fit: SweepFit, prediction: dict) -> dict:
+  """The prediction of the verification run against its loss (the last runs.csv row with role
+  'verification'; measured_loss None while it is not trained). relative_error = (measured −
+  predicted) / predicted."""
+  rows = np.flatnonzero(role_rows(fit.all_runs, 'verification'))
+  measured = float(fit.all_runs['loss'][rows[-1]]) if len(rows) else None
+  predicted = prediction['loss']
+  return {'budget': prediction['budget'], 'params': prediction['params'],
+          'tokens': prediction['tokens'], 'predicted_loss': predicted,
+          'predicted_interval': prediction.get('loss_interval'), 'measured_loss': measured,
+          'relative_error': None if measured is None else (measured - predicted) / predicted}
+
+
+def noise(fit: SweepFit) -> dict:
+  """The fits' residual RMS in loss (nats/token; approach 3 at D', approach 2's parabolas), and,
+  where runs.csv has role 'seed' rows, the spread of the loss over the seeds of the sweep point
+  repeated most: its loss with each seed (the sweep row's first), their mean, sample std and
+  max − min."""
+  runs = fit.runs
+  summary = {'parametric_residual_rms': None, 'isoflop_residual_rms': None}
+  if fit.parametric:
+    residual = runs['loss'] - fit.parametric.loss(runs['params'], fitted_tokens(runs))
+    summary['parametric_residual_rms'] = float(np.sqrt(np.mean(residual ** 2)))
+  if fit.isoflop:
+    residual = np.concatenate([
+        runs['loss'][at] - np.polyval(fit.isoflop.parabolas[float(c)], np.log(runs['params'][at]))
+        for c in fit.isoflop.budgets for at in [fit.budget == c]])
+    summary['isoflop_residual_rms'] = float(np.sqrt(np.mean(residual ** 2)))
+  table = fit.all_runs
+  seeds = np.flatnonzero(role_rows(table, 'seed'))
+  if not len(seeds):
+    return summary
+  budget = table['budget'] if 'budget' in table else compute(table)
+  points = [(budget[i], table['params'][i]) for i in seeds]
+  point = max(points, key=points.count)  # the point repeated most; the first such where tied
+  same = np.isclose(budget, point[0]) & np.isclose(table['params'], point[1])
+  rows = np.concatenate([np.flatnonzero(same & role_rows(table, 'sweep')),
+                         np.flatnonzero(same & role_rows(table, 'seed'))])
+  loss = table['loss'][rows]
+  return {**summary, 'budget': float(point[0]), 'params': float(point[1]),
+          'seeds': [_number(table['seed'][i]) for i in rows] if 'seed' in table else None,
+          'losses': loss.tolist(), 'mean': float(loss.mean()),
+          'std': float(loss.std(ddof=1)) if len(loss) > 1 else None,
+          'range': float(loss.max() - loss.min())}
+
+
+def _number(value) -> int | float | str:
+  """A CSV cell as JSON: whole numbers as int."""
+  value = value.item()
+  return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def agreement(fit: SweepFit) -> dict:
+  """The approaches' a (N_opt ∝ C^a) side by side, the largest difference between two of them and
+  the width of approach 3's interval of a, each against AGREEMENT_TARGETS."""
+  a = {key: approach.exponents()['a'] for key, approach in fit.approaches().items()}
+  spread = max(a.values()) - min(a.values()) if len(a) > 1 else None
+  low_high = fit.intervals.get('parametric', {}).get('a')
+  width = low_high[1] - low_high[0] if low_high else None
+  measured = {'max_difference': spread, 'parametric_interval_width': width}
+  return {'a': a, **measured, 'targets': AGREEMENT_TARGETS,
+          'met': {'max_difference': None if spread is None
+                  else spread <= AGREEMENT_TARGETS['max_difference'],
+                  'parametric_interval_width': None if width is None
+                  else width < AGREEMENT_TARGETS['parametric_interval_width']}}
 
 
 def summarize(fit: SweepFit, predict: Sequence[float] | None = None) -> dict:
@@ -597,6 +852,12 @@ def summarize(fit: SweepFit, predict: Sequence[float] | None = None) -> dict:
     summary['isoflop']['minima'] = [
         {'budget': c, 'params': n, 'tokens': d, 'loss': loss} for c, n, d, loss
         in zip(*(v.tolist() for v in (iso.budgets, iso.n_opt, iso.d_opt, iso.loss_opt)))]
+  if 'unique_tokens' in fit.runs:
+    epochs = fit.runs['tokens'] / fit.runs['unique_tokens']
+    summary['repetition'] = {'rows_repeated': int((epochs > 1).sum()),
+                             'max_epochs': float(epochs.max()), 'r_star': R_STAR}
+  summary['noise'] = noise(fit)
+  summary['agreement'] = agreement(fit)
   if fit.envelope:
     summary['envelope']['points'] = len(fit.envelope.flops)
     summary['envelope']['runs_on_envelope'] = len(np.unique(fit.envelope.params))
@@ -640,12 +901,18 @@ def markdown(summary: dict) -> str:
   fitted = [key for key in APPROACHES if key in summary or (key == 'parametric' and parametric)]
   exponents = {key: summary.get(key, summary) for key in fitted}
   lines = []  # each section starts with an empty line, the first one's dropped at the end
+  if 'verification' in summary:
+    lines += ['', *_verification_lines(summary['verification'], level)]
   if parametric:
     lines += ['', f'## Approach 3: L(N, D) = E + A/N^alpha + B/D^beta, fitted to '
               f'{summary["runs"]} runs', '',
               *_table(('', 'fit', f'{level}% CI'),
                       [(name, summary[name], interval('parametric', name))
                        for name in ('E', 'A', 'B', 'alpha', 'beta')])]
+    if repetition := summary.get('repetition'):
+      lines += ['', f'D is the repetition-adjusted D\' of Muennighoff et al. (2023, R* = '
+                f'{repetition["r_star"]}): {repetition["rows_repeated"]} of {summary["runs"]} runs '
+                f'repeated data, at most {repetition["max_epochs"]:.3g} epochs.']
   if fitted:
     lines += ['', '## Compute-optimal exponents: N_opt ∝ C^a, D_opt ∝ C^b', '',
               *_table(('approach', 'a', f'{level}% CI', 'b', f'{level}% CI',
@@ -653,6 +920,12 @@ def markdown(summary: dict) -> str:
                       [(APPROACHES[key], exponents[key]['a'], interval(key, 'a'),
                         exponents[key]['b'], interval(key, 'b'),
                         '%.2f, %.2f' % PAPER_EXPONENTS[key]) for key in fitted])]
+  if 'agreement' in summary:
+    lines += ['', *_agreement_lines(summary['agreement'], level)]
+  if 'holdout' in summary:
+    lines += ['', *_holdout_lines(summary['holdout'])]
+  if 'noise' in summary:
+    lines += ['', *_noise_lines(summary['noise'])]
   if 'isoflop' in summary:
     lines += ['', '## Approach 2: minima of the isoFLOP parabolas', '',
               *_table(('budget C', 'N_opt', 'D_opt', 'D/N', 'loss'),
@@ -677,6 +950,57 @@ def markdown(summary: dict) -> str:
     lines += ['', '## Not fitted', '',
               *(f'- {key}: {why}' for key, why in summary['skipped'].items())]
   return '\n'.join(lines[1:]) + '\n'
+
+
+def _verification_lines(v: dict, level: int) -> list[str]:
+  interval = v['predicted_interval']
+  predicted = f'{v["predicted_loss"]:.4f}' + (
+      f' ({level}% CI {interval[0]:.4f} .. {interval[1]:.4f})' if interval else '')
+  run = f'{_count(v["params"])} params, {_count(v["tokens"])} tokens, C = {v["budget"]:.3g}'
+  if v['measured_loss'] is None:
+    return [f'**Verification** ({run}): predicted loss {predicted}; verification run not trained '
+            'yet.']
+  return [f'**Verification** ({run}): predicted loss {predicted}, measured '
+          f'{v["measured_loss"]:.4f}, relative error {100 * v["relative_error"]:+.2f}% '
+          '(measured − predicted, over predicted).']
+
+
+def _agreement_lines(agreement: dict, level: int) -> list[str]:
+  met = lambda key: {None: 'not measured', True: 'met', False: 'not met'}[agreement['met'][key]]
+  value = lambda key: 'n/a' if agreement[key] is None else f'{agreement[key]:.3g}'
+  targets = agreement['targets']
+  return ['## Do the approaches agree?', '',
+          *_table([APPROACHES[key] for key in agreement['a']], [list(agreement['a'].values())]),
+          '', f'- largest difference in a: {value("max_difference")} (target ≤ '
+          f'{targets["max_difference"]}: {met("max_difference")})',
+          f'- width of approach 3\'s {level}% interval of a: {value("parametric_interval_width")} '
+          f'(target < {targets["parametric_interval_width"]}: {met("parametric_interval_width")})']
+
+
+def _holdout_lines(h: dict) -> list[str]:
+  error = h['relative_error']
+  return [f'## Held-out budget: fitted without C = {h["budget"]:.3g}, predicted there', '',
+          *_table(('', 'predicted (approach 3)', 'measured (parabola minimum)',
+                   'relative error'),
+                  [('N_opt', _count(h['predicted_params']), _count(h['measured_params']),
+                    f'{100 * error["params"]:+.1f}%'),
+                   ('minimum loss', h['predicted_loss'], h['measured_loss'],
+                    f'{100 * error["loss"]:+.2f}%')]),
+          '', f'The law L*(C) of the other budgets\' minima gives {h["law_loss"]:.4f}; approach '
+          f'2\'s power law gives N_opt = {_count(h["isoflop_params"])}.']
+
+
+def _noise_lines(noise: dict) -> list[str]:
+  rms = lambda key: 'n/a' if noise[key] is None else f'{noise[key]:.4f}'
+  lines = ['## Noise against the fits (loss in nats/token)', '',
+           f'- RMS residual of approach 3 (loss − L(N, D)): {rms("parametric_residual_rms")}',
+           f'- RMS residual of approach 2\'s parabolas: {rms("isoflop_residual_rms")}']
+  if 'losses' in noise:
+    std = 'n/a' if noise['std'] is None else f'{noise["std"]:.4f}'
+    lines += [f'- {len(noise["losses"])} seeds of N = {_count(noise["params"])} at C = '
+              f'{noise["budget"]:.3g}: mean {noise["mean"]:.4f}, std {std}, max − min '
+              f'{noise["range"]:.4f}']
+  return lines
 
 
 def _save(fig: plt.Figure, path: str) -> None:
@@ -766,6 +1090,38 @@ def plot_contours(fit: SweepFit, path: str) -> None:
   _save(fig, path)
 
 
+def plot_verification(fit: SweepFit, v: dict, path: str) -> None:
+  """Loss against C: the sweep's runs (faint) and isoFLOP minima, the law L*(C) and approach 3's
+  compute-optimal loss out to the verification budget, and the verification run predicted (with
+  its interval) and measured."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.scatter(compute(fit.runs), fit.runs['loss'], s=10, color='gray', alpha=0.3,
+             label='sweep runs')
+  ax.scatter(fit.isoflop.budgets, fit.isoflop.loss_opt, s=40, color='tab:orange',
+             edgecolor='black', zorder=3, label='isoFLOP minima')
+  flops = np.geomspace(fit.isoflop.budgets.min(), v['budget'], 100)
+  law = fit_minimum_loss_law(fit.isoflop.budgets, fit.isoflop.loss_opt)
+  ax.plot(flops, law(flops), color='tab:orange',
+          label=f'L*(C) = {law.E:.3g} + {law.k:.3g}·C^-{law.gamma:.3g}')
+  ax.plot(flops, fit.parametric.loss(*fit.parametric.optimal(flops)[:2]), color='tab:green',
+          linestyle='--', label='approach 3 at N_opt(C)')
+  interval = v['predicted_interval']
+  yerr = ([[v['predicted_loss'] - interval[0]], [interval[1] - v['predicted_loss']]]
+          if interval else None)
+  ax.errorbar(v['budget'], v['predicted_loss'], yerr=yerr, fmt='o', color='tab:blue', capsize=4,
+              zorder=4, label='predicted')
+  if v['measured_loss'] is not None:
+    ax.scatter(v['budget'], v['measured_loss'], marker='*', s=250, facecolor='none',
+               edgecolor='crimson', zorder=5, label='measured')  # hollow: shows the prediction
+  ax.set_xscale('log')
+  ax.set_xlabel('compute C (FLOPs)')
+  ax.set_ylabel('final validation loss (nats/token)')
+  ax.set_title('Verification: the large run, predicted before it trained')
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(fontsize=8)
+  _save(fig, path)
+
+
 def _runs_table(fit: SweepFit) -> list[str]:
   runs = fit.runs
   columns = [c for c in ('name', 'budget', 'n_layer', 'n_embd', 'n_head', 'params', 'tokens',
@@ -775,7 +1131,7 @@ def _runs_table(fit: SweepFit) -> list[str]:
           + [runs['tokens'][i] / runs['params'][i]] for i in order]
   if not fit.parametric:
     return _table([*columns, 'D/N'], rows)
-  fitted = fit.parametric.loss(runs['params'], runs['tokens'])
+  fitted = fit.parametric.loss(runs['params'], fitted_tokens(runs))
   return _table([*columns, 'D/N', 'fitted loss'],
                 [row + [fitted[i].item()] for row, i in zip(rows, order)])
 
@@ -784,7 +1140,11 @@ def write_report(sweep_dir: str, budgets_to_predict: Sequence[float] | None = No
                  samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
   """Fits DIR/runs.csv (and DIR/curves.csv if there) and writes DIR/scaling/: report.md,
   report.json (the summary, which it returns), isoflop.png, and, where an approach could be
-  fitted, optimal.png and (approach 3) contours.png."""
+  fitted, optimal.png and (approach 3) contours.png.
+
+  The summary adds `holdout` (see holdout; or a reason under skipped) and, where DIR/prediction.json
+  exists, `verification` (see verification), which report.md states first, with verification.png.
+  """
   runs_path = os.path.join(sweep_dir, 'runs.csv')
   if not os.path.isfile(runs_path):
     raise UserError(f'{runs_path}: no such file; pass the directory of a sweep (it holds runs.csv)')
@@ -793,6 +1153,13 @@ def write_report(sweep_dir: str, budgets_to_predict: Sequence[float] | None = No
   fit = fit_sweep(read_csv(runs_path), curves, samples, seed)
   predict = prediction_budgets(fit) if budgets_to_predict is None else list(budgets_to_predict)
   summary = summarize(fit, predict)
+  try:
+    summary['holdout'] = holdout(fit, samples, seed)
+  except UserError as e:
+    summary['skipped']['holdout'] = str(e)
+  prediction = read_prediction(sweep_dir)
+  if prediction:
+    summary['verification'] = verification(fit, prediction)
   out = os.path.join(sweep_dir, 'scaling')
   os.makedirs(out, exist_ok=True)
   plots = {'isoflop.png': ('isoFLOP profiles', lambda path: plot_isoflop(fit, path))}
@@ -801,6 +1168,9 @@ def write_report(sweep_dir: str, budgets_to_predict: Sequence[float] | None = No
                             lambda path: plot_optimal(fit, predict, path))
   if fit.parametric:
     plots['contours.png'] = ('isoLoss contours', lambda path: plot_contours(fit, path))
+  if prediction and fit.parametric and fit.isoflop:
+    plots['verification.png'] = ('verification', lambda path: plot_verification(
+        fit, summary['verification'], path))
   for name, (_, plot) in plots.items():
     plot(os.path.join(out, name))
   text = [f'# Scaling laws of {sweep_dir}', '', markdown(summary), '## Plots', '',

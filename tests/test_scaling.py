@@ -429,8 +429,139 @@ def test_report_of_one_budget_leaves_out_what_was_not_fitted(tmp_path):
                                     'budget': np.full(4, 4.8e14)})
   summary = scaling.write_report(str(tmp_path), samples=0)
   assert sorted(os.listdir(tmp_path / 'scaling')) == ['isoflop.png', 'report.json', 'report.md']
-  assert set(summary['skipped']) == {'parametric', 'isoflop', 'envelope', 'L(C)'}
+  assert set(summary['skipped']) == {'parametric', 'isoflop', 'envelope', 'L(C)', 'holdout'}
   assert 'alpha' not in summary and set(summary['single_variable']) == {'N', 'D'}
   text = (tmp_path / 'scaling' / 'report.md').read_text()
   assert '![isoFLOP profiles](isoflop.png)\n\n## Runs' in text
   assert '| budget | params | tokens | loss | D/N |\n' in text  # and no fitted loss
+
+
+# --- repeated data, predicting a larger run, and checking the prediction ---------------------
+
+
+def test_effective_tokens_of_repeated_data():
+  unique = np.array([1e9, 1e9, 1e9])
+  # 5 epochs: R = 4, D' = U + U·15.4·(1 − exp(−4/15.4)) = 1e9 · (1 + 15.4 · 0.2287481...)
+  expected = 1e9 * (1 + 15.4 * (1 - 0.7712518849544867))
+  tokens = scaling.effective_tokens(np.array([5e9, 1e9, 0.5e9]), unique)
+  assert tokens == pytest.approx([expected, 1e9, 0.5e9], rel=1e-12)
+  assert tokens[0] == pytest.approx(4.52272097e9, rel=1e-8)
+  assert scaling.effective_tokens(1e15, 1e9) == pytest.approx(16.4e9, rel=1e-9)  # U·(1 + R*)
+
+
+def test_minimum_loss_law_is_exact_on_its_own_form():
+  budgets = np.geomspace(1e17, 1e20, 4)
+  law = scaling.fit_minimum_loss_law(budgets, 1.7 + 3e4 * budgets ** -0.25)
+  assert (law.E, law.k, law.gamma) == pytest.approx((1.7, 3e4, 0.25), rel=1e-6)
+  with pytest.raises(UserError, match='^the isoFLOP minima do not fall with compute'):
+    scaling.fit_minimum_loss_law(budgets, 3 + 0.1 * np.log10(budgets / 1e17))
+
+
+def test_predict_a_three_times_larger_budget():
+  fit = scaling.fit_sweep(sweep(sigma=0.002), samples=20)
+  budget = 3 * BUDGETS[-1]
+  prediction = scaling.predict(fit, budget, samples=20)
+  n, d, _ = TRUE.optimal(budget)
+  # Errors seen on 3 noise seeds at 0.2%: N_opt 0.9%, loss 0.14%, L*(C) 0.18%; approach 2's
+  # N_opt is 3.4% large from the parabola's bias (test_isoflop_minima_of_the_parametric_law).
+  assert prediction['parametric']['params'] == pytest.approx(n, rel=0.03)
+  assert prediction['params'] == prediction['parametric']['params']
+  assert prediction['tokens'] * 6 * prediction['params'] == pytest.approx(budget)
+  assert prediction['loss'] == pytest.approx(TRUE.loss(n, d), rel=0.005)
+  low, high = prediction['loss_interval']
+  assert low <= TRUE.loss(n, d) <= high and prediction['bootstrap_refits'] == 20
+  assert prediction['minimum_loss_law']['loss'] == pytest.approx(TRUE.loss(n, d), rel=0.005)
+  assert prediction['isoflop']['params'] == pytest.approx(1.034 * n, rel=0.02)
+  at_half = scaling.predict(fit, budget, params=n / 2, samples=0)
+  assert at_half['loss'] == pytest.approx(TRUE.loss(n / 2, 2 * d), rel=0.005)
+  assert at_half['loss_interval'] is None and at_half['parametric'] == prediction['parametric']
+
+
+def test_predict_needs_three_budgets_below():
+  fit = scaling.fit_sweep(sweep(), samples=0)
+  with pytest.raises(UserError, match=r'^budgets too close to fit a prediction: 2 budget\(s\) with '
+                     r'an isoFLOP minimum lie below 1e\+18 FLOPs, the law L\*\(C\) needs 3; add '
+                     'smaller budgets to the sweep$'):
+    scaling.predict(fit, BUDGETS[2], samples=0)
+
+
+def sweep_dir(tmp_path, verification_loss: float | None) -> tuple[dict, dict]:
+  """A sweep directory as the sweep leaves it: runs.csv with roles (the point of the 3rd budget
+  and 4th size repeated with 2 more seeds, a verification run at 3x the largest budget unless
+  its loss is None) and the prediction.json written before the verification run trained."""
+  runs = sweep(sigma=0.002)
+  count = len(runs['loss'])
+  runs.update(role=np.array(['sweep'] * count), seed=np.zeros(count, dtype=int),
+              unique_tokens=np.full(count, 1e10))  # 6 runs, of the 2 largest budgets, repeat data
+  repeated = scaling.effective_tokens(runs['tokens'], runs['unique_tokens'])
+  runs['loss'] *= TRUE.loss(runs['params'], repeated) / TRUE.loss(runs['params'], runs['tokens'])
+  fit = scaling.fit_sweep(runs, samples=0)
+  prediction = scaling.predict(fit, 3 * BUDGETS[-1], samples=10)
+  scaling.write_prediction(str(tmp_path), prediction)
+  point = 2 * 7 + 3
+  extra = {'name': ['seed1', 'seed2'], 'role': ['seed', 'seed'], 'seed': [1, 2],
+           'loss': [runs['loss'][point] + 0.004, runs['loss'][point] - 0.002]}
+  if verification_loss is not None:
+    extra = {key: [*value, new] for (key, value), new in zip(
+        extra.items(), ('big', 'verification', 0, verification_loss))}
+  rows = np.array([point, point, 0][:len(extra['name'])])
+  table = {key: np.concatenate([column, extra[key] if key in extra else column[rows]])
+           for key, column in runs.items()}
+  if verification_loss is not None:
+    table['params'][-1], table['budget'][-1] = prediction['params'], prediction['budget']
+    table['tokens'][-1], table['flops'][-1] = prediction['tokens'], prediction['budget']
+  write_csv(tmp_path / 'runs.csv', table)
+  return table, prediction
+
+
+def test_report_checks_a_held_out_budget_and_the_verification_run(tmp_path):
+  table, prediction = sweep_dir(tmp_path, verification_loss=2.8)
+  summary = scaling.write_report(str(tmp_path), samples=5)
+  assert summary['runs'] == 35  # neither the seeds nor the verification run are fitted
+  assert summary['repetition'] == {'rows_repeated': 6, 'max_epochs': pytest.approx(
+      table['tokens'][:35].max() / 1e10), 'r_star': 15.4}
+  fit = scaling.fit_sweep(table, samples=0)
+  rest = scaling.fit_sweep({k: v[:28] for k, v in table.items()}, samples=0)
+  guess = scaling.predict(rest, BUDGETS[-1], samples=0)
+  holdout = summary['holdout']
+  assert holdout['budget'] == BUDGETS[-1]
+  assert holdout['measured_params'] == fit.isoflop.n_opt[-1]
+  assert holdout['measured_loss'] == fit.isoflop.loss_opt[-1]
+  assert holdout['predicted_params'] == guess['params']
+  assert holdout['predicted_loss'] == guess['loss']
+  assert holdout['relative_error']['loss'] == pytest.approx(
+      fit.isoflop.loss_opt[-1] / guess['loss'] - 1, rel=1e-12)
+  assert abs(holdout['relative_error']['loss']) < 0.01
+  assert summary['verification'] == {
+      'budget': prediction['budget'], 'params': prediction['params'],
+      'tokens': prediction['tokens'], 'predicted_loss': prediction['loss'],
+      'predicted_interval': prediction['loss_interval'], 'measured_loss': 2.8,
+      'relative_error': pytest.approx((2.8 - prediction['loss']) / prediction['loss'])}
+  noise = summary['noise']
+  seeds = table['loss'][[2 * 7 + 3, 35, 36]]
+  assert noise['seeds'] == [0, 1, 2] and noise['losses'] == seeds.tolist()
+  assert noise['std'] == pytest.approx(np.std(seeds, ddof=1))
+  assert noise['range'] == pytest.approx(0.006) and noise['mean'] == pytest.approx(seeds.mean())
+  assert (noise['params'], noise['budget']) == (table['params'][17], BUDGETS[2])
+  assert 0 < noise['parametric_residual_rms'] < 0.01 and 0 < noise['isoflop_residual_rms'] < 0.01
+  agreement = summary['agreement']
+  assert agreement['a'] == {'isoflop': summary['isoflop']['a'], 'parametric': summary['a']}
+  assert agreement['max_difference'] == abs(summary['a'] - summary['isoflop']['a'])
+  out = tmp_path / 'scaling'
+  assert (out / 'verification.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  lines = (out / 'report.md').read_text().splitlines()
+  assert lines[2].startswith('**Verification** (')
+  assert ', measured 2.8000, relative error ' in lines[2]
+  text = '\n'.join(lines)
+  for heading in ('## Held-out budget', '## Do the approaches agree?', '## Noise', '6 of 35 runs'):
+    assert heading in text
+  assert '(target ≤ 0.1: met)' in text
+
+
+def test_report_of_a_prediction_not_yet_trained(tmp_path):
+  _, prediction = sweep_dir(tmp_path, verification_loss=None)
+  summary = scaling.write_report(str(tmp_path), samples=0)
+  assert summary['verification']['measured_loss'] is None
+  assert summary['verification']['predicted_loss'] == prediction['loss']
+  lines = (tmp_path / 'scaling' / 'report.md').read_text().splitlines()
+  assert lines[2].endswith('verification run not trained yet.')
