@@ -699,12 +699,11 @@ def predict(fit: SweepFit, budget: float, params: float | None = None,
   p = fit.parametric
   n_opt, d_opt, _ = (float(v) for v in p.optimal(budget))
   n = n_opt if params is None else float(params)
-  runs, strata = fit.runs, fit.budget if fit.budget is not None else np.zeros(len(fit.runs['loss']))
-  d_fit = fitted_tokens(runs)
+  runs, d_fit = fit.runs, fitted_tokens(fit.runs)
   interval, refits = bootstrap(
       lambda i: {'loss': float(fit_parametric(runs['params'][i], d_fit[i], runs['loss'][i],
                                               p.theta).loss(n, budget / (6 * n)))},
-      strata, samples, seed)
+      fit.budget, samples, seed)  # approach 2 was fitted, so every run has a budget
   return {'budget': float(budget), 'params': n, 'tokens': budget / (6 * n),
           'loss': float(p.loss(n, budget / (6 * n))), 'loss_interval': interval.get('loss'),
           'ci_level': CI_LEVEL, 'bootstrap_refits': refits,
