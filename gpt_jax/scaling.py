@@ -2,7 +2,8 @@
 
 A sweep trains several model sizes N at each of several compute budgets C and writes DIR/runs.csv
 (one row per run: params = N, tokens = D, loss = final validation loss in nats/token, budget = C,
-flops = the FLOPs it accounted) and DIR/curves.csv (validation loss along each run). From them:
+flops = the FLOPs it accounted) and DIR/curves.csv (loss against FLOPs: along each run, or of
+each model size through the final losses of its WSD cooldowns). From them:
 
   Approach 1 (§3.1): the lower envelope of all loss curves against FLOPs; the run on the envelope
     at each C gives (N, D), and power laws N_opt ∝ C^a, D_opt ∝ C^b go through those points.
@@ -569,7 +570,8 @@ def fit_sweep(runs: Table, curves: Table | None = None, samples: int = BOOTSTRAP
   n, d, loss = runs['params'], runs['tokens'], runs['loss']
   d_fit = fitted_tokens(runs)
   if curves is not None and 'role' in all_runs and 'name' in all_runs:  # seed, verification: out
-    curves = _rows(curves, np.isin(curves['name'], runs['name']))
+    others = all_runs['name'][~role_rows(all_runs, 'sweep')]
+    curves = _rows(curves, ~np.isin(curves['name'], others))
   skipped = {}
 
   def attempt(key: str, fit: Callable, *args):
@@ -674,12 +676,14 @@ def fit_minimum_loss_law(budgets: ArrayLike, loss: ArrayLike) -> MinimumLossLaw:
 
 
 def predict(fit: SweepFit, budget: float, params: float | None = None,
+            tokens: float | None = None, unique_tokens: float | None = None,
             samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
   """The run of `budget` FLOPs foretold by the sweep, as JSON (counts, FLOPs, nats/token):
 
-    budget, params (`params`, else approach 3's N_opt), tokens = budget/(6·params);
-    loss: approach 3's L(params, tokens), fresh data assumed, with loss_interval, its CI_LEVEL
-      percentile interval over `samples` bootstrap refits (`seed`) that start from the full fit;
+    budget, params (`params`, else approach 3's N_opt), tokens (`tokens`, else budget/(6·params));
+    loss: approach 3's L(params, D') with D' the tokens adjusted for repetition when more than
+      `unique_tokens` (effective_tokens), with loss_interval, its CI_LEVEL percentile interval
+      over `samples` bootstrap refits (`seed`) that start from the full fit;
     parametric: approach 3's {params, tokens, loss} at the optimum;
     isoflop: approach 2's {params, tokens}, its power laws extrapolated;
     minimum_loss_law: {E, k, gamma, loss} of L*(C) fitted to the isoFLOP minima, and L*(budget).
@@ -699,13 +703,15 @@ def predict(fit: SweepFit, budget: float, params: float | None = None,
   p = fit.parametric
   n_opt, d_opt, _ = (float(v) for v in p.optimal(budget))
   n = n_opt if params is None else float(params)
+  d = budget / (6 * n) if tokens is None else float(tokens)
+  d_seen = d if unique_tokens is None else float(effective_tokens(d, unique_tokens))
   runs, d_fit = fit.runs, fitted_tokens(fit.runs)
   interval, refits = bootstrap(
       lambda i: {'loss': float(fit_parametric(runs['params'][i], d_fit[i], runs['loss'][i],
-                                              p.theta).loss(n, budget / (6 * n)))},
+                                              p.theta).loss(n, d_seen))},
       fit.budget, samples, seed)  # approach 2 was fitted, so every run has a budget
-  return {'budget': float(budget), 'params': n, 'tokens': budget / (6 * n),
-          'loss': float(p.loss(n, budget / (6 * n))), 'loss_interval': interval.get('loss'),
+  return {'budget': float(budget), 'params': n, 'tokens': d, 'effective_tokens': d_seen,
+          'loss': float(p.loss(n, d_seen)), 'loss_interval': interval.get('loss'),
           'ci_level': CI_LEVEL, 'bootstrap_refits': refits,
           'parametric': {'params': n_opt, 'tokens': d_opt, 'loss': float(p.loss(n_opt, d_opt))},
           'isoflop': dict(zip(('params', 'tokens'),
