@@ -64,7 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = optim = ml_collections.ConfigDict()
   optim.lr = 1e-3
   optim.warmup_steps = 100
-  optim.min_lr_ratio = 0.1  # cosine decays to lr·min_lr_ratio at the last step
+  optim.schedule = 'cosine'  # after warmup: 'cosine' decay, or 'wsd' (stable at lr, then decay)
+  optim.decay_fraction = 0.2  # wsd: the last fraction of the updates decay
+  optim.decay_shape = 'linear'  # wsd: 'linear' or 'sqrt' (1 − sqrt cooldown, Hägele et al. 2024)
+  optim.min_lr_ratio = 0.1  # the schedule decays to lr·min_lr_ratio at the last step
   optim.b1 = 0.9
   optim.b2 = 0.95
   optim.eps = 1e-8

@@ -250,6 +250,7 @@ def dir_digest(directory):
     (['--config.steps=100000'], 'steps=100000 needs 100000 batches'),
     (['--config.batch_size=6', '--config.grad_accum=4'], 'batch_size=6 is not divisible'),
     (['--config.sample.temperature=-1'], 'sample.temperature=-1.0 must be >= 0'),
+    (['--config.optim.decay_fraction=0'], 'optim.decay_fraction=0.0 must be in (0, 1]'),
     (['--config.sample.prompt=' + 'To be, or not to be. ' * 20], 'no room left in the 64-token'),
 ])
 def test_bad_config_is_one_line(overrides, message, small_corpus, tmp_path):
