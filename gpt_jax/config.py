@@ -22,6 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 200
   c.eval_batches = 16  # validation batches per evaluation; 0 = the whole validation split
   c.checkpoint_every = 500
+  c.checkpoint_steps = ()  # also save at these steps, never deleted (where cooldowns branch off)
   c.keep_checkpoints = 3
 
   c.mesh = mesh = ml_collections.ConfigDict()  # device mesh sizes; -1 = the remaining devices

@@ -268,7 +268,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print, prepared=N
   abstract_train_state = abstract(objective, tx, config, mesh)
 
   with runs.hold_workdir(workdir, log):
-    ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints,
+                                   config.checkpoint_steps)
     try:
       state, data_iterator = initial_state(objective, tx, config, workdir, ckpts,
                                            abstract_train_state, mesh, train_ds, log)
@@ -371,7 +372,8 @@ def train_loop(objective: Objective, tx, config, workdir: str, state: TrainState
       last = step == config.steps
       stop = preemption.requested  # read once: SIGTERM may arrive at any moment
       logs = step % config.log_every == 0 or step % config.eval_every == 0 or last
-      saves = step % config.checkpoint_every == 0 or last or stop
+      saves = (step % config.checkpoint_every == 0 or step in config.checkpoint_steps or last
+               or stop)
       if logs or saves:
         stop_if_diverged(unchecked, config, saved_step)
         unchecked = []
