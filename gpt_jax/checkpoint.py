@@ -4,7 +4,8 @@ Saves are asynchronous (training continues while arrays are written) and atomic 
 temporary directory, puts its commit marker in it last and renames it), so a run killed at any
 moment resumes from the last complete step. A step directory counts only with its commit marker,
 and one that cannot be read back (a damaged file) is skipped, with one line, for the step before
-it. The grain iterator state is captured at the moment of the save call.
+it. The grain iterator state is captured at the moment of the save call. `branch` starts a run
+from another run's checkpoint (a cooldown off a constant-learning-rate run).
 """
 
 import contextlib
@@ -22,6 +23,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from gpt_jax import files
 from gpt_jax.errors import UserError
 
 # What orbax writes into a step directory last, before renaming it into place: the commit time in
@@ -49,19 +51,23 @@ def check_same_shapes(source, wanted, what: str,
 
 
 class Checkpoints:
+  """The checkpoints in `directory`: the newest `keep` are kept, and those at `preserve` steps
+  too (config.checkpoint_steps, where cooldowns branch off); orbax deletes the others."""
 
-  def __init__(self, directory: str, keep: int):
+  def __init__(self, directory: str, keep: int, preserve: tuple[int, ...] = ()):
     self.directory = os.path.abspath(directory)
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(keep), ocp.checkpoint_managers.CustomSteps(preserve)])
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True),
+        options=ocp.CheckpointManagerOptions(preservation_policy=policy,
+                                             enable_async_checkpointing=True),
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data': grain.checkpoint.CheckpointHandler()})
 
   def committed_steps(self) -> list[int]:
     """The steps whose directory holds its commit marker, newest first."""
-    return sorted((step for step in self._manager.all_steps()
-                   if is_committed(os.path.join(self.directory, str(step)))), reverse=True)
+    return committed_steps(self.directory)
 
   def latest_step(self) -> int | None:
     return next(iter(self.committed_steps()), None)
@@ -150,6 +156,36 @@ class Checkpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def committed_steps(directory: str) -> list[int]:
+  """The steps in a checkpoint directory whose step directory holds its commit marker, newest
+  first (none if `directory` does not exist)."""
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return sorted((int(name) for name in names
+                 if name.isdigit() and is_committed(os.path.join(directory, name))), reverse=True)
+
+
+def branch(source_workdir: str, step: int, workdir: str) -> None:
+  """Starts the run in `workdir` from the checkpoint `step` of the run in `source_workdir`
+  (parameters, optimizer state with its step count, data position): a copy of that step
+  directory, made whole or not at all, which `trainer.train(config, workdir)` resumes from.
+  How a cooldown branches off a constant-learning-rate run (optim.schedule 'wsd' trained with
+  config.checkpoint_steps; Hägele et al. 2024). Nothing happens if `workdir` holds a checkpoint
+  already (the branch has started: it resumes from its own). UserError if the source has no
+  committed checkpoint at `step`."""
+  target = os.path.join(workdir, 'checkpoints')
+  if committed_steps(target):
+    return
+  source = os.path.join(source_workdir, 'checkpoints')
+  have = committed_steps(source)
+  if step not in have:
+    listed = ', '.join(map(str, sorted(have))) or 'none'
+    raise UserError(f'{source_workdir} has no complete checkpoint at step {step} to branch from '
+                    f'(its steps: {listed}); pick one of those, or save one there with '
+                    '--config.checkpoint_steps')
+  with files.new_directory(os.path.join(target, str(step)), 'workdir') as tmp:
+    shutil.copytree(os.path.join(source, str(step)), tmp, dirs_exist_ok=True)
 
 
 def is_committed(step_directory: str) -> bool:

@@ -22,6 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 200
   c.eval_batches = 16  # validation batches per evaluation; 0 = the whole validation split
   c.checkpoint_every = 500
+  c.checkpoint_steps = ()  # also save at these steps, never deleted (where cooldowns branch off)
   c.keep_checkpoints = 3
 
   c.mesh = mesh = ml_collections.ConfigDict()  # device mesh sizes; -1 = the remaining devices
@@ -64,7 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = optim = ml_collections.ConfigDict()
   optim.lr = 1e-3
   optim.warmup_steps = 100
-  optim.min_lr_ratio = 0.1  # cosine decays to lr·min_lr_ratio at the last step
+  optim.schedule = 'cosine'  # after warmup: 'cosine' decay, or 'wsd' (stable at lr, then decay)
+  optim.decay_fraction = 0.2  # wsd: the last fraction of the updates decay
+  optim.decay_shape = 'linear'  # wsd: 'linear' or 'sqrt' (1 − sqrt cooldown, Hägele et al. 2024)
+  optim.min_lr_ratio = 0.1  # the schedule decays to lr·min_lr_ratio at the last step
   optim.b1 = 0.9
   optim.b2 = 0.95
   optim.eps = 1e-8

@@ -173,6 +173,7 @@ def evaluate(eval_step, state: TrainState, batches, objective: Objective) -> dic
 def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.objective == 'lm':  # fine-tuning takes its model from init_from (objectives.load_base)
     model.validate(config.model, config.seq_len)
+  optim.validate(config.optim)
   if quant.spec(config.model):  # only objectives.load_base copies a quantized base's setting
     raise UserError(f'model.quant.format={config.model.quant.format!r}: a quantized model is not '
                     'trained; it is made from a trained run by `python -m gpt_jax.quantize` and '
@@ -267,7 +268,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print, prepared=N
   abstract_train_state = abstract(objective, tx, config, mesh)
 
   with runs.hold_workdir(workdir, log):
-    ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints,
+                                   config.checkpoint_steps)
     try:
       state, data_iterator = initial_state(objective, tx, config, workdir, ckpts,
                                            abstract_train_state, mesh, train_ds, log)
@@ -370,7 +372,8 @@ def train_loop(objective: Objective, tx, config, workdir: str, state: TrainState
       last = step == config.steps
       stop = preemption.requested  # read once: SIGTERM may arrive at any moment
       logs = step % config.log_every == 0 or step % config.eval_every == 0 or last
-      saves = step % config.checkpoint_every == 0 or last or stop
+      saves = (step % config.checkpoint_every == 0 or step in config.checkpoint_steps or last
+               or stop)
       if logs or saves:
         stop_if_diverged(unchecked, config, saved_step)
         unchecked = []

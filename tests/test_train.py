@@ -189,6 +189,32 @@ def test_restart_from_a_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
   assert read_metrics(resumed) == read_metrics(whole)
 
 
+def test_a_branched_cooldown_equals_a_run_trained_to_its_length(tiny, tmp_path):
+  """WSD (Hägele et al. 2024): a 10-step run is the first 8 updates of a 20-step one at the
+  stable lr, then its own 2-update cooldown, so branching it off the long run's step 8 gives
+  bit for bit the parameters and metrics of training it straight."""
+  tiny.optim.update(schedule='wsd', decay_fraction=0.2)
+  trunk, branched, straight = (str(tmp_path / name) for name in ('trunk', 'branched', 'straight'))
+  tiny.update(checkpoint_steps=(8,), keep_checkpoints=1)  # 10 goes, 8 stays
+  trainer.train(tiny, trunk, log=lambda _: None)
+  assert sorted(os.listdir(os.path.join(trunk, 'checkpoints')), key=int) == ['8', '20']
+  tiny.update(steps=10, checkpoint_steps=())
+  checkpoint.branch(trunk, 8, branched)
+  logs = []
+  trainer.train(tiny, branched, log=logs.append)
+  assert f'resuming from step 8 in {branched}' in logs
+  trainer.train(tiny, straight, log=lambda _: None)
+  jax.tree.map(np.testing.assert_array_equal, runs.load(branched).params,
+               runs.load(straight).params)
+  assert read_metrics(branched)[-1] == read_metrics(straight)[-1]
+  checkpoint.branch(trunk, 8, branched)  # a started branch resumes from its own checkpoints
+  assert os.listdir(os.path.join(branched, 'checkpoints')) == ['10']
+  with pytest.raises(UserError, match=r'trunk has no complete checkpoint at step 9 to branch '
+                                      r'from \(its steps: 8, 20\)'):
+    checkpoint.branch(trunk, 9, str(tmp_path / 'other'))
+  assert not os.path.exists(tmp_path / 'other')
+
+
 @pytest.mark.slow
 def test_kill_9_then_rerun_reproduces_the_metrics(small_corpus, tmp_path):
   args = [f'--config={TINY}', f'--config.data.corpus={small_corpus}', '--config.steps=60',
@@ -250,6 +276,7 @@ def dir_digest(directory):
     (['--config.steps=100000'], 'steps=100000 needs 100000 batches'),
     (['--config.batch_size=6', '--config.grad_accum=4'], 'batch_size=6 is not divisible'),
     (['--config.sample.temperature=-1'], 'sample.temperature=-1.0 must be >= 0'),
+    (['--config.optim.decay_fraction=0'], 'optim.decay_fraction=0.0 must be in (0, 1]'),
     (['--config.sample.prompt=' + 'To be, or not to be. ' * 20], 'no room left in the 64-token'),
 ])
 def test_bad_config_is_one_line(overrides, message, small_corpus, tmp_path):
