@@ -686,20 +686,27 @@ def predict(fit: SweepFit, budget: float, params: float | None = None,
       over `samples` bootstrap refits (`seed`) that start from the full fit;
     parametric: approach 3's {params, tokens, loss} at the optimum;
     isoflop: approach 2's {params, tokens}, its power laws extrapolated;
-    minimum_loss_law: {E, k, gamma, loss} of L*(C) fitted to the isoFLOP minima, and L*(budget).
+    minimum_loss_law: {E, k, gamma, loss} of L*(C) fitted to the isoFLOP minima, and L*(budget)
+      (each None where the isoFLOP minima do not allow it).
 
-  UserError without approaches 2 and 3, or with fewer than 3 isoFLOP minima below `budget`.
+  UserError without approach 3, or with fewer than 3 of the sweep's budgets below `budget`.
   """
-  if not (fit.parametric and fit.isoflop):
-    missing = [key for key in ('parametric', 'isoflop') if not getattr(fit, key)]
-    raise UserError(f'a prediction needs approaches 2 and 3, but {" and ".join(missing)} could not '
-                    f'be fitted ({"; ".join(fit.skipped.get(key, "") for key in missing)})')
-  below = fit.isoflop.budgets[fit.isoflop.budgets < budget]
+  if not fit.parametric:
+    raise UserError(f'a prediction needs approach 3, which could not be fitted '
+                    f'({fit.skipped.get("parametric", "")})')
+  budgets = np.unique(fit.budget) if fit.budget is not None else np.array([])
+  below = budgets[budgets < budget]
   if len(below) < PREDICTION_BUDGETS:
-    raise UserError(f'budgets too close to fit a prediction: {len(below)} budget(s) with an '
-                    f'isoFLOP minimum lie below {budget:.3g} FLOPs, the law L*(C) needs '
-                    f'{PREDICTION_BUDGETS}; add smaller budgets to the sweep')
-  law = fit_minimum_loss_law(fit.isoflop.budgets, fit.isoflop.loss_opt)
+    raise UserError(f'budgets too close to fit a prediction: {len(below)} budget(s) lie below '
+                    f'{budget:.3g} FLOPs, a prediction needs {PREDICTION_BUDGETS}; add smaller '
+                    'budgets to the sweep')
+  isoflop = law = None
+  if fit.isoflop:
+    isoflop = dict(zip(('params', 'tokens'), (float(v) for v in fit.isoflop.optimal(budget)[:2])))
+    try:
+      law = fit_minimum_loss_law(fit.isoflop.budgets, fit.isoflop.loss_opt)
+    except UserError:
+      pass  # too few minima or a loss that does not fall: the prediction stands on approach 3
   p = fit.parametric
   n_opt, d_opt, _ = (float(v) for v in p.optimal(budget))
   n = n_opt if params is None else float(params)
@@ -709,14 +716,13 @@ def predict(fit: SweepFit, budget: float, params: float | None = None,
   interval, refits = bootstrap(
       lambda i: {'loss': float(fit_parametric(runs['params'][i], d_fit[i], runs['loss'][i],
                                               p.theta).loss(n, d_seen))},
-      fit.budget, samples, seed)  # approach 2 was fitted, so every run has a budget
+      fit.budget, samples, seed)
   return {'budget': float(budget), 'params': n, 'tokens': d, 'effective_tokens': d_seen,
           'loss': float(p.loss(n, d_seen)), 'loss_interval': interval.get('loss'),
           'ci_level': CI_LEVEL, 'bootstrap_refits': refits,
           'parametric': {'params': n_opt, 'tokens': d_opt, 'loss': float(p.loss(n_opt, d_opt))},
-          'isoflop': dict(zip(('params', 'tokens'),
-                              (float(v) for v in fit.isoflop.optimal(budget)[:2]))),
-          'minimum_loss_law': {**dataclasses.asdict(law), 'loss': float(law(budget))}}
+          'isoflop': isoflop,
+          'minimum_loss_law': law and {**dataclasses.asdict(law), 'loss': float(law(budget))}}
 
 
 def write_prediction(sweep_dir: str, prediction: dict) -> None:
@@ -764,8 +770,8 @@ def holdout(fit: SweepFit, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> d
   return {'budget': top, 'predicted_params': guess['params'], 'measured_params': measured['params'],
           'predicted_loss': guess['loss'], 'measured_loss': measured['loss'],
           'loss_interval': predicted['loss_interval'],
-          'law_loss': predicted['minimum_loss_law']['loss'],
-          'isoflop_params': predicted['isoflop']['params'],
+          'law_loss': (predicted['minimum_loss_law'] or {}).get('loss'),
+          'isoflop_params': (predicted['isoflop'] or {}).get('params'),
           'relative_error': {key: (measured[key] - guess[key]) / guess[key] for key in guess}}
 
 
@@ -834,6 +840,61 @@ def agreement(fit: SweepFit) -> dict:
                   else spread <= AGREEMENT_TARGETS['max_difference'],
                   'parametric_interval_width': None if width is None
                   else width < AGREEMENT_TARGETS['parametric_interval_width']}}
+
+
+def _same_point(table: Table, i: int) -> np.ndarray:
+  """The role 'sweep' rows of the same budget and size as row i: the sweep's own run there."""
+  budget = table['budget'] if 'budget' in table else compute(table)
+  return (np.isclose(budget, budget[i]) & np.isclose(table['params'], table['params'][i])
+          & role_rows(table, 'sweep'))
+
+
+def controls(fit: SweepFit) -> dict:
+  """The sweep's control runs beside the sweep run they copy (same budget and size), as JSON:
+  lr_probe, per probed size {params, budget, n_embd, losses: {lr multiplier: loss}, best} (from
+  role 'lr_probe' rows; multiplier 1 is the sweep's run, at the width rule's learning rate), and
+  schedule {params, budget, wsd_loss, cosine_loss, relative_difference = (wsd − cosine)/cosine}
+  (from a role 'cosine' row: the same run with a cosine schedule). Empty without such rows."""
+  table, out = fit.all_runs, {}
+  probes = {}
+  for i in np.flatnonzero(role_rows(table, 'lr_probe')):
+    own = np.flatnonzero(_same_point(table, i))
+    key = (float(table['params'][i]), float(table['budget'][i]))
+    losses = probes.setdefault(key, {'n_embd': _number(table['n_embd'][i]) if 'n_embd' in table
+                                     else None, 'losses': {}})['losses']
+    losses[float(table['lr_multiplier'][i])] = float(table['loss'][i])
+    if len(own):
+      losses[1.0] = float(table['loss'][own[0]])
+  if probes:
+    out['lr_probe'] = [{'params': n, 'budget': c, 'n_embd': p['n_embd'],
+                        'losses': {f'{m:g}': p['losses'][m] for m in sorted(p['losses'])},
+                        'best': float(min(p['losses'], key=p['losses'].get))}
+                       for (n, c), p in sorted(probes.items())]
+  for i in np.flatnonzero(role_rows(table, 'cosine')):
+    own = np.flatnonzero(_same_point(table, i))
+    if len(own):
+      wsd, cosine = float(table['loss'][own[0]]), float(table['loss'][i])
+      out['schedule'] = {'params': float(table['params'][i]), 'budget': float(table['budget'][i]),
+                         'wsd_loss': wsd, 'cosine_loss': cosine,
+                         'relative_difference': (wsd - cosine) / cosine}
+  return out
+
+
+def _controls_lines(controls: dict) -> list[str]:
+  lines = []
+  if probe := controls.get('lr_probe'):
+    multipliers = sorted({float(m) for p in probe for m in p['losses']})
+    lines += ['## Learning-rate probe: final loss at the width rule\'s lr × m', '',
+              *_table(('width', 'N', 'C', *(f'm = {m:g}' for m in multipliers), 'best m'),
+                      [(p['n_embd'], _count(p['params']), f'{p["budget"]:.3g}',
+                        *(p['losses'].get(f'{m:g}', '') for m in multipliers), f'{p["best"]:g}')
+                       for p in probe]), '']
+  if schedule := controls.get('schedule'):
+    lines += [f'**WSD against cosine** ({_count(schedule["params"])} params, C = '
+              f'{schedule["budget"]:.3g}): a WSD cooldown reached {schedule["wsd_loss"]:.4f}, a cosine '
+              f'run of the same length {schedule["cosine_loss"]:.4f} '
+              f'({100 * schedule["relative_difference"]:+.2f}%).', '']
+  return lines[:-1]
 
 
 def summarize(fit: SweepFit, predict: Sequence[float] | None = None) -> dict:
@@ -931,6 +992,8 @@ def markdown(summary: dict) -> str:
     lines += ['', *_holdout_lines(summary['holdout'])]
   if 'noise' in summary:
     lines += ['', *_noise_lines(summary['noise'])]
+  if summary.get('controls'):
+    lines += ['', *_controls_lines(summary['controls'])]
   if 'isoflop' in summary:
     lines += ['', '## Approach 2: minima of the isoFLOP parabolas', '',
               *_table(('budget C', 'N_opt', 'D_opt', 'D/N', 'loss'),
@@ -991,8 +1054,10 @@ def _holdout_lines(h: dict) -> list[str]:
                     f'{100 * error["params"]:+.1f}%'),
                    ('minimum loss', h['predicted_loss'], h['measured_loss'],
                     f'{100 * error["loss"]:+.2f}%')]),
-          '', f'The law L*(C) of the other budgets\' minima gives {h["law_loss"]:.4f}; approach '
-          f'2\'s power law gives N_opt = {_count(h["isoflop_params"])}.']
+          '', *([f'The law L*(C) of the other budgets\' minima gives {h["law_loss"]:.4f}.']
+                if h['law_loss'] is not None else []),
+          *([f'Approach 2\'s power law gives N_opt = {_count(h["isoflop_params"])}.']
+            if h['isoflop_params'] is not None else [])]
 
 
 def _noise_lines(noise: dict) -> list[str]:
@@ -1102,12 +1167,16 @@ def plot_verification(fit: SweepFit, v: dict, path: str) -> None:
   fig, ax = plt.subplots(figsize=(7, 4.5))
   ax.scatter(compute(fit.runs), fit.runs['loss'], s=10, color='gray', alpha=0.3,
              label='sweep runs')
-  ax.scatter(fit.isoflop.budgets, fit.isoflop.loss_opt, s=40, color='tab:orange',
-             edgecolor='black', zorder=3, label='isoFLOP minima')
-  flops = np.geomspace(fit.isoflop.budgets.min(), v['budget'], 100)
-  law = fit_minimum_loss_law(fit.isoflop.budgets, fit.isoflop.loss_opt)
-  ax.plot(flops, law(flops), color='tab:orange',
-          label=f'L*(C) = {law.E:.3g} + {law.k:.3g}·C^-{law.gamma:.3g}')
+  flops = np.geomspace(compute(fit.runs).min(), v['budget'], 100)
+  if fit.isoflop:
+    ax.scatter(fit.isoflop.budgets, fit.isoflop.loss_opt, s=40, color='tab:orange',
+               edgecolor='black', zorder=3, label='isoFLOP minima')
+    try:
+      law = fit_minimum_loss_law(fit.isoflop.budgets, fit.isoflop.loss_opt)
+      ax.plot(flops, law(flops), color='tab:orange',
+              label=f'L*(C) = {law.E:.3g} + {law.k:.3g}·C^-{law.gamma:.3g}')
+    except UserError:
+      pass  # predict() went without the law too
   ax.plot(flops, fit.parametric.loss(*fit.parametric.optimal(flops)[:2]), color='tab:green',
           linestyle='--', label='approach 3 at N_opt(C)')
   interval = v['predicted_interval']
@@ -1162,6 +1231,7 @@ def write_report(sweep_dir: str, budgets_to_predict: Sequence[float] | None = No
     summary['holdout'] = holdout(fit, samples, seed)
   except UserError as e:
     summary['skipped']['holdout'] = str(e)
+  summary['controls'] = controls(fit)
   prediction = read_prediction(sweep_dir)
   if prediction:
     summary['verification'] = verification(fit, prediction)

@@ -479,9 +479,9 @@ def test_predict_a_three_times_larger_budget():
 
 def test_predict_needs_three_budgets_below():
   fit = scaling.fit_sweep(sweep(), samples=0)
-  with pytest.raises(UserError, match=r'^budgets too close to fit a prediction: 2 budget\(s\) with '
-                     r'an isoFLOP minimum lie below 1e\+18 FLOPs, the law L\*\(C\) needs 3; add '
-                     'smaller budgets to the sweep$'):
+  with pytest.raises(UserError, match=r'^budgets too close to fit a prediction: 2 budget\(s\) lie '
+                     r'below 1e\+18 FLOPs, a prediction needs 3; add smaller budgets to the '
+                     'sweep$'):
     scaling.predict(fit, BUDGETS[2], samples=0)
 
 
