@@ -3,15 +3,16 @@
 `python -m gpt_jax.train --config=experiments/chinchilla.py[:cpu|gpu|tpu]` trains, for each
 compute budget C, `sizes_per_budget` model sizes from the width ladder (depth from the
 width-per-layer rule), each on the D = C / FLOPs-per-token tokens the budget buys, at a learning
-rate ∝ 1/width. With the default warmup-stable-decay schedule each size trains once and the
-shorter points branch cooldowns from it (gpt_jax/sweep.py). A learning-rate probe at the narrowest
-and widest size, one point at 3 seeds, then the fits (gpt_jax/scaling.py) predict the loss of a
-run at 3× the top budget, which is trained last to check the prediction: DIR/scaling/report.md.
+rate ∝ width^-lr_width_exponent. With the default warmup-stable-decay schedule each size trains
+once and the shorter points branch cooldowns from it (gpt_jax/sweep.py). A learning-rate probe at
+the narrowest and widest size, one point at 3 seeds and with a cosine schedule, then the fits
+(gpt_jax/scaling.py) predict the loss of a run at 3× the top budget, which is trained last to
+check the prediction: DIR/scaling/report.md.
 
-cpu: near character-level Shakespeare (vocab 320: 4.7M training tokens), budgets 2e10–2e12
-(100×), models of 5k–380k parameters. The compute-optimal runs of the top budgets need more
+cpu: near character-level Shakespeare (vocab 320: 4.7M training tokens), budgets 5e10–2e12
+(40×), models of 4k–370k parameters. The compute-optimal runs of the top budgets need more
 tokens than one epoch holds, so the corpus is repeated up to 4 times, which costs little
-(Muennighoff et al. 2023; the parametric fit uses their repetition-adjusted D). About 12 min on
+(Muennighoff et al. 2023; the parametric fit uses their repetition-adjusted D). About 14 min on
 2 cores. gpu/tpu: budgets 1e17–1e19 FLOPs; they need a corpus of billions of tokens
 (--config.data.corpus=...) and an accelerator.
 """
@@ -30,7 +31,10 @@ ACCELERATOR = dict(
 
 VARIANTS = {
     'cpu': dict(
-        budgets=(2e10, 5e10, 1.25e11, 3e11, 8e11, 2e12),
+        # 40×. Below 5e10 the optimum lies under the smallest sensible model (width 8: 4k
+        # parameters, most of them embeddings) and the wide sizes get ~100 steps: a 2e10 budget
+        # was tried and its parabola's minimum fell outside its sizes.
+        budgets=(5e10, 1.25e11, 3e11, 8e11, 2e12),
         widths=(8, 12, 16, 24, 32, 48, 64, 96, 128),  # n_embd ladder
         # lr ∝ width^-1/3: a pilot found 1/width too steep here (width 8 best at 0.5× of it,
         # width 64 at 2×); at these widths the embeddings are a large share of the parameters.

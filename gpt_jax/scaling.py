@@ -70,6 +70,8 @@ APPROACHES = {'envelope': 'approach 1 (envelope)', 'isoflop': 'approach 2 (isoFL
               'parametric': 'approach 3 (L(N, D))'}
 PAPER_EXPONENTS = {'envelope': (0.50, 0.50), 'isoflop': (0.49, 0.51), 'parametric': (0.46, 0.54)}
 R_STAR = 15.4  # Muennighoff et al. 2023 eq. 5: repeats after which extra epochs are worth 1/e
+PREDICTION_METHODS = {'minimum_loss_law': "L*(C) of the isoFLOP minima, GPT-4's method",
+                      'parametric': "approach 3's L(N, D)"}
 PREDICTION_BUDGETS = 3  # isoFLOP minima the law L*(C) = E + k·C^-γ needs (it has 3 parameters)
 # Issue 14's targets for the approaches to agree: the spread of their a, and approach 3's interval.
 AGREEMENT_TARGETS = {'max_difference': 0.1, 'parametric_interval_width': 0.3}
@@ -649,8 +651,10 @@ class MinimumLossLaw:
 def fit_minimum_loss_law(budgets: ArrayLike, loss: ArrayLike) -> MinimumLossLaw:
   """Least squares of L*(C) on (budget C in FLOPs, minimum loss in nats/token) points: for a given
   γ the law is linear in (E, k), so only γ is searched (a grid over (0, 2], then Brent's method
-  around its best point), which no starting guess can send astray. UserError with fewer than 3
-  budgets or a loss that does not fall with C."""
+  around its best point), which no starting guess can send astray. Where the best E is negative
+  (minima that fall in a straight line in log-log, which E → −∞, γ → 0 chases), E = 0 and k, γ
+  come from a line through log L*. UserError with fewer than 3 budgets or a loss that does not
+  fall with C."""
   c, loss = np.asarray(budgets, dtype=float), np.asarray(loss, dtype=float)
   if len(np.unique(c)) < PREDICTION_BUDGETS:
     raise UserError(f'the law L*(C) = E + k·C^-γ has 3 parameters and needs the minima of '
@@ -669,10 +673,22 @@ def fit_minimum_loss_law(budgets: ArrayLike, loss: ArrayLike) -> MinimumLossLaw:
                                          bounds=(max(best - step, step / 100), best + step),
                                          options={'xatol': 1e-10}).x
   (e, k), _ = solve(gamma)
-  if k <= 0:
+  if e < 0:  # a loss floor below zero is no floor: the minima fall as a pure power law, E = 0
+    slope, intercept = np.polyfit(x, np.log(loss), 1)
+    e, k, gamma = 0.0, math.exp(intercept), -slope
+  if k <= 0 or gamma <= 0:
     raise UserError(f'the isoFLOP minima do not fall with compute (L*(C) = E + k·C^-γ gives k = '
                     f'{k:.3g}), so no loss can be extrapolated; check the runs')
   return MinimumLossLaw(float(e), float(k * c.min() ** gamma), float(gamma))
+
+
+def _intervals(refit: Callable, strata: np.ndarray, samples: int, seed: int) -> tuple[dict, int]:
+  """bootstrap(), but no intervals (and 0 refits) where no resample can be refitted: a
+  prediction stands without its interval."""
+  try:
+    return bootstrap(refit, strata, samples, seed)
+  except UserError:
+    return {}, 0
 
 
 def predict(fit: SweepFit, budget: float, params: float | None = None,
@@ -681,13 +697,16 @@ def predict(fit: SweepFit, budget: float, params: float | None = None,
   """The run of `budget` FLOPs foretold by the sweep, as JSON (counts, FLOPs, nats/token):
 
     budget, params (`params`, else approach 3's N_opt), tokens (`tokens`, else budget/(6·params));
-    loss: approach 3's L(params, D') with D' the tokens adjusted for repetition when more than
-      `unique_tokens` (effective_tokens), with loss_interval, its CI_LEVEL percentile interval
-      over `samples` bootstrap refits (`seed`) that start from the full fit;
-    parametric: approach 3's {params, tokens, loss} at the optimum;
+    loss, method: the predicted final loss. 'minimum_loss_law' (GPT-4's method, OpenAI 2023,
+      §3.1): L*(budget) of the law fitted to the isoFLOP minima, the loss of a compute-optimal run;
+      where the minima do not allow that law, 'parametric': approach 3's L(params, D');
+    loss_interval: its CI_LEVEL percentile interval over `samples` bootstrap refits (`seed`),
+      bootstrap_refits of them worked;
+    parametric: approach 3's {params, tokens, loss} at its optimum, and loss_at_params with
+      loss_interval at (params, D'), D' the tokens adjusted for repetition beyond
+      `unique_tokens` (effective_tokens); its refits start from the full fit;
     isoflop: approach 2's {params, tokens}, its power laws extrapolated;
-    minimum_loss_law: {E, k, gamma, loss} of L*(C) fitted to the isoFLOP minima, and L*(budget)
-      (each None where the isoFLOP minima do not allow it).
+    minimum_loss_law: {E, k, gamma, loss} of L*(C) (each None where the minima do not allow it).
 
   UserError without approach 3, or with fewer than 3 of the sweep's budgets below `budget`.
   """
@@ -700,6 +719,7 @@ def predict(fit: SweepFit, budget: float, params: float | None = None,
     raise UserError(f'budgets too close to fit a prediction: {len(below)} budget(s) lie below '
                     f'{budget:.3g} FLOPs, a prediction needs {PREDICTION_BUDGETS}; add smaller '
                     'budgets to the sweep')
+  runs, d_fit = fit.runs, fitted_tokens(fit.runs)
   isoflop = law = None
   if fit.isoflop:
     isoflop = dict(zip(('params', 'tokens'), (float(v) for v in fit.isoflop.optimal(budget)[:2])))
@@ -712,15 +732,24 @@ def predict(fit: SweepFit, budget: float, params: float | None = None,
   n = n_opt if params is None else float(params)
   d = budget / (6 * n) if tokens is None else float(tokens)
   d_seen = d if unique_tokens is None else float(effective_tokens(d, unique_tokens))
-  runs, d_fit = fit.runs, fitted_tokens(fit.runs)
-  interval, refits = bootstrap(
+  parametric_interval, refits = _intervals(
       lambda i: {'loss': float(fit_parametric(runs['params'][i], d_fit[i], runs['loss'][i],
                                               p.theta).loss(n, d_seen))},
       fit.budget, samples, seed)
+  parametric = {'params': n_opt, 'tokens': d_opt, 'loss': float(p.loss(n_opt, d_opt)),
+                'loss_at_params': float(p.loss(n, d_seen)),
+                'loss_interval': parametric_interval.get('loss')}
+  if law:
+    def law_refit(i):
+      iso = fit_isoflop(runs['params'][i], runs['loss'][i], fit.budget[i])
+      return {'loss': float(fit_minimum_loss_law(iso.budgets, iso.loss_opt)(budget))}
+    interval, refits = _intervals(law_refit, fit.budget, samples, seed)
+    loss, method = float(law(budget)), 'minimum_loss_law'
+  else:
+    interval, loss, method = parametric_interval, parametric['loss_at_params'], 'parametric'
   return {'budget': float(budget), 'params': n, 'tokens': d, 'effective_tokens': d_seen,
-          'loss': float(p.loss(n, d_seen)), 'loss_interval': interval.get('loss'),
-          'ci_level': CI_LEVEL, 'bootstrap_refits': refits,
-          'parametric': {'params': n_opt, 'tokens': d_opt, 'loss': float(p.loss(n_opt, d_opt))},
+          'loss': loss, 'method': method, 'loss_interval': interval.get('loss'),
+          'ci_level': CI_LEVEL, 'bootstrap_refits': refits, 'parametric': parametric,
           'isoflop': isoflop,
           'minimum_loss_law': law and {**dataclasses.asdict(law), 'loss': float(law(budget))}}
 
@@ -752,8 +781,8 @@ def read_prediction(sweep_dir: str) -> dict | None:
 
 
 def holdout(fit: SweepFit, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
-  """Approach 3 and the law L*(C) fitted to every sweep budget but the largest, predicting its
-  N_opt and minimum loss, against the parabola minimum measured there (approach 2 on all runs).
+  """Every sweep budget but the largest fitted, predicting its N_opt (approach 3) and minimum loss
+  (predict's method), against the parabola minimum measured there (approach 2 on all runs).
   relative_error = (measured − predicted) / predicted, for params and loss. UserError where there
   are too few budgets or the largest has no parabola minimum."""
   if not fit.isoflop:
@@ -768,9 +797,9 @@ def holdout(fit: SweepFit, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> d
   measured = {'params': float(fit.isoflop.n_opt[at][0]), 'loss': float(fit.isoflop.loss_opt[at][0])}
   guess = {'params': predicted['params'], 'loss': predicted['loss']}
   return {'budget': top, 'predicted_params': guess['params'], 'measured_params': measured['params'],
-          'predicted_loss': guess['loss'], 'measured_loss': measured['loss'],
-          'loss_interval': predicted['loss_interval'],
-          'law_loss': (predicted['minimum_loss_law'] or {}).get('loss'),
+          'predicted_loss': guess['loss'], 'method': predicted['method'],
+          'measured_loss': measured['loss'], 'loss_interval': predicted['loss_interval'],
+          'parametric_loss': predicted['parametric']['loss'],
           'isoflop_params': (predicted['isoflop'] or {}).get('params'),
           'relative_error': {key: (measured[key] - guess[key]) / guess[key] for key in guess}}
 
@@ -781,11 +810,15 @@ def verification(fit: SweepFit, prediction: dict) -> dict:
   predicted) / predicted."""
   rows = np.flatnonzero(role_rows(fit.all_runs, 'verification'))
   measured = float(fit.all_runs['loss'][rows[-1]]) if len(rows) else None
+  error = lambda predicted: None if measured is None else (measured - predicted) / predicted
   predicted = prediction['loss']
+  parametric = (prediction.get('parametric') or {}).get('loss_at_params')
   return {'budget': prediction['budget'], 'params': prediction['params'],
           'tokens': prediction['tokens'], 'predicted_loss': predicted,
+          'method': prediction.get('method', 'parametric'),
           'predicted_interval': prediction.get('loss_interval'), 'measured_loss': measured,
-          'relative_error': None if measured is None else (measured - predicted) / predicted}
+          'relative_error': error(predicted), 'parametric_loss': parametric,
+          'parametric_relative_error': None if parametric is None else error(parametric)}
 
 
 def noise(fit: SweepFit) -> dict:
@@ -1025,12 +1058,17 @@ def _verification_lines(v: dict, level: int) -> list[str]:
   predicted = f'{v["predicted_loss"]:.4f}' + (
       f' ({level}% CI {interval[0]:.4f} .. {interval[1]:.4f})' if interval else '')
   run = f'{_count(v["params"])} params, {_count(v["tokens"])} tokens, C = {v["budget"]:.3g}'
+  method = PREDICTION_METHODS[v['method']]
   if v['measured_loss'] is None:
-    return [f'**Verification** ({run}): predicted loss {predicted}; verification run not trained '
-            'yet.']
-  return [f'**Verification** ({run}): predicted loss {predicted}, measured '
-          f'{v["measured_loss"]:.4f}, relative error {100 * v["relative_error"]:+.2f}% '
-          '(measured − predicted, over predicted).']
+    return [f'**Verification** ({run}): predicted loss {predicted} ({method}); verification run '
+            'not trained yet.']
+  lines = [f'**Verification** ({run}): predicted loss {predicted} ({method}), measured '
+           f'{v["measured_loss"]:.4f}, relative error {100 * v["relative_error"]:+.2f}% '
+           '(measured − predicted, over predicted).']
+  if v['method'] != 'parametric' and v['parametric_loss'] is not None:
+    lines += ['', f'Approach 3\'s L(N, D) at this run predicted {v["parametric_loss"]:.4f} '
+              f'({100 * v["parametric_relative_error"]:+.2f}%).']
+  return lines
 
 
 def _agreement_lines(agreement: dict, level: int) -> list[str]:
@@ -1048,14 +1086,12 @@ def _agreement_lines(agreement: dict, level: int) -> list[str]:
 def _holdout_lines(h: dict) -> list[str]:
   error = h['relative_error']
   return [f'## Held-out budget: fitted without C = {h["budget"]:.3g}, predicted there', '',
-          *_table(('', 'predicted (approach 3)', 'measured (parabola minimum)',
-                   'relative error'),
-                  [('N_opt', _count(h['predicted_params']), _count(h['measured_params']),
-                    f'{100 * error["params"]:+.1f}%'),
-                   ('minimum loss', h['predicted_loss'], h['measured_loss'],
-                    f'{100 * error["loss"]:+.2f}%')]),
-          '', *([f'The law L*(C) of the other budgets\' minima gives {h["law_loss"]:.4f}.']
-                if h['law_loss'] is not None else []),
+          *_table(('', 'predicted', 'measured (parabola minimum)', 'relative error'),
+                  [('N_opt (approach 3)', _count(h['predicted_params']),
+                    _count(h['measured_params']), f'{100 * error["params"]:+.1f}%'),
+                   (f'minimum loss ({PREDICTION_METHODS[h["method"]]})', h['predicted_loss'],
+                    h['measured_loss'], f'{100 * error["loss"]:+.2f}%')]),
+          '', f'Approach 3 gives a minimum loss of {h["parametric_loss"]:.4f}.',
           *([f'Approach 2\'s power law gives N_opt = {_count(h["isoflop_params"])}.']
             if h['isoflop_params'] is not None else [])]
 

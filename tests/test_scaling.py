@@ -455,6 +455,9 @@ def test_minimum_loss_law_is_exact_on_its_own_form():
   assert (law.E, law.k, law.gamma) == pytest.approx((1.7, 3e4, 0.25), rel=1e-6)
   with pytest.raises(UserError, match='^the isoFLOP minima do not fall with compute'):
     scaling.fit_minimum_loss_law(budgets, 3 + 0.1 * np.log10(budgets / 1e17))
+  # Minima on a straight line in log-log: no positive floor fits them, so E = 0.
+  law = scaling.fit_minimum_loss_law(budgets, 50 * budgets ** -0.1)
+  assert (law.E, law.k, law.gamma) == pytest.approx((0, 50, 0.1), rel=1e-9, abs=1e-12)
 
 
 def test_predict_a_three_times_larger_budget():
@@ -470,11 +473,19 @@ def test_predict_a_three_times_larger_budget():
   assert prediction['loss'] == pytest.approx(TRUE.loss(n, d), rel=0.005)
   low, high = prediction['loss_interval']
   assert low <= TRUE.loss(n, d) <= high and prediction['bootstrap_refits'] == 20
-  assert prediction['minimum_loss_law']['loss'] == pytest.approx(TRUE.loss(n, d), rel=0.005)
+  assert prediction['method'] == 'minimum_loss_law'
+  assert prediction['loss'] == prediction['minimum_loss_law']['loss']
+  assert prediction['parametric']['loss_at_params'] == pytest.approx(TRUE.loss(n, d), rel=0.005)
+  low, high = prediction['parametric']['loss_interval']
+  assert low <= TRUE.loss(n, d) <= high
   assert prediction['isoflop']['params'] == pytest.approx(1.034 * n, rel=0.02)
   at_half = scaling.predict(fit, budget, params=n / 2, samples=0)
-  assert at_half['loss'] == pytest.approx(TRUE.loss(n / 2, 2 * d), rel=0.005)
-  assert at_half['loss_interval'] is None and at_half['parametric'] == prediction['parametric']
+  assert at_half['parametric']['loss_at_params'] == pytest.approx(TRUE.loss(n / 2, 2 * d),
+                                                                  rel=0.005)
+  assert at_half['loss'] == prediction['loss']  # the compute-optimal loss, whatever the size
+  assert at_half['loss_interval'] is None
+  optimum = lambda p: {k: p['parametric'][k] for k in ('params', 'tokens', 'loss')}
+  assert optimum(at_half) == optimum(prediction)
 
 
 def test_predict_needs_three_budgets_below():
@@ -535,8 +546,12 @@ def test_report_checks_a_held_out_budget_and_the_verification_run(tmp_path):
   assert summary['verification'] == {
       'budget': prediction['budget'], 'params': prediction['params'],
       'tokens': prediction['tokens'], 'predicted_loss': prediction['loss'],
-      'predicted_interval': prediction['loss_interval'], 'measured_loss': 2.8,
-      'relative_error': pytest.approx((2.8 - prediction['loss']) / prediction['loss'])}
+      'method': 'minimum_loss_law', 'predicted_interval': prediction['loss_interval'],
+      'measured_loss': 2.8,
+      'relative_error': pytest.approx((2.8 - prediction['loss']) / prediction['loss']),
+      'parametric_loss': prediction['parametric']['loss_at_params'],
+      'parametric_relative_error': pytest.approx(
+          2.8 / prediction['parametric']['loss_at_params'] - 1)}
   noise = summary['noise']
   seeds = table['loss'][[2 * 7 + 3, 35, 36]]
   assert noise['seeds'] == [0, 1, 2] and noise['losses'] == seeds.tolist()

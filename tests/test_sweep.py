@@ -22,11 +22,11 @@ def cpu_config():
 CAP = 4 * 4_702_813  # four passes over vocab-320 Shakespeare's training split
 
 
-def test_cpu_plan_spends_each_budget_within_the_epoch_cap_and_spans_100x():
+def test_cpu_plan_spends_each_budget_within_the_epoch_cap_and_spans_30x_or_more():
   config = cpu_config()
   grid = sweep.isoflop_points(config, max_tokens=CAP)
   budgets = sorted(config.sweep.budgets)
-  assert budgets[-1] / budgets[0] >= 100
+  assert budgets[-1] / budgets[0] >= 30
   assert len(grid) == len(budgets) * config.sweep.sizes_per_budget
   for point in grid:
     run = point.config
