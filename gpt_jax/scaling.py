@@ -421,8 +421,10 @@ class ParametricFit:
 
   @property
   def theta(self) -> np.ndarray:
-    """The fitted (a, b, e, α, β), to start another fit from."""
-    return np.array([math.log(self.A), math.log(self.B), math.log(self.E), self.alpha, self.beta])
+    """The fitted (a, b, e, α, β), to start another fit from. A fit that drove e = log E below
+    float64's range has E = 0; it restarts from the smallest positive E."""
+    a, b, e = np.log(np.maximum([self.A, self.B, self.E], np.finfo(float).tiny))
+    return np.array([a, b, e, self.alpha, self.beta])
 
   def exponents(self) -> dict[str, float]:
     return {'alpha': self.alpha, 'beta': self.beta, 'a': self.a, 'b': self.b, 'E': self.E}

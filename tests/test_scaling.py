@@ -580,3 +580,8 @@ def test_report_of_a_prediction_not_yet_trained(tmp_path):
   assert summary['verification']['predicted_loss'] == prediction['loss']
   lines = (tmp_path / 'scaling' / 'report.md').read_text().splitlines()
   assert lines[2].endswith('verification run not trained yet.')
+
+
+def test_a_fit_whose_floor_underflowed_still_starts_a_refit():
+  fit = scaling.ParametricFit(E=0.0, A=4e5, B=7.5, alpha=1.67, beta=0.1, huber=2e-4)
+  assert fit.theta[2] == np.log(np.finfo(float).tiny) and np.isfinite(fit.theta).all()
