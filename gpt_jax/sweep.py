@@ -258,14 +258,17 @@ def verification_budget(config: ml_collections.ConfigDict) -> float:
 def verification_point(config: ml_collections.ConfigDict, params: float,
                        max_tokens: float = math.inf) -> Point:
   """The run at verification_budget whose size is nearest `params` (in log), among widths in
-  steps of sweep.head_dim; UserError if the corpus cannot feed it, naming the largest budget it
-  can feed at that size."""
+  steps of sweep.head_dim up to 8× the widest of sweep.widths; UserError if the corpus cannot feed
+  it, naming the largest budget it can feed at that size."""
   sweep = config.sweep
   budget = verification_budget(config)
-  step = sweep.head_dim
-  widths = range(step, 64 * max(sweep.widths) + 1, step)
-  width = min(widths, key=lambda w: abs(math.log(flops.param_count(_run(config, w, 1).model)
-                                                 / params)))
+  model = copy.deepcopy(config.model)
+
+  def misfit(width: int) -> float:
+    model.update(shape(sweep, width))
+    return abs(math.log(flops.param_count(model) / params))
+
+  width = min(range(sweep.head_dim, 8 * max(sweep.widths) + 1, sweep.head_dim), key=misfit)
   steps, per_step = _steps(config, width, budget)
   tokens = steps * config.batch_size * config.seq_len
   if tokens > max_tokens:
@@ -376,7 +379,7 @@ def predict_verification(config: ml_collections.ConfigDict, workdir: str, unique
   made = scaling.read_prediction(workdir)
   if made:
     return verification_point(config, made['params'], max_tokens)
-  fit = scaling.fit_sweep(scaling.read_csv(os.path.join(workdir, 'runs.csv')))
+  fit = scaling.fit_sweep(scaling.read_csv(os.path.join(workdir, 'runs.csv')), samples=0)
   budget = verification_budget(config)
   point = verification_point(config, scaling.predict(fit, budget, samples=0)['params'],
                              max_tokens)
