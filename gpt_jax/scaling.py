@@ -740,7 +740,7 @@ def predict(fit: SweepFit, budget: float, params: float | None = None,
       fit.budget, samples, seed)
   parametric = {'params': n_opt, 'tokens': d_opt, 'loss': float(p.loss(n_opt, d_opt)),
                 'loss_at_params': float(p.loss(n, d_seen)),
-                'loss_interval': parametric_interval.get('loss')}
+                'loss_interval': parametric_interval.get('loss'), 'bootstrap_refits': refits}
   if law:
     def law_refit(i):
       iso = fit_isoflop(runs['params'][i], runs['loss'][i], fit.budget[i])
@@ -808,10 +808,14 @@ def holdout(fit: SweepFit, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> d
 
 def verification(fit: SweepFit, prediction: dict) -> dict:
   """The prediction of the verification run against its loss (the last runs.csv row with role
-  'verification'; measured_loss None while it is not trained). relative_error = (measured −
-  predicted) / predicted."""
-  rows = np.flatnonzero(role_rows(fit.all_runs, 'verification'))
-  measured = float(fit.all_runs['loss'][rows[-1]]) if len(rows) else None
+  'verification' of the predicted budget and size; measured_loss None while it is not trained).
+  relative_error = (measured − predicted) / predicted."""
+  table = fit.all_runs
+  rows = np.flatnonzero(role_rows(table, 'verification')
+                        & np.isclose(table['params'], prediction['params'])
+                        & np.isclose(table['budget'] if 'budget' in table else compute(table),
+                                     prediction['budget']))
+  measured = float(table['loss'][rows[-1]]) if len(rows) else None
   error = lambda predicted: None if measured is None else (measured - predicted) / predicted
   predicted = prediction['loss']
   parametric = (prediction.get('parametric') or {}).get('loss_at_params')
@@ -922,7 +926,10 @@ def _controls_lines(controls: dict) -> list[str]:
     lines += ['## Learning-rate probe: final loss at the width rule\'s lr × m', '',
               *_table(('width', 'N', 'C', *(f'm = {m:g}' for m in multipliers), 'best m'),
                       [(p['n_embd'], _count(p['params']), f'{p["budget"]:.3g}',
-                        *(p['losses'].get(f'{m:g}', '') for m in multipliers), f'{p["best"]:g}')
+                        *(p['losses'].get(f'{m:g}', '') for m in multipliers),
+                        f'{p["best"]:g}' + (' (an edge of the range probed)'
+                                            if p['best'] in (multipliers[0], multipliers[-1])
+                                            else ''))
                        for p in probe]), '']
   if schedule := controls.get('schedule'):
     lines += [f'**WSD against cosine** ({_count(schedule["params"])} params, C = '
@@ -1064,12 +1071,14 @@ def _verification_lines(v: dict, level: int) -> list[str]:
   if v['measured_loss'] is None:
     return [f'**Verification** ({run}): predicted loss {predicted} ({method}); verification run '
             'not trained yet.']
+  inside = ('' if not interval else ', inside the interval' if interval[0] <= v['measured_loss']
+            <= interval[1] else ', outside the interval')
   lines = [f'**Verification** ({run}): predicted loss {predicted} ({method}), measured '
-           f'{v["measured_loss"]:.4f}, relative error {100 * v["relative_error"]:+.2f}% '
+           f'{v["measured_loss"]:.4f}{inside}: relative error {100 * v["relative_error"]:+.2f}% '
            '(measured − predicted, over predicted).']
   if v['method'] != 'parametric' and v['parametric_loss'] is not None:
-    lines += ['', f'Approach 3\'s L(N, D) at this run predicted {v["parametric_loss"]:.4f} '
-              f'({100 * v["parametric_relative_error"]:+.2f}%).']
+    lines += ['', f'Approach 3\'s L(N, D) at this run predicted {v["parametric_loss"]:.4f}: '
+              f'relative error {100 * v["parametric_relative_error"]:+.2f}%.']
   return lines
 
 
@@ -1079,8 +1088,9 @@ def _agreement_lines(agreement: dict, level: int) -> list[str]:
   targets = agreement['targets']
   return ['## Do the approaches agree?', '',
           *_table([APPROACHES[key] for key in agreement['a']], [list(agreement['a'].values())]),
-          '', f'- largest difference in a: {value("max_difference")} (target ≤ '
-          f'{targets["max_difference"]}: {met("max_difference")})',
+          '', f'- largest difference in a between the {len(agreement["a"])} approaches fitted: '
+          f'{value("max_difference")} (target ≤ {targets["max_difference"]}: '
+          f'{met("max_difference")})',
           f'- width of approach 3\'s {level}% interval of a: {value("parametric_interval_width")} '
           f'(target < {targets["parametric_interval_width"]}: {met("parametric_interval_width")})']
 
@@ -1093,7 +1103,9 @@ def _holdout_lines(h: dict) -> list[str]:
                     _count(h['measured_params']), f'{100 * error["params"]:+.1f}%'),
                    (f'minimum loss ({PREDICTION_METHODS[h["method"]]})', h['predicted_loss'],
                     h['measured_loss'], f'{100 * error["loss"]:+.2f}%')]),
-          '', f'Approach 3 gives a minimum loss of {h["parametric_loss"]:.4f}.',
+          '', *([f'The predicted loss\'s 90% interval: {h["loss_interval"][0]:.4f} .. '
+                 f'{h["loss_interval"][1]:.4f}.'] if h['loss_interval'] else []),
+          f'Approach 3 gives a minimum loss of {h["parametric_loss"]:.4f}.',
           *([f'Approach 2\'s power law gives N_opt = {_count(h["isoflop_params"])}.']
             if h['isoflop_params'] is not None else [])]
 
@@ -1299,7 +1311,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                    description='Scaling-law fits of Hoffmann et al. (2022).')
   commands = parser.add_subparsers(dest='command', required=True)
   fit = commands.add_parser('fit', help='fit a CSV file with columns params, tokens, loss '
-                            '(optional: flops, budget) and print the fits')
+                            "(optional: flops, budget, role: only 'sweep' rows are fitted, "
+                            'unique_tokens: repeated data) and print the fits')
   fit.add_argument('csv')
   fit.add_argument('--json', action='store_true', help='print one JSON object instead of tables')
   report = commands.add_parser('report', help='write DIR/scaling/: report.md, report.json, plots')

@@ -37,7 +37,7 @@ import time
 
 import ml_collections
 
-from gpt_jax import checkpoint, data, files, flops, metrics, scaling, trainer
+from gpt_jax import checkpoint, data, files, flops, metrics, optim, scaling, trainer
 from gpt_jax.errors import UserError
 
 RUN_COLUMNS = ('name', 'role', 'budget', 'seed', 'lr_multiplier', 'n_layer', 'n_embd', 'n_head',
@@ -96,10 +96,14 @@ def decay_start(optim: ml_collections.ConfigDict, steps: int) -> int:
 def check(config: ml_collections.ConfigDict) -> None:
   """UserError for a sweep config that cannot run, before any corpus is read."""
   sweep = config.sweep
+  optim.validate(config.optim)  # the sweep sets optim.schedule from sweep.schedule, not the rest
   if sweep.flops not in ('6nd', 'chinchilla'):
     raise UserError(f"sweep.flops={sweep.flops!r} is not '6nd' or 'chinchilla'; pick one")
   if sweep.schedule not in ('wsd', 'cosine'):
     raise UserError(f"sweep.schedule={sweep.schedule!r} is not 'wsd' or 'cosine'; pick one")
+  if sweep.schedule == 'wsd' and config.optim.decay_fraction == 1:
+    raise UserError('optim.decay_fraction=1 leaves a WSD run no constant phase to branch '
+                    "cooldowns from; pick a fraction below 1 (0.2 is usual) or sweep.schedule='cosine'")
   if sweep.sizes_per_budget > len(sweep.widths):
     raise UserError(f'sweep.sizes_per_budget={sweep.sizes_per_budget} exceeds the '
                     f'{len(sweep.widths)} sweep.widths; add widths or train fewer sizes')
@@ -113,7 +117,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   if not sweep.verify_factor >= 1:
     raise UserError(f'sweep.verify_factor={sweep.verify_factor} must be >= 1 (the verification '
                     'run trains at this multiple of the top budget; 3 or more tests a prediction)')
-  if any(m <= 0 for m in sweep.lr_probe):
+  if any(not isinstance(m, (int, float)) or not m > 0 for m in sweep.lr_probe):
     raise UserError(f'sweep.lr_probe={tuple(sweep.lr_probe)} holds a multiplier <= 0; pass '
                     'positive multiples of the rule\'s learning rate, e.g. 0.5,2')
 
@@ -140,7 +144,7 @@ def _run(config: ml_collections.ConfigDict, width: int, steps: int, lr_multiplie
 
 
 def _name(budget: float, run: ml_collections.ConfigDict, suffix: str = '') -> str:
-  return f'C{budget:.2g}_d{run.model.n_embd}_L{run.model.n_layer}{suffix}'.replace('+', '')
+  return f'C{budget:.3g}_d{run.model.n_embd}_L{run.model.n_layer}{suffix}'.replace('+', '')
 
 
 def _steps(config: ml_collections.ConfigDict, width: int, budget: float) -> tuple[int, float]:
@@ -224,14 +228,14 @@ def extra_points(config: ml_collections.ConfigDict, grid: list[Point]) -> list[P
   widest = max((w for w in widths if widths.count(w) > 1), default=max(widths))
   for width in sorted({min(widths), widest}):
     point = min((p for p in grid if p.width == width), key=lambda p: p.budget)
-    for m in sweep.lr_probe:
+    for m in (m for m in sweep.lr_probe if m != 1):  # 1 is the sweep's own run
       run = _run(config, width, point.config.steps, lr_multiplier=m)
       extra.append(dataclasses.replace(point, name=point.name + f'_lr{m:g}x', config=run,
                                        role='lr_probe', lr_multiplier=m))
   budgets = sorted({p.budget for p in grid})
   middle = [p for p in grid if p.budget == budgets[len(budgets) // 2]]
   point = middle[len(middle) // 2]
-  for seed in range(1, sweep.seeds):
+  for seed in range(config.seed + 1, config.seed + sweep.seeds):
     run = _run(config, point.width, point.config.steps, seed=seed)
     extra.append(dataclasses.replace(point, name=point.name + f'_seed{seed}', config=run,
                                      role='seed'))
@@ -248,11 +252,30 @@ def plan(config: ml_collections.ConfigDict, max_tokens: float = math.inf) -> lis
   its WSD branches, then the learning-rate probe and the seed repeats."""
   check(config)
   grid = isoflop_points(config, max_tokens)
-  return with_branches(grid) + extra_points(config, grid)
+  points = with_branches(grid) + extra_points(config, grid)
+  names = [p.name for p in points]
+  if len(set(names)) < len(names):
+    twice = sorted({name for name in names if names.count(name) > 1})
+    raise UserError(f'two runs of the sweep would be named {twice[0]}: sweep.budgets '
+                    f'{sorted(config.sweep.budgets)} hold budgets that agree to 3 significant '
+                    'digits; space them further apart')
+  return points
 
 
 def verification_budget(config: ml_collections.ConfigDict) -> float:
   return config.sweep.verify_factor * max(config.sweep.budgets)
+
+
+def verification_widths(config: ml_collections.ConfigDict) -> range:
+  """The widths a verification run may take: steps of sweep.head_dim up to 8× sweep.widths'."""
+  return range(config.sweep.head_dim, 8 * max(config.sweep.widths) + 1, config.sweep.head_dim)
+
+
+def run_model(config: ml_collections.ConfigDict, width: int) -> ml_collections.ConfigDict:
+  """The model config of a width (without copying the rest of the config)."""
+  model = copy.deepcopy(config.model)
+  model.update(shape(config.sweep, width))
+  return model
 
 
 def verification_point(config: ml_collections.ConfigDict, params: float,
@@ -260,24 +283,20 @@ def verification_point(config: ml_collections.ConfigDict, params: float,
   """The run at verification_budget whose size is nearest `params` (in log), among widths in
   steps of sweep.head_dim up to 8× the widest of sweep.widths; UserError if the corpus cannot feed
   it, naming the largest budget it can feed at that size."""
-  sweep = config.sweep
   budget = verification_budget(config)
-  model = copy.deepcopy(config.model)
-
-  def misfit(width: int) -> float:
-    model.update(shape(sweep, width))
-    return abs(math.log(flops.param_count(model) / params))
-
-  width = min(range(sweep.head_dim, 8 * max(sweep.widths) + 1, sweep.head_dim), key=misfit)
+  width = min(verification_widths(config),
+              key=lambda w: abs(math.log(flops.param_count(run_model(config, w)) / params)))
   steps, per_step = _steps(config, width, budget)
   tokens = steps * config.batch_size * config.seq_len
   if tokens > max_tokens:
     largest = max_tokens / (config.batch_size * config.seq_len) * per_step
     raise UserError(
         f'the verification budget {budget:.3g} needs {tokens:,.0f} tokens at width {width} '
-        f'(N ≈ {params:,.0f}) but the corpus gives {max_tokens:,.0f} in data.num_epochs='
-        f'{config.data.num_epochs} pass(es); the largest it can feed is about {largest:.3g}: lower '
-        'sweep.verify_factor or sweep.budgets, raise data.num_epochs, or pass a larger corpus')
+        f'({flops.param_count(run_model(config, width)):,} parameters, the nearest to '
+        f'{params:,.0f}) but the corpus gives {max_tokens:,.0f} in data.num_epochs='
+        f'{config.data.num_epochs} pass(es); at that size it feeds at most {largest:.3g} FLOPs: '
+        'lower sweep.verify_factor or sweep.budgets, raise data.num_epochs, or pass a larger '
+        'corpus')
   run = _run(config, width, steps)
   return Point(_name(budget, run, '_verify'), budget, run, per_step, role='verification')
 
@@ -378,6 +397,11 @@ def predict_verification(config: ml_collections.ConfigDict, workdir: str, unique
   max_tokens = unique_tokens * config.data.num_epochs
   made = scaling.read_prediction(workdir)
   if made:
+    if not math.isclose(made['budget'], verification_budget(config)):
+      raise UserError(
+          f'{workdir}/prediction.json predicts a run of {made["budget"]:.3g} FLOPs but this config '
+          f'verifies at {verification_budget(config):.3g} (sweep.verify_factor × the top budget); '
+          'restore the settings, or delete prediction.json to predict again')
     return verification_point(config, made['params'], max_tokens)
   fit = scaling.fit_sweep(scaling.read_csv(os.path.join(workdir, 'runs.csv')), samples=0)
   budget = verification_budget(config)
@@ -400,9 +424,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, log=print) -> dic
   unique_tokens = prepared.manifest['splits']['train']['tokens']
   max_tokens = unique_tokens * config.data.num_epochs
   points = plan(config, max_tokens)
-  budget = verification_budget(config)
-  guess = math.sqrt(budget / (6 * config.sweep.tokens_per_param_guess))
-  verification_point(config, guess, max_tokens)  # fails now, not after the sweep, if unfeedable
+  widest = flops.param_count(run_model(config, max(verification_widths(config))))
+  verification_point(config, widest, max_tokens)  # fails now where no size could be fed
   for point in points:
     trainer.validate_config(point.config)
 
@@ -411,8 +434,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, log=print) -> dic
   runner = Runner(workdir, prepared, unique_tokens, log)
   todo = sum(p.name not in runner.finished for p in points)
   log(f'sweep: {len(points)} runs over {len(set(config.sweep.budgets))} budgets '
-      f'({len(points) - todo} already finished), then one verification run at {budget:.3g} '
-      f'FLOPs, in {workdir}')
+      f'({len(points) - todo} already finished), then one verification run at '
+      f'{verification_budget(config):.3g} FLOPs, in {workdir}')
   start = time.perf_counter()
   for i, point in enumerate(points):
     runner.train(point, f'{i + 1}/{len(points)}')

@@ -566,7 +566,7 @@ def test_report_checks_a_held_out_budget_and_the_verification_run(tmp_path):
   assert (out / 'verification.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   lines = (out / 'report.md').read_text().splitlines()
   assert lines[2].startswith('**Verification** (')
-  assert ', measured 2.8000, relative error ' in lines[2]
+  assert ', measured 2.8000, outside the interval: relative error +0.5' in lines[2]
   text = '\n'.join(lines)
   for heading in ('## Held-out budget', '## Do the approaches agree?', '## Noise', '6 of 35 runs'):
     assert heading in text

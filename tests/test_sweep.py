@@ -100,8 +100,9 @@ def test_verification_run_is_at_the_predicted_size_or_refused_with_the_largest_b
   assert point.role == 'verification' and point.budget == 3 * 2e12
   assert point.config.model.n_embd == 48  # 72,000 parameters: the nearest width
   assert abs(6 * flops.param_count(point.config.model) * point.tokens - 6e12) < 6 * 80_000 * 1024
-  with pytest.raises(UserError, match=r'needs 28,\d\d\d,\d+ tokens at width 32 .* the largest it '
-                     r'can feed is about 4\.0\de\+12'):
+  with pytest.raises(UserError, match=r'needs 28,\d\d\d,\d+ tokens at width 32 \(35,712 '
+                     r'parameters, the nearest to 30,000\) .* at that size it feeds at most '
+                     r'4\.0\de\+12 FLOPs'):
     sweep.verification_point(config, params=30_000, max_tokens=CAP)
 
 
@@ -124,12 +125,36 @@ def test_chinchilla_flop_accounting_buys_fewer_tokens():
     ('budgets', (1e11, 2e11, 3e11), 'too few to fit a prediction'),
     ('verify_factor', 0.5, 'sweep.verify_factor=0.5 must be >= 1'),
     ('lr_probe', (0.5, 0.0), 'holds a multiplier <= 0'),
+    ('lr_probe', (0.5, 'nan'), 'holds a multiplier <= 0'),
+    ('budgets', (5e10, 1.25e11, 1.251e11, 3e11, 8e11), r'two runs of the sweep would be named '
+     r'C1\.25e11_d\d+_L2: sweep\.budgets .* agree to 3 significant digits'),
 ])
 def test_bad_sweep_configs(key, value, message):
   config = cpu_config()
   config.sweep[key] = value
   with pytest.raises(UserError, match=message):
     sweep.plan(config)
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('decay_fraction', 1.0, 'leaves a WSD run no constant phase'),
+    ('decay_fraction', float('nan'), r'must be in \(0, 1\]'),
+    ('schedule', 'foo', "optim.schedule='foo' is not one of"),
+])
+def test_bad_optimizer_settings_of_a_sweep(key, value, message):
+  config = cpu_config()
+  config.optim[key] = value
+  with pytest.raises(UserError, match=message):
+    sweep.plan(config)
+
+
+def test_seed_repeats_count_from_the_configs_seed_and_a_probe_of_1x_is_the_sweep_run():
+  config = cpu_config()
+  config.seed = 5
+  config.sweep.lr_probe = (0.5, 1.0)
+  points = sweep.plan(config)
+  assert [p.config.seed for p in points if p.role == 'seed'] == [6, 7]
+  assert [p.lr_multiplier for p in points if p.role == 'lr_probe'] == [0.5, 0.5]
 
 
 def test_gpu_variant_needs_a_bigger_corpus_than_shakespeare():
@@ -223,3 +248,9 @@ def test_runner_branches_predicts_verifies_and_resumes_a_half_finished_branch(mi
   for row in rows:  # the resumed branch ends bit for bit where it did
     assert {k: v for k, v in again[row['name']].items() if k not in timing} == {
         k: v for k, v in row.items() if k not in timing}
+
+  micro.sweep.verify_factor = 4.0  # the prediction on disk is for another run: refused
+  with pytest.raises(UserError, match=r'prediction\.json predicts a run of 3\.6e\+09 FLOPs but '
+                     r'this config verifies at 4\.8e\+09'):
+    sweep.run_sweep(micro, workdir, log=lambda _: None)
+  assert len(trained) == 1
