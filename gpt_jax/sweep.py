@@ -249,7 +249,7 @@ def extra_points(config: ml_collections.ConfigDict, grid: list[Point]) -> list[P
 
 def plan(config: ml_collections.ConfigDict, max_tokens: float = math.inf) -> list[Point]:
   """Every run of the sweep but the verification run, in training order: the isoFLOP grid with
-  its WSD branches, then the learning-rate probe and the seed repeats."""
+  its WSD branches, then the learning-rate probe, the seed repeats and the cosine control."""
   check(config)
   grid = isoflop_points(config, max_tokens)
   points = with_branches(grid) + extra_points(config, grid)
