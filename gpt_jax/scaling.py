@@ -806,15 +806,23 @@ def holdout(fit: SweepFit, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> d
           'relative_error': {key: (measured[key] - guess[key]) / guess[key] for key in guess}}
 
 
+def _budget_column(table: Table) -> np.ndarray:
+  """Each row's budget: the budget column, else the FLOPs it accounted (compute)."""
+  return table['budget'] if 'budget' in table else compute(table)
+
+
+def _point_rows(table: Table, budget: float, params: float) -> np.ndarray:
+  """Which rows are runs of this budget and size."""
+  return np.isclose(_budget_column(table), budget) & np.isclose(table['params'], params)
+
+
 def verification(fit: SweepFit, prediction: dict) -> dict:
   """The prediction of the verification run against its loss (the last runs.csv row with role
   'verification' of the predicted budget and size; measured_loss None while it is not trained).
   relative_error = (measured − predicted) / predicted."""
   table = fit.all_runs
   rows = np.flatnonzero(role_rows(table, 'verification')
-                        & np.isclose(table['params'], prediction['params'])
-                        & np.isclose(table['budget'] if 'budget' in table else compute(table),
-                                     prediction['budget']))
+                        & _point_rows(table, prediction['budget'], prediction['params']))
   measured = float(table['loss'][rows[-1]]) if len(rows) else None
   error = lambda predicted: None if measured is None else (measured - predicted) / predicted
   predicted = prediction['loss']
@@ -846,10 +854,10 @@ def noise(fit: SweepFit) -> dict:
   seeds = np.flatnonzero(role_rows(table, 'seed'))
   if not len(seeds):
     return summary
-  budget = table['budget'] if 'budget' in table else compute(table)
+  budget = _budget_column(table)
   points = [(budget[i], table['params'][i]) for i in seeds]
   point = max(points, key=points.count)  # the point repeated most; the first such where tied
-  same = np.isclose(budget, point[0]) & np.isclose(table['params'], point[1])
+  same = _point_rows(table, *point)
   rows = np.concatenate([np.flatnonzero(same & role_rows(table, 'sweep')),
                          np.flatnonzero(same & role_rows(table, 'seed'))])
   loss = table['loss'][rows]
@@ -883,8 +891,7 @@ def agreement(fit: SweepFit) -> dict:
 
 def _same_point(table: Table, i: int) -> np.ndarray:
   """The role 'sweep' rows of the same budget and size as row i: the sweep's own run there."""
-  budget = table['budget'] if 'budget' in table else compute(table)
-  return (np.isclose(budget, budget[i]) & np.isclose(table['params'], table['params'][i])
+  return (_point_rows(table, _budget_column(table)[i], table['params'][i])
           & role_rows(table, 'sweep'))
 
 
@@ -895,10 +902,11 @@ def controls(fit: SweepFit) -> dict:
   schedule {params, budget, wsd_loss, cosine_loss, relative_difference = (wsd − cosine)/cosine}
   (from a role 'cosine' row: the same run with a cosine schedule). Empty without such rows."""
   table, out = fit.all_runs, {}
+  budget = _budget_column(table)
   probes = {}
   for i in np.flatnonzero(role_rows(table, 'lr_probe')):
     own = np.flatnonzero(_same_point(table, i))
-    key = (float(table['params'][i]), float(table['budget'][i]))
+    key = (float(table['params'][i]), float(budget[i]))
     losses = probes.setdefault(key, {'n_embd': _number(table['n_embd'][i]) if 'n_embd' in table
                                      else None, 'losses': {}})['losses']
     losses[float(table['lr_multiplier'][i])] = float(table['loss'][i])
@@ -913,7 +921,7 @@ def controls(fit: SweepFit) -> dict:
     own = np.flatnonzero(_same_point(table, i))
     if len(own):
       wsd, cosine = float(table['loss'][own[0]]), float(table['loss'][i])
-      out['schedule'] = {'params': float(table['params'][i]), 'budget': float(table['budget'][i]),
+      out['schedule'] = {'params': float(table['params'][i]), 'budget': float(budget[i]),
                          'wsd_loss': wsd, 'cosine_loss': cosine,
                          'relative_difference': (wsd - cosine) / cosine}
   return out
@@ -1123,6 +1131,17 @@ def _noise_lines(noise: dict) -> list[str]:
   return lines
 
 
+def _save_loss_plot(fig: plt.Figure, ax: plt.Axes, xlabel: str, title: str, path: str) -> None:
+  """Final validation loss against a log-scaled x, gridded, with a legend; saved to `path`."""
+  ax.set_xscale('log')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('final validation loss (nats/token)')
+  ax.set_title(title)
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(fontsize=8)
+  _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: str) -> None:
   fig.tight_layout()
   with files.atomic_path(path) as tmp:
@@ -1145,13 +1164,7 @@ def plot_isoflop(fit: SweepFit, path: str) -> None:
   if fit.isoflop:
     ax.scatter(fit.isoflop.n_opt, fit.isoflop.loss_opt, marker='*', s=160, color='crimson',
                zorder=3, label='parabola minimum')
-  ax.set_xscale('log')
-  ax.set_xlabel('parameters N')
-  ax.set_ylabel('final validation loss (nats/token)')
-  ax.set_title('IsoFLOP profiles (approach 2)')
-  ax.grid(alpha=0.3, which='both')
-  ax.legend(fontsize=8)
-  _save(fig, path)
+  _save_loss_plot(fig, ax, 'parameters N', 'IsoFLOP profiles (approach 2)', path)
 
 
 def plot_optimal(fit: SweepFit, predict: Sequence[float], path: str) -> None:
@@ -1237,13 +1250,8 @@ def plot_verification(fit: SweepFit, v: dict, path: str) -> None:
   if v['measured_loss'] is not None:
     ax.scatter(v['budget'], v['measured_loss'], marker='*', s=250, facecolor='none',
                edgecolor='crimson', zorder=5, label='measured')  # hollow: shows the prediction
-  ax.set_xscale('log')
-  ax.set_xlabel('compute C (FLOPs)')
-  ax.set_ylabel('final validation loss (nats/token)')
-  ax.set_title('Verification: the large run, predicted before it trained')
-  ax.grid(alpha=0.3, which='both')
-  ax.legend(fontsize=8)
-  _save(fig, path)
+  _save_loss_plot(fig, ax, 'compute C (FLOPs)',
+                  'Verification: the large run, predicted before it trained', path)
 
 
 def _runs_table(fit: SweepFit) -> list[str]:

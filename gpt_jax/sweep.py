@@ -81,11 +81,11 @@ def learning_rate(sweep: ml_collections.ConfigDict, width: int) -> float:
   return sweep.lr * (sweep.lr_width / width) ** sweep.lr_width_exponent
 
 
-def flops_per_sequence(run: ml_collections.ConfigDict, method: str) -> float:
+def flops_per_sequence(model: ml_collections.ConfigDict, seq_len: int, method: str) -> float:
   """Training FLOPs of one sequence: 6ND ('6nd') or Chinchilla's Appendix F ('chinchilla')."""
   if method == 'chinchilla':
-    return flops.chinchilla_flops_per_sequence(run.model, run.seq_len)
-  return 6 * flops.param_count(run.model) * run.seq_len
+    return flops.chinchilla_flops_per_sequence(model, seq_len)
+  return 6 * flops.param_count(model) * seq_len
 
 
 def decay_start(optim: ml_collections.ConfigDict, steps: int) -> int:
@@ -149,8 +149,8 @@ def _name(budget: float, run: ml_collections.ConfigDict, suffix: str = '') -> st
 
 def _steps(config: ml_collections.ConfigDict, width: int, budget: float) -> tuple[int, float]:
   """(steps, FLOPs per step) of `width` at `budget`."""
-  run = _run(config, width, 1)
-  per_step = flops_per_sequence(run, config.sweep.flops) * run.batch_size
+  model = run_model(config, width)
+  per_step = flops_per_sequence(model, config.seq_len, config.sweep.flops) * config.batch_size
   return round(budget / per_step), per_step
 
 
@@ -162,7 +162,7 @@ def isoflop_points(config: ml_collections.ConfigDict, max_tokens: float = math.i
   corpus)."""
   sweep = config.sweep
   widths = sorted(sweep.widths)
-  params = [flops.param_count(_run(config, w, 1).model) for w in widths]
+  params = [flops.param_count(run_model(config, w)) for w in widths]
   tokens_per_step = config.batch_size * config.seq_len
   points = []
   for budget in sorted(set(sweep.budgets)):
