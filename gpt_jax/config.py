@@ -11,7 +11,8 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.objective = 'lm'  # 'lm' (next-token; distillation with distill.teacher), 'sft' or 'classify'
+  c.objective = 'lm'  # 'lm' (next-token; distillation with distill.teacher), 'sft', 'classify',
+  # or preference tuning: 'reward' (a reward model), 'dpo' or 'ppo'
   c.init_from = ''  # a run's workdir (e.g. an imported HF model): start from its parameters
   c.allow_config_changes = False  # resume a run whose trajectory settings changed (logged)
   c.steps = 1000  # optimizer steps
@@ -104,7 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.num_epochs = 1  # passes over the training split that `steps` may use
   data.cache_dir = ''  # where prepared data is kept; '' = ~/.cache/gpt_jax
 
-  data.tasks = ''  # objective sft/classify: task files, directories or globs (comma-separated)
+  data.tasks = ''  # fine-tuning: task or preference files, directories or globs (comma-separated)
   data.held_out_tasks = ''  # their held-out instances, in tasks of the same names; '' = split off
   # (objective classify: one task file in data.tasks, its held-out file in data.held_out_tasks)
 
@@ -121,6 +122,29 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.finetune = finetune = ml_collections.ConfigDict()
   finetune.lm_weight = 0.5  # λ of GPT-1's L3 = L2 (task) + λ·L1 (language modelling); 0 = off
+
+  c.preference = preference = ml_collections.ConfigDict()  # objectives reward, dpo and ppo
+  preference.held_out = 0.1  # without data.held_out_tasks: the fraction of prompts held out
+
+  c.dpo = dpo = ml_collections.ConfigDict()  # Rafailov et al. 2023
+  dpo.beta = 0.1  # β: the strength of the implicit KL constraint to the reference
+  dpo.reference = ''  # the frozen reference policy's run; '' = init_from
+
+  c.ppo = ppo = ml_collections.ConfigDict()  # InstructGPT's RL step (Ouyang et al. 2022)
+  ppo.reward_model = ''  # an objective=reward run (required)
+  ppo.reference = ''  # the frozen SFT policy of the KL penalty; '' = init_from
+  ppo.kl_coef = 0.05  # β of the per-token penalty −β·(log π − log π_ref)
+  ppo.max_new_tokens = 32  # the longest sampled answer (rollouts stop at EOS)
+  ppo.temperature = 1.0  # of the rollouts
+  ppo.epochs = 4  # passes of clipped updates over each batch of rollouts
+  ppo.minibatches = 4  # updates per pass (batch_size must divide by minibatches × grad_accum)
+  ppo.clip = 0.2  # ε of the clipped surrogate
+  ppo.value_clip = 0.2  # the value's clipping range around its rollout value
+  ppo.value_coef = 0.1  # weight of the value loss
+  ppo.entropy_coef = 0.0  # weight of the entropy bonus
+  ppo.gamma = 1.0  # discount
+  ppo.lam = 0.95  # λ of GAE (Schulman et al. 2016)
+  ppo.ptx_coef = 0.0  # γ of PPO-ptx: γ·L_LM on data.corpus batches (0 = off)
 
   c.sample = sample = ml_collections.ConfigDict()
   sample.num = 3  # sample lines printed after training; 0 = none
