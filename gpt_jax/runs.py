@@ -34,9 +34,9 @@ from gpt_jax.tokenizer import Tokenizer
 
 CONFIG, CHECKPOINTS, LOCK = 'config.json', 'checkpoints', 'lock.json'
 
-# Objectives that train more than the model (a task head) keep the model's parameters under this
-# key of the trained tree (gpt_jax.objectives.classify).
-MODEL_KEY = {'classify': 'gpt'}
+# Objectives that train more than the model (a task head, a reward or value head) keep the model's
+# parameters under this key of the trained tree (gpt_jax.objectives.classify, reward, ppo).
+MODEL_KEY = {'classify': 'gpt', 'reward': 'gpt', 'ppo': 'gpt'}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,42 +30,85 @@ from gpt_jax.objectives import Objective
 from gpt_jax.state import TrainState, abstract_state, init_state
 
 
-def make_train_step(objective: Objective, tx: optax.GradientTransformation, config):
-  """(state, batch[, frozen]) -> (state, metrics). batch holds the arrays of
-  objective.batch_spec(), B rows each. With grad_accum = k the batch is split into k microbatches
-  whose gradients are summed in a scan, so memory is that of B/k rows; the objective's weights
-  come from the whole batch, so the sum is the whole batch's mean."""
-  lr_schedule = optim.schedule(config.optim, config.steps)
+def make_update(objective: Objective, tx: optax.GradientTransformation, config):
+  """(params, opt_state, batch, rng, step, frozen) -> (params, opt_state, metrics): one optimizer
+  update on `batch`. With grad_accum = k the batch is split into k microbatches whose gradients
+  are summed in a scan, so memory is that of B/k rows; the objective's weights come from the
+  whole batch, so the sum is the whole batch's mean."""
 
   def loss_fn(params, batch, rng, step, weights, frozen):
     return objective.loss(params, batch, rng=rng, step=step, weights=weights, frozen=frozen)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, batch, frozen=None):
+  def update(params, opt_state, batch, rng, step, frozen):
     weights = objective.weights(batch)
-    rng = jax.random.fold_in(state.rng, state.step)
     if config.grad_accum == 1:
-      (loss, terms), grads = grad_fn(state.params, batch, rng, state.step, weights, frozen)
+      (loss, terms), grads = grad_fn(params, batch, rng, step, weights, frozen)
     else:
       def microbatch(carry, xs):
         micro, i = xs
-        out = grad_fn(state.params, micro, jax.random.fold_in(rng, i), state.step, weights, frozen)
+        out = grad_fn(params, micro, jax.random.fold_in(rng, i), step, weights, frozen)
         return jax.tree.map(jnp.add, carry, out), None
 
       # Microbatch i takes rows i, i + k, ...: every device's share of the batch feeds each one.
       split = lambda x: x.reshape(-1, config.grad_accum, *x.shape[1:]).swapaxes(0, 1)
       micro_batches = jax.tree.map(split, batch)
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          grad_fn, state.params, jax.tree.map(lambda x: x[0], micro_batches), rng, state.step,
-          weights, frozen))
+          grad_fn, params, jax.tree.map(lambda x: x[0], micro_batches), rng, step, weights,
+          frozen))
       ((loss, terms), grads), _ = jax.lax.scan(
           microbatch, zeros, (micro_batches, jnp.arange(config.grad_accum)))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state)
-    return new_state, {**terms, 'loss': loss, 'grad_norm': optax.tree.norm(grads),
-                       'lr': lr_schedule(state.step)}
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, {
+        **terms, 'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+
+  return update
+
+
+def minibatches(experience: dict, rng, epochs: int, count: int) -> dict:
+  """The rows of `experience` (arrays of B rows) in `epochs` passes, each a fresh permutation
+  (by rng) cut into `count` minibatches: arrays of (epochs·count, B/count, ...)."""
+  B = jax.tree.leaves(experience)[0].shape[0]
+  order = jnp.concatenate([jax.random.permutation(jax.random.fold_in(rng, e), B)
+                           for e in range(epochs)])
+  return jax.tree.map(lambda x: x[order].reshape(epochs * count, B // count, *x.shape[1:]),
+                      experience)
+
+
+def make_train_step(objective: Objective, tx: optax.GradientTransformation, config):
+  """(state, batch[, frozen]) -> (state, metrics). batch holds the arrays of
+  objective.batch_spec(), B rows each: one update (make_update). An on-policy objective (PPO)
+  first turns the batch into experience with the current parameters (objective.rollout), then
+  makes objective.epochs passes of objective.minibatches updates over it; its metrics are the
+  rollout's and the updates' means."""
+  update = make_update(objective, tx, config)
+  updates_per_step = objective.epochs * objective.minibatches
+  lr_schedule = optim.schedule(config.optim, config.steps * updates_per_step)
+
+  def train_step(state: TrainState, batch, frozen=None):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if not objective.on_policy:
+      params, opt_state, terms = update(state.params, state.opt_state, batch, rng, state.step,
+                                        frozen)
+    else:
+      rollout_rng, order_rng, update_rng = jax.random.split(rng, 3)
+      experience, rollout_terms = objective.rollout(state.params, batch, rng=rollout_rng,
+                                                    frozen=frozen)
+
+      def one_update(carry, xs):
+        minibatch, u = xs
+        params, opt_state, terms = update(*carry, minibatch, jax.random.fold_in(update_rng, u),
+                                          state.step * updates_per_step + u, frozen)
+        return (params, opt_state), terms
+
+      (params, opt_state), terms = jax.lax.scan(
+          one_update, (state.params, state.opt_state),
+          (minibatches(experience, order_rng, objective.epochs, objective.minibatches),
+           jnp.arange(updates_per_step)))
+      terms = {**jax.tree.map(jnp.mean, terms), **rollout_terms}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, {**terms, 'lr': lr_schedule(state.step * updates_per_step)}
 
   return train_step
 
@@ -264,7 +307,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print, prepared=N
       f'{step_flops / 1e9:.1f} GFLOP per step; {len(train_ds)} batches available, training '
       f'{config.steps}')
   val_batches = objective.validation_batches()
-  tx = optim.optimizer(config.optim, config.steps)
+  tx = optim.optimizer(config.optim, config.steps * objective.epochs * objective.minibatches)
   abstract_train_state = abstract(objective, tx, config, mesh)
 
   with runs.hold_workdir(workdir, log):

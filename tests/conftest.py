@@ -35,3 +35,37 @@ def small_corpus(tmp_path_factory, shakespeare) -> str:
       os.makedirs(root / name, exist_ok=True)
       (root / name / f'{int(number):02d}.txt').write_text(doc.text, encoding='utf-8')
   return str(root)
+
+
+@pytest.fixture(scope='session')
+def tiny_base(small_corpus, tmp_path_factory) -> str:
+  """The workdir of a finished experiments/tiny.py run on the small corpus: a base model to
+  fine-tune (20 steps, seconds)."""
+  from gpt_jax import cli, trainer
+  config = cli.load_experiment(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                            'experiments', 'tiny.py'))
+  config.data.corpus, config.sample.num = small_corpus, 0
+  workdir = str(tmp_path_factory.mktemp('tiny_base'))
+  trainer.train(config, workdir, log=lambda _: None)
+  return workdir
+
+
+def write_preferences(path, pairs: int = 48, seed: int = 0) -> str:
+  """A preference .jsonl file whose judge is simple: of two answers (three words each) to a
+  prompt, the chosen one holds the word 'love' and the rejected one does not."""
+  import json
+  import random
+  rng = random.Random(seed)
+  words = ['thou', 'art', 'king', 'sweet', 'night', 'sword', 'crown', 'moon', 'fair']
+  with open(path, 'w', encoding='utf-8') as f:
+    for i in range(pairs):
+      prompt = f'Speak of {rng.choice(words)} {i % 12}.'
+      chosen = ' '.join(rng.sample(words, 2) + ['love'])
+      rejected = ' '.join(rng.sample(words, 3))
+      f.write(json.dumps({'prompt': prompt, 'chosen': chosen, 'rejected': rejected}) + '\n')
+  return str(path)
+
+
+@pytest.fixture(scope='session')
+def preference_file(tmp_path_factory) -> str:
+  return write_preferences(tmp_path_factory.mktemp('preferences') / 'pairs.jsonl')

@@ -30,7 +30,7 @@ from gpt_jax import checkpoint, config as config_lib, data, model, quant as quan
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
-NAMES = ('lm', 'sft', 'classify')
+NAMES = ('lm', 'sft', 'classify', 'reward', 'dpo', 'ppo')
 
 
 @dataclasses.dataclass
@@ -40,9 +40,16 @@ class Objective:
   tokenizer: Any
   gpt: model.GPT
 
-  # Frozen parameters the loss reads (a teacher), passed to the step beside the state; None when
-  # the objective has no frozen model.
+  # Frozen parameters the loss reads (a teacher, a reference policy, a reward model), passed to
+  # the step beside the state; None when the objective has no frozen model.
   frozen: Any = None
+
+  # An on-policy objective (PPO) makes its training data from the current parameters: each step
+  # turns its batch into experience (`rollout`), then trains on it in `epochs` passes of
+  # `minibatches` optimizer updates each.
+  on_policy = False
+  epochs: int = 1
+  minibatches: int = 1
 
   @property
   def num_tokens(self) -> int | None:
@@ -65,6 +72,11 @@ class Objective:
   def param_axes(self):
     """Logical axis names of init_params' tree (PartitionSpecs)."""
     return model.logical_axes(self.gpt, self.config.seq_len)
+
+  def rollout(self, params, batch, *, rng, frozen) -> tuple[dict, dict]:
+    """(experience, metrics) of an on-policy objective: the arrays of B rows its updates train on,
+    made from the step's batch with the current parameters, and metrics of the rollout."""
+    raise NotImplementedError
 
   def weights(self, batch) -> dict:
     """Normalisers of the whole batch (e.g. the number of targets), passed to every microbatch's
@@ -230,5 +242,8 @@ def _build(config, mesh, log, prepared) -> Objective:
   if config.objective == 'sft':
     from gpt_jax.objectives import sft
     return sft.InstructionTuning.build(config, mesh, log)
+  if config.objective == 'reward':
+    from gpt_jax.objectives import reward
+    return reward.RewardModeling.build(config, mesh, log)
   from gpt_jax.objectives import classify
   return classify.TaskFineTuning.build(config, mesh, log)

@@ -55,7 +55,8 @@ class LoraTuning(Objective):
     """`inner` training adapters on the model parameters `base_params` (frozen, on the mesh)."""
     inner.gpt = model.build(inner.config.model, inner.config.lora)  # its loss runs the adapters
     return cls(inner.config, inner.tokenizer, inner.gpt, inner=inner,
-               frozen={'base': base_params, 'inner': inner.frozen})
+               frozen={'base': base_params, 'inner': inner.frozen}, epochs=inner.epochs,
+               minibatches=inner.minibatches)
 
   # --- the trained tree and the inner objective's -----------------------------------------------
 
@@ -98,6 +99,14 @@ class LoraTuning(Objective):
 
   def row_tokens(self):
     return self.inner.row_tokens()
+
+  @property
+  def on_policy(self):
+    return self.inner.on_policy
+
+  def rollout(self, params, batch, *, rng, frozen):
+    return self.inner.rollout(self.combine(params, frozen['base']), batch, rng=rng,
+                              frozen=frozen['inner'])
 
   def weights(self, batch):
     return self.inner.weights(batch)
