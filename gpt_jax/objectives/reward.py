@@ -46,12 +46,19 @@ def scalar_head(head: dict, x_ND) -> jax.Array:
   return (x_ND @ head['kernel'].astype(jnp.float32) + head['bias'].astype(jnp.float32))[:, 0]
 
 
+def padding_segments(positions_BL):
+  """Segment ids that keep a row's tokens from attending to its padding (position -1): 1 on
+  tokens, 0 on padding; None (no segments) when positions_BL is None."""
+  return None if positions_BL is None else (positions_BL >= 0).astype(jnp.int32)
+
+
 def scores(gpt: model.GPT, params: dict, tokens_BL, last_B, positions_BL=None) -> jax.Array:
   """r(x, y): the reward model's score of each row, float32 (B,), read at position last_B (the
   answer's last token). params is {'gpt', 'head'}; positions_BL (default 0, 1, ...) lets a
-  left-padded row (position -1 on padding, as gpt_jax.sample pads) be scored."""
+  left-padded row (position -1 on padding, as gpt_jax.sample pads) be scored as if unpadded."""
   B, L = tokens_BL.shape
-  x_ND = gpt.apply({'params': params['gpt']}, tokens_BL, positions_BL, hidden=True)
+  x_ND = gpt.apply({'params': params['gpt']}, tokens_BL, positions_BL, hidden=True,
+                   segment_ids_BL=padding_segments(positions_BL))
   x_BD = jnp.take_along_axis(x_ND.reshape(B, L, -1), last_B[:, None, None], axis=1)[:, 0]
   return scalar_head(params['head'], x_BD)
 

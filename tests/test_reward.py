@@ -1,0 +1,99 @@
+"""The reward model (objective 'reward'): its loss, where it reads a score, and whole runs."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt_jax import cli, model, preferences, sharding, tokenizer as tokenizer_lib, train
+from gpt_jax.errors import UserError
+from gpt_jax.objectives import reward
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_pair_loss_accuracy_and_margin_against_numpy():
+  chosen = np.array([2.0, -1.0, 0.5, 30.0, -40.0], np.float32)
+  rejected = np.array([1.0, 1.0, 0.5, -30.0, 40.0], np.float32)
+  got = reward.pair_losses(jnp.asarray(chosen), jnp.asarray(rejected))
+  margin = chosen.astype(np.float64) - rejected
+  np.testing.assert_allclose(got['loss'], np.log1p(np.exp(-margin)), rtol=1e-6)
+  np.testing.assert_array_equal(got['correct'], [1, 0, 0, 1, 0])
+  np.testing.assert_allclose(got['margin'], margin)
+
+
+def test_score_reads_the_last_token_and_ignores_left_padding():
+  """A row scored as itself equals the same row left-padded with positions -1 (how PPO scores
+  its rollouts), and both equal the head applied to the model's hidden state at that token."""
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py')).model
+  config.update(vocab_size=64, n_embd=32, n_head=2, n_kv_head=2)
+  gpt = model.build(config)
+  params = {'gpt': model.init_params(gpt, jax.random.key(0), 16),
+            'head': reward.init_scalar_head(jax.random.key(1), config)}
+  tokens = np.random.default_rng(0).integers(1, 64, (2, 10)).astype(np.int32)
+  last = np.array([9, 6], np.int32)
+  score = jax.jit(lambda *args: reward.scores(gpt, params, *args))
+  plain = score(tokens, last)
+  padded = np.zeros((2, 14), np.int32)
+  padded[:, 4:] = tokens
+  positions = np.concatenate([np.full((2, 4), -1), np.tile(np.arange(10), (2, 1))], 1)
+  np.testing.assert_allclose(score(padded, last + 4, positions), plain, atol=1e-5)
+  hidden = gpt.apply({'params': params['gpt']}, tokens[1:, :7], hidden=True)[-1]
+  np.testing.assert_allclose(plain[1], reward.scalar_head(params['head'], hidden[None])[0],
+                             rtol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def reward_run(tiny_base, preference_file, tmp_path_factory):
+  """A reward model trained through the command line on the pairs of preference_file."""
+  workdir = str(tmp_path_factory.mktemp('reward'))
+  train.main(['train', '--config=experiments/reward.py', f'--workdir={workdir}',
+              f'--config.init_from={tiny_base}', f'--config.data.tasks={preference_file}',
+              '--config.data.held_out_tasks=', '--config.preference.held_out=0.25',
+              '--config.seq_len=32', '--config.steps=30', '--config.batch_size=8',
+              '--config.log_every=10', '--config.eval_every=10', '--config.optim.lr=3e-3',
+              '--config.optim.warmup_steps=5', '--config.data.num_epochs=20'])
+  return workdir
+
+
+def test_a_reward_model_learns_the_pairs_and_is_normalised(reward_run):
+  with open(os.path.join(reward_run, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  assert records[0]['train_acc'] <= records[-1]['train_acc']
+  assert records[-1]['val_acc'] >= 0.9 and records[-1]['val_margin'] > 1
+  assert records[-1]['val_loss'] < 0.3 < records[0]['val_loss']
+  # the normalised model gives the training pairs' chosen answers a mean score of 0
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'reward.py'))
+  with open(os.path.join(reward_run, 'config.json')) as f:
+    config.update_from_flattened_dict({'data.tasks': json.load(f)['data']['tasks']})
+  config.update(seq_len=32, data=dict(held_out_tasks=''), preference=dict(held_out=0.25))
+  tokenizer = tokenizer_lib.load(tokenizer_lib.find(reward_run))
+  model_config = json.load(open(os.path.join(reward_run, 'config.json')))['model']
+  config.model.update(model_config)
+  rm = reward.load_reward_model(reward_run, 'ppo.reward_model', config, tokenizer,
+                                mesh=sharding.data_parallel_mesh())
+  train_pairs, _ = preferences.read_splits(config)
+  arrays = preferences.encode_pairs(train_pairs, tokenizer, 32)
+  chosen = rm(arrays['tokens'][:, 0], arrays['last'][:, 0])
+  assert abs(float(np.mean(np.asarray(chosen, np.float64)))) < 1e-4
+  with open(os.path.join(reward_run, reward.NORMALIZATION)) as f:
+    assert json.load(f)['mean_chosen_score_before'] != 0
+
+
+def test_only_a_finished_reward_run_loads_as_a_reward_model(tiny_base, reward_run, tmp_path):
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py'))
+  tokenizer = tokenizer_lib.load(tokenizer_lib.find(tiny_base))
+  mesh = sharding.data_parallel_mesh()
+  with pytest.raises(UserError, match=r"ppo.reward_model='.*' is an objective='lm' run, not a "
+                                      'reward model; train one with --config.objective=reward'):
+    reward.load_reward_model(tiny_base, 'ppo.reward_model', config, tokenizer, mesh=mesh)
+  unfinished = tmp_path / 'unfinished'
+  os.makedirs(unfinished)
+  with open(os.path.join(reward_run, 'config.json')) as f:
+    (unfinished / 'config.json').write_text(f.read())
+  with pytest.raises(UserError, match='has no reward_normalization.json: the reward model has '
+                                      'not finished training'):
+    reward.load_reward_model(str(unfinished), 'ppo.reward_model', config, tokenizer, mesh=mesh)
