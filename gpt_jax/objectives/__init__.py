@@ -30,7 +30,7 @@ from gpt_jax import checkpoint, config as config_lib, data, model, quant as quan
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
-NAMES = ('lm', 'sft', 'classify')
+NAMES = ('lm', 'sft', 'classify', 'dpo')
 
 
 @dataclasses.dataclass
@@ -230,5 +230,8 @@ def _build(config, mesh, log, prepared) -> Objective:
   if config.objective == 'sft':
     from gpt_jax.objectives import sft
     return sft.InstructionTuning.build(config, mesh, log)
+  if config.objective == 'dpo':
+    from gpt_jax.objectives import dpo
+    return dpo.DirectPreference.build(config, mesh, log)
   from gpt_jax.objectives import classify
   return classify.TaskFineTuning.build(config, mesh, log)
