@@ -167,15 +167,6 @@ def test_prompt_tokens_get_no_gradient(small):
 
 
 @pytest.fixture(scope='module')
-def base_dir(small_corpus, tmp_path_factory):
-  config = cli.load_experiment(TINY)
-  config.data.corpus, config.sample.num = small_corpus, 0
-  workdir = str(tmp_path_factory.mktemp('base'))
-  trainer.train(config, workdir, log=quiet)
-  return workdir
-
-
-@pytest.fixture(scope='module')
 def pairs_file(tmp_path_factory) -> str:
   """48 pairs over 12 prompts of three words: the first word preferred to the last."""
   words = ['thou', 'art', 'king', 'sweet', 'night', 'love', 'sword', 'crown', 'moon', 'fair']
@@ -191,9 +182,9 @@ def pairs_file(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def config(base_dir, pairs_file):
+def config(tiny_base, pairs_file):
   config = cli.load_experiment(TINY)
-  config.update(objective='dpo', init_from=base_dir, steps=6, log_every=1, eval_every=3,
+  config.update(objective='dpo', init_from=tiny_base, steps=6, log_every=1, eval_every=3,
                 checkpoint_every=3, eval_batches=0)
   config.data.update(tasks=pairs_file, num_epochs=2)
   config.preference.held_out = 0.25  # 3 prompts, 12 pairs: one batch and a padded one
@@ -211,9 +202,9 @@ def digest(directory):
   return h.hexdigest()
 
 
-def test_a_run_starts_at_log_2_learns_and_leaves_the_reference_untouched(config, base_dir,
+def test_a_run_starts_at_log_2_learns_and_leaves_the_reference_untouched(config, tiny_base,
                                                                         tmp_path):
-  before = digest(base_dir)
+  before = digest(tiny_base)
   logs = []
   final = trainer.train(config, str(tmp_path / 'dpo'), log=logs.append)
   records = read_metrics(tmp_path / 'dpo')
@@ -226,10 +217,10 @@ def test_a_run_starts_at_log_2_learns_and_leaves_the_reference_untouched(config,
   assert set(VAL_KEYS) <= set(final) and final['step'] == 6
   assert records[-1]['train_loss'] < math.log(2) and records[-1]['reward_margin'] > 0
   assert final['val_kl'] > 0
-  assert digest(base_dir) == before
+  assert digest(tiny_base) == before
   assert any(line.startswith('DPO, held-out pairs at step 6: accuracy') for line in logs)
   # init_from may change on a resume, but not the reference it gives.
-  config.init_from = another_run(base_dir, tmp_path / 'other')
+  config.init_from = another_run(tiny_base, tmp_path / 'other')
   with pytest.raises(UserError, match='trained against the reference .*, not .*other'):
     trainer.train(config, str(tmp_path / 'dpo'), log=quiet)
 
@@ -281,10 +272,10 @@ def run_cli(*args):
 
 
 @pytest.mark.slow
-def test_the_experiment_runs_from_the_command_line(base_dir, pairs_file, tmp_path):
+def test_the_experiment_runs_from_the_command_line(tiny_base, pairs_file, tmp_path):
   workdir = tmp_path / 'dpo'
   result = run_cli(f'--config={os.path.join(ROOT, "experiments", "dpo.py")}',
-                   f'--config.init_from={base_dir}', f'--config.data.tasks={pairs_file}',
+                   f'--config.init_from={tiny_base}', f'--config.data.tasks={pairs_file}',
                    "--config.data.held_out_tasks=", '--config.seq_len=32', '--config.steps=4',
                    '--config.batch_size=8', '--config.log_every=2', '--config.eval_every=2',
                    '--config.checkpoint_every=4', f'--workdir={workdir}')
@@ -306,10 +297,10 @@ def test_beta_must_be_positive(config, beta):
   assert '\n' not in str(e.value)
 
 
-def another_run(base_dir, directory, *, tokenizer=None, **model_settings) -> str:
-  """A params-only run like base_dir's but with another tokenizer or model settings."""
-  base = runs.load(base_dir, log=quiet)
-  run_config = runs.read_config(base_dir)
+def another_run(tiny_base, directory, *, tokenizer=None, **model_settings) -> str:
+  """A params-only run like tiny_base's but with another tokenizer or model settings."""
+  base = runs.load(tiny_base, log=quiet)
+  run_config = runs.read_config(tiny_base)
   run_config.model.update(model_settings)
   params = model.init_params(model.build(run_config.model), jax.random.PRNGKey(0),
                              run_config.seq_len)
@@ -317,14 +308,14 @@ def another_run(base_dir, directory, *, tokenizer=None, **model_settings) -> str
                                0, 'dpo.reference')
 
 
-def test_a_reference_with_another_tokenizer_or_shape_is_one_line(config, base_dir, shakespeare,
+def test_a_reference_with_another_tokenizer_or_shape_is_one_line(config, tiny_base, shakespeare,
                                                                 tmp_path):
   other_tokenizer = tokenizer_lib.train([d.text for d in shakespeare[:3]], 400)
   mesh = sharding.make_mesh(config.mesh)
   for reference, message in (
-      (another_run(base_dir, tmp_path / 'tok', tokenizer=other_tokenizer),
+      (another_run(tiny_base, tmp_path / 'tok', tokenizer=other_tokenizer),
        'dpo.reference=.* used another tokenizer than this run'),
-      (another_run(base_dir, tmp_path / 'shape', n_embd=32),
+      (another_run(tiny_base, tmp_path / 'shape', n_embd=32),
        'dpo.reference=.* holds a model of another shape.*pass a reference of the shape'),
       (str(tmp_path / 'missing'), 'dpo.reference=.* is not a run of this project')):
     config.dpo.reference = reference
@@ -333,8 +324,8 @@ def test_a_reference_with_another_tokenizer_or_shape_is_one_line(config, base_di
     assert '\n' not in str(e.value)
 
 
-def test_a_reference_of_the_same_shape_is_the_frozen_tree(config, base_dir, tmp_path):
-  config.dpo.reference = another_run(base_dir, tmp_path / 'ref')
+def test_a_reference_of_the_same_shape_is_the_frozen_tree(config, tiny_base, tmp_path):
+  config.dpo.reference = another_run(tiny_base, tmp_path / 'ref')
   objective = objectives.build(config, sharding.make_mesh(config.mesh), quiet)
   reference = runs.load(config.dpo.reference, log=quiet).params
   for a, b in zip(jax.tree.leaves(objective.frozen), jax.tree.leaves(reference)):
