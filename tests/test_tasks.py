@@ -218,7 +218,7 @@ def test_classify_files_are_balanced_and_sized(shipped, split):
 
 @pytest.mark.parametrize('split', SPLITS)
 def test_preference_pairs_are_the_judges_and_hold_in_the_corpus(shipped, scenes, split):
-  rows = shipped[f'preference/{split}.jsonl']
+  rows = shipped[f'preference/{split}/pentameter.jsonl']
   assert len(rows) == {'train': 1000, 'val': 200}[split]
   assert len({row['prompt'] for row in rows}) == len(rows)
   for row in rows:
@@ -236,7 +236,7 @@ def test_preference_pairs_are_the_judges_and_hold_in_the_corpus(shipped, scenes,
 
 
 def test_the_preference_files_read_as_pairs_and_as_sft_tasks():
-  path = os.path.join(build.TASKS_DIR, 'preference', 'val.jsonl')
+  path = os.path.join(build.TASKS_DIR, 'preference', 'val', 'pentameter.jsonl')
   pairs = preferences.read_pairs(path)
   task, = instructions.read_tasks(path)
   assert len(pairs) == len(task.instances) == 200

@@ -14,11 +14,11 @@ package), every label true by construction; `python -m gpt_jax.tasks.build` rewr
                   is the next line of the premise's speech) or "does not follow"
       next_line   {"context", "choices", "label"}: multiple choice, label the index (0-3) of the
                   one of four lines that comes next after the context
-  preference/SPLIT.jsonl     preference pairs {"prompt", "chosen", "rejected"} (gpt_jax.preferences)
-                  for the reward, dpo and ppo objectives (and sft on the chosen answers): the
-                  prompt a line of a speech, the answers its next line and a line of another
-                  scene, chosen the one the judge (gpt_jax.tasks.judge) prefers: nearer ten
-                  syllables
+  preference/SPLIT/pentameter.jsonl  preference pairs {"prompt", "chosen", "rejected"}
+                  (gpt_jax.preferences) for the reward, dpo and ppo objectives, and for sft on the
+                  chosen answers: the prompt a line of a speech, the answers its next line and a
+                  line of another scene, chosen the one the judge (gpt_jax.tasks.judge) prefers,
+                  nearer ten syllables
 
 SPLIT is train or val, the same file names in each: train/ rows come from the scenes of the
 training split of the default config (data.is_validation of the scene's text, data.val_fraction),
@@ -445,7 +445,7 @@ def shipped() -> dict[str, object]:
       for split, content in builder().items():
         found[f'{family}/{split}/{name}.{ext}'] = content
   for split, rows in preference_pairs().items():
-    found[f'preference/{split}.jsonl'] = rows
+    found[f'preference/{split}/pentameter.jsonl'] = rows
   return found
 
 
