@@ -69,11 +69,13 @@ def run_configs(config, workdir: str) -> dict[str, tuple]:
 
 def finished(config, run_dir: str) -> bool:
   """Whether run_dir holds this run trained to its last step: a checkpoint at config.steps and a
-  config.json whose settings are config's (runs.config_changes)."""
+  config.json whose settings are config's (runs.config_changes), but for the model's: a
+  fine-tuning run takes those from its init_from (objectives.load_base)."""
   if not os.path.exists(os.path.join(run_dir, runs.CONFIG)):
     return False
+  changes = runs.config_changes(runs.read_config(run_dir).to_dict(), config)
   return (config.steps in checkpoint.committed_steps(os.path.join(run_dir, runs.CHECKPOINTS))
-          and not runs.config_changes(runs.read_config(run_dir).to_dict(), config))
+          and not [change for change in changes if not change.startswith('model.')])
 
 
 def run_study(config, workdir: str, log=print,
@@ -104,7 +106,7 @@ def run_study(config, workdir: str, log=print,
       config.data.held_out_tasks, 'data.held_out_tasks')))[:c.prompts or None]
   settings = Settings(samples=c.samples, max_new_tokens=c.max_new_tokens,
                       temperature=c.temperature, seed=config.seed,
-                      batch_size=config.batch_size // config.grad_accum, seq_len=config.seq_len,
+                      batch_size=c.batch_size, seq_len=config.seq_len,
                       val_batches=c.val_batches)
   score = reward_scorer(chain['reward'][1]) if reward_scorer else None
   log(f'evaluating {", ".join(models)} on {len(prompts)} held-out prompts, {c.samples} answers '
@@ -250,10 +252,11 @@ def verdict(name: str, m: dict, start: str) -> str:
   """One sentence: whether the judge's rate of `name` rose over the start's ½ by more than two
   standard errors, and at which KL."""
   low, high = m['win_rate'] - 2 * m['win_rate_se'], m['win_rate'] + 2 * m['win_rate_se']
-  change = 'rose' if low > 0.5 else 'fell' if high < 0.5 else 'did not change measurably'
+  change = ('rose above' if low > 0.5 else 'fell below' if high < 0.5 else
+            'did not differ measurably from')
   return (f'{name}: the judge prefers its answers to {start}\'s in {m["win_rate"]:.1%} '
-          f'(± {m["win_rate_se"]:.1%}) of pairs; its rate {change} over {start}\'s 50%, at a KL '
-          f'of {m["kl"]:.2f} ± {m["kl_se"]:.2f} nats per answer.')
+          f'(± {m["win_rate_se"]:.1%}) of pairs; its rate {change} {start}\'s 50%, at a KL of '
+          f'{m["kl"]:.2f} ± {m["kl_se"]:.2f} nats per answer.')
 
 
 def report_text(results: dict) -> str:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import checkpoint, cli, evaluate, files, model, preference_study as study, runs
-from gpt_jax import sharding, tokenizer as tokenizer_lib
+from gpt_jax import checkpoint, cli, evaluate, files, model, objectives, preference_study as study
+from gpt_jax import runs, sharding, tokenizer as tokenizer_lib, trainer
 from gpt_jax.tasks import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,9 +110,9 @@ def test_report_rows_and_verdicts():
   assert ('| dpo | 62.5% ± 5.0% | 1.25 | 40.0% | 12.5 | 90% | — | 3.25 ± 0.50 | 2.5125 (+0.0125) |'
           in text)
   assert ("dpo: the judge prefers its answers to sft's in 62.5% (± 5.0%) of pairs; its rate rose "
-          "over sft's 50%, at a KL of 3.25 ± 0.50 nats per answer.") in text
-  assert "its rate did not change measurably" in study.report_text(results_by_hand(0.55, 0.05))
-  assert "its rate fell" in study.report_text(results_by_hand(0.3, 0.05))
+          "above sft's 50%, at a KL of 3.25 ± 0.50 nats per answer.") in text
+  assert "its rate did not differ measurably from" in study.report_text(results_by_hand(0.55, 0.05))
+  assert "its rate fell below" in study.report_text(results_by_hand(0.3, 0.05))
 
 
 def test_write_report_writes_both_files(tmp_path):
@@ -156,6 +156,8 @@ def test_a_run_is_finished_at_its_last_step_with_its_settings(chain_config, tiny
   assert not study.finished(run, run_dir)
   checkpoint.save_params(checkpoints, run.steps, tiny_runs[0].params)
   assert study.finished(run, run_dir)
+  run.model.n_layer = 3  # the base's shape replaces the config's when a fine-tuning run starts
+  assert study.finished(run, run_dir)
   run.dpo.beta = 0.2
   assert not study.finished(run, run_dir)
 
@@ -168,3 +170,34 @@ def test_the_chain_needs_a_base_and_held_out_prompts(chain_config, tmp_path):
   chain_config.init_from = ''
   with pytest.raises(UserError, match='init_from'):
     study.run_study(chain_config, str(tmp_path))
+
+
+def test_the_train_command_dispatches_a_chain(chain_config, tmp_path):
+  from gpt_jax import train
+  from gpt_jax.errors import UserError
+  chain_config.init_from = ''
+  with pytest.raises(UserError, match='the preference chain starts from a pretrained model'):
+    train.run(chain_config, str(tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not {'reward', 'dpo', 'ppo'} <= set(objectives.NAMES),
+                    reason='needs the reward, dpo and ppo objectives')
+def test_a_tiny_chain_trains_evaluates_and_resumes(small_corpus, tmp_path):
+  base = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py'))
+  base.data.corpus, base.sample.num = small_corpus, 0
+  trainer.train(base, str(tmp_path / 'base'), log=lambda _: None)
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'preference.py'))
+  config.init_from, config.data.corpus = str(tmp_path / 'base'), small_corpus
+  config.update(seq_len=64, batch_size=4, eval_every=4, checkpoint_every=4, eval_batches=1)
+  config.ppo.update(max_new_tokens=8, minibatches=2)
+  for name in study.RUNS:
+    config.chain.runs[name].steps = 4
+  config.chain.update(samples=1, prompts=4, max_new_tokens=8, batch_size=4, val_batches=2)
+  logs = []
+  results = study.run_study(config, str(tmp_path / 'chain'), log=logs.append)
+  assert list(results['models']) == ['base', 'sft', 'dpo', 'ppo']
+  assert results['models']['sft']['kl'] == 0.0 and results['prompts'] == 4
+  assert (tmp_path / 'chain' / 'preference_report.md').exists()
+  again = study.run_study(config, str(tmp_path / 'chain'), log=logs.append)
+  assert sum(': finished in ' in line for line in logs) == 4 and again == results
