@@ -82,7 +82,7 @@ def run_study(config, workdir: str, log=print,
               reward_scorer: Callable[[str], Score] | None = None) -> dict:
   """Trains what is missing of the chain in `workdir`, evaluates its models and writes the
   report; returns the report's results (preference_report.json). `reward_scorer` turns the
-  reward run's directory into its Score; without it the report has no reward column."""
+  reward run's directory into its Score; without it the reward column reads —."""
   if not config.init_from:
     raise UserError('the preference chain starts from a pretrained model: pass '
                     '--config.init_from=DIR (e.g. runs/shakespeare)')
