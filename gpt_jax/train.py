@@ -1,7 +1,8 @@
 """The training command: `python -m gpt_jax.train --config=FILE [--config.x.y=v] --workdir=DIR`.
 
 A config with a `sweep` section runs a scaling-law sweep (gpt_jax.sweep), one with a `study`
-section the distillation study (gpt_jax.distill_study); any other trains one model with the
+section the distillation study (gpt_jax.distill_study), one with a `chain` section the
+preference-tuning chain (gpt_jax.preference_study); any other trains one model with the
 objective it names (gpt_jax.trainer). Nothing imports this module.
 """
 
@@ -9,7 +10,7 @@ import sys
 
 import ml_collections
 
-from gpt_jax import cli, distill_study, sweep, trainer
+from gpt_jax import cli, distill_study, preference_study, sweep, trainer
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -17,6 +18,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return sweep.run_sweep(config, workdir)
   if 'study' in config:
     return distill_study.run_study(config, workdir)
+  if 'chain' in config:
+    return preference_study.run_study(config, workdir)
   return trainer.train(config, workdir)
 
 

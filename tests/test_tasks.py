@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from gpt_jax import config as config_lib, corpus, data, evaluate, instructions
-from gpt_jax.tasks import build
+from gpt_jax import config as config_lib, corpus, data, evaluate, instructions, preferences
+from gpt_jax.tasks import build, judge
 
 SPLITS = ('train', 'val')
 SPOT_CHECKS = 25  # rows checked against the corpus per file
@@ -90,7 +90,7 @@ def test_every_shipped_file_is_what_its_builder_builds(shipped):
   on_disk = {os.path.relpath(os.path.join(root, name), build.TASKS_DIR)
              for root, _, names in os.walk(build.TASKS_DIR) for name in names
              if name.endswith(('.json', '.jsonl'))}
-  assert on_disk == set(shipped) and len(shipped) == 17
+  assert on_disk == set(shipped) and len(shipped) == 19
   for path, content in shipped.items():
     with open(os.path.join(build.TASKS_DIR, path), encoding='utf-8') as f:
       text = f.read()
@@ -101,6 +101,7 @@ def test_every_shipped_file_is_what_its_builder_builds(shipped):
 def test_the_seed_draws_the_rows():
   assert build.classify_genre(seed=1)['val'] != build.classify_genre()['val']
   assert build.sft_next_line(seed=1)['train'] != build.sft_next_line()['train']
+  assert build.preference_pairs(seed=1)['val'] != build.preference_pairs()['val']
 
 
 def test_write_play_task_still_writes_it(tmp_path, capsys):
@@ -213,3 +214,30 @@ def test_classify_files_are_balanced_and_sized(shipped, split):
     counts = collections.Counter(str(row['label']) for row in rows)
     assert len(counts) == {'genre': 6, 'next_line': 4}.get(name, 2), name
     assert max(counts.values()) - min(counts.values()) <= (n // 4 if name == 'next_line' else 1)
+
+
+@pytest.mark.parametrize('split', SPLITS)
+def test_preference_pairs_are_the_judges_and_hold_in_the_corpus(shipped, scenes, split):
+  rows = shipped[f'preference/{split}/pentameter.jsonl']
+  assert len(rows) == {'train': 1000, 'val': 200}[split]
+  assert len({row['prompt'] for row in rows}) == len(rows)
+  for row in rows:
+    assert set(row) == {'prompt', 'chosen', 'rejected'}
+    assert judge.prefers(row['chosen'], row['rejected']) == 1
+    assert judge.distance(row['rejected']) - judge.distance(row['chosen']) >= 2
+  for row in spot(rows):
+    prompt_scene = scenes.find(row['prompt'])
+    scenes.only(row['prompt'], split)
+    follows = [bool(scenes.find(f'{row["prompt"]}\n{row[k]}')) for k in ('chosen', 'rejected')]
+    assert sorted(follows) == [False, True]  # one answer is the next line
+    other = row['rejected'] if follows[0] else row['chosen']
+    assert {scene for scene, _ in scenes.find(other)}.isdisjoint(s for s, _ in prompt_scene)
+    scenes.only(other, split)
+
+
+def test_the_preference_files_read_as_pairs_and_as_sft_tasks():
+  path = os.path.join(build.TASKS_DIR, 'preference', 'val', 'pentameter.jsonl')
+  pairs = preferences.read_pairs(path)
+  task, = instructions.read_tasks(path)
+  assert len(pairs) == len(task.instances) == 200
+  assert [(i.input, i.outputs) for i in task.instances] == [(p.prompt, (p.chosen,)) for p in pairs]

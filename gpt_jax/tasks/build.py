@@ -14,6 +14,11 @@ package), every label true by construction; `python -m gpt_jax.tasks.build` rewr
                   is the next line of the premise's speech) or "does not follow"
       next_line   {"context", "choices", "label"}: multiple choice, label the index (0-3) of the
                   one of four lines that comes next after the context
+  preference/SPLIT/pentameter.jsonl  preference pairs {"prompt", "chosen", "rejected"}
+                  (gpt_jax.preferences) for the reward, dpo and ppo objectives, and for sft on the
+                  chosen answers: the prompt a line of a speech, the answers its next line and a
+                  line of another scene, chosen the one the judge (gpt_jax.tasks.judge) prefers,
+                  nearer ten syllables
 
 SPLIT is train or val, the same file names in each: train/ rows come from the scenes of the
 training split of the default config (data.is_validation of the scene's text, data.val_fraction),
@@ -36,6 +41,7 @@ from collections.abc import Callable, Sequence
 
 from gpt_jax import cli, config as config_lib, corpus, data, files
 from gpt_jax.errors import UserError
+from gpt_jax.tasks import judge
 
 TASKS_DIR = os.path.dirname(os.path.abspath(__file__))
 PLAY_TASK = os.path.join(TASKS_DIR, 'shakespeare_play.json')
@@ -387,6 +393,43 @@ def classify_next_line(seed: int = 0) -> dict[str, list[dict]]:
   return splits
 
 
+# --- preference pairs: the judge's choice between two lines ----------------------------------
+
+PREFERENCE_ROWS = {'train': 1000, 'val': 200}
+# Pairs whose answers' distances from ten syllables differ by less are left out: a tie says
+# nothing, and a one-syllable difference is too fine for the demo's small models to learn from.
+PREFERENCE_MARGIN = 2
+
+
+def preference_pairs(seed: int = 0) -> dict[str, list[dict]]:
+  """'train' and 'val' -> PREFERENCE_ROWS rows {"prompt", "chosen", "rejected"}: the prompt a
+  line of a speech (no prompt twice), the answers its next line and a line of another scene of
+  the same split, chosen the one judge.prefers, their judge distances PREFERENCE_MARGIN apart or
+  more."""
+  rng = random.Random(f'preference/{seed}')
+  splits = {}
+  for split, held_out in (('train', False), ('val', True)):
+    lines = split_lines(held_out)
+    followed = [line for line in lines if line.next]
+    rows = []
+    for line in rng.sample(followed, len(followed)):
+      other = rng.choice(lines)
+      if other.scene.source == line.scene.source:
+        continue
+      if abs(judge.distance(line.next) - judge.distance(other.text)) < PREFERENCE_MARGIN:
+        continue
+      chosen, rejected = ((line.next, other.text) if judge.prefers(line.next, other.text) > 0 else
+                          (other.text, line.next))
+      rows.append({'prompt': line.text, 'chosen': chosen, 'rejected': rejected})
+      if len(rows) == PREFERENCE_ROWS[split]:
+        break
+    else:
+      raise UserError(f'preference/{split}: too few lines for {PREFERENCE_ROWS[split]} pairs; '
+                      'lower gpt_jax.tasks.build.PREFERENCE_ROWS')
+    splits[split] = rows
+  return splits
+
+
 # --- the shipped files -----------------------------------------------------------------------
 
 SFT = {'play': sft_play, 'genre': sft_genre, 'speaker': sft_speaker, 'next_line': sft_next_line}
@@ -401,6 +444,8 @@ def shipped() -> dict[str, object]:
     for name, builder in builders.items():
       for split, content in builder().items():
         found[f'{family}/{split}/{name}.{ext}'] = content
+  for split, rows in preference_pairs().items():
+    found[f'preference/{split}/pentameter.jsonl'] = rows
   return found
 
 
