@@ -30,6 +30,7 @@ import numpy as np
 
 from gpt_jax import checkpoint, evaluate, files, preferences, runs, sample, sharding, trainer
 from gpt_jax.errors import UserError
+from gpt_jax.objectives import reward
 from gpt_jax.tasks import judge
 
 RUNS = ('sft', 'reward', 'dpo', 'ppo')  # each run's name is its objective
@@ -78,11 +79,9 @@ def finished(config, run_dir: str) -> bool:
           and not [change for change in changes if not change.startswith('model.')])
 
 
-def run_study(config, workdir: str, log=print,
-              reward_scorer: Callable[[str], Score] | None = None) -> dict:
+def run_study(config, workdir: str, log=print) -> dict:
   """Trains what is missing of the chain in `workdir`, evaluates its models and writes the
-  report; returns the report's results (preference_report.json). `reward_scorer` turns the
-  reward run's directory into its Score; without it the reward column reads —."""
+  report; returns the report's results (preference_report.json)."""
   if not config.init_from:
     raise UserError('the preference chain starts from a pretrained model: pass '
                     '--config.init_from=DIR (e.g. runs/shakespeare)')
@@ -108,7 +107,11 @@ def run_study(config, workdir: str, log=print,
                       temperature=c.temperature, seed=config.seed,
                       batch_size=c.batch_size, seq_len=config.seq_len,
                       val_batches=c.val_batches)
-  score = reward_scorer(chain['reward'][1]) if reward_scorer else None
+  reward_dir = chain['reward'][1]
+  rm = reward.load_reward_model(reward_dir, 'the chain\'s reward model',
+                                runs.read_config(reward_dir), models[START].tokenizer, mesh=mesh)
+  score = lambda prompts, answers: rm.score_answers(prompts, answers, models[START].tokenizer,
+                                                    config.seq_len, c.batch_size)
   log(f'evaluating {", ".join(models)} on {len(prompts)} held-out prompts, {c.samples} answers '
       'each')
   results = {'prompts': len(prompts), 'settings': dataclasses.asdict(settings), 'start': START,

@@ -275,8 +275,9 @@ def run_cli(*args):
 def test_the_experiment_runs_from_the_command_line(tiny_base, pairs_file, tmp_path):
   workdir = tmp_path / 'dpo'
   result = run_cli(f'--config={os.path.join(ROOT, "experiments", "dpo.py")}',
-                   f'--config.init_from={tiny_base}', f'--config.data.tasks={pairs_file}',
-                   "--config.data.held_out_tasks=", '--config.seq_len=32', '--config.steps=4',
+                   f'--config.init_from={tiny_base}', '--config.dpo.reference=',
+                   f'--config.data.tasks={pairs_file}', '--config.data.held_out_tasks=',
+                   '--config.seq_len=32', '--config.steps=4',
                    '--config.batch_size=8', '--config.log_every=2', '--config.eval_every=2',
                    '--config.checkpoint_every=4', f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr[-3000:]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import checkpoint, cli, evaluate, files, model, objectives, preference_study as study
+from gpt_jax import checkpoint, cli, evaluate, files, model, preference_study as study
 from gpt_jax import runs, sharding, tokenizer as tokenizer_lib, trainer
 from gpt_jax.tasks import build
 
@@ -181,8 +181,6 @@ def test_the_train_command_dispatches_a_chain(chain_config, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not {'reward', 'dpo', 'ppo'} <= set(objectives.NAMES),
-                    reason='needs the reward, dpo and ppo objectives')
 def test_a_tiny_chain_trains_evaluates_and_resumes(small_corpus, tmp_path):
   base = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py'))
   base.data.corpus, base.sample.num = small_corpus, 0

@@ -155,13 +155,13 @@ class RewardModeling(Objective):
 
   def finish(self, params, workdir, log):
     """Writes reward_normalization.json: the bias shift that makes the training prompts' chosen
-    answers score 0 on average, and the held-out accuracy and margin after it."""
+    answers score 0 on average, and the held-out mean scores after it."""
     score = jax.jit(lambda params, tokens, last: scores(self.gpt, params, tokens, last))
-    mesh = sharding.data_parallel_mesh()
     rows = self.config.batch_size // self.config.grad_accum
-    chosen = mean_score(score, params, self.train_arrays, 0, rows, mesh)
-    held_w = mean_score(score, params, self.held_out_arrays, 0, rows, mesh)
-    held_l = mean_score(score, params, self.held_out_arrays, 1, rows, mesh)
+    mean = lambda arrays, c: batched_scores(score, params, arrays['tokens'][:, c],
+                                            arrays['last'][:, c], rows).mean()
+    chosen = mean(self.train_arrays, 0)
+    held_w, held_l = mean(self.held_out_arrays, 0), mean(self.held_out_arrays, 1)
     record = {'bias_shift': -chosen, 'mean_chosen_score_before': chosen,
               'held_out_mean_chosen': held_w - chosen, 'held_out_mean_rejected': held_l - chosen}
     files.write_json(os.path.join(workdir, NORMALIZATION), record)
@@ -170,18 +170,18 @@ class RewardModeling(Objective):
         f'{held_l - chosen:+.4f} ({os.path.join(workdir, NORMALIZATION)})')
 
 
-def mean_score(score, params, arrays: dict, which: int, rows: int, mesh) -> float:
-  """The mean score of the `which` answers (0 chosen, 1 rejected) of encode_pairs' arrays, `rows`
-  sequences at a time, float64."""
-  tokens, last = arrays['tokens'][:, which], arrays['last'][:, which]
-  total = 0.0
-  with jax.set_mesh(mesh):
-    for start in range(0, len(last), rows):
-      n = min(rows, len(last) - start)
-      pad = lambda x: np.concatenate([x[start:start + n], np.zeros((rows - n, *x.shape[1:]),
-                                                                   x.dtype)])
-      total += float(np.asarray(score(params, pad(tokens), pad(last)))[:n].astype(np.float64).sum())
-  return total / max(len(last), 1)
+def batched_scores(score, params, tokens_RL: np.ndarray, last_R: np.ndarray, rows: int
+                   ) -> np.ndarray:
+  """score(params, tokens, last) of every row, `rows` at a time (the last batch padded with
+  zeros), on the default data-parallel mesh; float64 (R,)."""
+  out = []
+  with jax.set_mesh(sharding.data_parallel_mesh()):
+    for start in range(0, len(last_R), rows):
+      n = min(rows, len(last_R) - start)
+      pad = lambda x: np.concatenate([x[start:start + n],
+                                      np.zeros((rows - n, *x.shape[1:]), x.dtype)])
+      out.append(np.asarray(score(params, pad(tokens_RL), pad(last_R)))[:n])
+  return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +192,14 @@ class RewardModel:
 
   def __call__(self, tokens_BL, last_B, positions_BL=None) -> jax.Array:
     return scores(self.gpt, self.params, tokens_BL, last_B, positions_BL)
+
+  def score_answers(self, prompts, answers, tokenizer, seq_len: int, rows: int) -> np.ndarray:
+    """r(x, y) of each answer text to its prompt text, as the model was trained to read them
+    (preferences.encode_pairs), `rows` at a time; float64 (R,)."""
+    pairs = [preferences.Pair(str(i), p, a, a) for i, (p, a) in enumerate(zip(prompts, answers))]
+    arrays = preferences.encode_pairs(pairs, tokenizer, seq_len)
+    score = jax.jit(lambda params, tokens, last: scores(self.gpt, params, tokens, last))
+    return batched_scores(score, self.params, arrays['tokens'][:, 0], arrays['last'][:, 0], rows)
 
 
 def load_reward_model(workdir: str, what: str, config, tokenizer, *, mesh) -> RewardModel:
