@@ -245,5 +245,8 @@ def _build(config, mesh, log, prepared) -> Objective:
   if config.objective == 'reward':
     from gpt_jax.objectives import reward
     return reward.RewardModeling.build(config, mesh, log)
+  if config.objective == 'ppo':
+    from gpt_jax.objectives import ppo
+    return ppo.ProximalPolicy.build(config, mesh, log)
   from gpt_jax.objectives import classify
   return classify.TaskFineTuning.build(config, mesh, log)
