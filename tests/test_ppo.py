@@ -147,15 +147,19 @@ def reward_run(tiny_base, preference_file, tmp_path_factory):
   return workdir
 
 
-@pytest.fixture
-def ppo_config(tiny_base, preference_file, reward_run):
+def tiny_ppo_config(tiny_base, preference_file, reward_model):
   config = cli.load_experiment(TINY)
   config.update(objective='ppo', init_from=tiny_base, seq_len=48, steps=3, log_every=1,
                 eval_every=3, checkpoint_every=3)
   config.data.update(tasks=preference_file, num_epochs=2)
-  config.ppo.update(reward_model=reward_run, max_new_tokens=8, epochs=2, minibatches=2)
+  config.ppo.update(reward_model=reward_model, max_new_tokens=8, epochs=2, minibatches=2)
   config.sample.num = 0
   return config
+
+
+@pytest.fixture
+def ppo_config(tiny_base, preference_file, reward_run):
+  return tiny_ppo_config(tiny_base, preference_file, reward_run)
 
 
 def read_metrics(workdir):
@@ -186,6 +190,21 @@ def test_ppo_trains_and_leaves_the_frozen_models_as_they_were(ppo_config, tmp_pa
     jax.tree.map(np.testing.assert_array_equal, objective.frozen[tree], fresh.frozen[tree])
   trained = trainer.runs.load(str(tmp_path / 'run')).params
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, trained, fresh.frozen['reference'])))
+
+
+@pytest.mark.slow
+def test_ppo_ptx_adds_the_pretraining_loss(ppo_config, small_corpus, tmp_path):
+  ppo_config.update(steps=2, eval_every=2)
+  ppo_config.data.corpus = small_corpus
+  ppo_config.ppo.ptx_coef = 0.5
+  trainer.train(ppo_config, str(tmp_path / 'run'), log=quiet)
+  records = read_metrics(str(tmp_path / 'run'))
+  assert [r['step'] for r in records] == [1, 2] and 'val_score' in records[-1]
+  # The tiny base was pretrained on this corpus: its loss there is far below ln 512 = 6.24.
+  assert all(2 < r['ptx_loss'] < 6 for r in records)
+  for r in records:
+    total = r['policy_loss'] + 0.1 * r['value_loss'] + 0.5 * r['ptx_loss']
+    assert r['train_loss'] == pytest.approx(total, rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.slow
@@ -228,30 +247,30 @@ def test_ppo_through_the_command_line(ppo_config, tmp_path):
   assert records[-1]['step'] == 2 and STEP_KEYS | {'val_score', 'val_kl'} <= set(records[-1])
 
 
-def other_tokenizer_copy(reward_run, directory) -> str:
-  """The reward run with its tokenizer swapped for another of the same size."""
-  shutil.copytree(reward_run, directory)
+@pytest.mark.parametrize('change, message', [
+    (dict(reward_model=''), 'PPO without a reward model run'),
+    (dict(max_new_tokens=48), 'a prompt leaves no room for an answer in the context'),
+    (dict(kl_coef=-0.1), r'ppo.kl_coef=-0.1 must be >= 0'),
+    (dict(clip=0.0), r'ppo.clip=0.0 must be > 0'),
+    (dict(minibatches=3), r'batch_size=8 is not divisible by ppo.minibatches=3'),
+])
+def test_bad_ppo_settings_are_one_line(tiny_base, preference_file, tmp_path, change, message):
+  config = tiny_ppo_config(tiny_base, preference_file, 'unread')  # checked before any loading
+  config.ppo.update(change)
+  with pytest.raises(UserError, match=message) as e:
+    trainer.train(config, str(tmp_path / 'run'), log=quiet)
+  assert '\n' not in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_reward_model_with_another_tokenizer_is_refused(ppo_config, tmp_path):
+  directory = str(tmp_path / 'reward')
+  shutil.copytree(ppo_config.ppo.reward_model, directory)
   other = tokenizer_lib.train([f'word{i} other{i * 7} text{i % 13}' for i in range(3000)], 300)
   os.remove(os.path.join(directory, tokenizer_lib.FILENAMES[0]))
   other.save(os.path.join(directory, other.filename))
-  return str(directory)
-
-
-@pytest.mark.parametrize('change, message', [
-    (dict(ppo=dict(reward_model='')), 'PPO without a reward model run'),
-    ('other_tokenizer', r'ppo.reward_model=.* used another tokenizer than this run'),
-    (dict(ppo=dict(max_new_tokens=48)), 'a prompt leaves no room for an answer in the context'),
-    (dict(ppo=dict(kl_coef=-0.1)), r'ppo.kl_coef=-0.1 must be >= 0'),
-    (dict(ppo=dict(clip=0.0)), r'ppo.clip=0.0 must be > 0'),
-    (dict(ppo=dict(minibatches=3)), r'batch_size=8 is not divisible by ppo.minibatches=3'),
-])
-def test_bad_ppo_settings_are_one_line(ppo_config, tmp_path, change, message):
-  if change == 'other_tokenizer':
-    ppo_config.ppo.reward_model = other_tokenizer_copy(ppo_config.ppo.reward_model,
-                                                       tmp_path / 'reward')
-  else:
-    for key, value in change.items():
-      ppo_config[key].update(value)
-  with pytest.raises(UserError, match=message) as e:
+  ppo_config.ppo.reward_model = directory
+  with pytest.raises(UserError, match=r'ppo.reward_model=.* used another tokenizer than this run'
+                     ) as e:
     trainer.train(ppo_config, str(tmp_path / 'run'), log=quiet)
   assert '\n' not in str(e.value)

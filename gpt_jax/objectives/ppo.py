@@ -234,6 +234,11 @@ class ProximalPolicy(Objective):
       spec['ptx_tokens'] = ((self.config.seq_len + 1,), jnp.int32, ('batch', 'length'))
     return spec
 
+  def row_tokens(self):
+    """A row's tokens trained on: seq_len in each of ppo.epochs passes (the rollout's sampling
+    and forward passes, about as many FLOPs again, are not counted)."""
+    return self.config.ppo.epochs * self.config.seq_len
+
   def init_params(self, rng):
     model_rng, value_rng = jax.random.split(rng)
     return {'gpt': model.init_params(self.gpt, model_rng, self.config.seq_len),
