@@ -234,7 +234,8 @@ def test_first_update_of_a_rollout_has_ratio_one(ppo_config):
 @pytest.mark.slow
 def test_ppo_through_the_command_line(ppo_config, tmp_path):
   workdir = str(tmp_path / 'run')
-  args = [f'--config={TINY}', '--config.objective=ppo', f'--config.init_from={ppo_config.init_from}',
+  args = [f'--config={TINY}', '--config.objective=ppo',
+          f'--config.init_from={ppo_config.init_from}',
           f'--config.data.tasks={ppo_config.data.tasks}', '--config.seq_len=48',
           '--config.data.num_epochs=2', f'--config.ppo.reward_model={ppo_config.ppo.reward_model}',
           '--config.ppo.max_new_tokens=8', '--config.ppo.epochs=2', '--config.ppo.minibatches=2',

@@ -17,7 +17,7 @@ Each train step (the trainer's on-policy path) takes a batch of prompts and
        + value_coef · 0.5·max((V − R)², (V_old + clip(V − V_old, ±value_clip) − R)²)
        − entropy_coef · H(π)
        + ptx_coef · L_LM(a pretraining batch)                    (PPO-ptx, InstructGPT eq. 2)
-     each a mean over answer tokens (L_LM over the batch's targets), ρ = π(a_t|s_t) / π_old(a_t|s_t).
+     each a mean over answer tokens (L_LM over the batch's targets), ρ = π(a_t|s_t)/π_old(a_t|s_t).
 
 The trained parameters are {'gpt': the policy, from config.init_from (an SFT run); 'value': a
 scalar head {'kernel': (D, 1), 'bias': (1,)} on the policy's final hidden states}. The value
@@ -70,9 +70,9 @@ def validate(config) -> None:
   if p.epochs < 1 or p.minibatches < 1:
     raise UserError(f'ppo.epochs={p.epochs} and ppo.minibatches={p.minibatches} must be >= 1')
   if p.max_new_tokens < 1 or p.max_new_tokens >= config.seq_len:
-    raise UserError(f'ppo.max_new_tokens={p.max_new_tokens} with seq_len={config.seq_len}: a prompt '
-                    'leaves no room for an answer in the context; set ppo.max_new_tokens between '
-                    '1 and seq_len − 1')
+    raise UserError(f'ppo.max_new_tokens={p.max_new_tokens} with seq_len={config.seq_len}: a '
+                    'prompt leaves no room for an answer in the context; set ppo.max_new_tokens '
+                    'between 1 and seq_len − 1')
   if not (p.temperature > 0 and 0 <= p.gamma <= 1 and 0 <= p.lam <= 1 and p.value_clip > 0 and
           p.value_coef >= 0 and p.entropy_coef >= 0 and p.ptx_coef >= 0):
     raise UserError(f'ppo.temperature={p.temperature} and value_clip={p.value_clip} must be > 0, '
@@ -307,7 +307,8 @@ class ProximalPolicy(Objective):
     if p.ptx_coef:
       experience['ptx_tokens'] = batch['ptx_tokens']
     return experience, {'score': a['score'].mean(), 'kl': kl_BN.sum(1).mean(),
-                        'reward': rewards_BN.sum(1).mean(), 'response_length': mask_BN.sum(1).mean()}
+                        'reward': rewards_BN.sum(1).mean(),
+                        'response_length': mask_BN.sum(1).mean()}
 
   # --- updates ------------------------------------------------------------------------------
 
