@@ -124,8 +124,12 @@ def _decode_step(gpt, params, cache, tokens_BL, positions_BL):
 
 @functools.partial(jax.jit, static_argnames=('gpt', 'max_new_tokens', 'temperature', 'top_k',
                                              'top_p', 'eos_id', 'num_tokens'))
-def _sample(gpt, params, tokens_BP, positions_BP, rng, *, max_new_tokens, temperature, top_k,
-            top_p, eos_id, num_tokens):
+def sample_tokens(gpt, params, tokens_BP, positions_BP, rng, *, max_new_tokens, temperature,
+                  top_k, top_p, eos_id, num_tokens):
+  """max_new_tokens tokens (B, N) int32 continuing left-padded prompts (pad_prompts' tokens and
+  positions, (B, P)), chosen by next_token; a row is EOS from its first EOS on (zeros once every
+  row has ended). Jitted with the settings static, so it also runs inside another jitted function
+  (PPO's rollouts)."""
   B, P = tokens_BP.shape
   choose = functools.partial(next_token, temperature=temperature, top_k=top_k, top_p=top_p,
                              num_tokens=num_tokens)
@@ -168,10 +172,10 @@ def generate(gpt: model.GPT, params, prompts: Sequence[Sequence[int]], *, max_ne
   if max_new_tokens < 1:
     raise UserError(f'max_new_tokens={max_new_tokens} must be >= 1')
   tokens_BP, positions_BP = pad_prompts(prompts, max_new_tokens, context_length(gpt.config))
-  out_BN = _sample(gpt, params, tokens_BP, positions_BP, jax.random.key(seed),
-                   max_new_tokens=max_new_tokens, temperature=float(temperature),
-                   top_k=int(top_k), top_p=float(top_p), eos_id=int(eos_id),
-                   num_tokens=num_tokens)
+  out_BN = sample_tokens(gpt, params, tokens_BP, positions_BP, jax.random.key(seed),
+                         max_new_tokens=max_new_tokens, temperature=float(temperature),
+                         top_k=int(top_k), top_p=float(top_p), eos_id=int(eos_id),
+                         num_tokens=num_tokens)
   return _strip(np.asarray(out_BN), eos_id)
 
 

@@ -248,5 +248,8 @@ def _build(config, mesh, log, prepared) -> Objective:
   if config.objective == 'dpo':
     from gpt_jax.objectives import dpo
     return dpo.DirectPreference.build(config, mesh, log)
+  if config.objective == 'ppo':
+    from gpt_jax.objectives import ppo
+    return ppo.ProximalPolicy.build(config, mesh, log)
   from gpt_jax.objectives import classify
   return classify.TaskFineTuning.build(config, mesh, log)
