@@ -36,7 +36,7 @@ def get_config():
   c.sample.num = 0
   c.optim.update(warmup_steps=10, weight_decay=0.0)
   c.dpo.beta = 0.1
-  c.ppo.update(kl_coef=0.05, max_new_tokens=32, temperature=1.0)
+  c.ppo.update(kl_coef=0.05, max_new_tokens=24, temperature=1.0, epochs=4, minibatches=4)
 
   c.chain = chain = ml_collections.ConfigDict()
   # Each run's own settings over the shared ones (gpt_jax.preference_study.run_configs).
@@ -44,11 +44,13 @@ def get_config():
       'sft': {'steps': 60, 'optim': {'lr': 5e-4}},  # 3 epochs: the held-out loss rises after
       'reward': {'steps': 200, 'optim': {'lr': 3e-4}},
       'dpo': {'steps': 200, 'optim': {'lr': 1e-4}},
-      'ppo': {'steps': 100, 'optim': {'lr': 3e-5}},
+      # a step: an answer to each of 32 prompts, then 4 passes of 4 clipped updates over them
+      'ppo': {'steps': 100, 'batch_size': 32, 'eval_batches': 4, 'log_every': 5,
+              'optim': {'lr': 3e-5}},
   })
   chain.samples = 4  # answers sampled per held-out prompt and model
   chain.prompts = 0  # held-out prompts evaluated; 0 = all of data.held_out_tasks's
-  chain.max_new_tokens = 32  # as ppo.max_new_tokens: the longest answer
+  chain.max_new_tokens = 24  # as ppo.max_new_tokens: the longest answer
   chain.temperature = 1.0  # 1: the policy's own samples, on which the KL estimate is unbiased
   chain.batch_size = 64  # rows sampled and scored at once
   chain.val_batches = 0  # validation batches scored for bits/byte; 0 = the whole split

@@ -101,9 +101,11 @@ def answer_mask(answer_BN, eos_id: int) -> jax.Array:
 
 
 def answer_hidden(gpt: model.GPT, params, tokens_BL, positions_BL, N: int) -> jax.Array:
-  """The final hidden states (B, N, D) of the positions that predict the last N tokens."""
+  """The final hidden states (B, N, D) of the positions that predict the last N tokens; a row's
+  left padding (position -1) is not attended to, as in the sampler."""
   B, L = tokens_BL.shape
-  x_ND = gpt.apply({'params': params}, tokens_BL, positions_BL, hidden=True)
+  x_ND = gpt.apply({'params': params}, tokens_BL, positions_BL, hidden=True,
+                   segment_ids_BL=reward.padding_segments(positions_BL))
   return x_ND.reshape(B, L, -1)[:, L - N - 1:L - 1]
 
 
