@@ -161,13 +161,21 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
   return flat
 
 
+# The config sections only one objective reads: another objective's run may change them freely.
+OBJECTIVE_SECTIONS = {'lm': ('distill',), 'sft': ('sft',), 'classify': ('task', 'finetune'),
+                      'dpo': ('dpo',), 'ppo': ('ppo',)}
+
+
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """'key: old -> new' for each setting of `config` that differs from the run's saved config.json
-  and changes its trajectory (all but FREE_TO_CHANGE). A setting the saved config lacks (it
-  predates the setting) counts as its default."""
+  and changes its trajectory (all but FREE_TO_CHANGE and the sections of other objectives,
+  OBJECTIVE_SECTIONS). A setting the saved config lacks (it predates the setting) counts as its
+  default."""
   old = {**_flatten(config_lib.base_config().to_dict()), **_flatten(saved)}
   new = _flatten(json.loads(json.dumps(config.to_dict())))  # tuples as config.json has them
-  free = lambda key: any(key == f or key.startswith(f + '.') for f in FREE_TO_CHANGE)
+  unread = tuple(section for objective, sections in OBJECTIVE_SECTIONS.items()
+                 if objective != config.get('objective', 'lm') for section in sections)
+  free = lambda key: any(key == f or key.startswith(f + '.') for f in FREE_TO_CHANGE + unread)
   return [f'{key}: {old.get(key, "absent")!r} -> {new.get(key, "absent")!r}'
           for key in sorted(set(old) | set(new))
           if not free(key) and old.get(key, 'absent') != new.get(key, 'absent')]

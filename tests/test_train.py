@@ -1,5 +1,6 @@
 """Training: the step function, the loop's outputs, exact resume, and the CLI's bad-input errors."""
 
+import copy
 import errno
 import hashlib
 import json
@@ -19,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 
-from gpt_jax import checkpoint, cli, losses, model, optim, runs, trainer
+from gpt_jax import checkpoint, cli, config as config_lib, losses, model, optim, runs, trainer
 from gpt_jax.objectives import lm
 from gpt_jax.errors import UserError
 
@@ -500,3 +501,15 @@ def test_init_from_starts_from_that_runs_parameters(tiny, tmp_path):
   with pytest.raises(UserError, match=r"init_from='.*source' holds a model of another shape"):
     trainer.train(tiny, str(tmp_path / 'other'), log=lambda _: None)
   assert not os.path.exists(tmp_path / 'other' / 'config.json')
+
+
+def test_a_setting_only_another_objective_reads_is_no_change():
+  saved = config_lib.base_config()
+  saved.objective = 'sft'
+  config = copy.deepcopy(saved)
+  config.ppo.kl_coef, config.dpo.beta, config.task.shots = 0.5, 0.3, (1,)
+  assert runs.config_changes(saved.to_dict(), config) == []
+  config.sft.shots = 0
+  assert runs.config_changes(saved.to_dict(), config) == ['sft.shots: 2 -> 0']
+  config.objective = 'ppo'
+  assert 'ppo.kl_coef: 0.05 -> 0.5' in runs.config_changes(saved.to_dict(), config)
