@@ -69,3 +69,18 @@ def write_preferences(path, pairs: int = 48, seed: int = 0) -> str:
 @pytest.fixture(scope='session')
 def preference_file(tmp_path_factory) -> str:
   return write_preferences(tmp_path_factory.mktemp('preferences') / 'pairs.jsonl')
+
+
+@pytest.fixture(scope='session')
+def tiny_reward(tiny_base, preference_file, tmp_path_factory) -> str:
+  """The workdir of a reward model trained from tiny_base on preference_file through the command
+  line (experiments/reward.py with tiny settings), finished and normalised."""
+  from gpt_jax import train
+  workdir = str(tmp_path_factory.mktemp('tiny_reward'))
+  train.main(['train', '--config=experiments/reward.py', f'--workdir={workdir}',
+              f'--config.init_from={tiny_base}', f'--config.data.tasks={preference_file}',
+              '--config.data.held_out_tasks=', '--config.preference.held_out=0.25',
+              '--config.seq_len=48', '--config.steps=30', '--config.batch_size=8',
+              '--config.log_every=10', '--config.eval_every=10', '--config.optim.lr=3e-3',
+              '--config.optim.warmup_steps=5', '--config.data.num_epochs=20'])
+  return workdir

@@ -130,23 +130,6 @@ def test_on_policy_step_is_epochs_of_minibatch_updates():
   np.testing.assert_array_equal(rows, np.sort(np.asarray(batch['x']), axis=0))
 
 
-def reward_config(tiny_base, preference_file):
-  config = cli.load_experiment(TINY)
-  config.update(objective='reward', init_from=tiny_base, seq_len=48, steps=10, log_every=5,
-                eval_every=5, checkpoint_every=10)
-  config.data.update(tasks=preference_file, num_epochs=4)
-  config.sample.num = 0
-  return config
-
-
-@pytest.fixture(scope='module')
-def reward_run(tiny_base, preference_file, tmp_path_factory):
-  """A finished tiny reward model trained from tiny_base on preference_file."""
-  workdir = str(tmp_path_factory.mktemp('reward'))
-  trainer.train(reward_config(tiny_base, preference_file), workdir, log=quiet)
-  return workdir
-
-
 def tiny_ppo_config(tiny_base, preference_file, reward_model):
   config = cli.load_experiment(TINY)
   config.update(objective='ppo', init_from=tiny_base, seq_len=48, steps=3, log_every=1,
@@ -158,8 +141,8 @@ def tiny_ppo_config(tiny_base, preference_file, reward_model):
 
 
 @pytest.fixture
-def ppo_config(tiny_base, preference_file, reward_run):
-  return tiny_ppo_config(tiny_base, preference_file, reward_run)
+def ppo_config(tiny_base, preference_file, tiny_reward):
+  return tiny_ppo_config(tiny_base, preference_file, tiny_reward)
 
 
 def read_metrics(workdir):
@@ -232,20 +215,31 @@ def test_first_update_of_a_rollout_has_ratio_one(ppo_config):
 
 
 @pytest.mark.slow
-def test_ppo_through_the_command_line(ppo_config, tmp_path):
-  workdir = str(tmp_path / 'run')
+def test_ppo_through_the_command_line_on_one_device_and_a_mesh(ppo_config, tmp_path):
+  """Two steps through the command line on one device, and on 4 (data 2 × tensor 2): the
+  sampler, the scoring passes and the updates sharded give the same metrics."""
   args = [f'--config={TINY}', '--config.objective=ppo',
           f'--config.init_from={ppo_config.init_from}',
           f'--config.data.tasks={ppo_config.data.tasks}', '--config.seq_len=48',
           '--config.data.num_epochs=2', f'--config.ppo.reward_model={ppo_config.ppo.reward_model}',
           '--config.ppo.max_new_tokens=8', '--config.ppo.epochs=2', '--config.ppo.minibatches=2',
           '--config.sample.num=0', '--config.steps=2', '--config.log_every=1',
-          '--config.eval_every=2', f'--workdir={workdir}']
-  result = subprocess.run([sys.executable, '-m', 'gpt_jax.train', *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
-  assert result.returncode == 0, result.stderr[-2000:]
-  records = read_metrics(workdir)
-  assert records[-1]['step'] == 2 and STEP_KEYS | {'val_score', 'val_kl'} <= set(records[-1])
+          '--config.eval_every=2']
+  found = []
+  for devices, mesh in ((1, []), (4, ['--config.mesh.tensor=2'])):
+    workdir = str(tmp_path / f'run{devices}')
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    result = subprocess.run([sys.executable, '-m', 'gpt_jax.train', *args, *mesh,
+                             f'--workdir={workdir}'], capture_output=True, text=True, cwd=ROOT,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found.append(read_metrics(workdir))
+  one, mesh = found
+  assert one[-1]['step'] == 2 and STEP_KEYS | {'val_score', 'val_kl'} <= set(one[-1])
+  for a, b in zip(one, mesh):
+    for key in STEP_KEYS | {'val_score', 'val_kl'}:
+      if key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a['step'], key)
 
 
 @pytest.mark.parametrize('change, message', [
