@@ -1,5 +1,7 @@
-"""Shared fixtures: a small real corpus on disk, and a cache that is never ~/.cache."""
+"""Shared fixtures: a small real corpus on disk, tiny runs to fine-tune, and a cache that is never
+~/.cache."""
 
+import hashlib
 import os
 
 import pytest
@@ -84,3 +86,13 @@ def tiny_reward(tiny_base, preference_file, tmp_path_factory) -> str:
               '--config.log_every=10', '--config.eval_every=10', '--config.optim.lr=3e-3',
               '--config.optim.warmup_steps=5', '--config.data.num_epochs=20'])
   return workdir
+
+
+def directory_digest(directory) -> str:
+  """sha256 of every file's name and bytes under `directory`: equal digests, untouched files."""
+  h = hashlib.sha256()
+  for root, _, names in sorted(os.walk(directory)):
+    for name in sorted(names):
+      with open(os.path.join(root, name), 'rb') as f:
+        h.update(name.encode() + f.read())
+  return h.hexdigest()

@@ -1,6 +1,5 @@
 """Training a student against a frozen teacher run (config.distill)."""
 
-import hashlib
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import directory_digest
 from gpt_jax import cli, model, optim, runs, sharding, trainer
 from gpt_jax.objectives import distill
 from gpt_jax.tokenizer import Tokenizer
@@ -39,15 +39,6 @@ def student(small_corpus, teacher_dir):
   return config
 
 
-def digest(directory):
-  h = hashlib.sha256()
-  for root, _, names in sorted(os.walk(directory)):
-    for name in sorted(names):
-      with open(os.path.join(root, name), 'rb') as f:
-        h.update(name.encode() + f.read())
-  return h.hexdigest()
-
-
 def read_metrics(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]
@@ -69,14 +60,14 @@ def test_alpha_zero_trains_exactly_like_no_teacher(student, tmp_path):
 
 def test_a_smaller_student_learns_from_the_teacher_which_stays_untouched(student, teacher_dir,
                                                                           tmp_path):
-  before = digest(teacher_dir)
+  before = directory_digest(teacher_dir)
   student.model.update(n_embd=32, n_head=2, n_kv_head=2)
   student.distill.update(alpha=0.5, temperature=2.0)
   final = trainer.train(student, str(tmp_path / 'student'), log=quiet)
   records = read_metrics(tmp_path / 'student')
   assert records[-1]['kl'] < records[0]['kl']  # the student moves towards the teacher
   assert final['val_loss'] < np.log(512)
-  assert digest(teacher_dir) == before
+  assert directory_digest(teacher_dir) == before
 
 
 def test_student_equal_to_teacher_starts_with_zero_kl(student):

@@ -1,7 +1,6 @@
 """Direct Preference Optimization (objective 'dpo'): its loss against numpy, the reference staying
 frozen, whole runs (CLI, LoRA, exact resume) and bad inputs."""
 
-import hashlib
 import json
 import math
 import os
@@ -16,6 +15,7 @@ import pytest
 
 from gpt_jax import cli, model, objectives, optim, runs, sharding, trainer
 from gpt_jax import tokenizer as tokenizer_lib
+from conftest import directory_digest
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import dpo
 
@@ -193,18 +193,9 @@ def config(tiny_base, pairs_file):
   return config
 
 
-def digest(directory):
-  h = hashlib.sha256()
-  for root, _, names in sorted(os.walk(directory)):
-    for name in sorted(names):
-      with open(os.path.join(root, name), 'rb') as f:
-        h.update(name.encode() + f.read())
-  return h.hexdigest()
-
-
 def test_a_run_starts_at_log_2_learns_and_leaves_the_reference_untouched(config, tiny_base,
                                                                         tmp_path):
-  before = digest(tiny_base)
+  before = directory_digest(tiny_base)
   logs = []
   final = trainer.train(config, str(tmp_path / 'dpo'), log=logs.append)
   records = read_metrics(tmp_path / 'dpo')
@@ -217,7 +208,7 @@ def test_a_run_starts_at_log_2_learns_and_leaves_the_reference_untouched(config,
   assert set(VAL_KEYS) <= set(final) and final['step'] == 6
   assert records[-1]['train_loss'] < math.log(2) and records[-1]['reward_margin'] > 0
   assert final['val_kl'] > 0
-  assert digest(tiny_base) == before
+  assert directory_digest(tiny_base) == before
   assert any(line.startswith('DPO, held-out pairs at step 6: accuracy') for line in logs)
   # init_from may change on a resume, but not the reference it gives.
   config.init_from = another_run(tiny_base, tmp_path / 'other')
