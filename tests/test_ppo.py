@@ -216,15 +216,15 @@ def test_first_update_of_a_rollout_has_ratio_one(ppo_config):
 
 @pytest.mark.slow
 def test_ppo_through_the_command_line_on_one_device_and_a_mesh(ppo_config, tmp_path):
-  """Two steps through the command line on one device, and on 4 (data 2 × tensor 2): the
-  sampler, the scoring passes and the updates sharded give the same metrics."""
-  args = [f'--config={TINY}', '--config.objective=ppo',
-          f'--config.init_from={ppo_config.init_from}',
-          f'--config.data.tasks={ppo_config.data.tasks}', '--config.seq_len=48',
-          '--config.data.num_epochs=2', f'--config.ppo.reward_model={ppo_config.ppo.reward_model}',
+  """Two steps of experiments/ppo.py through the command line on one device, and on 4 (data 2 ×
+  tensor 2): the sampler, the scoring passes and the updates sharded give the same metrics."""
+  args = [f'--config={os.path.join(ROOT, "experiments", "ppo.py")}',
+          f'--config.init_from={ppo_config.init_from}', '--config.ppo.reference=',
+          f'--config.ppo.reward_model={ppo_config.ppo.reward_model}',
+          f'--config.data.tasks={ppo_config.data.tasks}', '--config.data.held_out_tasks=',
+          '--config.seq_len=48', '--config.batch_size=8', '--config.eval_batches=0',
           '--config.ppo.max_new_tokens=8', '--config.ppo.epochs=2', '--config.ppo.minibatches=2',
-          '--config.sample.num=0', '--config.steps=2', '--config.log_every=1',
-          '--config.eval_every=2']
+          '--config.steps=2', '--config.log_every=1', '--config.eval_every=2']
   found = []
   for devices, mesh in ((1, []), (4, ['--config.mesh.tensor=2'])):
     workdir = str(tmp_path / f'run{devices}')
