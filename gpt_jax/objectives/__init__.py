@@ -1,7 +1,7 @@
 """Training objectives: what one training method is to the trainer (gpt_jax.trainer).
 
-Pretraining, distillation, instruction tuning and task fine-tuning differ only in what a batch
-holds and how the loss is computed from it; the train step, sharding, gradient accumulation,
+Pretraining, distillation, instruction tuning, task fine-tuning and preference tuning (a reward
+model, DPO, PPO) differ only in what a batch holds and how the loss is computed from it; the train step, sharding, gradient accumulation,
 checkpoints, resume, logging and MFU are the trainer's and never learn about a new objective.
 
 An objective is built once per run from the config (`build`), after which it holds its data
@@ -13,6 +13,9 @@ An objective is built once per run from the config (`build`), after which it hol
   - sums `eval_sums(...)` over the validation batches and turns them into metrics
     (`eval_metrics`);
   - calls `finish(...)` once training is done (samples, reports).
+An on-policy objective (PPO: `on_policy`) first turns each step's batch into experience with the
+current parameters (`rollout`), then the step makes `epochs` passes of `minibatches` updates over
+it (trainer.make_train_step); everything else is the same.
 
 With config.lora.rank > 0 the objective built is wrapped by objectives.lora, which trains LoRA
 adapters on a frozen base instead of the model's weights, whatever the objective.
