@@ -49,8 +49,8 @@ def test_score_reads_the_last_token_and_ignores_left_padding():
 def test_a_reward_model_learns_the_pairs_and_is_normalised(tiny_reward):
   with open(os.path.join(tiny_reward, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
-  assert records[0]['train_acc'] <= records[-1]['train_acc']
-  assert records[-1]['val_acc'] >= 0.9 and records[-1]['val_margin'] > 1
+  assert records[0]['accuracy'] <= records[-1]['accuracy']
+  assert records[-1]['val_accuracy'] >= 0.9 and records[-1]['val_margin'] > 1
   assert records[-1]['val_loss'] < 0.05 < records[0]['val_loss']
   # the normalised model gives the training pairs' chosen answers a mean score of 0
   config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'reward.py'))

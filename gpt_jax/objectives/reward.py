@@ -5,8 +5,9 @@ trained on comparisons with loss −log σ(r(x, y_w) − r(x, y_l)).
 A batch row is a preference pair (gpt_jax.preferences.encode_pairs): both answers to one prompt,
 the chosen at [:, 0]. The trained parameters are {'gpt': the model's, from config.init_from
 (an SFT run, or any); 'head': {'kernel': (D, 1), 'bias': (1,)}} (runs.MODEL_KEY: runs.load reads
-the 'gpt' part as any language model). Metrics: the loss, pairwise accuracy (r_w > r_l) and the
-mean margin r_w − r_l, on training batches and held-out pairs.
+the 'gpt' part as any language model). Metrics: the loss, accuracy (the fraction of pairs with
+r_w > r_l) and margin (the mean r_w − r_l), on training batches and ('val_' prefixed) held-out
+pairs.
 
 After training, the head's bias is shifted so that the training prompts' chosen answers score 0
 on average, as InstructGPT normalises its reward model before RL; the shift is kept in the run's
@@ -134,8 +135,8 @@ class RewardModeling(Objective):
   def loss(self, params, batch, *, rng, step, weights, frozen):
     per_pair = pair_losses(*self.pair_scores(params, batch, deterministic=False, rng=rng))
     mean = {k: (v * is_pair(batch)).sum() / weights['pairs'] for k, v in per_pair.items()}
-    return mean['loss'], {'train_loss': mean['loss'], 'train_acc': mean['correct'],
-                          'train_margin': mean['margin']}
+    return mean['loss'], {'train_loss': mean['loss'], 'accuracy': mean['correct'],
+                          'margin': mean['margin']}
 
   def eval_sums(self, params, batch, frozen):
     per_pair = pair_losses(*self.pair_scores(params, batch))
@@ -144,7 +145,8 @@ class RewardModeling(Objective):
 
   def eval_metrics(self, sums):
     pairs = max(float(sums['pairs']), 1.0)
-    return {'val_loss': float(sums['loss']) / pairs, 'val_acc': float(sums['correct']) / pairs,
+    return {'val_loss': float(sums['loss']) / pairs,
+            'val_accuracy': float(sums['correct']) / pairs,
             'val_margin': float(sums['margin']) / pairs}
 
   def train_dataset(self, batch_size):
