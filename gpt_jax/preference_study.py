@@ -23,6 +23,7 @@ every model, and writes DIR/preference_report.md and DIR/preference_report.json:
 
 import copy
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Sequence
 
@@ -36,6 +37,8 @@ from gpt_jax.tasks import judge
 RUNS = ('sft', 'reward', 'dpo', 'ppo')  # each run's name is its objective
 START = 'sft'  # the model DPO and PPO start from, and the one they are measured against
 REPORT = 'preference_report'
+# In each run's directory: the state of the runs it read when it was trained (sources)
+CHAIN_SOURCES = 'chain_sources.json'
 
 # (prompts, answers) -> the reward model's score of each answer to its prompt, (R,) float
 Score = Callable[[Sequence[str], Sequence[str]], np.ndarray]
@@ -68,11 +71,42 @@ def run_configs(config, workdir: str) -> dict[str, tuple]:
   return found
 
 
+def read_runs(config) -> dict[str, str]:
+  """setting -> workdir of each run a chain run reads: its start and any frozen run."""
+  reads = {'init_from': config.init_from}
+  if config.objective == 'dpo':
+    reads['dpo.reference'] = config.dpo.reference
+  if config.objective == 'ppo':
+    reads.update({'ppo.reference': config.ppo.reference,
+                  'ppo.reward_model': config.ppo.reward_model})
+  return reads
+
+
+def run_state(run_dir: str) -> list[int]:
+  """[newest committed step, its directory's modification time in ns] of a run: what tells a
+  retrained run from the one trained before, without loading it."""
+  directory = os.path.join(run_dir, runs.CHECKPOINTS)
+  step = next(iter(checkpoint.committed_steps(directory)), -1)
+  return [step, os.stat(os.path.join(directory, str(step))).st_mtime_ns if step >= 0 else 0]
+
+
+def sources(config) -> dict:
+  """setting -> run_state of each run `config` reads (read_runs)."""
+  return {setting: run_state(path) for setting, path in read_runs(config).items()}
+
+
 def finished(config, run_dir: str) -> bool:
-  """Whether run_dir holds this run trained to its last step: a checkpoint at config.steps and a
-  config.json whose settings are config's (runs.config_changes), but for the model's: a
+  """Whether run_dir holds this run trained to its last step from the runs it reads as they are
+  now: a checkpoint at config.steps, CHAIN_SOURCES recording the read runs' current run_state, and
+  a config.json whose settings are config's (runs.config_changes), but for the model's: a
   fine-tuning run takes those from its init_from (objectives.load_base)."""
   if not os.path.exists(os.path.join(run_dir, runs.CONFIG)):
+    return False
+  try:
+    with open(os.path.join(run_dir, CHAIN_SOURCES), encoding='utf-8') as f:
+      if json.load(f) != sources(config):
+        return False  # a run it reads was retrained since
+  except (OSError, ValueError):
     return False
   changes = runs.config_changes(runs.read_config(run_dir).to_dict(), config)
   return (config.steps in checkpoint.committed_steps(os.path.join(run_dir, runs.CHECKPOINTS))
@@ -94,7 +128,9 @@ def run_study(config, workdir: str, log=print) -> dict:
       log(f'[{i}/{len(chain)}] {name}: finished in {run_dir}')
       continue
     log(f'[{i}/{len(chain)}] {name}: {run.steps} steps from {run.init_from} -> {run_dir}')
+    read = sources(run)
     final = trainer.train(run, run_dir, log=_quiet)
+    files.write_json(os.path.join(run_dir, CHAIN_SOURCES), read)
     log('    ' + ', '.join(f'{k} {v:.4f}' for k, v in final.items() if k.startswith('val_')))
 
   mesh = sharding.data_parallel_mesh()

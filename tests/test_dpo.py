@@ -212,7 +212,7 @@ def test_a_run_starts_at_log_2_learns_and_leaves_the_reference_untouched(config,
   assert any(line.startswith('DPO, held-out pairs at step 6: accuracy') for line in logs)
   # init_from may change on a resume, but not the reference it gives.
   config.init_from = another_run(tiny_base, tmp_path / 'other')
-  with pytest.raises(UserError, match='trained against the reference .*, not .*other'):
+  with pytest.raises(UserError, match='trained against dpo.reference=.*, not .*other'):
     trainer.train(config, str(tmp_path / 'dpo'), log=quiet)
 
 

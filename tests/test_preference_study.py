@@ -155,10 +155,17 @@ def test_a_run_is_finished_at_its_last_step_with_its_settings(chain_config, tiny
   checkpoint.save_params(checkpoints, run.steps - 1, tiny_runs[0].params)
   assert not study.finished(run, run_dir)
   checkpoint.save_params(checkpoints, run.steps, tiny_runs[0].params)
+  sft_checkpoints = os.path.join(run.init_from, runs.CHECKPOINTS)
+  checkpoint.save_params(sft_checkpoints, 1, tiny_runs[0].params)
+  assert not study.finished(run, run_dir)  # no record of the runs it read
+  files.write_json(os.path.join(run_dir, study.CHAIN_SOURCES), study.sources(run))
   assert study.finished(run, run_dir)
   run.model.n_layer = 3  # the base's shape replaces the config's when a fine-tuning run starts
   assert study.finished(run, run_dir)
   run.dpo.beta = 0.2
+  assert not study.finished(run, run_dir)
+  run.dpo.beta = chain_config.dpo.beta
+  checkpoint.save_params(sft_checkpoints, 2, tiny_runs[0].params)  # the SFT run trained on
   assert not study.finished(run, run_dir)
 
 

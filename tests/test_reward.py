@@ -2,13 +2,14 @@
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, model, preferences, sharding, tokenizer as tokenizer_lib
+from gpt_jax import cli, model, preferences, runs, sharding, tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import reward
 
@@ -84,3 +85,18 @@ def test_only_a_finished_tiny_reward_loads_as_a_reward_model(tiny_base, tiny_rew
   with pytest.raises(UserError, match='has no reward_normalization.json: the reward model has '
                                       'not finished training'):
     reward.load_reward_model(str(unfinished), 'ppo.reward_model', config, tokenizer, mesh=mesh)
+
+
+def test_a_reward_model_resumed_past_its_normalisation_is_refused(tiny_reward, tmp_path):
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(tiny_reward, resumed)
+  with open(resumed / reward.NORMALIZATION) as f:
+    record = json.load(f)
+  assert record['step'] == 30
+  (resumed / reward.NORMALIZATION).write_text(json.dumps({**record, 'step': 10}))
+  config = runs.read_config(tiny_reward)
+  tokenizer = tokenizer_lib.load(tokenizer_lib.find(tiny_reward))
+  with pytest.raises(UserError, match=r'was normalised at step 10, but its newest checkpoint is '
+                                      r'step 30: it has not finished training'):
+    reward.load_reward_model(str(resumed), 'ppo.reward_model', config, tokenizer,
+                             mesh=sharding.data_parallel_mesh())

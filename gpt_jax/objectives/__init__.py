@@ -22,6 +22,8 @@ adapters on a frozen base instead of the model's weights, whatever the objective
 """
 
 import dataclasses
+import json
+import os
 from typing import Any
 
 import grain
@@ -29,7 +31,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt_jax import checkpoint, config as config_lib, data, model, quant as quant_lib, runs
+from gpt_jax import checkpoint, config as config_lib, data, files, lora, model, quant as quant_lib
+from gpt_jax import runs
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
@@ -127,6 +130,35 @@ class Objective:
 
   def finish(self, params, workdir: str, log) -> None:
     """Work after the last step, on process 0 (samples, reports)."""
+
+
+FROZEN_RUNS = 'frozen_runs.json'
+
+
+def frozen_run(setting: str, workdir: str, step: int, params) -> dict:
+  """What a run records of a frozen run it reads (a reference policy, a reward model): the
+  setting that named it, its workdir, checkpoint step and parameter fingerprint."""
+  return {'setting': setting, 'workdir': os.path.abspath(workdir), 'step': step,
+          'sha256': lora.fingerprint(params)}
+
+
+def check_frozen_runs(workdir: str, records: list[dict]) -> None:
+  """Writes FROZEN_RUNS into a new run's workdir (process 0); on a resume, UserError unless each
+  frozen run is the one the run trained against (a retrained reward model or reference would
+  silently change its course)."""
+  path = os.path.join(workdir, FROZEN_RUNS)
+  if not os.path.exists(path):
+    if jax.process_index() == 0:
+      files.write_json(path, records)
+    return
+  with open(path, encoding='utf-8') as f:
+    trained = {r['setting']: r for r in json.load(f)}
+  for now in records:
+    then = trained.get(now['setting'])
+    if then and then['sha256'] != now['sha256']:
+      raise UserError(f'{workdir} trained against {now["setting"]}={then["workdir"]} at step '
+                      f'{then["step"]}, not {now["workdir"]} at step {now["step"]} (its parameters '
+                      f'differ); resume with that run as it was, or use a new --workdir')
 
 
 def process_rows(rows_per_batch: int) -> tuple[int, int]:

@@ -30,20 +30,17 @@ trained, never donated). Metrics, train and validation ('val_' prefixed):
 """
 
 import dataclasses
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 
-from gpt_jax import checkpoint, files, lora, losses, metrics, model, preferences, runs
+from gpt_jax import checkpoint, losses, metrics, model, preferences, runs
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import Objective, load_base, split_batches, table_dataset
+from gpt_jax.objectives import Objective, check_frozen_runs, frozen_run, load_base
+from gpt_jax.objectives import split_batches, table_dataset
 
 BATCH_KEYS = ('tokens', 'targets', 'mask')  # of preferences.encode_pairs
-# In a dpo run's workdir: the reference it trains against (its workdir, step and lora.fingerprint),
-# checked on a resume, where init_from (the default reference) may change freely.
-REFERENCE_FILE = 'dpo_reference.json'
 REWARDS = ('loss', 'accuracy', 'reward_chosen', 'reward_rejected', 'reward_margin')
 
 
@@ -70,7 +67,7 @@ class DirectPreference(Objective):
   reference: model.GPT | None = None  # π_ref's model; its parameters are `frozen`
   train_rows: dict | None = None  # preferences.encode_pairs', BATCH_KEYS only
   val_rows: dict | None = None
-  reference_record: dict | None = None  # what REFERENCE_FILE holds of this run's reference
+  reference_record: dict | None = None  # objectives.frozen_run of the reference
 
   @classmethod
   def build(cls, config, mesh, log):
@@ -92,8 +89,7 @@ class DirectPreference(Objective):
           run.params, base.params, f'dpo.reference={reference!r}',
           f'pass a reference of the shape of init_from={config.init_from!r}')
       objective.reference, objective.frozen, step = run.gpt, run.params, run.step
-    objective.reference_record = {'reference': os.path.abspath(reference), 'step': step,
-                                  'sha256': lora.fingerprint(objective.frozen)}
+    objective.reference_record = frozen_run('dpo.reference', reference, step, objective.frozen)
     objective.train_rows = objective.encode(train)
     objective.val_rows = objective.encode(held_out)
     cut = f'{objective.train_rows["cut"].sum()} and {objective.val_rows["cut"].sum()}'
@@ -171,21 +167,8 @@ class DirectPreference(Objective):
     return split_batches({k: self.val_rows[k] for k in BATCH_KEYS}, self.config, pad=True)
 
   def check_workdir(self, workdir):
-    """Writes REFERENCE_FILE at the start of a run; on a resume, UserError unless the reference
-    is the one the run trained against."""
-    path = os.path.join(workdir, REFERENCE_FILE)
-    if not os.path.exists(path):
-      if jax.process_index() == 0:
-        files.write_json(path, self.reference_record)
-      return
-    with open(path) as f:
-      trained = json.load(f)
-    now = self.reference_record
-    if trained['sha256'] != now['sha256']:
-      raise UserError(f'{workdir} trained against the reference {trained["reference"]} (step '
-                      f'{trained["step"]}), not {now["reference"]} (step {now["step"]}); resume '
-                      'with that reference (--config.init_from or --config.dpo.reference), or '
-                      'use a new --workdir')
+    # init_from, the default reference, may change freely on a resume; the reference may not.
+    check_frozen_runs(workdir, [self.reference_record])
 
   def finish(self, params, workdir, log):
     """Logs the last held-out preference accuracy, reward margin and KL to the reference."""

@@ -53,7 +53,8 @@ import numpy as np
 
 from gpt_jax import data, losses, model, preferences, runs, sample, tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import Objective, load_base, reward, split_batches, table_dataset
+from gpt_jax.objectives import Objective, check_frozen_runs, frozen_run, load_base, reward
+from gpt_jax.objectives import split_batches, table_dataset
 
 
 def validate(config) -> None:
@@ -195,6 +196,7 @@ class ProximalPolicy(Objective):
   train_prompts: dict | None = None
   held_out_prompts: dict | None = None
   pretraining: data.Prepared | None = None  # PPO-ptx's corpus
+  frozen_runs: list | None = None  # objectives.frozen_run of the reference and the reward model
 
   on_policy = True
 
@@ -215,6 +217,10 @@ class ProximalPolicy(Objective):
       check_context(reference.config.model, p.reference, 'ppo.reference', config.seq_len)
     objective = cls(config, base.tokenizer, model.build(config.model),
                     frozen={'reference': reference.params, 'reward': rm.params},
+                    frozen_runs=[frozen_run('ppo.reference', p.reference or config.init_from,
+                                            reference.step, reference.params),
+                                 frozen_run('ppo.reward_model', p.reward_model, rm.step,
+                                            rm.params)],
                     epochs=p.epochs, minibatches=p.minibatches, base=base,
                     reference_gpt=reference.gpt, reward_gpt=rm.gpt)
     P = config.seq_len - p.max_new_tokens
@@ -253,6 +259,10 @@ class ProximalPolicy(Objective):
     """The base model's parameters under a fresh value head: a copy, as the step donates its
     state (and the base may be the frozen reference)."""
     return {**params, 'gpt': jax.tree.map(jnp.copy, self.base.params)}
+
+  def check_workdir(self, workdir):
+    # A resumed run must keep its reference and its reward model (normalisation included).
+    check_frozen_runs(workdir, self.frozen_runs)
 
   # --- rollouts -----------------------------------------------------------------------------
 

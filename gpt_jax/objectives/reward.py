@@ -164,7 +164,7 @@ class RewardModeling(Objective):
                                             arrays['last'][:, c], rows).mean()
     chosen = mean(self.train_arrays, 0)
     held_w, held_l = mean(self.held_out_arrays, 0), mean(self.held_out_arrays, 1)
-    record = {'bias_shift': -chosen, 'mean_chosen_score_before': chosen,
+    record = {'step': self.config.steps, 'bias_shift': -chosen, 'mean_chosen_score_before': chosen,
               'held_out_mean_chosen': held_w - chosen, 'held_out_mean_rejected': held_l - chosen}
     files.write_json(os.path.join(workdir, NORMALIZATION), record)
     log(f'reward model: mean score of the training answers chosen {chosen:+.4f} before '
@@ -191,6 +191,7 @@ class RewardModel:
   gpt: model.GPT
   params: dict  # {'gpt', 'head'}, the head's bias normalised
   workdir: str
+  step: int  # of the checkpoint
 
   def __call__(self, tokens_BL, last_B, positions_BL=None) -> jax.Array:
     return scores(self.gpt, self.params, tokens_BL, last_B, positions_BL)
@@ -207,8 +208,9 @@ class RewardModel:
 def load_reward_model(workdir: str, what: str, config, tokenizer, *, mesh) -> RewardModel:
   """The objective=reward run in `workdir` (given as setting `what`), on `mesh` in
   config.model.dtype, its head's bias shifted by its reward_normalization.json (written when it
-  finished). UserError if it is not a finished reward model run, or has another tokenizer or
-  vocabulary than this run (runs.check_compatible)."""
+  finished). UserError if it is not a reward model run, has not finished (no normalisation, or
+  one of an older step: a run resumed for more steps), or has another tokenizer or vocabulary
+  than this run (runs.check_compatible)."""
   saved = runs.read_config(workdir, what)
   if saved.get('objective') != 'reward':
     raise UserError(f'{what}={workdir!r} is an objective={saved.get("objective")!r} run, not a '
@@ -225,10 +227,15 @@ def load_reward_model(workdir: str, what: str, config, tokenizer, *, mesh) -> Re
                                    abstract)['head']
   try:
     with open(normalization, encoding='utf-8') as f:
-      shift = float(json.load(f)['bias_shift'])
+      record = json.load(f)
+    shift, normalized_step = float(record['bias_shift']), int(record['step'])
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise UserError(f'{what}={workdir!r}: {NORMALIZATION} cannot be read ({e}); rerun the reward '
                     'model\'s command to rewrite it') from None
+  if normalized_step != run.step:
+    raise UserError(f'{what}={workdir!r} was normalised at step {normalized_step}, but its newest '
+                    f'checkpoint is step {run.step}: it has not finished training; finish it '
+                    '(rerun its command) first')
   head = {**head, 'bias': head['bias'] + jnp.asarray(shift, head['bias'].dtype)}
-  return RewardModel(run.gpt, {'gpt': run.params, 'head': head}, workdir)
+  return RewardModel(run.gpt, {'gpt': run.params, 'head': head}, workdir, run.step)
 
