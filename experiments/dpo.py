@@ -1,7 +1,12 @@
 """The dpo run of the preference-tuning demo (experiments/preference.py trains the whole chain),
-standalone: `python -m gpt_jax.train --config=experiments/dpo.py` after the chain's SFT run
-(runs/preference/sft), with the chain's settings for it. Any other start, data or settings on the
-command line as usual, e.g. --config.init_from=DIR --config.data.tasks=FILES.
+standalone, with the chain's settings for it:
+`python -m gpt_jax.train --config=experiments/dpo.py`
+after the chain's earlier runs (runs/preference/sft).
+
+Its data are the shipped pairs, held out included (data.held_out_tasks): for your own pairs pass
+--config.data.tasks=FILES and --config.data.held_out_tasks=FILES, or an empty one to hold out
+preference.held_out of your prompts. Another start: --config.init_from=DIR, with
+--config.dpo.reference= for the reference to follow it.
 """
 
 import os

@@ -1,8 +1,12 @@
 """The ppo run of the preference-tuning demo (experiments/preference.py trains the whole chain),
-standalone: `python -m gpt_jax.train --config=experiments/ppo.py` after the chain's SFT and reward
-runs (runs/preference/sft, runs/preference/reward), with the chain's settings for it. Any other
-start, reward model, data or settings on the command line as usual, e.g.
---config.init_from=DIR --config.ppo.reward_model=DIR --config.data.tasks=FILES.
+standalone, with the chain's settings for it:
+`python -m gpt_jax.train --config=experiments/ppo.py`
+after the chain's earlier runs (runs/preference/sft, runs/preference/reward).
+
+Its data are the shipped pairs, held out included (data.held_out_tasks): for your own pairs pass
+--config.data.tasks=FILES and --config.data.held_out_tasks=FILES, or an empty one to hold out
+preference.held_out of your prompts. Another start: --config.init_from=DIR, with
+--config.ppo.reference= for the reference to follow it.
 """
 
 import os

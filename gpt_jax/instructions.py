@@ -150,8 +150,8 @@ def read_tasks(spec: str) -> list[Task]:
             then a blank line and the "input" when that is not empty or null
         {"prompt", "completion"}: its input is the prompt and its answer the completion, less
             one leading space (the separator such files carry; the target adds its own)
-        {"prompt", "chosen", ...}: a preference pair (gpt_jax.preferences); its answer is the
-            chosen one
+        {"prompt", "chosen", ...} or {"chosen", "rejected"} (Anthropic HH): a preference pair
+            (gpt_jax.preferences); its answer is the chosen one
       Other keys are ignored. The task has no definition and no solved examples, instance ids
       are NAME-<line number>, and format_prompt gives 'Input: <input>\\nOutput:'.
 
@@ -193,12 +193,15 @@ def _read_jsonl_task(path: str) -> Task:
       # A preference pair (gpt_jax.preferences): SFT on the preferred answers, which is how
       # Rafailov et al. (2023, sec. 4) make the reference model when no SFT model exists.
       query, answer = record['prompt'], record['chosen']
+    elif isinstance(record, dict) and strings('chosen', 'rejected'):
+      from gpt_jax import preferences  # it reads prompts with this module's format_prompt
+      query, answer, _ = preferences.shared_prompt(record['chosen'], record['rejected'])
     else:
       found = (f'has keys {sorted(record)}' if isinstance(record, dict) else
                f'is a JSON {type(record).__name__}')
       raise UserError(f'{where} {found}; an instruction line needs the strings '
-                      'instruction/output (and optionally input), prompt/completion or '
-                      'prompt/chosen')
+                      'instruction/output (and optionally input), prompt/completion, '
+                      'prompt/chosen or chosen/rejected')
     instances.append(Instance(f'{name}-{number}', query, (answer,)))
   if not instances:
     raise UserError(f'data.tasks file {path} holds no instruction lines; {_FIX_TASKS}')

@@ -125,6 +125,13 @@ def read_splits(config) -> tuple[list[Pair], list[Pair]]:
   return split_pairs(pairs, config.preference.held_out, config.seed)
 
 
+def held_out_source(config) -> str:
+  """Where read_splits' held-out pairs come from, for the log."""
+  if config.data.held_out_tasks:
+    return f'held out: data.held_out_tasks={config.data.held_out_tasks}'
+  return f'held out: preference.held_out={config.preference.held_out} of the prompts'
+
+
 def prompt_text(prompt: str) -> str:
   """The text a model reads before an answer: the instruction prompt of the sft objective."""
   return instructions.format_prompt(instructions.Task('', '', (), (), ()), 0, prompt)

@@ -98,8 +98,8 @@ def test_read_tasks_reads_files_directories_and_globs_of_both_schemas(tmp_path):
 BAD_FILES = {  # file name -> (its text, the error it gives)
     'keys.jsonl': ('{"instruction": "x", "output": "y"}\n\n{"b": 1, "a": 2}\n',
                    "line 3 has keys ['a', 'b']; an instruction line needs the strings "
-                   'instruction/output (and optionally input), prompt/completion or '
-                   'prompt/chosen'),
+                   'instruction/output (and optionally input), prompt/completion, '
+                   'prompt/chosen or chosen/rejected'),
     'list_output.jsonl': ('{"instruction": "x", "output": ["y"]}',
                           "line 1 has keys ['instruction', 'output']"),
     'array.jsonl': ('[1, 2]', 'line 1 is a JSON list'),

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from gpt_jax import preferences
+from gpt_jax import instructions, preferences
 from gpt_jax.errors import UserError
 
 
@@ -99,3 +99,13 @@ def test_prompts_to_sample_from_are_left_padded():
   assert n == 20 - 3 and list(positions[0]) == [-1] * 3 + list(range(n))
   assert list(tokens[0, :3]) == [0, 0, 0] and tokens[0, 3] == 1
   assert cut.tolist() == [False, True] and list(positions[1]) == list(range(20))
+
+
+def test_sft_reads_the_chosen_answers_of_both_layouts(tmp_path):
+  path = write(tmp_path / 'pairs.jsonl', [
+      {'prompt': 'Q', 'chosen': 'yes', 'rejected': 'no'},
+      {'chosen': '\n\nHuman: Hi\n\nAssistant: Hello',
+       'rejected': '\n\nHuman: Hi\n\nAssistant: Go'}])
+  task, = instructions.read_tasks(path)
+  assert [(i.input, i.outputs) for i in task.instances] == [
+      ('Q', ('yes',)), ('\n\nHuman: Hi\n\nAssistant:', ('Hello',))]

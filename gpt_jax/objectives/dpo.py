@@ -94,7 +94,8 @@ class DirectPreference(Objective):
     objective.val_rows = objective.encode(held_out)
     cut = f'{objective.train_rows["cut"].sum()} and {objective.val_rows["cut"].sum()}'
     log(f'DPO against {reference} with β = {config.dpo.beta}: {len(train)} training and '
-        f'{len(held_out)} held-out pairs of {config.seq_len} tokens ({cut} prompts cut to fit)')
+        f'{len(held_out)} held-out pairs of {config.seq_len} tokens ({cut} prompts cut to fit; '
+        f'{preferences.held_out_source(config)})')
     return objective
 
   def encode(self, pairs) -> dict:

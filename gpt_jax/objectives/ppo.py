@@ -231,7 +231,8 @@ class ProximalPolicy(Objective):
     log(f'ppo: {len(objective.train_prompts["prompt"])} training and '
         f'{len(objective.held_out_prompts["prompt"])} held-out prompts in {P} tokens ({train_cut} '
         f'and {held_cut} cut on the left), answers of up to {p.max_new_tokens} tokens; reward '
-        f'model {p.reward_model}, reference {p.reference or config.init_from}')
+        f'model {p.reward_model}, reference {p.reference or config.init_from} '
+        f'({preferences.held_out_source(config)})')
     return objective
 
   def batch_spec(self):

@@ -92,7 +92,8 @@ class RewardModeling(Objective):
     objective.held_out_arrays = preferences.encode_pairs(held_out, base.tokenizer, config.seq_len)
     log(f'reward model: {len(train)} training and {len(held_out)} held-out pairs in '
         f'{config.seq_len}-token sequences ({objective.train_arrays["cut"].sum()} and '
-        f'{objective.held_out_arrays["cut"].sum()} prompts cut on the left to fit)')
+        f'{objective.held_out_arrays["cut"].sum()} prompts cut on the left to fit; '
+        f'{preferences.held_out_source(config)})')
     return objective
 
   def batch_spec(self):
