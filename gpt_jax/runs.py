@@ -186,9 +186,10 @@ def check_compatible(run: Run, workdir: str, what: str, config: ml_collections.C
   """UserError unless the run loaded from `workdir` (given as setting `what`) shares the tokenizer
   and vocabulary of the run that `config` and `tokenizer` describe."""
   if run.tokenizer.sha256 != tokenizer.sha256:
-    raise UserError(f'{what}={workdir!r} used another tokenizer than this run; give this run the '
-                    f'same data settings or --config.data.tokenizer='
-                    f'{os.path.join(workdir, run.tokenizer.filename)}')
+    fix = (f'give this run the same data settings or --config.data.tokenizer='
+           f'{os.path.join(workdir, run.tokenizer.filename)}' if config.objective == 'lm' else
+           f"pass a run made with the tokenizer of init_from={config.init_from!r}")
+    raise UserError(f'{what}={workdir!r} used another tokenizer than this run; {fix}')
   if run.config.model.vocab_size != config.model.vocab_size:
     raise UserError(f'{what}={workdir!r} has model.vocab_size={run.config.model.vocab_size}, this '
                     f'run {config.model.vocab_size}; set --config.model.vocab_size to match')

@@ -46,12 +46,14 @@ ptx_loss (with PPO-ptx); of its rollout, means per answer: score (the reward mod
 """
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import data, losses, model, preferences, runs, sample, tokenizer as tokenizer_lib
+from gpt_jax import data, losses, metrics, model, preferences, runs, sample
+from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import Objective, check_frozen_runs, frozen_run, load_base, reward
 from gpt_jax.objectives import split_batches, table_dataset
@@ -384,3 +386,11 @@ class ProximalPolicy(Objective):
       arrays = {**arrays, 'ptx_tokens': np.zeros((len(arrays['prompt']), self.config.seq_len + 1),
                                                  np.int32)}
     return split_batches(arrays, self.config, pad=True)
+
+  def finish(self, params, workdir, log):
+    """Logs the last held-out reward model score and KL to the reference."""
+    records = metrics.read_jsonl(os.path.join(workdir, metrics.METRICS))
+    last = next((r for r in reversed(records) if 'val_score' in r), None)
+    if last:
+      log(f'PPO, held-out prompts at step {last["step"]}: reward model score '
+          f'{last["val_score"]:.3f}, KL to the reference {last["val_kl"]:.3f} nats per answer')
