@@ -131,7 +131,7 @@ def chain_config():
 
 
 def test_run_configs_wire_the_chain(chain_config, tmp_path):
-  chain_config.chain.runs.dpo.update(steps=7, dpo={'beta': 0.5})
+  chain_config.chain.runs.dpo.update(steps=7, dpo={'beta': 0.25})
   found = study.run_configs(chain_config, str(tmp_path))
   assert list(found) == ['sft', 'reward', 'dpo', 'ppo']
   sft_dir, reward_dir = str(tmp_path / 'sft'), str(tmp_path / 'reward')
@@ -139,8 +139,8 @@ def test_run_configs_wire_the_chain(chain_config, tmp_path):
     assert run.objective == name and run_dir == str(tmp_path / name) and 'chain' not in run
     assert run.init_from == ('runs/shakespeare' if name == 'sft' else sft_dir)
     assert run.data.tasks == chain_config.data.tasks
-  assert found['dpo'][0].steps == 7 and found['dpo'][0].dpo.beta == 0.5
-  assert found['sft'][0].dpo.beta == 0.1 and found['sft'][0].optim.lr == 5e-4
+  assert found['dpo'][0].steps == 7 and found['dpo'][0].dpo.beta == 0.25
+  assert found['sft'][0].dpo.beta == 0.5 and found['sft'][0].optim.lr == 5e-4
   assert found['dpo'][0].dpo.reference == sft_dir
   assert (found['ppo'][0].ppo.reward_model, found['ppo'][0].ppo.reference) == (reward_dir, sft_dir)
   assert 'chain' in chain_config  # the caller's config is left as it was

@@ -31,8 +31,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt_jax import checkpoint, config as config_lib, data, files, lora, model, quant as quant_lib
-from gpt_jax import runs
+from gpt_jax import checkpoint, config as config_lib, data, files, model, quant as quant_lib
+from gpt_jax import lora as lora_lib, runs
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
@@ -139,7 +139,7 @@ def frozen_run(setting: str, workdir: str, step: int, params) -> dict:
   """What a run records of a frozen run it reads (a reference policy, a reward model): the
   setting that named it, its workdir, checkpoint step and parameter fingerprint."""
   return {'setting': setting, 'workdir': os.path.abspath(workdir), 'step': step,
-          'sha256': lora.fingerprint(params)}
+          'sha256': lora_lib.fingerprint(params)}
 
 
 def check_frozen_runs(workdir: str, records: list[dict]) -> None:
