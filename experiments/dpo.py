@@ -11,10 +11,9 @@ preference.held_out of your prompts. Another start: --config.init_from=DIR, with
 
 import os
 
-from gpt_jax import cli, preference_study
+from gpt_jax import preference_study
 
 
 def get_config():
-  chain = cli.load_experiment(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                           'preference.py'))
-  return preference_study.run_configs(chain, os.path.join('runs', 'preference'))['dpo'][0]
+  return preference_study.step_config(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), 'preference.py'), 'dpo')

@@ -23,6 +23,13 @@ def read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def last_holding(workdir: str, key: str) -> dict | None:
+  """The last record of workdir's metrics.jsonl that holds `key` (the last evaluation, for a
+  'val_' key), or None."""
+  records = read_jsonl(os.path.join(workdir, METRICS))
+  return next((r for r in reversed(records) if key in r), None)
+
+
 class MetricsLog:
   """Appends one JSON object per logged step. On resume from step S, records after S are dropped
   (atomically) so the file matches an uninterrupted run."""

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from gpt_jax import checkpoint, evaluate, files, preferences, runs, sample, sharding, trainer
+from gpt_jax import checkpoint, cli, evaluate, files, preferences, runs, sample, sharding, trainer
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import reward
 from gpt_jax.tasks import judge
@@ -93,6 +93,13 @@ def run_state(run_dir: str) -> list[int]:
 def sources(config) -> dict:
   """setting -> run_state of each run `config` reads (read_runs)."""
   return {setting: run_state(path) for setting, path in read_runs(config).items()}
+
+
+def step_config(chain_file: str, name: str):
+  """The config of run `name` of the chain that the experiment file `chain_file` configures, as
+  run_configs makes it for a chain in runs/preference: how experiments/reward.py, dpo.py and
+  ppo.py run one step of the demo alone."""
+  return run_configs(cli.load_experiment(chain_file), os.path.join('runs', 'preference'))[name][0]
 
 
 def finished(config, run_dir: str) -> bool:

@@ -30,7 +30,6 @@ trained, never donated). Metrics, train and validation ('val_' prefixed):
 """
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -173,8 +172,7 @@ class DirectPreference(Objective):
 
   def finish(self, params, workdir, log):
     """Logs the last held-out preference accuracy, reward margin and KL to the reference."""
-    records = metrics.read_jsonl(os.path.join(workdir, metrics.METRICS))
-    last = next((r for r in reversed(records) if 'val_accuracy' in r), None)
+    last = metrics.last_holding(workdir, 'val_accuracy')
     if last:
       log(f'DPO, held-out pairs at step {last["step"]}: accuracy {last["val_accuracy"]:.1%}, '
           f'reward margin {last["val_reward_margin"]:.3f}, KL to the reference '

@@ -46,7 +46,6 @@ ptx_loss (with PPO-ptx); of its rollout, means per answer: score (the reward mod
 """
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -389,8 +388,7 @@ class ProximalPolicy(Objective):
 
   def finish(self, params, workdir, log):
     """Logs the last held-out reward model score and KL to the reference."""
-    records = metrics.read_jsonl(os.path.join(workdir, metrics.METRICS))
-    last = next((r for r in reversed(records) if 'val_score' in r), None)
+    last = metrics.last_holding(workdir, 'val_score')
     if last:
       log(f'PPO, held-out prompts at step {last["step"]}: reward model score '
           f'{last["val_score"]:.3f}, KL to the reference {last["val_kl"]:.3f} nats per answer')

@@ -53,13 +53,15 @@ def padding_segments(positions_BL):
   return None if positions_BL is None else (positions_BL >= 0).astype(jnp.int32)
 
 
-def scores(gpt: model.GPT, params: dict, tokens_BL, last_B, positions_BL=None) -> jax.Array:
+def scores(gpt: model.GPT, params: dict, tokens_BL, last_B, positions_BL=None,
+           **apply_kwargs) -> jax.Array:
   """r(x, y): the reward model's score of each row, float32 (B,), read at position last_B (the
   answer's last token). params is {'gpt', 'head'}; positions_BL (default 0, 1, ...) lets a
-  left-padded row (position -1 on padding, as gpt_jax.sample pads) be scored as if unpadded."""
+  left-padded row (position -1 on padding, as gpt_jax.sample pads) be scored as if unpadded.
+  apply_kwargs go to the model (training: deterministic=False and the dropout rngs)."""
   B, L = tokens_BL.shape
   x_ND = gpt.apply({'params': params['gpt']}, tokens_BL, positions_BL, hidden=True,
-                   segment_ids_BL=padding_segments(positions_BL))
+                   segment_ids_BL=padding_segments(positions_BL), **apply_kwargs)
   x_BD = jnp.take_along_axis(x_ND.reshape(B, L, -1), last_B[:, None, None], axis=1)[:, 0]
   return scalar_head(params['head'], x_BD)
 
@@ -122,12 +124,9 @@ class RewardModeling(Objective):
     """(r_w, r_l), each (B,) float32."""
     tokens_BCL = batch['tokens']
     B, C, L = tokens_BCL.shape
-    x_ND = self.gpt.apply({'params': params['gpt']}, tokens_BCL.reshape(B * C, L),
-                          deterministic=deterministic, hidden=True,
-                          rngs=None if rng is None else {'dropout': rng})
-    x_RD = jnp.take_along_axis(x_ND.reshape(B * C, L, -1),
-                               batch['last'].reshape(B * C)[:, None, None], axis=1)[:, 0]
-    r_BC = scalar_head(params['head'], x_RD).reshape(B, C)
+    r_BC = scores(self.gpt, params, tokens_BCL.reshape(B * C, L), batch['last'].reshape(B * C),
+                  deterministic=deterministic,
+                  rngs=None if rng is None else {'dropout': rng}).reshape(B, C)
     return r_BC[:, 0], r_BC[:, 1]
 
   def weights(self, batch):
