@@ -1,0 +1,184 @@
+"""The cleaning stages: the Gopher rules, script fractions, MinHash near-duplicates, PII scrubbing
+and host blocklists."""
+
+import random
+
+import numpy as np
+import pytest
+
+from gpt_jax.clean import dedup, privacy, quality
+from gpt_jax.errors import UserError
+
+PARAGRAPH = """The old harbour town wakes slowly in the winter. Fishing boats come back before dawn,
+and the market opens when the first crates of cod and herring are carried up the steps. Children
+walk to school along the sea wall, while their parents argue about the price of diesel and the
+weather that is coming in from the west. By noon the cafes are full of people who have nothing
+urgent to do, and the gulls wait on the roofs for whatever falls from the tables. In the evening
+the lamps on the pier are lit one by one."""
+
+# Made-up words, none of them a stop word, for texts of known repetition.
+_RNG = random.Random(0)
+WORDS = [''.join(_RNG.choice('bcdfghjklmnpqrstvwxz') for _ in range(5)) for _ in range(400)]
+
+
+def _hashtags(n: int) -> str:
+  return ''.join(f' #{word}' for word in WORDS[:n])
+
+
+def test_gopher_passes_ordinary_prose():
+  assert quality.gopher_rule_failed(PARAGRAPH) is None
+
+
+@pytest.mark.parametrize('text, rule', [
+    ('Too short to be a document, with only ten words in it.', 'word_count'),
+    (PARAGRAPH + _hashtags(12), 'symbol_ratio'),  # 12 '#' in 111 words
+    ('\n'.join(f'- {line}' for line in PARAGRAPH.splitlines()), 'bullet_lines'),
+    (PARAGRAPH + '\nSubscribe to the newsletter and follow us.' * 5, 'duplicate_lines'),  # 4 of 11
+    (' '.join(WORDS[:60]) + '. Dogs bark loudly.\n' + ' '.join(WORDS[60:70]) + '.', 'stop_words'),
+    (PARAGRAPH + ' the harbour' * 20, 'top_2gram'),
+])
+def test_gopher_names_the_failed_rule(text, rule):
+  assert quality.gopher_rule_failed(text) == rule
+
+
+def test_gopher_symbol_ratio_is_per_word():
+  assert len(PARAGRAPH.split()) == 99
+  assert quality.gopher_rule_failed(PARAGRAPH + _hashtags(11)) is None  # 11 in 110 words: 0.1
+
+
+def _repeated_block() -> str:
+  """60 distinct words, then the first 10 again: the repeated 5- to 10-grams cover those 10 words,
+  50 of the 347 word characters (0.144)."""
+  words = WORDS[:28] + ['the'] + WORDS[28:58] + ['and.']
+  return ' '.join(words) + '\n' + ' '.join(words[:10])
+
+
+def test_gopher_duplicate_ngrams_count_word_characters():
+  assert len(''.join(_repeated_block().split())) == 347
+  # Over the 6-gram bound (0.14), under the 5-gram one (0.15).
+  assert quality.gopher_rule_failed(_repeated_block()) == 'duplicate_6gram'
+
+
+def test_gopher_ngram_bounds_are_exact(monkeypatch):
+  bounds = dict.fromkeys(quality.MAX_DUPLICATE_NGRAM_CHARS, 1.0)
+  monkeypatch.setattr(quality, 'MAX_DUPLICATE_NGRAM_CHARS', bounds)
+  for bound, expected in ((50 / 347 - 1e-9, 'duplicate_5gram'), (50 / 347 + 1e-9, None)):
+    bounds[5] = bound
+    assert quality.gopher_rule_failed(_repeated_block()) == expected
+
+
+def test_gopher_punctuated_lines():
+  menu = '\n'.join(' '.join(WORDS[i:i + 5] + ['the', 'of']) for i in range(0, 140, 7))
+  assert quality.gopher_rule_failed(menu) == 'punctuated_lines'
+  assert quality.gopher_rule_failed(menu + '.') is None  # 1 line in 20 ends with a period
+
+
+@pytest.mark.parametrize('text, script, fraction', [
+    ('Hello, world!', 'latin', 1.0),
+    ('Hello мир', 'latin', 5 / 8),
+    ('Hello мир', 'cyrillic', 3 / 8),
+    ('ひらがなとカタカナと漢字', 'japanese', 1.0),
+    ('ひらがなとカタカナと漢字', 'han', 2 / 12),
+    ('한국어 text', 'korean', 3 / 7),
+    ('ＦＵＬＬ width', 'latin', 1.0),
+    ('1234 !?', 'latin', 0.0),
+])
+def test_script_fraction(text, script, fraction):
+  assert quality.script_fraction(text, script) == pytest.approx(fraction)
+
+
+def test_script_fraction_unknown_script():
+  with pytest.raises(UserError, match=r'--config.data.script.*latin, cyrillic'):
+    quality.script_fraction('text', 'klingon')
+
+
+def _document(seed: int, num_words: int = 300) -> list[str]:
+  return random.Random(seed).choices(WORDS, k=num_words)
+
+
+def _shingles(words: list[str]) -> set[str]:
+  return {' '.join(words[i:i + 5]) for i in range(len(words) - 4)}
+
+
+def test_minhash_signature_golden():
+  signature = dedup.minhash_signature('The quick brown fox jumps over the lazy dog', ngram=5,
+                                      num_perm=128)
+  assert signature.dtype == np.uint64 and signature.shape == (128,)
+  assert signature[:3].tolist() == [1454906593, 509147050, 1097190569]
+  # Lower-cased words split on whitespace: spacing and case do not change the shingles.
+  again = dedup.minhash_signature('the QUICK brown  fox\njumps over the lazy dog', ngram=5,
+                                  num_perm=128)
+  np.testing.assert_array_equal(signature, again)
+
+
+def test_minhash_estimates_jaccard():
+  words = _document(1)
+  edited = list(words)
+  for i in range(5, 300, 33):  # 9 words (3%) changed, far apart: 45 of 296 shingles change
+    edited[i] = 'zzzzz'
+  exact = len(_shingles(words) & _shingles(edited)) / len(_shingles(words) | _shingles(edited))
+  assert exact == pytest.approx(251 / 341)
+  a, b = (dedup.minhash_signature(' '.join(w), ngram=5, num_perm=128) for w in (words, edited))
+  assert abs(np.mean(a == b) - exact) < 0.1  # the estimate's standard error is 0.04
+
+
+def test_near_duplicates():
+  words = _document(1)
+  edited = words[:100] + ['zzzzz'] * 9 + words[109:]  # 3% of the words, one edit
+  signature = lambda w: dedup.minhash_signature(' '.join(w), ngram=5, num_perm=128)
+  index = dedup.NearDuplicates(threshold=0.8, num_perm=128)
+  assert not index.seen('a', signature(words))
+  assert index.seen('b', signature(edited))
+  assert not index.seen('c', signature(_document(2)))
+  assert len(index) == 2
+  exact = dedup.NearDuplicates(threshold=1.0, num_perm=128)
+  assert not exact.seen('a', signature(words))
+  assert not exact.seen('b', signature(edited))
+  assert exact.seen('c', signature(words))
+
+
+@pytest.mark.parametrize('threshold', [0, 1.5])
+def test_near_duplicates_threshold_range(threshold):
+  with pytest.raises(UserError, match='--config.data.near_dedup_threshold'):
+    dedup.NearDuplicates(threshold=threshold, num_perm=128)
+
+
+def test_document_digest():
+  assert dedup.document_digest('abc').hex() == 'ba7816bf8f01cfea414140de5dae2223'
+  assert len(dedup.document_digest('')) == 16
+
+
+def test_scrub_pii_replaces_identifiers():
+  text = ('Write to jane.doe+news@mail.example.co.uk or call (555) 123-4567, 555-123-4567, '
+          '+44 20 7946 0958 or 03-1234-5678. Server 81.2.69.160:8080 and 2001:4860:4860::8888. '
+          'Card 4111 1111 1111 1111, Amex 378282246310005.')
+  scrubbed, counts = privacy.scrub_pii(text)
+  assert scrubbed == ('Write to <EMAIL> or call <PHONE>, <PHONE>, <PHONE> or <PHONE>. '
+                      'Server <IP_ADDRESS>:8080 and <IP_ADDRESS>. Card <CARD>, Amex <CARD>.')
+  assert counts == {'email': 1, 'phone': 4, 'ip_address': 2, 'card': 2}
+
+
+def test_scrub_pii_leaves_ordinary_text():
+  text = ('In 1623, Act 3, Scene 2: 12,000 men paid 3.14 each; version 1.2.3 shipped on '
+          '2024-01-15 at 12:30:45. Order 4111 1111 1111 1112 fails the Luhn check; write to '
+          'user at example dot com; the router is 192.168.1.1 and std::vector is C++.')
+  assert privacy.scrub_pii(text) == (text, {})
+
+
+def test_host_blocked():
+  blocked = frozenset({'example.com'})
+  assert privacy.host_blocked(privacy.url_host('https://A.b.Example.com:8080/x'), blocked)
+  assert privacy.host_blocked('example.com', blocked)
+  assert not privacy.host_blocked('ample.com', blocked)
+  assert not privacy.host_blocked('example.com.au', blocked)
+  assert privacy.url_host('not a url') == ''
+
+
+def test_read_blocklist(tmp_path):
+  path = tmp_path / 'hosts.txt'
+  path.write_text('# adult sites\nExample.com\n\n*.foo.org  # and below\n0.0.0.0 bar.net\n')
+  assert privacy.read_blocklist(str(path)) == {'example.com', 'foo.org', 'bar.net'}
+  assert privacy.read_blocklist(' .Example.com, baz.io ,') == {'example.com', 'baz.io'}
+  assert privacy.read_blocklist('') == frozenset()
+  with pytest.raises(UserError, match='--config.data.blocked_hosts'):
+    privacy.read_blocklist(str(tmp_path / 'missing.txt'))
