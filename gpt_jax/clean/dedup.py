@@ -40,7 +40,7 @@ def minhash_signature(text: str, *, ngram: int, num_perm: int, seed: int = 1) ->
   joined = ' '.join(words).encode('utf-8', 'surrogatepass')
   spaces = np.flatnonzero(np.frombuffer(joined, np.uint8) == ord(' '))
   starts = np.concatenate([[0], spaces + 1])[:max(1, len(words) - ngram + 1)]
-  ends = np.append(spaces, len(joined))[np.minimum(len(words), ngram) - 1:]
+  ends = np.append(spaces, len(joined))[min(len(words), ngram) - 1:]
   shingles = [joined[start:end] for start, end in zip(starts.tolist(), ends.tolist())]
   minhash = datasketch.MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32,
                                permutations=_permutations(num_perm, seed), scheme=_SCHEME)
@@ -53,7 +53,7 @@ _permutation_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """datasketch's permutation parameters for (num_perm, seed), drawn once per process (drawing
-  them takes longer than hashing a document's shingles)."""
+  them takes a quarter as long as a 6 KB document's signature)."""
   if (num_perm, seed) not in _permutation_cache:
     minhash = _datasketch().MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME)
     _permutation_cache[num_perm, seed] = minhash.permutations
