@@ -1,0 +1,88 @@
+"""The data benchmark's parts: the generated corpus is deterministic and holds what its planted
+counts say; measure() sees a subprocess's memory and exit status."""
+
+import json
+import re
+import sys
+
+import pytest
+
+from gpt_jax import bench_data
+from gpt_jax.errors import UserError
+
+
+def read_lines(path) -> list[str]:
+  with open(path, encoding='utf-8') as f:
+    return f.read().split('\n')[:-1]
+
+
+def test_generate_is_deterministic(tmp_path):
+  first = bench_data.generate(str(tmp_path / 'a.jsonl'), 200_000, seed=0)
+  second = bench_data.generate(str(tmp_path / 'b.jsonl'), 200_000, seed=0)
+  assert (tmp_path / 'a.jsonl').read_bytes() == (tmp_path / 'b.jsonl').read_bytes()
+  assert first == second == json.loads((tmp_path / 'a.jsonl.planted.json').read_text())
+  assert first['documents'] == 30 and first['bytes'] == 203_340
+  assert first['planted'] == {**dict.fromkeys(bench_data.PLANTED_FRACTIONS, 0),
+                              'near_duplicate': 1}
+  records = [json.loads(line) for line in read_lines(tmp_path / 'a.jsonl')]
+  assert len(records) == 30 and all(
+      sorted(r) == ['text', 'url'] and r['url'].startswith('https://') for r in records)
+  assert bench_data.generate(str(tmp_path / 'c.jsonl'), 200_000, seed=1) != first
+
+
+@pytest.fixture(scope='module')
+def two_mb(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('corpus') / 'c.jsonl')
+  return path, bench_data.generate(path, 2_000_000, seed=0)
+
+
+def test_planted_documents_are_in_the_corpus(two_mb):
+  path, counts = two_mb
+  assert counts['documents'] == 306 and counts['planted'] == {
+      'exact_duplicate': 9, 'near_duplicate': 10, 'pii': 17, 'low_quality': 4,
+      'other_script': 2, 'short': 1, 'spam_host': 2}
+  records = [json.loads(line) for line in read_lines(path)]
+  texts = [r['text'] for r in records]
+  planted = counts['planted']
+  assert len(set(texts)) == len(texts) - planted['exact_duplicate']
+  assert sum(len(t) < bench_data.SHORT_CHARS for t in texts) == planted['short']
+  assert sum('//spam.example/' in r['url'] for r in records) == planted['spam_host']
+  assert sum(bool(re.search('[а-я]', t)) for t in texts) == planted['other_script']
+  text = '\n'.join(texts)
+  identifiers = counts['identifiers']
+  assert identifiers == {'email': 12, 'phone': 13, 'ipv4': 9}
+  email = r'\b[a-z]+\.\d+@[a-z.]+\.(?:org|com|net)\b'
+  assert len(re.findall(email, text)) == identifiers['email']
+  assert len(re.findall(r'(?:\+1 \d{3}-|\(\d{3}\) )\d{3}-\d{4}', text)) == identifiers['phone']
+  assert len(re.findall(r'\b(?:\d{1,3}\.){3}\d{1,3}\b', text)) == identifiers['ipv4']
+
+
+def test_bad_lines_leave_the_documents_alone(two_mb, tmp_path):
+  path, counts = two_mb
+  bad = bench_data.generate(str(tmp_path / 'bad.jsonl'), 2_000_000, seed=0, bad_lines=3)
+  assert bad['bad_lines'] == {'not_json': 2, 'no_text': 1}
+  documents, rejected = [], 0
+  for line in read_lines(tmp_path / 'bad.jsonl'):
+    try:
+      documents.append(json.loads(line)['text'])
+    except (json.JSONDecodeError, KeyError):
+      rejected += 1
+  assert rejected == 3 and len(documents) == bad['documents']
+  assert documents == [json.loads(line)['text'] for line in read_lines(path)][:len(documents)]
+
+
+def test_measure_sees_memory_and_failure():
+  grown = bench_data.measure(
+      [sys.executable, '-c', 'x = bytearray(200_000_000); import time; time.sleep(0.5)'])
+  assert grown['returncode'] == 0 and grown['seconds'] >= 0.5
+  assert grown['peak_rss_bytes'] >= grown['peak_process_rss_bytes'] >= 190_000_000
+  failed = bench_data.measure([sys.executable, '-c', 'import sys; print(1); sys.exit("boom")'])
+  assert failed['returncode'] == 1
+  assert (failed['stdout_tail'], failed['stderr_tail']) == ('1', 'boom')
+
+
+def test_overrides_are_literals_or_strings():
+  assert bench_data.parse_override('data.min_chars=100') == ('min_chars', 100)
+  assert bench_data.parse_override('data.corpus=a.txt') == ('corpus', 'a.txt')
+  with pytest.raises(UserError, match='is not data.KEY=VALUE'):
+    bench_data.parse_override('min_chars=100')
