@@ -100,10 +100,28 @@ def base_config() -> ml_collections.ConfigDict:
   data.val_fraction = 0.05
   data.max_document_chars = 65536  # longer documents (a book, a one-file corpus) are cut ...
   data.piece_chars = 8192  # ... into pieces of at most this many characters, at blank lines
+  data.url_field = 'url'  # the field holding a .jsonl row's URL (for data.blocked_hosts)
+  data.bad_lines = 'stop'  # a .jsonl line that is not JSON: 'stop' (with its line) or 'skip' (counted)
+  # Cleaning (gpt_jax.clean), in this order; each stage counted in the log and the manifest.
   data.min_chars = 200  # quality filter: shorter documents are dropped
   data.min_letter_fraction = 0.6  # quality filter: documents with fewer letters are dropped
+  data.gopher_rules = False  # Gopher's quality rules (Rae et al. 2021) and C4's punctuation rule
+  data.script = ''  # e.g. 'latin', 'japanese': keep documents with at least ...
+  data.min_script_fraction = 0.0  # ... this fraction of their letters in that script
+  data.blocked_hosts = ''  # host names (comma-separated) or a file of them: rows whose URL is there
+  data.exact_dedup = True  # drop exact copies of an earlier document
+  data.near_dedup = False  # drop near-duplicates: MinHash LSH (datasketch, pip install -e '.[data]')
+  data.near_dedup_threshold = 0.8  # Jaccard similarity of word n-grams that makes a near-duplicate
+  data.near_dedup_ngram = 5
+  data.near_dedup_num_perm = 128  # MinHash permutations
+  data.scrub_pii = True  # replace e-mail addresses, phone and card numbers, IP addresses
   data.num_epochs = 1  # passes over the training split that `steps` may use
   data.cache_dir = ''  # where prepared data is kept; '' = ~/.cache/gpt_jax
+  # Preparation at scale (gpt_jax.prepare)
+  data.workers = 0  # processes that clean and tokenize; 0 = one per core
+  data.tokenizer_sentences = 2_000_000  # lines the tokenizer trains on, sampled from the train split
+  data.shard_tokens = 1 << 24  # tokens per .npy file of a prepared split
+  data.shard = ''  # 'i/N': prepare part i of N of the corpus files (python -m gpt_jax.prepare)
 
   data.tasks = ''  # fine-tuning: task or preference files, directories or globs (comma-separated)
   data.held_out_tasks = ''  # their held-out instances, in tasks of the same names; '' = split off

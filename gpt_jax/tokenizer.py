@@ -41,7 +41,6 @@ _TRAINER_OPTIONS = dict(
     character_coverage=0.9995,  # the rarest characters are left to byte fallback
     user_defined_symbols=['\n'],  # training sees lines; this makes '\n' one token, not a byte
     unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1,
-    input_sentence_size=2_000_000,  # lines; more are sampled
     shuffle_input_sentence=True,
     max_sentence_length=1 << 20,  # bytes; longer lines are skipped
     num_threads=2,  # not os.cpu_count(): it is stored in the model, whose bytes must not vary
@@ -216,14 +215,17 @@ def _check_eos(tokenizer, path: str):
   return tokenizer
 
 
-def train(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-  """A BPE tokenizer of exactly `vocab_size` tokens; the same texts give the same model bytes."""
+def train(texts: Iterable[str], vocab_size: int, sentences: int = 2_000_000) -> Tokenizer:
+  """A BPE tokenizer of exactly `vocab_size` tokens; the same texts give the same model bytes.
+  `texts` are read once, lazily: sentencepiece keeps a seeded uniform sample of `sentences` of
+  their lines (reservoir sampling), so memory holds the sample, not the texts."""
   lines = (line for text in texts for line in text.split('\n') if line)
   model = io.BytesIO()
   spm.set_random_generator_seed(0)  # it samples the lines when there are too many
   try:
     spm.SentencePieceTrainer.train(sentence_iterator=lines, model_writer=model,
-                                   vocab_size=vocab_size, **_TRAINER_OPTIONS)
+                                   vocab_size=vocab_size, input_sentence_size=sentences,
+                                   **_TRAINER_OPTIONS)
   except RuntimeError as e:
     _raise_if_vocab_size_error(str(e), vocab_size)
     raise

@@ -10,10 +10,13 @@ import sys
 
 import ml_collections
 
-from gpt_jax import cli, distill_study, preference_study, sweep, trainer
+from gpt_jax import cli
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  # Imported here, not at the top: data preparation's worker processes import this module (they
+  # are spawned and load the main module) and need none of JAX.
+  from gpt_jax import distill_study, preference_study, sweep, trainer
   if 'sweep' in config:
     return sweep.run_sweep(config, workdir)
   if 'study' in config:

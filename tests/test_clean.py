@@ -182,3 +182,48 @@ def test_read_blocklist(tmp_path):
   assert privacy.read_blocklist('') == frozenset()
   with pytest.raises(UserError, match='--config.data.blocked_hosts'):
     privacy.read_blocklist(str(tmp_path / 'missing.txt'))
+
+
+def test_clean_documents_runs_every_stage_in_order_and_counts_each():
+  from gpt_jax import clean
+  from gpt_jax.corpus import Document
+  long = PARAGRAPH.replace('\n', ' ')
+  near = long.replace('winter', 'summer')
+  docs = [
+      Document('a', 'Plain words, long enough.'),  # 25 chars, 20 letters of 22 visible: 0.91
+      Document('b', 'short'),  # too short
+      Document('c', '1234567890 12345 abcde fgh'),  # 26 chars, 8 letters of 23 visible: 0.35
+      Document('d', 'Plain words, long enough.'),  # an exact duplicate of a
+      Document('e', long + ' Write to ann@harbour.org.', 'https://news.example.com/1'),
+      Document('f', near, 'https://www.spam.test/x'),  # blocked host
+      Document('g', near),  # a near-duplicate of e
+      Document('h', 'Слова на другом языке, длинные'),  # another script
+  ]
+  settings = clean.Settings(min_chars=20, min_letter_fraction=0.6, script='latin',
+                            min_script_fraction=0.5, blocked_hosts=frozenset({'spam.test'}),
+                            near_dedup=True, near_dedup_threshold=0.7, scrub_pii=True)
+  kept, report = clean.clean_documents(docs, settings)
+  assert [(d.source, d.text) for d in kept] == [
+      ('a', 'Plain words, long enough.'), ('e', long + ' Write to <EMAIL>.')]
+  assert {stage: n for stage, (n, _) in report.removed.items()} == {
+      'quality': 2, 'script': 1, 'blocked_host': 1, 'exact_dedup': 1, 'near_dedup': 1}
+  assert report.removed['quality'][1] == 5 + 26 and report.pii == {'email': 1}
+  assert (report.documents, report.kept_documents) == (8, 2)
+  assert report.summary(settings).startswith(
+      'cleaning kept 2 of 8 documents (') and 'gopher' not in report.summary(settings)
+  assert report.summary(settings).endswith('; PII replaced: 1 email')
+  json = report.to_json()
+  assert json['removed']['near_dedup'] == {'documents': 1, 'chars': len(near)}
+
+
+def test_cleaning_that_leaves_nothing_names_the_stage():
+  from gpt_jax import clean
+  from gpt_jax.corpus import Document
+  docs = [Document('a', 'tiny'), Document('b', 'words ' * 40), Document('c', 'words ' * 40)]
+  with pytest.raises(UserError, match=r'^the corpus: cleaning removed every one of its 3 documents '
+                     r'\(quality 3\); pass other text, or relax quality with '
+                     r'--config.data.min_chars or --config.data.min_letter_fraction$'):
+    clean.clean_documents(docs, clean.Settings(min_chars=1000))
+  with pytest.raises(UserError, match=r'\(quality 1, gopher 2\); .* relax gopher with '
+                     r'--config.data.gopher_rules=False$'):
+    clean.clean_documents(docs, clean.Settings(min_chars=10, gopher_rules=True))

@@ -143,38 +143,6 @@ def test_invalid_utf8_bytes_are_replaced_and_counted(tmp_path):
   assert '4 bytes were not valid UTF-8' in report.summary()
 
 
-def test_clean_filters_then_deduplicates():
-  docs = [
-      Document('a', 'Plain words, long enough.'),  # 25 chars, 20 letters of 22 visible: 0.91
-      Document('b', 'short'),  # too short
-      Document('c', '1234567890 12345 abcde fgh'),  # 26 chars, 8 letters of 23 visible: 0.35
-      Document('d', 'Plain words, long enough.'),  # a duplicate of a
-      Document('e', 'Another document of words'),
-      Document('f', '\n\n\n   \t' * 5),  # whitespace: no visible characters
-      Document('g', 'Another document of words'),
-  ]
-  kept, report = corpus.clean(docs, min_chars=20, min_letter_fraction=0.6)
-  assert [d.source for d in kept] == ['a', 'e']
-  assert report == corpus.CleanReport(num_documents=7, num_chars=166, filtered_documents=3,
-                                      filtered_chars=5 + 26 + 35, duplicate_documents=2,
-                                      duplicate_chars=25 + 25)
-  assert (report.kept_documents, report.kept_chars) == (2, 50)
-  assert report.summary() == (
-      'cleaning kept 2 of 7 documents (50 of 166 characters): the quality filter removed 3 '
-      '(66 characters), de-duplication 2 (50 characters)')
-  assert corpus.letter_fraction('ab 1\n2') == 0.5
-
-
-def test_nothing_passing_the_filter_is_an_error_that_counts_invalid_bytes(tmp_path):
-  _write(f'{tmp_path}/binary.txt', bytes(range(128, 256)) * 4)
-  docs, loaded = corpus.load_documents(str(tmp_path))
-  with pytest.raises(UserError, match=r'corpus .*: no document passed the quality filter .* \(512 '
-                     r'bytes were not valid UTF-8 and were replaced\); pass UTF-8 text or lower'):
-    corpus.clean(docs, min_chars=200, min_letter_fraction=0.6, loaded=loaded)
-  with pytest.raises(UserError, match='^the corpus: no document passed'):
-    corpus.clean([Document('x', 'tiny')], min_chars=200, min_letter_fraction=0.6)
-
-
 @pytest.mark.parametrize('spec, message', [
     ('{d}/nope.txt', "corpus path '{d}/nope.txt' does not exist; pass 'shakespeare' or"),
     ('{d}/*.nope', "corpus glob '{d}/*.nope' matches nothing; pass"),
@@ -182,7 +150,8 @@ def test_nothing_passing_the_filter_is_an_error_that_counts_invalid_bytes(tmp_pa
     ('{d}/blank.txt', 'corpus {d}/blank.txt is empty'),
     (' , ', "corpus=' , ' names no file"),
     ('{d}/bad.jsonl', '{d}/bad.jsonl:2 is not valid JSON'),
-    ('{d}/nofield.jsonl', "{d}/nofield.jsonl:2 has no string field 'text'; set --config.data."),
+    ('{d}/nofield.jsonl', "corpus {d}/nofield.jsonl: no row has a string field 'text' (2 rows, "
+     'the first {d}/nofield.jsonl:1); set --config.data.text_field'),
     ('{d}/broken.txt.gz', "cannot read corpus file '{d}/broken.txt.gz'"),
 ])
 def test_bad_corpora_are_user_errors(tmp_path, spec, message):
@@ -190,7 +159,7 @@ def test_bad_corpora_are_user_errors(tmp_path, spec, message):
   _write(f'{tmp_path}/empty_dir/notes.csv', b'a,b')
   _write(f'{tmp_path}/blank.txt', b' \n\n ')
   _write(f'{tmp_path}/bad.jsonl', b'{"text": "ok"}\n{"text": \n')
-  _write(f'{tmp_path}/nofield.jsonl', _jsonl({'text': 'ok'}, {'content': 'no text'}))
+  _write(f'{tmp_path}/nofield.jsonl', _jsonl({'content': 'no text'}, ['a list']))
   (tmp_path / 'broken.txt.gz').write_bytes(b'not gzip at all')
   with pytest.raises(UserError) as e:
     corpus.load_documents(spec.format(d=tmp_path))
@@ -227,3 +196,51 @@ def test_a_byte_order_mark_is_not_text(tmp_path):
   assert corpus.read_text(str(tmp_path / 'bom.txt')) == ('Hello', 0)
   docs, _ = corpus.load_documents(str(tmp_path / 'bom.jsonl'))
   assert [d.text for d in docs] == ['Hi']
+
+
+def test_rows_without_text_and_lines_that_are_not_json_are_counted_when_skipped(tmp_path):
+  _write(f'{tmp_path}/mixed.jsonl', b'{"text": "one", "url": "https://a.org/1"}\nnot json\n'
+         b'{"body": "x"}\n{"text": "two"}\n{"text": 3')
+  with pytest.raises(UserError, match=r'mixed.jsonl:2 is not valid JSON \(Expecting value\); .* '
+                     r'set --config.data.bad_lines=skip'):
+    corpus.load_documents(str(tmp_path))
+  docs, report = corpus.load_documents(str(tmp_path), bad_lines='skip')
+  assert [(d.text, d.url) for d in docs] == [('one', 'https://a.org/1'), ('two', '')]
+  assert (report.bad_lines, report.missing_text) == (2, 1)
+  assert report.summary().endswith(
+      f'skipped 2 lines that are not JSON (data.bad_lines=skip), the first {tmp_path}/mixed.jsonl:2'
+      f' (Expecting value); skipped 1 rows without the text field, the first {tmp_path}/mixed.jsonl:3')
+
+
+@pytest.mark.parametrize('block', [5, 64, 1 << 20])
+def test_a_long_text_file_is_cut_while_it_is_read_as_in_memory(tmp_path, monkeypatch, block):
+  """records() reads a text file a block at a time: its pieces are cut_long_documents' pieces,
+  whatever the block size, and the invalid bytes are all counted."""
+  monkeypatch.setattr(corpus, '_BLOCK', block)
+  text = ('aaa\n\nbbbb\ncc\n\n' + 'x' * 25 + '\nyy\n\n\nzz\n') * 7 + 'caf\u00e9 end'
+  _write(f'{tmp_path}/long.txt', b'\xef\xbb\xbf' + text.encode() + b'\xff')
+  expected, _ = corpus.cut_long_documents([Document(f'{tmp_path}/long.txt', text + '\ufffd')],
+                                          30, 12)
+  report = corpus.LoadReport('')
+  docs = [doc for record in corpus.records(f'{tmp_path}/long.txt', shakespeare=False,
+                                           max_chars=30, piece_chars=12)
+          for doc in corpus.documents(record, report)]
+  assert docs == expected and len(docs) == 37
+  assert (report.cut_documents, report.pieces, report.invalid_bytes) == (
+      1, 37, {f'{tmp_path}/long.txt': 1})
+  whole = list(corpus.records(f'{tmp_path}/long.txt', shakespeare=False, max_chars=0,
+                              piece_chars=0))
+  assert [r.text for r in whole] == [text + '\ufffd']
+
+
+def test_a_file_that_vanishes_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match=r"^corpus file '.*gone.jsonl' vanished while the corpus was "
+                     r'read; restore it .* nothing was written$'):
+    list(corpus.records(str(tmp_path / 'gone.jsonl'), shakespeare=False, max_chars=0,
+                        piece_chars=0))
+
+
+def test_letter_fraction_of_ascii_and_unicode_text():
+  assert corpus.letter_fraction('ab 1\n2') == 0.5
+  assert corpus.letter_fraction('\u00e9t\u00e9 1\u3000\u00bd') == 0.6  # 3 letters of 5 visible
+  assert corpus.letter_fraction(' \n\t') == 0.0

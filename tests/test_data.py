@@ -3,12 +3,16 @@
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
 
+from gpt_jax import clean
 from gpt_jax import config
 from gpt_jax import corpus
+from gpt_jax import files
+from gpt_jax import prepare as prepare_lib
 from gpt_jax import data
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
@@ -31,13 +35,14 @@ def prepared(small_corpus) -> data.Prepared:
 
 
 def test_prepare_splits_by_document_and_counts_tokens(prepared, small_corpus, cache_root):
-  docs, _ = corpus.clean(corpus.load_documents(small_corpus)[0], 200, 0.6)
+  docs, _ = clean.clean_documents(corpus.load_documents(small_corpus)[0],
+                                  clean.Settings.from_config(data_config(small_corpus)))
   val = [d for d in docs if data.is_validation(d.text, 0.1)]
   train = [d for d in docs if not data.is_validation(d.text, 0.1)]
   assert (len(docs), len(train), len(val)) == (74, 65, 9)
   assert os.path.dirname(prepared.directory) == os.path.join(cache_root, 'data')
-  assert sorted(os.listdir(prepared.directory)) == ['manifest.json', 'tokenizer.model', 'train.npy',
-                                                    'val.npy']
+  assert sorted(os.listdir(prepared.directory)) == ['manifest.json', 'tokenizer.model',
+                                                    'train-00000.npy', 'val-00000.npy']
   eos = prepared.tokenizer.eos_id
   for split, split_docs in (('train', train), ('val', val)):
     tokens = prepared.tokens(split)
@@ -48,14 +53,16 @@ def test_prepare_splits_by_document_and_counts_tokens(prepared, small_corpus, ca
     assert prepared.manifest['splits'][split] == {
         'documents': len(split_docs),
         'tokens': sum(len(i) + 1 for i in ids),
-        'bytes': sum(len(d.text.encode()) for d in split_docs)}
+        'chars': sum(len(d.text) for d in split_docs),
+        'bytes': sum(len(d.text.encode()) for d in split_docs),
+        'shards': [{'file': f'{split}-00000.npy', 'tokens': len(tokens)}]}
     assert prepared.bytes_per_token(split) == pytest.approx(
         prepared.manifest['splits'][split]['bytes'] / len(tokens))
   assert prepared.manifest['splits']['train']['tokens'] == 246_297
   assert prepared.manifest['vocab_size'] == prepared.tokenizer.vocab_size == VOCAB
   assert prepared.manifest['tokenizer_sha256'] == prepared.tokenizer.sha256
-  raw, _ = corpus.load_documents(small_corpus)
-  assert prepared.manifest['source_sha256'] == data.source_sha256(raw)
+  assert prepared.manifest['files'] == len(corpus.input_files(small_corpus)) == 74
+  assert prepared.manifest['cleaning_counts']['removed'] == {}  # the plays are clean
   # the tokenizer saw the training split only
   assert prepared.tokenizer.sha256 == tokenizer_lib.train([d.text for d in train], VOCAB).sha256
 
@@ -67,17 +74,17 @@ def test_the_split_depends_on_the_text_alone(shakespeare):
   assert sum(data.is_validation(d.text, 0.5) for d in shakespeare) == 388
 
 
-def test_prepare_reuses_the_cache_without_cleaning_or_training(prepared, small_corpus, monkeypatch):
+def test_prepare_reuses_the_cache_without_reading_or_training(prepared, small_corpus, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError('prepare() redid work it had cached')
-  monkeypatch.setattr(corpus, 'clean', fail)
+  monkeypatch.setattr(corpus, 'records', fail)
   monkeypatch.setattr(tokenizer_lib, 'train', fail)
   monkeypatch.setattr(tokenizer_lib.Tokenizer, 'encode_batch', fail)
   logs = []
   again = data.prepare(data_config(small_corpus), VOCAB, log=logs.append)
   assert again.directory == prepared.directory
   assert again.manifest == prepared.manifest
-  assert logs[-2].startswith('cleaning kept 74 of 74 documents')  # the report is shown again
+  assert logs[2].startswith('cleaning kept 74 of 74 documents')  # the report is shown again
   assert logs[-1] == f'reusing prepared data at {prepared.directory}'
 
 
@@ -103,15 +110,16 @@ def test_a_failed_prepare_leaves_nothing_behind(small_corpus, tmp_path, monkeypa
 
 
 def test_prepare_keeps_the_copy_of_a_run_that_finished_first(small_corpus, tmp_path, monkeypatch):
-  write = data._write
+  write_json = files.write_json
 
-  def write_while_another_run_finishes(directory, *args):
-    write(directory, *args)
-    theirs = tmp_path / 'data' / os.path.basename(directory)
-    shutil.copytree(directory, theirs)
+  def write_while_another_run_finishes(path, obj):
+    write_json(path, obj)
+    build = os.path.dirname(path)
+    theirs = tmp_path / 'data' / obj['key']
+    shutil.copytree(build, theirs)
     (theirs / 'theirs').touch()
 
-  monkeypatch.setattr(data, '_write', write_while_another_run_finishes)
+  monkeypatch.setattr(files, 'write_json', write_while_another_run_finishes)
   logs = []
   prepared = data.prepare(data_config(small_corpus, str(tmp_path)), VOCAB, log=logs.append)
   assert logs[-1].startswith('reusing prepared data at ')
@@ -142,9 +150,11 @@ def test_an_empty_split_is_a_user_error(small_corpus, val_fraction, split):
 @pytest.fixture
 def counting(tmp_path) -> data.Prepared:
   """Prepared data whose token i is i, so a window's first token says where it starts."""
+  splits = {}
   for split, n in (('train', 1000), ('val', 250)):
     np.save(tmp_path / f'{split}.npy', np.arange(n, dtype=np.uint16))
-  return data.Prepared(str(tmp_path), tokenizer=None, manifest={})
+    splits[split] = {'shards': [{'file': f'{split}.npy', 'tokens': n}]}
+  return data.Prepared(str(tmp_path), tokenizer=None, manifest={'splits': splits})
 
 
 def test_windows_shift_targets_by_one_and_target_every_token_once(counting):
@@ -245,3 +255,135 @@ def test_one_long_text_file_is_cut_into_documents_and_split(small_corpus, tmp_pa
   with pytest.raises(UserError, match='split is empty: 1 documents .*max_document_chars'):
     data.prepare(data_config(str(tmp_path / 'input.txt'), max_document_chars=0), VOCAB,
                  log=lambda _: None)  # not cut: one document, in one split or the other
+
+
+def test_token_shards_read_as_one_array():
+  shards = [np.arange(0, 5), np.arange(5, 7), np.arange(7, 12)]
+  tokens = data.TokenShards(shards)
+  assert len(tokens) == 12
+  for start, stop in [(0, 12), (3, 9), (5, 7), (6, 8), (11, 12), (4, 4), (10, 20)]:
+    np.testing.assert_array_equal(tokens[start:stop], np.arange(12)[start:stop])
+  assert [len(data.Windows(tokens, 4)[i]) for i in range(2)] == [5, 5]
+
+
+@pytest.fixture(scope='module')
+def sharded(small_corpus, tmp_path_factory) -> data.Prepared:
+  """The `prepared` corpus through two worker processes, in shards of 10,000 tokens."""
+  cfg = data_config(small_corpus, str(tmp_path_factory.mktemp('sharded')), workers=2,
+                    shard_tokens=10_000)
+  return data.prepare(cfg, VOCAB, log=lambda _: None)
+
+
+def test_workers_and_shards_give_the_tokens_of_one_process(prepared, sharded):
+  assert sharded.tokenizer.sha256 == prepared.tokenizer.sha256
+  for split in data.SPLITS:
+    shards = sharded.manifest['splits'][split]['shards']
+    assert len(shards) == -(-prepared.manifest['splits'][split]['tokens'] // 10_000) > 1
+    assert all(shard['tokens'] == 10_000 for shard in shards[:-1])
+    tokens = sharded.tokens(split)
+    assert isinstance(tokens, data.TokenShards)
+    np.testing.assert_array_equal(tokens[0:len(tokens)], prepared.tokens(split))
+  assert sharded.manifest['splits']['val']['bytes'] == prepared.manifest['splits']['val']['bytes']
+
+
+def test_grain_batches_and_resume_over_shards_are_bitwise(prepared, sharded):
+  ds = data.train_dataset(sharded, seq_len=64, batch_size=4, seed=3, num_epochs=2)
+  one = data.train_dataset(prepared, seq_len=64, batch_size=4, seed=3, num_epochs=2)
+  it = iter(ds.to_iter_dataset())
+  for i in range(5):
+    np.testing.assert_array_equal(next(it), one[i])
+  state = json.loads(json.dumps(it.get_state()))
+  expected = [next(it) for _ in range(3)]
+  resumed = iter(ds.to_iter_dataset())
+  resumed.set_state(state)
+  for batch in expected:
+    np.testing.assert_array_equal(next(resumed), batch)
+  val = data.eval_batches(sharded, 'val', seq_len=64, batch_size=8, max_batches=0)
+  np.testing.assert_array_equal(
+      np.stack(val), np.stack(data.eval_batches(prepared, 'val', seq_len=64, batch_size=8,
+                                                max_batches=0)))
+
+
+def test_parts_prepared_apart_merge_into_one_pass(prepared, small_corpus, tmp_path):
+  tokenizer = os.path.join(prepared.directory, 'tokenizer.model')
+  whole = data.prepare(data_config(small_corpus, str(tmp_path / 'whole'), tokenizer=tokenizer),
+                       VOCAB, log=lambda _: None)
+  cfg = data_config(small_corpus, str(tmp_path / 'parts'), tokenizer=tokenizer)
+  with pytest.raises(UserError, match=r'^data.shard=0/3 prepares one part .* run python -m '
+                     'gpt_jax.prepare'):
+    data.prepare(data_config(small_corpus, shard='0/3'), VOCAB, log=lambda _: None)
+  parts = [prepare_lib.prepare_directory(data_config(small_corpus, str(tmp_path / 'parts'),
+                                                     tokenizer=tokenizer, shard=f'{i}/3'),
+                                         VOCAB, log=lambda _: None) for i in (0, 2)]
+  assert [os.path.basename(p) for p in parts] == ['part-00000-of-00003', 'part-00002-of-00003']
+  with pytest.raises(UserError, match=r'holds 2 of 3 parts: part 1 missing; run python -m '
+                     r'gpt_jax.prepare with --config.data.shard=i/3 for each'):
+    data.prepare(cfg, VOCAB, log=lambda _: None)
+  prepare_lib.prepare_directory(data_config(small_corpus, str(tmp_path / 'parts'),
+                                            tokenizer=tokenizer, shard='1/3'), VOCAB,
+                                log=lambda _: None)
+  logs = []
+  merged = data.prepare(cfg, VOCAB, log=logs.append)
+  assert logs[0] == f'merged 3 parts in {merged.directory} (each de-duplicated on its own)'
+  for split in data.SPLITS:
+    np.testing.assert_array_equal(merged.tokens(split)[0:len(merged.tokens(split))],
+                                  whole.tokens(split))
+    for name in ('documents', 'tokens', 'bytes', 'chars'):
+      assert merged.manifest['splits'][split][name] == whole.manifest['splits'][split][name]
+  assert merged.manifest['cleaning_counts'] == whole.manifest['cleaning_counts']
+  assert data.prepare(cfg, VOCAB, log=logs.append).manifest == merged.manifest  # reused
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(shard='3/3'), r"^data.shard='3/3' is not 'i/N' with 0 <= i < N; pass e.g."),
+    (dict(shard='a/b'), r"^data.shard='a/b' is not 'i/N'"),
+    (dict(shard='0/2'), r'^data.shard=0/2: the parts of a corpus need one tokenizer; prepare a '
+                        'sample'),
+    (dict(bad_lines='maybe'), r"^data.bad_lines='maybe' is not 'stop' or 'skip'"),
+    (dict(near_dedup=True, near_dedup_threshold=1.5), r'^data.near_dedup_threshold=1.5 is not in '
+                                                      r'\(0, 1\]'),
+    (dict(near_dedup=True, near_dedup_threshold=0.0), r'^data.near_dedup_threshold=0.0 is not in'),
+    (dict(script='klingon', min_script_fraction=0.5), r"unknown script 'klingon'"),
+])
+def test_bad_preparation_settings_are_user_errors(small_corpus, tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message):
+    prepare_lib.prepare_directory(data_config(small_corpus, str(tmp_path), **overrides), VOCAB,
+                                  log=lambda _: None)
+  assert not os.path.exists(tmp_path / 'data') or os.listdir(tmp_path / 'data') == []
+
+
+def test_a_bad_line_stops_before_anything_is_written_or_is_skipped(tmp_path):
+  rows = [json.dumps({'text': f'Document {i} says hello to the world in many plain words.'})
+          for i in range(40)]
+  path = tmp_path / 'c.jsonl'
+  path.write_text('\n'.join(rows[:20] + ['{"text": "cut'] + rows[20:]) + '\n')
+  cfg = data_config(str(path), str(tmp_path / 'cache'), min_chars=10, val_fraction=0.2)
+  with pytest.raises(UserError, match=r'c.jsonl:21 is not valid JSON'):
+    data.prepare(cfg, 300, log=lambda _: None)
+  assert os.listdir(tmp_path / 'cache' / 'data') == []
+  cfg.bad_lines = 'skip'
+  logs = []
+  prepared = data.prepare(cfg, 300, log=logs.append)
+  assert 'skipped 1 lines that are not JSON (data.bad_lines=skip), the first ' in logs[0]
+  assert sum(s['documents'] for s in prepared.manifest['splits'].values()) == 40
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_as_the_corpus_grows(tmp_path):
+  """Preparing 4x the text takes about the same memory: it streams (the old prepare held every
+  document and token: 12-24x the corpus). Loose bounds, so that the test is not flaky."""
+  from gpt_jax import bench_data
+  peaks = {}
+  for mb in (3, 12):
+    corpus_path = str(tmp_path / f'{mb}.jsonl')
+    bench_data.generate(corpus_path, mb << 20)
+    script = ('from gpt_jax import config, prepare\n'
+              'cfg = config.base_config().data\n'
+              f'cfg.corpus, cfg.cache_dir = {corpus_path!r}, {str(tmp_path / "cache")!r}\n'
+              'cfg.workers, cfg.tokenizer_sentences, cfg.shard_tokens = 1, 20_000, 1 << 18\n'
+              'prepare.prepare_directory(cfg, 512, log=lambda _: None)\n')
+    result = bench_data.measure([sys.executable, '-c', script])
+    assert result['returncode'] == 0, result
+    peaks[mb] = result['peak_rss_bytes']
+  assert peaks[12] - peaks[3] < 40 << 20, peaks  # 9 MB more text; the old prepare: > 100 MB more
+  assert peaks[12] < 400 << 20, peaks

@@ -39,7 +39,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from gpt_jax import cli, config as config_lib, corpus, data, files
+from gpt_jax import clean, cli, config as config_lib, corpus, data, files
 from gpt_jax.errors import UserError
 from gpt_jax.tasks import judge
 
@@ -89,7 +89,7 @@ def read_scenes() -> tuple[Scene, ...]:
   corpus order."""
   d = config_lib.base_config().data
   docs, _ = corpus.load_documents('shakespeare')
-  docs, _ = corpus.clean(docs, d.min_chars, d.min_letter_fraction)
+  docs, _ = clean.clean_documents(docs, clean.Settings.from_config(d))
   texts = {doc.source: doc.text for doc in docs}
   scenes = []
   for file in corpus.shakespeare_files():
