@@ -48,7 +48,7 @@ PLANTED_FRACTIONS = {
     'short': 0.01,  # under SHORT_CHARS characters
     'spam_host': 0.01,  # a normal document whose url host is SPAM_HOST
 }
-NEAR_DUPLICATE_WORDS = 0.02  # replaced in a near duplicate: word 5-gram Jaccard ~0.82 to its source
+NEAR_DUPLICATE_WORDS = 0.01  # replaced in a near duplicate: word 5-gram Jaccard ~0.9 to its source
 DOCUMENT_PASSAGES = (8, 14)  # a normal document: this many passages (inclusive range) ...
 PASSAGE_LINES = (10, 24)  # ... of this many consecutive lines of a random scene: ~6 KB
 SHORT_CHARS = 200

@@ -21,7 +21,7 @@ def test_generate_is_deterministic(tmp_path):
   second = bench_data.generate(str(tmp_path / 'b.jsonl'), 200_000, seed=0)
   assert (tmp_path / 'a.jsonl').read_bytes() == (tmp_path / 'b.jsonl').read_bytes()
   assert first == second == json.loads((tmp_path / 'a.jsonl.planted.json').read_text())
-  assert first['documents'] == 30 and first['bytes'] == 203_340
+  assert first['documents'] == 30 and first['bytes'] == 203_277
   assert first['planted'] == {**dict.fromkeys(bench_data.PLANTED_FRACTIONS, 0),
                               'near_duplicate': 1}
   records = [json.loads(line) for line in read_lines(tmp_path / 'a.jsonl')]
@@ -38,9 +38,9 @@ def two_mb(tmp_path_factory):
 
 def test_planted_documents_are_in_the_corpus(two_mb):
   path, counts = two_mb
-  assert counts['documents'] == 306 and counts['planted'] == {
-      'exact_duplicate': 9, 'near_duplicate': 10, 'pii': 17, 'low_quality': 4,
-      'other_script': 2, 'short': 1, 'spam_host': 2}
+  assert counts['documents'] == 307 and counts['planted'] == {
+      'exact_duplicate': 6, 'near_duplicate': 9, 'pii': 15, 'low_quality': 4,
+      'other_script': 3, 'short': 2, 'spam_host': 4}
   records = [json.loads(line) for line in read_lines(path)]
   texts = [r['text'] for r in records]
   planted = counts['planted']
@@ -50,7 +50,7 @@ def test_planted_documents_are_in_the_corpus(two_mb):
   assert sum(bool(re.search('[а-я]', t)) for t in texts) == planted['other_script']
   text = '\n'.join(texts)
   identifiers = counts['identifiers']
-  assert identifiers == {'email': 12, 'phone': 13, 'ipv4': 9}
+  assert identifiers == {'email': 6, 'phone': 12, 'ipv4': 10}
   email = r'\b[a-z]+\.\d+@[a-z.]+\.(?:org|com|net)\b'
   assert len(re.findall(email, text)) == identifiers['email']
   assert len(re.findall(r'(?:\+1 \d{3}-|\(\d{3}\) )\d{3}-\d{4}', text)) == identifiers['phone']
@@ -86,3 +86,21 @@ def test_overrides_are_literals_or_strings():
   assert bench_data.parse_override('data.corpus=a.txt') == ('corpus', 'a.txt')
   with pytest.raises(UserError, match='is not data.KEY=VALUE'):
     bench_data.parse_override('min_chars=100')
+
+
+def test_each_cleaning_stage_removes_what_was_planted_for_it(two_mb):
+  """The stage counts on the generated corpus: every planted duplicate, near-duplicate (word
+  5-gram Jaccard ~0.9, threshold 0.8), other-script document, blocked host and identifier."""
+  from gpt_jax import clean, corpus
+  path, counts = two_mb
+  docs, _ = corpus.load_documents(path)
+  settings = clean.Settings(min_chars=200, min_letter_fraction=0.6, script='latin',
+                            min_script_fraction=0.8, blocked_hosts=frozenset({'spam.example'}),
+                            near_dedup=True, scrub_pii=True)
+  _, report = clean.clean_documents(docs, settings)
+  planted, found = counts['planted'], counts['identifiers']
+  assert {stage: n for stage, (n, _) in report.removed.items()} == {
+      'quality': 3, 'script': planted['other_script'], 'blocked_host': planted['spam_host'],
+      'exact_dedup': planted['exact_duplicate'], 'near_dedup': planted['near_duplicate']}
+  assert report.pii == {'email': found['email'], 'phone': found['phone'],
+                        'ip_address': found['ipv4']}

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -387,3 +388,27 @@ def test_memory_stays_flat_as_the_corpus_grows(tmp_path):
     peaks[mb] = result['peak_rss_bytes']
   assert peaks[12] - peaks[3] < 40 << 20, peaks  # 9 MB more text; the old prepare: > 100 MB more
   assert peaks[12] < 400 << 20, peaks
+
+
+@pytest.mark.slow
+def test_the_prepare_command_with_worker_processes(prepared, small_corpus, tmp_path):
+  """python -m gpt_jax.prepare spawns its workers (which import the command's module) and gives
+  the tokens of one process; a bad setting is one line and exit status 2."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def command(*overrides):
+    return subprocess.run(
+        [sys.executable, '-m', 'gpt_jax.prepare', f'--config={root}/experiments/tiny.py',
+         f'--config.data.corpus={small_corpus}', f'--config.data.cache_dir={tmp_path}',
+         '--config.data.val_fraction=0.1', f'--config.model.vocab_size={VOCAB}', *overrides],
+        capture_output=True, text=True, cwd=root)
+
+  result = command('--config.data.workers=2')
+  assert result.returncode == 0, result.stderr
+  directory = result.stdout.splitlines()[-1].removeprefix('prepared data: ')
+  made = data.Prepared.open(directory)
+  for split in data.SPLITS:
+    np.testing.assert_array_equal(made.tokens(split), prepared.tokens(split))
+  result = command('--config.data.shard=4/2')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("error: data.shard='4/2' is not 'i/N'")

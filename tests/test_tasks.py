@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from gpt_jax import config as config_lib, corpus, data, evaluate, instructions, preferences
+from gpt_jax import clean, config as config_lib, corpus, data, evaluate, instructions, preferences
 from gpt_jax.tasks import build, judge
 
 SPLITS = ('train', 'val')
@@ -26,7 +26,7 @@ class Scenes:
 
   def __init__(self, shakespeare):
     d = config_lib.base_config().data
-    self.docs = corpus.clean(shakespeare, d.min_chars, d.min_letter_fraction)[0]
+    self.docs = clean.clean_documents(shakespeare, clean.Settings.from_config(d))[0]
     self.held_out = [data.is_validation(doc.text, d.val_fraction) for doc in self.docs]
     self.starts, parts, at = [], [], 0
     for doc in self.docs:
@@ -126,8 +126,8 @@ def test_the_shipped_task_is_valid_balanced_and_held_out(shakespeare):
   assert len(set(inputs)) == len(inputs)
   assert not {e.input for e in task.positive_examples} & set(inputs)
   d = config_lib.base_config().data
-  docs = {doc.source: doc.text for doc in corpus.clean(shakespeare, d.min_chars,
-                                                       d.min_letter_fraction)[0]}
+  docs = {doc.source: doc.text
+          for doc in clean.clean_documents(shakespeare, clean.Settings.from_config(d))[0]}
   training = [text for text in docs.values() if not data.is_validation(text, d.val_fraction)]
   for instance in task.instances:
     source, line = instance.id.removeprefix('shakespeare_play-').rsplit(':', 1)
