@@ -118,7 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.num_epochs = 1  # passes over the training split that `steps` may use
   data.cache_dir = ''  # where prepared data is kept; '' = ~/.cache/gpt_jax
   # Preparation at scale (gpt_jax.prepare)
-  data.workers = 0  # processes that clean and tokenize; 0 = one per core
+  data.workers = 0  # processes that clean and tokenize; 0 = one per core (one per 16 MB of input)
   data.tokenizer_sentences = 2_000_000  # lines the tokenizer trains on, sampled from the train split
   data.shard_tokens = 1 << 24  # tokens per .npy file of a prepared split
   data.shard = ''  # 'i/N': prepare part i of N of the corpus files (python -m gpt_jax.prepare)

@@ -183,8 +183,10 @@ def documents(record: Record, report: LoadReport, *, text_field: str = 'text',
 
 def _json_document(record: Record, report: LoadReport, text_field: str, url_field: str,
                    bad_lines: str) -> list[Document]:
-  text, invalid = _SURROGATE.subn('\ufffd', record.line.decode('utf-8', 'surrogateescape'))
-  if invalid:
+  try:
+    text = record.line.decode()  # the common case, and 4x faster than counting invalid bytes
+  except UnicodeDecodeError:
+    text, invalid = _SURROGATE.subn('\ufffd', record.line.decode('utf-8', 'surrogateescape'))
     report.invalid_bytes[record.path] = report.invalid_bytes.get(record.path, 0) + invalid
   if not text.strip():
     return []
@@ -202,9 +204,10 @@ def _json_document(record: Record, report: LoadReport, text_field: str, url_fiel
     report.missing_text += 1
     report.first_missing_text = report.first_missing_text or record.source
     return []
-  url = row.get(url_field)
-  return [Document(record.source, _SURROGATE.sub('\ufffd', row[text_field]),
-                   url if isinstance(url, str) else '')]
+  text, url = row[text_field], row.get(url_field)
+  if not text.isascii():  # a JSON escape such as '\ud800' gives a lone surrogate
+    text = _SURROGATE.sub('\ufffd', text)
+  return [Document(record.source, text, url if isinstance(url, str) else '')]
 
 
 def load_documents(corpus: str, text_field: str = 'text', bad_lines: str = 'stop',
@@ -283,13 +286,13 @@ def _piece_end(window: str) -> int:
 
 def letter_fraction(text: str) -> float:
   """The fraction of letters among the characters that are not whitespace (0 if there are none)."""
-  visible = len(text) - sum(map(str.isspace, text)) if not text.isascii() else len(
-      text.encode().translate(None, _ASCII_SPACE))
-  if not visible:
-    return 0.0
   if text.isascii():  # bytes.translate counts in C, ~50x faster than a loop over characters
-    return len(text.encode().translate(None, _ASCII_NOT_LETTER)) / visible
-  return sum(map(str.isalpha, text)) / visible
+    data = text.encode()
+    visible, letters = (len(data.translate(None, _ASCII_SPACE)),
+                        len(data.translate(None, _ASCII_NOT_LETTER)))
+  else:
+    visible, letters = len(text) - sum(map(str.isspace, text)), sum(map(str.isalpha, text))
+  return letters / visible if visible else 0.0
 
 
 _ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())

@@ -77,11 +77,12 @@ class Tokenizer:
     """Token ids of `text`, without BOS or EOS."""
     return self.encode_batch([text])[0]
 
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+  def encode_batch(self, texts: Sequence[str], threads: int = 0) -> list[list[int]]:
+    """Token ids of each text, on `threads` threads (0: one per core)."""
     # A literal '▁' would decode as ' ', so cut the texts there and spell each '▁' in bytes.
     parts = [text.split(_SPACE) for text in texts]
     flat = [p for ps in parts for p in ps]
-    encoded = iter(self._sp.encode(flat, num_threads=os.cpu_count() or 1))
+    encoded = iter(self._sp.encode(flat, num_threads=threads or os.cpu_count() or 1))
     ids = []
     for ps in parts:
       text_ids = next(encoded)
@@ -154,7 +155,8 @@ class HFTokenizer:
     """Token ids of `text`, without BOS or EOS."""
     return self.encode_batch([text])[0]
 
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+  def encode_batch(self, texts: Sequence[str], threads: int = 0) -> list[list[int]]:
+    """Token ids of each text (`threads` is the tokenizers package's to choose)."""
     return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
   def decode(self, ids: Iterable[int]) -> str:

@@ -56,6 +56,7 @@ def test_prepare_splits_by_document_and_counts_tokens(prepared, small_corpus, ca
         'tokens': sum(len(i) + 1 for i in ids),
         'chars': sum(len(d.text) for d in split_docs),
         'bytes': sum(len(d.text.encode()) for d in split_docs),
+        'lines': sum(d.text.count('\n') + 1 for d in split_docs),
         'shards': [{'file': f'{split}-00000.npy', 'tokens': len(tokens)}]}
     assert prepared.bytes_per_token(split) == pytest.approx(
         prepared.manifest['splits'][split]['bytes'] / len(tokens))
@@ -329,7 +330,7 @@ def test_parts_prepared_apart_merge_into_one_pass(prepared, small_corpus, tmp_pa
   for split in data.SPLITS:
     np.testing.assert_array_equal(merged.tokens(split)[0:len(merged.tokens(split))],
                                   whole.tokens(split))
-    for name in ('documents', 'tokens', 'bytes', 'chars'):
+    for name in ('documents', 'tokens', 'bytes', 'chars', 'lines'):
       assert merged.manifest['splits'][split][name] == whole.manifest['splits'][split][name]
   assert merged.manifest['cleaning_counts'] == whole.manifest['cleaning_counts']
   assert data.prepare(cfg, VOCAB, log=logs.append).manifest == merged.manifest  # reused

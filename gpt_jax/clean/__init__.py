@@ -198,6 +198,12 @@ class CleanReport:
       line += f'; PII replaced: {found or "none found"}'
     return line
 
+  @classmethod
+  def from_json(cls, counts: dict) -> 'CleanReport':
+    return cls(counts['documents'], counts['chars'],
+               {stage: [c['documents'], c['chars']] for stage, c in counts['removed'].items()},
+               dict(counts['pii']))
+
   def to_json(self) -> dict:
     return {'documents': self.documents, 'chars': self.chars,
             'kept_documents': self.kept_documents, 'kept_chars': self.kept_chars,
