@@ -259,16 +259,19 @@ def _tree(root: int) -> list[int]:
   return tree
 
 
-def _rss_bytes(pid: int) -> int:
-  """Resident memory of process `pid` (VmRSS), 0 if it has exited or is a zombie."""
+def _rss_bytes(pid: int) -> tuple[int, int]:
+  """Resident memory of process `pid` (VmRSS) and the anonymous part of it (RssAnon: not pages
+  of mapped files, which the kernel can drop and read again), (0, 0) if it has exited."""
+  sizes = {b'VmRSS:': 0, b'RssAnon:': 0}
   try:
     with open(f'/proc/{pid}/status', 'rb') as f:
       for line in f:
-        if line.startswith(b'VmRSS:'):
-          return int(line.split()[1]) * 1024  # in kB
+        fields = line.split()
+        if fields and fields[0] in sizes:
+          sizes[fields[0]] = int(fields[1]) * 1024  # in kB
   except OSError:
     pass
-  return 0
+  return sizes[b'VmRSS:'], sizes[b'RssAnon:']
 
 
 def _tail(f, num_lines: int) -> str:
@@ -281,7 +284,9 @@ def measure(command: list[str], *, cwd: str | None = None, env: dict | None = No
   """Runs `command` and samples its memory every `interval` seconds until it exits.
 
   Returns 'seconds' (wall), 'returncode', 'peak_rss_bytes' (the largest sum of the resident
-  memory of the process and all its descendants at one sample), 'peak_process_rss_bytes' (the
+  memory of the process and all its descendants at one sample), 'peak_anon_bytes' (the same sum
+  of anonymous memory: RSS without the pages of memory-mapped files such as token shards, which
+  the kernel drops under pressure), 'peak_process_rss_bytes' (the
   largest single process: the kernel's exact high-water mark of the process and the descendants
   it waited for (wait4's ru_maxrss), or a larger sample of another), and 'stdout_tail' and
   'stderr_tail' (their last `tail_lines` lines; both go to temporary files, so no pipe fills up
@@ -291,7 +296,7 @@ def measure(command: list[str], *, cwd: str | None = None, env: dict | None = No
   peak. Linux only (/proc). If this process is interrupted, the command's process group is
   killed.
   """
-  peak_tree = peak_process = 0
+  peak_tree = peak_process = peak_anon = 0
   with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -301,8 +306,9 @@ def measure(command: list[str], *, cwd: str | None = None, env: dict | None = No
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
           break
-        sizes = [_rss_bytes(p) for p in _tree(proc.pid)]
+        sizes, anon = zip(*[_rss_bytes(p) for p in _tree(proc.pid)])
         peak_tree, peak_process = max(peak_tree, sum(sizes)), max(peak_process, *sizes)
+        peak_anon = max(peak_anon, sum(anon))
         time.sleep(interval)
     except BaseException:
       os.killpg(proc.pid, signal.SIGKILL)
@@ -313,6 +319,7 @@ def measure(command: list[str], *, cwd: str | None = None, env: dict | None = No
     peak_process = max(peak_process, usage.ru_maxrss * 1024)  # ru_maxrss is in kB on Linux
     return {'seconds': seconds, 'returncode': proc.returncode,
             'peak_rss_bytes': max(peak_tree, peak_process), 'peak_process_rss_bytes': peak_process,
+            'peak_anon_bytes': peak_anon,
             'stdout_tail': _tail(out, tail_lines), 'stderr_tail': _tail(err, tail_lines)}
 
 
@@ -408,6 +415,7 @@ def run(args) -> list[dict]:
                  'mb_per_sec': planted['bytes'] / 1e6 / result['seconds'],
                  'peak_rss_bytes': result['peak_rss_bytes'],
                  'peak_process_rss_bytes': result['peak_process_rss_bytes'],
+                 'peak_anon_bytes': result['peak_anon_bytes'],
                  'cleaning': cleaning, 'planted': planted})
   return rows
 
@@ -416,11 +424,11 @@ def table(rows: list[dict]) -> str:
   """The figures of each size as a markdown table (MB = 10^6 bytes, GB = 10^9), then each
   corpus's planted counts and the manifest's cleaning entry as they are."""
   lines = ['| corpus MB | documents | wall s | MB/s | peak RSS, tree GB | '
-           'peak RSS, one process GB |', '|---|---|---|---|---|---|']
+           'peak RSS, one process GB | peak anonymous, tree GB |', '|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(f"| {r['corpus_bytes'] / 1e6:,.1f} | {r['documents']:,} | {r['seconds']:.1f} | "
                  f"{r['mb_per_sec']:.2f} | {r['peak_rss_bytes'] / 1e9:.2f} | "
-                 f"{r['peak_process_rss_bytes'] / 1e9:.2f} |")
+                 f"{r['peak_process_rss_bytes'] / 1e9:.2f} | {r['peak_anon_bytes'] / 1e9:.2f} |")
   for r in rows:
     planted = {k: r['planted'][k] for k in ('planted', 'identifiers', 'bad_lines')}
     cleaning = r['cleaning'] if isinstance(r['cleaning'], str) else json.dumps(r['cleaning'])

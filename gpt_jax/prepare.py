@@ -108,6 +108,9 @@ def prepare_directory(data_cfg: ml_collections.ConfigDict, vocab_size: int,
     return directory
   if os.path.isdir(directory) and _parts(directory):
     return _merge(directory, settings, log)
+  if os.path.isdir(directory) and os.listdir(directory):
+    raise UserError(f'{directory} holds unfinished parts only (being prepared, or left by a killed '
+                    'run); wait for the python -m gpt_jax.prepare runs of its parts, or remove it')
   return build(directory, paths, settings)
 
 
