@@ -32,11 +32,10 @@ class Prepared:
     tokenizer = tokenizer_lib.load(tokenizer_lib.find(directory))
     return cls(directory, tokenizer, prepare_lib.read_manifest(directory))
 
-  def tokens(self, split: str) -> 'np.ndarray | TokenShards':
-    """The split's tokens, memory-mapped: its one shard, or its shards as one sequence."""
-    shards = [np.load(os.path.join(self.directory, shard['file']), mmap_mode='r')
-              for shard in self.manifest['splits'][split]['shards']]
-    return shards[0] if len(shards) == 1 else TokenShards(shards)
+  def tokens(self, split: str) -> 'TokenShards':
+    """The split's tokens, read from its shards as they are asked for."""
+    return TokenShards([os.path.join(self.directory, shard['file'])
+                        for shard in self.manifest['splits'][split]['shards']])
 
   def bytes_per_token(self, split: str) -> float:
     """UTF-8 bytes of text per token: bits per byte = loss per token / ln 2 / bytes_per_token."""
@@ -54,12 +53,22 @@ def prepare(data_cfg: ml_collections.ConfigDict, vocab_size: int,
 
 
 class TokenShards:
-  """Arrays of tokens read as their concatenation: len() and slices [start:stop] (step 1), which
-  copy only the tokens asked for (a window may span two shards)."""
+  """.npy files of tokens read as their concatenation: len(), slices [start:stop] (step 1, a
+  window may span two files) and np.asarray. A slice is one positional read of just its tokens:
+  no memory map, whose pages would count in the process's resident memory (random windows under
+  the kernel's readahead touch far more pages than they use; measured, README)."""
 
-  def __init__(self, shards: Sequence[np.ndarray]):
-    self._shards = shards
-    self._starts = np.cumsum([0] + [len(shard) for shard in shards])
+  def __init__(self, paths: Sequence[str]):
+    self._files = []  # (path, offset of the data, number of tokens)
+    for path in paths:
+      with open(path, 'rb') as f:
+        fmt = np.lib.format
+        read_header = (fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0)
+                       else fmt.read_array_header_2_0)
+        shape, _, dtype = read_header(f)
+        self._files.append((path, f.tell(), shape[0]))
+    self.dtype = dtype
+    self._starts = np.cumsum([0] + [n for _, _, n in self._files])
 
   def __len__(self) -> int:
     return int(self._starts[-1])
@@ -68,16 +77,21 @@ class TokenShards:
     start, stop, step = index.indices(len(self))
     if step != 1:
       raise IndexError('TokenShards take slices of step 1')
-    first = int(np.searchsorted(self._starts, start, side='right')) - 1
+    i = int(np.searchsorted(self._starts, start, side='right')) - 1
     parts = []
     while start < stop:
-      shard = self._shards[first]
-      offset = start - int(self._starts[first])
-      take = min(stop - start, len(shard) - offset)
-      parts.append(shard[offset:offset + take])
+      path, offset, size = self._files[i]
+      first = start - int(self._starts[i])
+      take = min(stop - start, size - first)
+      with open(path, 'rb', buffering=0) as f:
+        data = os.pread(f.fileno(), take * self.dtype.itemsize, offset + first * self.dtype.itemsize)
+      parts.append(np.frombuffer(data, self.dtype))
       start += take
-      first += 1
-    return np.concatenate(parts) if parts else self._shards[0][:0]
+      i += 1
+    return np.concatenate(parts) if parts else np.empty(0, self.dtype)
+
+  def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    return self[0:len(self)].astype(dtype or self.dtype, copy=False)
 
 
 class Windows:

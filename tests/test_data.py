@@ -49,7 +49,7 @@ def test_prepare_splits_by_document_and_counts_tokens(prepared, small_corpus, ca
     tokens = prepared.tokens(split)
     ids = prepared.tokenizer.encode_batch([d.text for d in split_docs])
     expected = np.concatenate([i + [eos] for i in ids])  # each document, then EOS
-    assert tokens.dtype == np.uint16 and isinstance(tokens, np.memmap)
+    assert tokens.dtype == np.uint16 and isinstance(tokens, data.TokenShards)
     np.testing.assert_array_equal(tokens, expected)
     assert prepared.manifest['splits'][split] == {
         'documents': len(split_docs),
@@ -259,12 +259,16 @@ def test_one_long_text_file_is_cut_into_documents_and_split(small_corpus, tmp_pa
                  log=lambda _: None)  # not cut: one document, in one split or the other
 
 
-def test_token_shards_read_as_one_array():
-  shards = [np.arange(0, 5), np.arange(5, 7), np.arange(7, 12)]
-  tokens = data.TokenShards(shards)
-  assert len(tokens) == 12
+def test_token_shards_read_as_one_array(tmp_path):
+  paths = []
+  for i, (start, stop) in enumerate([(0, 5), (5, 7), (7, 12)]):
+    paths.append(str(tmp_path / f'{i}.npy'))
+    np.save(paths[-1], np.arange(start, stop, dtype=np.uint16))
+  tokens = data.TokenShards(paths)
+  assert len(tokens) == 12 and tokens.dtype == np.uint16
   for start, stop in [(0, 12), (3, 9), (5, 7), (6, 8), (11, 12), (4, 4), (10, 20)]:
     np.testing.assert_array_equal(tokens[start:stop], np.arange(12)[start:stop])
+  np.testing.assert_array_equal(np.asarray(tokens, np.int32), np.arange(12))
   assert [len(data.Windows(tokens, 4)[i]) for i in range(2)] == [5, 5]
 
 
@@ -283,7 +287,6 @@ def test_workers_and_shards_give_the_tokens_of_one_process(prepared, sharded):
     assert len(shards) == -(-prepared.manifest['splits'][split]['tokens'] // 10_000) > 1
     assert all(shard['tokens'] == 10_000 for shard in shards[:-1])
     tokens = sharded.tokens(split)
-    assert isinstance(tokens, data.TokenShards)
     np.testing.assert_array_equal(tokens[0:len(tokens)], prepared.tokens(split))
   assert sharded.manifest['splits']['val']['bytes'] == prepared.manifest['splits']['val']['bytes']
 
