@@ -53,6 +53,7 @@ class LoadReport:
   first_missing_text: str = ''
   cut_documents: int = 0  # documents longer than data.max_document_chars ...
   pieces: int = 0  # ... and the pieces they were cut into
+  urls: int = 0  # .jsonl rows with a string data.url_field
 
   @property
   def total_invalid_bytes(self) -> int:
@@ -60,7 +61,7 @@ class LoadReport:
 
   def add(self, other: 'LoadReport') -> None:
     for name in ('num_documents', 'num_chars', 'bad_lines', 'missing_text', 'cut_documents',
-                 'pieces'):
+                 'pieces', 'urls'):
       setattr(self, name, getattr(self, name) + getattr(other, name))
     for path, n in other.invalid_bytes.items():
       self.invalid_bytes[path] = self.invalid_bytes.get(path, 0) + n
@@ -76,12 +77,17 @@ class LoadReport:
       line += (f'; {self.total_invalid_bytes:,} bytes were not valid UTF-8 and were replaced by '
                f'U+FFFD, in {len(self.invalid_bytes)} files, e.g. {worst}')
     if self.bad_lines:
-      line += (f'; skipped {self.bad_lines:,} lines that are not JSON (data.bad_lines=skip), the '
-               f'first {self.first_bad_line}')
+      line += (f'; skipped {self.bad_lines:,} non-JSON line{"s" * (self.bad_lines > 1)} '
+               f'(data.bad_lines=skip), the first {self.first_bad_line}')
     if self.missing_text:
-      line += (f'; skipped {self.missing_text:,} rows without the text field, the first '
-               f'{self.first_missing_text}')
+      line += (f'; skipped {self.missing_text:,} row{"s" * (self.missing_text > 1)} without the '
+               f'text field, the first {self.first_missing_text}')
     return line
+
+  def to_json(self) -> dict:
+    return {'documents': self.num_documents, 'chars': self.num_chars,
+            'invalid_bytes': self.total_invalid_bytes, 'bad_lines': self.bad_lines,
+            'missing_text': self.missing_text, 'urls': self.urls}
 
   def cut_summary(self, max_chars: int, piece_chars: int) -> str:
     if not max_chars:
@@ -205,6 +211,7 @@ def _json_document(record: Record, report: LoadReport, text_field: str, url_fiel
     report.first_missing_text = report.first_missing_text or record.source
     return []
   text, url = row[text_field], row.get(url_field)
+  report.urls += isinstance(url, str)
   if not text.isascii():  # a JSON escape such as '\ud800' gives a lone surrogate
     text = _SURROGATE.sub('\ufffd', text)
   return [Document(record.source, text, url if isinstance(url, str) else '')]

@@ -83,8 +83,9 @@ class TokenShards:
       path, offset, size = self._files[i]
       first = start - int(self._starts[i])
       take = min(stop - start, size - first)
+      itemsize = self.dtype.itemsize
       with open(path, 'rb', buffering=0) as f:
-        data = os.pread(f.fileno(), take * self.dtype.itemsize, offset + first * self.dtype.itemsize)
+        data = os.pread(f.fileno(), take * itemsize, offset + first * itemsize)
       parts.append(np.frombuffer(data, self.dtype))
       start += take
       i += 1

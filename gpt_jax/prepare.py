@@ -62,18 +62,19 @@ def prepare_directory(data_cfg: ml_collections.ConfigDict, vocab_size: int,
     raise UserError(f"data.bad_lines={data_cfg.bad_lines!r} is not 'stop' or 'skip'; fix "
                     '--config.data.bad_lines')
   if data_cfg.tokenizer_sentences < 1 or data_cfg.shard_tokens < 1:
-    raise UserError(f'data.tokenizer_sentences={data_cfg.tokenizer_sentences} and data.shard_tokens='
-                    f'{data_cfg.shard_tokens} must be >= 1; fix --config.data')
+    raise UserError(f'data.tokenizer_sentences={data_cfg.tokenizer_sentences} and '
+                    f'data.shard_tokens={data_cfg.shard_tokens} must be >= 1; fix --config.data')
   cleaning = clean.Settings.from_config(data_cfg)
   given = _load_tokenizer(data_cfg.tokenizer, vocab_size) if data_cfg.tokenizer else None
   paths = corpus.input_files(data_cfg.corpus)
   settings = {
       'format': FORMAT_VERSION,
       'files': [_file_stamp(path) for path in paths],
-      'text_field': data_cfg.text_field, 'url_field': data_cfg.url_field,
-      'bad_lines': data_cfg.bad_lines,
+      'text_field': data_cfg.text_field, 'bad_lines': data_cfg.bad_lines,
+      # the url field is read only for the host block list
+      'url_field': data_cfg.url_field if cleaning.blocked_hosts else '',
       'max_document_chars': data_cfg.max_document_chars, 'piece_chars': data_cfg.piece_chars,
-      'cleaning': cleaning.key(),
+      'stages': cleaning.key(),
       'val_fraction': data_cfg.val_fraction,
       'shard_tokens': data_cfg.shard_tokens,
       # a given tokenizer fixes the tokens; a trained one depends on its vocab size and sample
@@ -98,8 +99,10 @@ def prepare_directory(data_cfg: ml_collections.ConfigDict, vocab_size: int,
     if _exists(part):
       log(f'reusing part {i} of {n} at {part}')
       return part
-    return build(part, paths[i * len(paths) // n:(i + 1) * len(paths) // n],
-                 {**settings, 'part': [i, n]})
+    first, end = i * len(paths) // n, (i + 1) * len(paths) // n
+    log(f'part {i} of {n}: files {first + 1} to {end} of {len(paths)} ({paths[first]} to '
+        f'{paths[end - 1]})')
+    return build(part, paths[first:end], {**settings, 'part': [i, n]})
   if _exists(directory):
     manifest = read_manifest(directory)
     for line in manifest['log']:
@@ -191,7 +194,7 @@ def _build(directory: str, paths: list[str], settings: dict, *, data_cfg, vocab_
     build = os.path.join(tmp, 'build')
     os.mkdir(texts)
     os.mkdir(build)
-    lines, counts, cleaned = _clean_pass(pool, paths, data_cfg, cleaning, texts, log)
+    lines, counts, cleaned, loaded = _clean_pass(pool, paths, data_cfg, cleaning, texts, log)
     if given:
       tokenizer = given
     else:
@@ -206,8 +209,8 @@ def _build(directory: str, paths: list[str], settings: dict, *, data_cfg, vocab_
     splits = _tokenize_pass(pool, texts, build, tokenizer, counts, data_cfg.shard_tokens, log)
     lines += [_split_line(split, s) for split, s in splits.items()]
     manifest = {**settings, 'files': len(paths), 'corpus': data_cfg.corpus,
-                'cleaning': cleaned.summary(cleaning), 'cleaning_counts': cleaned.to_json(),
-                'log': lines,
+                'read': loaded.to_json(), 'cleaning': cleaned.summary(cleaning),
+                'cleaning_counts': cleaned.to_json(), 'log': lines,
                 'tokenizer_sha256': tokenizer.sha256, 'vocab_size': tokenizer.vocab_size,
                 'splits': splits}
     files.write_json(os.path.join(build, 'manifest.json'), manifest)
@@ -254,9 +257,10 @@ def _inspect_chunk(records: list[corpus.Record], *, read: dict,
 
 
 def _clean_pass(pool: workers.Workers, paths: list[str], data_cfg, cleaning: clean.Settings,
-                texts: str, log) -> tuple[list[str], dict, clean.CleanReport]:
+                texts: str, log
+                ) -> tuple[list[str], dict, clean.CleanReport, corpus.LoadReport]:
   """Pass 1: the kept documents of each split into texts/<split>; the log lines, the splits'
-  counts and the cleaning report."""
+  counts, the cleaning report and what was read."""
   loaded = corpus.LoadReport(data_cfg.corpus, len(paths))
   cleaned, dedup = clean.CleanReport(), clean.Deduplicator(cleaning)
   read = dict(text_field=data_cfg.text_field, url_field=data_cfg.url_field,
@@ -285,6 +289,9 @@ def _clean_pass(pool: workers.Workers, paths: list[str], data_cfg, cleaning: cle
   seconds = time.perf_counter() - start
   if not loaded.num_chars:
     raise corpus.empty_corpus_error(loaded, data_cfg.text_field)
+  if cleaning.blocked_hosts and not loaded.urls:
+    raise UserError(f'data.blocked_hosts is set, but no row of corpus {data_cfg.corpus} has a '
+                    f"string field '{data_cfg.url_field}' to check; set --config.data.url_field")
   cleaned.check_kept(cleaning, loaded)
   for split in SPLITS:
     if not counts[split]['documents']:
@@ -300,7 +307,7 @@ def _clean_pass(pool: workers.Workers, paths: list[str], data_cfg, cleaning: cle
            f'{loaded.num_documents / seconds:,.0f} documents/s']
   for line in lines:
     log(line)
-  return lines, counts, cleaned
+  return lines, counts, cleaned, loaded
 
 
 def _encode_chunk(texts: list[str], *, tokenizer_path: str, dtype: str,
@@ -434,19 +441,22 @@ class _ShardWriter:
 
 def _merge(directory: str, settings: dict, log) -> str:
   """Writes the manifest of a corpus prepared in parts, from the parts' manifests."""
-  names = _parts(directory)
-  n = int(names[0].rsplit('-', 1)[1])
-  missing = [i for i in range(n) if _part_name(i, n) not in names
-             or not _exists(os.path.join(directory, _part_name(i, n)))]
-  if missing:
-    raise UserError(f'{directory} holds {n - len(missing)} of {n} parts: part '
-                    f'{", ".join(map(str, missing))} missing; run python -m gpt_jax.prepare with '
-                    f'--config.data.shard=i/{n} for each, then run this again')
+  finished = [name for name in _parts(directory) if _exists(os.path.join(directory, name))]
+  counts = sorted({int(name.rsplit('-', 1)[1]) for name in _parts(directory)})
+  missing = {n: [i for i in range(n) if _part_name(i, n) not in finished] for n in counts}
+  complete = [n for n in counts if not missing[n]]
+  if not complete:
+    n = counts[-1]
+    raise UserError(f'{directory} holds {n - len(missing[n])} of {n} parts: part '
+                    f'{", ".join(map(str, missing[n]))} missing; run python -m gpt_jax.prepare '
+                    f'with --config.data.shard=i/{n} for each, then run this again')
+  n = complete[-1]
   parts = [read_manifest(os.path.join(directory, _part_name(i, n))) for i in range(n)]
   if len({part['tokenizer_sha256'] for part in parts}) > 1:
     raise UserError(f'the parts in {directory} were tokenized with different tokenizers; prepare '
                     'every part with the same --config.data.tokenizer')
   cleaning = clean.CleanReport()
+  read = {name: sum(part['read'][name] for part in parts) for name in parts[0]['read']}
   names = ('documents', 'chars', 'bytes', 'lines', 'tokens')
   splits = {split: {**dict.fromkeys(names, 0), 'shards': []} for split in SPLITS}
   for i, part in enumerate(parts):
@@ -459,11 +469,12 @@ def _merge(directory: str, settings: dict, log) -> str:
   tokenizer_file = tokenizer_lib.find(os.path.join(directory, _part_name(0, n)))
   with files.atomic_path(os.path.join(directory, os.path.basename(tokenizer_file))) as tmp:
     shutil.copyfile(tokenizer_file, tmp)
-  summary = cleaning.summary(clean.Settings.from_key(settings['cleaning']))
+  summary = cleaning.summary(clean.Settings.from_key(settings['stages']))
   lines = [f'merged {n} parts in {directory} (each de-duplicated on its own)', summary]
   lines += [_split_line(split, s) for split, s in splits.items()]
   manifest = {**settings, 'files': len(settings['files']), 'parts': n, 'corpus': parts[0]['corpus'],
-              'cleaning': summary, 'cleaning_counts': cleaning.to_json(), 'log': lines,
+              'read': read, 'cleaning': summary, 'cleaning_counts': cleaning.to_json(),
+              'log': lines,
               'tokenizer_sha256': parts[0]['tokenizer_sha256'],
               'vocab_size': parts[0]['vocab_size'], 'splits': splits}
   files.write_json(os.path.join(directory, 'manifest.json'), manifest)

@@ -208,8 +208,9 @@ def test_rows_without_text_and_lines_that_are_not_json_are_counted_when_skipped(
   assert [(d.text, d.url) for d in docs] == [('one', 'https://a.org/1'), ('two', '')]
   assert (report.bad_lines, report.missing_text) == (2, 1)
   assert report.summary().endswith(
-      f'skipped 2 lines that are not JSON (data.bad_lines=skip), the first {tmp_path}/mixed.jsonl:2'
-      f' (Expecting value); skipped 1 rows without the text field, the first {tmp_path}/mixed.jsonl:3')
+      f'skipped 2 non-JSON lines (data.bad_lines=skip), the first {tmp_path}/mixed.jsonl:2'
+      f' (Expecting value); skipped 1 row without the text field, the first '
+      f'{tmp_path}/mixed.jsonl:3')
 
 
 @pytest.mark.parametrize('block', [5, 64, 1 << 20])

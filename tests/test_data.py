@@ -90,6 +90,12 @@ def test_prepare_reuses_the_cache_without_reading_or_training(prepared, small_co
   assert logs[-1] == f'reusing prepared data at {prepared.directory}'
 
 
+def test_settings_of_a_stage_that_is_off_do_not_change_the_cache_entry(prepared, small_corpus):
+  for overrides in (dict(near_dedup_threshold=0.5, near_dedup_ngram=3), dict(url_field='link')):
+    again = data.prepare(data_config(small_corpus, **overrides), VOCAB, log=lambda _: None)
+    assert again.directory == prepared.directory
+
+
 def test_each_setting_has_its_own_cache_entry(prepared, small_corpus):
   keys = {os.path.basename(prepared.directory)}
   for cfg, vocab in [(data_config(small_corpus, val_fraction=0.2), VOCAB),
@@ -327,6 +333,9 @@ def test_parts_prepared_apart_merge_into_one_pass(prepared, small_corpus, tmp_pa
   prepare_lib.prepare_directory(data_config(small_corpus, str(tmp_path / 'parts'),
                                             tokenizer=tokenizer, shard='1/3'), VOCAB,
                                 log=lambda _: None)
+  stray = os.path.join(os.path.dirname(parts[0]), 'part-00000-of-00002')  # of another split
+  os.makedirs(stray)
+  files.write_json(os.path.join(stray, 'manifest.json'), {})
   logs = []
   merged = data.prepare(cfg, VOCAB, log=logs.append)
   assert logs[0] == f'merged 3 parts in {merged.directory} (each de-duplicated on its own)'
@@ -349,6 +358,10 @@ def test_parts_prepared_apart_merge_into_one_pass(prepared, small_corpus, tmp_pa
                                                       r'\(0, 1\]'),
     (dict(near_dedup=True, near_dedup_threshold=0.0), r'^data.near_dedup_threshold=0.0 is not in'),
     (dict(script='klingon', min_script_fraction=0.5), r"unknown script 'klingon'"),
+    (dict(min_script_fraction=0.5), r'^data.min_script_fraction=0.5 needs a script to count'),
+    (dict(near_dedup_threshold=0.0), r'^data.near_dedup_threshold=0.0 is not in'),
+    (dict(blocked_hosts='spam.example'), r"^data.blocked_hosts is set, but no row of corpus .* has "
+                                         r"a string field 'url' to check"),
 ])
 def test_bad_preparation_settings_are_user_errors(small_corpus, tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
@@ -369,7 +382,7 @@ def test_a_bad_line_stops_before_anything_is_written_or_is_skipped(tmp_path):
   cfg.bad_lines = 'skip'
   logs = []
   prepared = data.prepare(cfg, 300, log=logs.append)
-  assert 'skipped 1 lines that are not JSON (data.bad_lines=skip), the first ' in logs[0]
+  assert 'skipped 1 non-JSON line (data.bad_lines=skip), the first ' in logs[0]
   assert sum(s['documents'] for s in prepared.manifest['splits'].values()) == 40
 
 
@@ -416,3 +429,14 @@ def test_the_prepare_command_with_worker_processes(prepared, small_corpus, tmp_p
   result = command('--config.data.shard=4/2')
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: data.shard='4/2' is not 'i/N'")
+
+
+def test_cleaning_everything_away_says_when_rows_had_no_text_field(tmp_path):
+  path = tmp_path / 'c.jsonl'
+  path.write_text('\n'.join([json.dumps({'body': 'short'})] + [
+      json.dumps({'text': f'Document {i} has its words in another field.'}) for i in range(3)]))
+  with pytest.raises(UserError, match=r': cleaning removed every one of its 1 documents '
+                     r'\(quality 1\) \(3 rows without a string data.text_field were skipped: is '
+                     r'--config.data.text_field right\?\); pass other text'):
+    data.prepare(data_config(str(path), str(tmp_path / 'cache'), text_field='body'), 300,
+                 log=lambda _: None)

@@ -67,11 +67,14 @@ class Settings:
     if not 0 <= self.min_script_fraction <= 1:
       raise UserError(f'data.min_script_fraction={self.min_script_fraction} is not in [0, 1]; '
                       'fix --config.data.min_script_fraction')
+    if self.min_script_fraction and not self.script:
+      raise UserError(f'data.min_script_fraction={self.min_script_fraction} needs a script to '
+                      "count: set --config.data.script (e.g. 'latin')")
+    if not 0 < self.near_dedup_threshold <= 1:
+      raise UserError(f'data.near_dedup_threshold={self.near_dedup_threshold} is not in (0, 1]: '
+                      'it is the estimated Jaccard similarity of two near-duplicates; fix '
+                      '--config.data.near_dedup_threshold')
     if self.near_dedup:
-      if not 0 < self.near_dedup_threshold <= 1:
-        raise UserError(f'data.near_dedup_threshold={self.near_dedup_threshold} is not in (0, 1]: '
-                        'it is the estimated Jaccard similarity of two near-duplicates; fix '
-                        '--config.data.near_dedup_threshold')
       if self.near_dedup_ngram < 1 or self.near_dedup_num_perm < 2:
         raise UserError(f'data.near_dedup_ngram={self.near_dedup_ngram} must be >= 1 and '
                         f'data.near_dedup_num_perm={self.near_dedup_num_perm} >= 2; fix them')
@@ -82,8 +85,15 @@ class Settings:
     return cls(**{**key, 'blocked_hosts': frozenset(key['blocked_hosts'])})
 
   def key(self) -> dict:
-    """The settings as JSON, for the prepared data's cache key and manifest."""
-    return {**dataclasses.asdict(self), 'blocked_hosts': sorted(self.blocked_hosts)}
+    """The settings as JSON, for the prepared data's cache key and manifest; those of a stage
+    that is off take their defaults, so they do not make another key for the same data."""
+    default = Settings()
+    acting = dataclasses.replace(
+        self, **{name: getattr(default, name) for name, stage_on in (
+            ('min_script_fraction', self.script), ('near_dedup_threshold', self.near_dedup),
+            ('near_dedup_ngram', self.near_dedup), ('near_dedup_num_perm', self.near_dedup))
+            if not stage_on})
+    return {**dataclasses.asdict(acting), 'blocked_hosts': sorted(self.blocked_hosts)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +228,9 @@ class CleanReport:
     name = f'corpus {loaded.corpus}' if loaded else 'the corpus'
     invalid = (f' ({loaded.total_invalid_bytes:,} bytes were not valid UTF-8 and were replaced)'
                if loaded and loaded.total_invalid_bytes else '')
+    if loaded and loaded.missing_text:
+      invalid += (f' ({loaded.missing_text:,} rows without a string data.text_field were skipped:'
+                  ' is --config.data.text_field right?)')
     if not self.documents:
       raise UserError(f'{name} has no documents{invalid}; point --config.data.corpus at text')
     worst = max(self.removed, key=lambda s: self.removed[s][0])
