@@ -286,14 +286,13 @@ def measure(command: list[str], *, cwd: str | None = None, env: dict | None = No
   Returns 'seconds' (wall), 'returncode', 'peak_rss_bytes' (the largest sum of the resident
   memory of the process and all its descendants at one sample), 'peak_anon_bytes' (the same sum
   of anonymous memory: RSS without the pages of memory-mapped files such as token shards, which
-  the kernel drops under pressure), 'peak_process_rss_bytes' (the
-  largest single process: the kernel's exact high-water mark of the process and the descendants
-  it waited for (wait4's ru_maxrss), or a larger sample of another), and 'stdout_tail' and
-  'stderr_tail' (their last `tail_lines` lines; both go to temporary files, so no pipe fills up
-  and blocks it). A sum of RSS counts pages that processes share (a fork's copy-on-write pages,
-  the same mapped file) once per process, so the tree peak is an upper bound for forked workers;
-  samples can miss a peak shorter than `interval`, so the tree peak is at least the process
-  peak. Linux only (/proc). If this process is interrupted, the command's process group is
+  the kernel drops under pressure), 'peak_process_rss_bytes' (the largest single process), and
+  'stdout_tail' and 'stderr_tail' (their last `tail_lines` lines; both go to temporary files, so
+  no pipe fills up and blocks it). A sum of RSS counts pages that processes share (a fork's
+  copy-on-write pages, the same mapped file) once per process, so the tree peak is an upper bound
+  for forked workers; samples can miss a peak shorter than `interval`. wait4's ru_maxrss is not
+  used: for a child forked from a large process (pytest) it reports the parent's size. Linux only
+  (/proc). If this process is interrupted, the command's process group is
   killed.
   """
   peak_tree = peak_process = peak_anon = 0
@@ -303,7 +302,7 @@ def measure(command: list[str], *, cwd: str | None = None, env: dict | None = No
                             stderr=err, start_new_session=True)
     try:
       while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
         if pid:
           break
         sizes, anon = zip(*[_rss_bytes(p) for p in _tree(proc.pid)])
@@ -316,7 +315,6 @@ def measure(command: list[str], *, cwd: str | None = None, env: dict | None = No
       raise
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, so Popen never will
-    peak_process = max(peak_process, usage.ru_maxrss * 1024)  # ru_maxrss is in kB on Linux
     return {'seconds': seconds, 'returncode': proc.returncode,
             'peak_rss_bytes': max(peak_tree, peak_process), 'peak_process_rss_bytes': peak_process,
             'peak_anon_bytes': peak_anon,
