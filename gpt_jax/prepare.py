@@ -230,18 +230,24 @@ def _split_line(split: str, counts: dict) -> str:
 
 
 def _chunks(paths: list[str], data_cfg, progress) -> Iterator[list[corpus.Record]]:
-  """The corpus's records in chunks of about _CHUNK_BYTES, read as the workers need them."""
+  """The corpus's records in chunks, read as the workers need them."""
+  records = (record for path in paths
+             for record in corpus.records(path, shakespeare=data_cfg.corpus == 'shakespeare',
+                                          max_chars=data_cfg.max_document_chars,
+                                          piece_chars=data_cfg.piece_chars))
+  return _chunked(records, lambda record: record.size, progress)
+
+
+def _chunked(items, size_of, progress) -> Iterator[list]:
+  """`items` in lists of about _CHUNK_BYTES by size_of(item), the bytes counted in `progress`."""
   chunk, size = [], 0
-  for path in paths:
-    for record in corpus.records(path, shakespeare=data_cfg.corpus == 'shakespeare',
-                                 max_chars=data_cfg.max_document_chars,
-                                 piece_chars=data_cfg.piece_chars):
-      chunk.append(record)
-      size += record.size
-      if size >= _CHUNK_BYTES:
-        progress.update(size)
-        yield chunk
-        chunk, size = [], 0
+  for item in items:
+    chunk.append(item)
+    size += size_of(item)
+    if size >= _CHUNK_BYTES:
+      progress.update(size)
+      yield chunk
+      chunk, size = [], 0
   progress.update(size)
   if chunk:
     yield chunk
@@ -396,17 +402,7 @@ def _bucket(salt: bytes, text: str) -> float:
 
 
 def _text_chunks(path: str, progress) -> Iterator[list[str]]:
-  chunk, size = [], 0
-  for text in _read_texts(path):
-    chunk.append(text)
-    size += len(text) + 8
-    if size >= _CHUNK_BYTES:
-      progress.update(size)
-      yield chunk
-      chunk, size = [], 0
-  progress.update(size)
-  if chunk:
-    yield chunk
+  return _chunked(_read_texts(path), lambda text: len(text) + 8, progress)
 
 
 class _ShardWriter:
