@@ -25,7 +25,7 @@ import ml_collections
 import ml_dtypes
 import numpy as np
 
-from gpt_jax import cli, config as config_lib, files, model, quant, runs
+from gpt_jax import cli, config as config_lib, files, model, network, quant, runs
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
@@ -297,7 +297,7 @@ def _to_hf(x: np.ndarray, layout: str, n_in: int) -> np.ndarray:
 
 def _per_layer_shapes(m) -> dict:
   """Our parameter shapes (ShapeDtypeStructs), with unscanned layers h_0, h_1, ..."""
-  gpt = model.build(ml_collections.ConfigDict({**dict(m.items()), 'scan_layers': False}))
+  gpt = network.build(ml_collections.ConfigDict({**dict(m.items()), 'scan_layers': False}))
   return jax.eval_shape(lambda: model.init_params(gpt, jax.random.key(0), 1))
 
 
@@ -418,7 +418,7 @@ def load(hf_dir: str, scan_layers: bool = False) -> tuple[model.GPT, dict]:
   """(model, params) of the HF GPT-2 or LLaMA checkpoint in `hf_dir`:
   model.apply({'params': params}, tokens_BL) gives its logits_BLV."""
   config = _config(hf_dir, scan_layers)
-  return model.build(config.model), _params(hf_dir, config)
+  return network.build(config.model), _params(hf_dir, config)
 
 
 def import_checkpoint(hf_dir: str, workdir: str, tokenizer: str | None = None,

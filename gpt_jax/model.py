@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gpt_jax import attention, lora as lora_lib, quant as quant_lib
+from gpt_jax import attention, layers
 from gpt_jax.errors import UserError
 
 CHOICES = {
@@ -90,10 +90,6 @@ def layer_window(model: ml_collections.ConfigDict, layer: int) -> int:
   return model.sliding_window
 
 
-def _param(std: float, names: tuple):
-  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
-
-
 def _norm(model, name: str) -> nn.Module:
   common = dict(epsilon=model.norm_eps, dtype=model.dtype, param_dtype=model.param_dtype,
                 scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)), name=name)
@@ -104,57 +100,11 @@ def _norm(model, name: str) -> nn.Module:
                       **common)
 
 
-class Dense(nn.Module):
-  """x · W + b, contracting the last len(in_names) axes of x; W and b carry logical axis names.
-
-  Not nn.DenseGeneral: it initialises a multi-axis kernel flat and reshapes it, and under a mesh
-  the flat kernel cannot take the logical sharding of the real one.
-  With `quant` the kernel is stored quantized and dequantized inside the matmul (gpt_jax.quant);
-  with `lora` a trained low-rank update is added, x·W + (alpha/rank)·(x·A)·B (gpt_jax.lora).
-  """
-  features: tuple[int, ...]
-  in_names: tuple[str, ...]
-  out_names: tuple[str, ...]
-  std: float
-  use_bias: bool
-  dtype: str
-  param_dtype: str
-  quant: quant_lib.QuantSpec | None = None
-  lora: lora_lib.LoraSpec | None = None
-
-  @nn.compact
-  def __call__(self, x, deterministic: bool = True):
-    n_in = len(self.in_names)
-    shape, names = x.shape[-n_in:] + self.features, self.in_names + self.out_names
-    if self.quant:
-      y = quant_lib.quantized_dense(self, x, shape, names, self.quant)
-    else:
-      kernel = self.param('kernel', _param(self.std, names), shape, self.param_dtype)
-      y = contract(x, kernel, n_in, self.dtype)
-    if self.lora:
-      y = y + lora_lib.lora_delta(self, x, shape, names, self.lora, deterministic)
-    if self.use_bias:
-      bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, self.out_names),
-                        self.features, self.param_dtype)
-      y = y + bias.astype(self.dtype)
-    return y
-
-
-def contract(x, kernel, n_in: int, dtype):
-  """x · kernel over the last n_in axes of x and the first n_in of the kernel, in `dtype`.
-
-  A jax.lax.dot_general on the kernel as stored, not a reshape to 2-D and `@`: XLA emits the
-  same matmul, and JAX quantization libraries (qwix) intercept exactly this form.
-  """
-  x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=dtype)
-  x_axes = tuple(range(x.ndim - n_in, x.ndim))
-  return jax.lax.dot_general(x, kernel, ((x_axes, tuple(range(n_in))), ((), ())))
-
-
-def _dense(model, features, in_names: tuple, out_names: tuple, std: float, name: str) -> Dense:
+def _dense(model, plan: layers.Plan, features, in_names: tuple, out_names: tuple, std: float,
+           name: str) -> layers.Dense:
   features = features if isinstance(features, tuple) else (features,)
-  return Dense(features, in_names, out_names, std, model.bias, model.dtype, model.param_dtype,
-               quant=quant_lib.spec(model), lora=lora_lib.spec(model, name), name=name)
+  return layers.Dense(features, in_names, out_names, std, model.bias, model.dtype,
+                      model.param_dtype, matmul=plan.dense(name), name=name)
 
 
 def rope(x_BLHE: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
@@ -171,13 +121,15 @@ def rope(x_BLHE: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
 class Attention(nn.Module):
   config: ml_collections.FrozenConfigDict
   window: int
+  plan: layers.Plan
 
   @nn.compact
   def __call__(self, x_ND, positions_BL, segment_ids_BL=None, decode: bool = False,
                deterministic: bool = True):
     c = self.config
     E = head_size(c)
-    dense = lambda *args: functools.partial(_dense(c, *args), deterministic=deterministic)
+    dense = lambda *args: functools.partial(_dense(c, self.plan, *args),
+                                        deterministic=deterministic)
     out_std = c.init_std / math.sqrt(2 * c.n_layer)  # GPT-2: residual branches scaled by depth
     unflat = lambda y: y.reshape(positions_BL.shape + y.shape[1:])
     q_BLHE = unflat(dense((c.n_head, E), ('embed',), ('heads', 'kv'), c.init_std, 'query')(x_ND))
@@ -221,13 +173,15 @@ class Attention(nn.Module):
 
 class MLP(nn.Module):
   config: ml_collections.FrozenConfigDict
+  plan: layers.Plan
 
   @nn.compact
   def __call__(self, x_ND, deterministic: bool = True):
     c = self.config
     F = mlp_hidden_size(c)
     out_std = c.init_std / math.sqrt(2 * c.n_layer)
-    dense = lambda *args: functools.partial(_dense(c, *args), deterministic=deterministic)
+    dense = lambda *args: functools.partial(_dense(c, self.plan, *args),
+                                        deterministic=deterministic)
     if c.mlp == 'swiglu':
       gate_NF = dense(F, ('embed',), ('mlp',), c.init_std, 'gate')(x_ND)
       up_NF = dense(F, ('embed',), ('mlp',), c.init_std, 'up')(x_ND)
@@ -242,14 +196,15 @@ class Block(nn.Module):
   """Pre-LN residual block over flat rows x_ND: x + Attention(Norm(x)), then x + MLP(Norm(x))."""
   config: ml_collections.FrozenConfigDict
   window: int = 0
+  plan: layers.Plan = layers.Plan()
 
   @nn.compact
   def __call__(self, x_ND, positions_BL, segment_ids_BL, deterministic: bool, decode: bool):
     c = self.config
-    h_ND = Attention(c, self.window, name='attn')(_norm(c, 'ln_1')(x_ND), positions_BL,
-                                                  segment_ids_BL, decode, deterministic)
+    h_ND = Attention(c, self.window, self.plan, name='attn')(
+        _norm(c, 'ln_1')(x_ND), positions_BL, segment_ids_BL, decode, deterministic)
     x_ND = x_ND + nn.Dropout(c.dropout)(h_ND, deterministic=deterministic)
-    h_ND = MLP(c, name='mlp')(_norm(c, 'ln_2')(x_ND), deterministic)
+    h_ND = MLP(c, self.plan, name='mlp')(_norm(c, 'ln_2')(x_ND), deterministic)
     x_ND = x_ND + nn.Dropout(c.dropout)(h_ND, deterministic=deterministic)
     return nn.with_logical_constraint(x_ND, ('batch', 'embed'))
 
@@ -281,9 +236,13 @@ class GPT(nn.Module):
   vocab_size + s reads row s of it instead of the token table, which is left as it is (ids must
   stay below vocab_size + S). The logits still cover the vocab_size ids alone.
   hidden=True returns the final normalised hidden states x_ND (N = B·L rows) instead of the
-  logits, for a loss that applies the head itself (losses.head_next_token_loss, head_weight).
+  logits, for a loss that applies the head itself (losses.head_next_token_loss,
+  network.head_weight).
+  `plan` stores and multiplies the weights (layers.Plan: float; gpt_jax.network builds the
+  quantized and adapted ones).
   """
   config: ml_collections.FrozenConfigDict
+  plan: layers.Plan = layers.Plan()
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, deterministic: bool = True,
@@ -295,13 +254,7 @@ class GPT(nn.Module):
                        'one example per row')
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
-    quant = quant_lib.spec(c)
-    head_quant = quant if quant and quant.embeddings else None
-    if head_quant:
-      wte = quant_lib.Embed(c.vocab_size, c.n_embd, head_quant, c.dtype, name='wte')
-    else:
-      wte = nn.Embed(c.vocab_size, c.n_embd, dtype=c.dtype, param_dtype=c.param_dtype,
-                     embedding_init=_param(c.init_std, ('vocab', 'embed')), name='wte')
+    wte = self.plan.embed(c.vocab_size, c.n_embd, c.init_std, c.dtype, c.param_dtype, 'wte')
     if special_embeddings_SD is None:
       x_BLD = wte(tokens_BL)
     else:
@@ -311,7 +264,7 @@ class GPT(nn.Module):
           jnp.maximum(tokens_BL - c.vocab_size, 0)]
       x_BLD = jnp.where(is_special_BL[..., None], special_BLD, token_BLD)
     if c.position == 'learned':
-      wpe_PD = self.param('wpe', _param(c.init_std, (None, 'embed')), (c.block_size, c.n_embd),
+      wpe_PD = self.param('wpe', layers.logical_normal(c.init_std, (None, 'embed')), (c.block_size, c.n_embd),
                           c.param_dtype)
       # Padding (position -1) reads row 0; attention ignores it anyway.
       x_BLD = x_BLD + jnp.asarray(wpe_PD, c.dtype)[jnp.maximum(positions_BL, 0)]
@@ -323,16 +276,16 @@ class GPT(nn.Module):
       # Arguments 4 and 5 of __call__ (counting self) are the Python bools.
       block = nn.remat(block, policy=REMAT_POLICIES[c.remat], static_argnums=(4, 5))
     if c.scan_layers:
-      layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
+      stack = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
                        split_rngs={'params': True, 'dropout': True},
                        in_axes=(nn.broadcast,) * 4, length=c.n_layer,
                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_ND, _ = layers(c, layer_window(c, 0), name='layers')(x_ND, positions_BL, segment_ids_BL,
-                                                            deterministic, decode)
+      x_ND, _ = stack(c, layer_window(c, 0), self.plan, name='layers')(
+          x_ND, positions_BL, segment_ids_BL, deterministic, decode)
     else:
       for i in range(c.n_layer):
-        x_ND = block(c, layer_window(c, i), name=f'h_{i}')(x_ND, positions_BL, segment_ids_BL,
-                                                          deterministic, decode)
+        x_ND = block(c, layer_window(c, i), self.plan, name=f'h_{i}')(
+            x_ND, positions_BL, segment_ids_BL, deterministic, decode)
 
     x_ND = _norm(c, 'ln_f')(x_ND)
     if hidden and not self.is_initializing():
@@ -340,31 +293,10 @@ class GPT(nn.Module):
     if c.tie_embeddings:
       logits_NV = wte.attend(x_ND)
     else:
-      logits_NV = Dense((c.vocab_size,), ('embed',), ('vocab',), c.init_std, False, c.dtype,
-                        c.param_dtype, quant=head_quant, name='lm_head')(x_ND)
+      logits_NV = layers.Dense((c.vocab_size,), ('embed',), ('vocab',), c.init_std, False, c.dtype,
+                               c.param_dtype, matmul=self.plan.head(), name='lm_head')(x_ND)
     logits_NV = nn.with_logical_constraint(logits_NV, ('batch', 'vocab'))
     return logits_NV.reshape(*tokens_BL.shape, -1)
-
-
-def head_weight(params, model: ml_collections.ConfigDict) -> jax.Array:
-  """The output head as (vocab, n_embd): logits = hidden · head_weightᵀ (dequantized if the
-  model's is quantized, gpt_jax.quant)."""
-  quant = quant_lib.spec(model)
-  if quant and quant.embeddings:
-    module, prefix = ('wte', 'embedding') if model.tie_embeddings else ('lm_head', 'kernel')
-    return quant_lib.dequantize(quant_lib.parts(params[module], prefix), quant).T
-  if model.tie_embeddings:
-    return params['wte']['embedding']
-  return params['lm_head']['kernel'].T
-
-
-def build(model: ml_collections.ConfigDict, lora: ml_collections.ConfigDict | None = None) -> GPT:
-  """The GPT of a model config; with `lora` (config.lora, rank > 0) its target layers carry
-  adapters (gpt_jax.lora)."""
-  frozen = model.to_dict()
-  if lora is not None and lora.rank > 0:
-    frozen['lora'] = lora.to_dict()
-  return GPT(ml_collections.FrozenConfigDict(frozen))
 
 
 def init_params(gpt: GPT, rng: jax.Array, seq_len: int):

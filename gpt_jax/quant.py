@@ -48,6 +48,7 @@ import ml_collections
 import qwix
 from qwix._src.core import numerics
 
+from gpt_jax import layers, model
 from gpt_jax.errors import UserError
 
 FORMATS = ('int8', 'int4', 'nf4')
@@ -66,10 +67,10 @@ class QuantSpec:
   embeddings: bool  # also the token embedding and the output head
 
 
-def spec(model: ml_collections.FrozenConfigDict) -> QuantSpec | None:
+def spec(model_config: ml_collections.ConfigDict) -> QuantSpec | None:
   """The quantization of a model config (config.model.quant), or None for float weights (also
   for a saved config from before quantization existed)."""
-  quant = model.get('quant')
+  quant = model_config.get('quant')
   if quant is None or not quant.format:
     return None
   return QuantSpec(quant.format, quant.group_size, quant.zero_point, quant.activations,
@@ -182,9 +183,8 @@ def dequantize(parts: dict, quant: QuantSpec):
 def matmul(x, parts: dict, n_in: int, quant: QuantSpec, dtype):
   """x · W over the last n_in axes of x, W the kernel of stored parts, as quant.activations
   says (module docstring); the result in `dtype`."""
-  from gpt_jax import model  # model imports this module
   if quant.activations == 'none':
-    return model.contract(x, dequantize(parts, quant).astype(dtype), n_in, dtype)
+    return layers.contract(x, dequantize(parts, quant).astype(dtype), n_in, dtype)
   w_codes = codes(parts)
   codes_GgO, scale_GO, zero_G1O = _grouped(w_codes, scales(parts), parts.get('zero'))
   (G, g, _), batch_shape = codes_GgO.shape, x.shape[:-n_in]
@@ -226,11 +226,37 @@ def declare(module: nn.Module, prefix: str, shape: tuple, names: tuple, n_in: in
           for key, part in abstract.items()}
 
 
-def quantized_dense(module: nn.Module, x, shape: tuple, names: tuple, quant: QuantSpec):
-  """model.Dense's matmul on a kernel of `shape` and logical `names` stored quantized."""
-  n_in = len(shape) - len(module.features)
-  return matmul(x, declare(module, 'kernel', shape, names, n_in, quant), n_in, quant,
-                module.dtype)
+@dataclasses.dataclass(frozen=True)
+class QuantMatmul:
+  """A Dense layer's matmul (layers.Matmul) on its kernel stored quantized: params kernel_q,
+  kernel_scale, ... (module docstring), dequantized inside the matmul."""
+  quant: QuantSpec
+
+  def __call__(self, module: layers.Dense, x, shape: tuple, names: tuple, deterministic: bool):
+    del deterministic
+    n_in = len(module.in_names)
+    return matmul(x, declare(module, 'kernel', shape, names, n_in, self.quant), n_in, self.quant,
+                  module.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantPlan(layers.Plan):
+  """The quantized network: every Dense's kernel quantized, and with quant.embeddings the token
+  table (Embed) and the untied head too."""
+  quant: QuantSpec
+
+  def dense(self, layer: str) -> layers.Matmul:
+    del layer
+    return QuantMatmul(self.quant)
+
+  def head(self) -> layers.Matmul:
+    return QuantMatmul(self.quant) if self.quant.embeddings else super().head()
+
+  def embed(self, num_embeddings: int, features: int, std: float, dtype: str, param_dtype: str,
+            name: str) -> nn.Module:
+    if not self.quant.embeddings:
+      return super().embed(num_embeddings, features, std, dtype, param_dtype, name)
+    return Embed(num_embeddings, features, self.quant, dtype, name=name)
 
 
 class Embed(nn.Module):
@@ -296,13 +322,10 @@ def _dequantize_jit(stored: dict, quant: QuantSpec, scanned: bool):
 
 def quantize_params(params, model_config: ml_collections.ConfigDict, quant: QuantSpec):
   """The float parameters of a model (config.model without quant) with every Dense kernel, and
-  with quant.embeddings the embedding and the untied head, quantized: the tree that
-  model.build(model_config with model.quant) declares. UserError naming the first layer whose
-  inputs group_size does not divide."""
-  from gpt_jax import model  # model imports this module
-  quantized_config = model_config.copy_and_resolve_references()
-  quantized_config.quant = ml_collections.ConfigDict(dataclasses.asdict(quant))
-  gpt = model.build(quantized_config)
+  with quant.embeddings the embedding and the untied head, quantized: the tree that the model
+  under QuantPlan(quant) declares. UserError naming the first layer whose inputs group_size does
+  not divide."""
+  gpt = model.GPT(ml_collections.FrozenConfigDict(model_config.to_dict()), QuantPlan(quant))
   target = jax.eval_shape(lambda: model.init_params(gpt, jax.random.key(0), 1))
 
   def convert(path, module_params, scanned):

@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt_jax import checkpoint, config as config_lib, files, lora, model, quant, sharding, state
+from gpt_jax import checkpoint, config as config_lib, files, lora, model, network, quant, sharding, state
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.tokenizer import Tokenizer
@@ -78,7 +78,7 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   names, and checked against the fingerprint there: UserError if the base changed) with the
   adapters merged in, W + (alpha/r)·A·B (lora.merge), under the plain model; merge=False, or a
   quantized base (QLoRA: merging would dequantize it), keeps them apart, under the adapted model
-  (model.build with config.lora)."""
+  (network.build with config.lora)."""
   config = read_config(workdir, what)
   path = tokenizer_lib.find(workdir)
   if path is None:
@@ -99,7 +99,7 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
     config.model.dtype = dtype
   adapted = lora.is_adapted(config)
   base = _lora_base(workdir, mesh, dtype, log) if adapted else None
-  gpt = model.build(config.model, config.lora if adapted else None)
+  gpt = network.build(config.model, config.lora if adapted else None)
   abstract_params = state.abstract_params(
       functools.partial(model.init_params, gpt, seq_len=config.seq_len),
       model.logical_axes(gpt, config.seq_len), mesh)
@@ -117,7 +117,7 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
       shardings = jax.tree.map(lambda p: p.sharding, base.params)
       params = jax.jit(functools.partial(lora.merge, lora=config.lora),
                        out_shardings=shardings)(params)
-      gpt = model.build(config.model)
+      gpt = network.build(config.model)
   return Run(gpt, params, config, tokenizer, step)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import cli, evaluate, model, runs, sharding, task_inputs, trainer
+from gpt_jax import cli, evaluate, network, runs, sharding, task_inputs, trainer
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import classify
 
@@ -58,7 +58,7 @@ def objective_for(tmp_path, examples, lm_weight=0.5):
                       block_size=16)
   task = task_inputs.read_task_file(write_jsonl(tmp_path / 'task.jsonl', examples))
   config.task.kind, config.task.labels = task.kind, task.labels
-  objective = classify.TaskFineTuning(config, CharTokenizer(), model.build(config.model),
+  objective = classify.TaskFineTuning(config, CharTokenizer(), network.build(config.model),
                                       mesh=sharding.data_parallel_mesh())
   arrays = objective.encode(task)
   objective.num_sequences = arrays['tokens'].shape[1]

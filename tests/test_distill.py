@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import directory_digest
-from gpt_jax import cli, model, optim, runs, sharding, trainer
+from gpt_jax import cli, network, optim, runs, sharding, trainer
 from gpt_jax.objectives import distill
 from gpt_jax.tokenizer import Tokenizer
 
@@ -73,7 +73,7 @@ def test_a_smaller_student_learns_from_the_teacher_which_stays_untouched(student
 def test_student_equal_to_teacher_starts_with_zero_kl(student):
   """Same config and seed: the student's initial parameters are the teacher's at init, so the
   first step's KL against a teacher holding those parameters is zero."""
-  gpt, tx = model.build(student.model), optim.optimizer(student.optim, student.steps)
+  gpt, tx = network.build(student.model), optim.optimizer(student.optim, student.steps)
   objective = distill.Distillation(student, None, gpt, teacher=gpt)
   state = jax.jit(lambda: trainer.new_state(objective, tx, student))()
   teacher_params = jax.tree.map(jax.numpy.copy, state.params)

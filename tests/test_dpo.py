@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, model, objectives, optim, runs, sharding, trainer
+from gpt_jax import cli, model, network, objectives, optim, runs, sharding, trainer
 from gpt_jax import tokenizer as tokenizer_lib
 from conftest import directory_digest
 from gpt_jax.errors import UserError
@@ -73,7 +73,7 @@ def small():
   config.update(objective='dpo', seq_len=12)
   config.dpo.beta = 0.5
   config.model.update(vocab_size=64, n_embd=32, n_head=2, n_kv_head=2, position='rope')
-  gpt = model.build(config.model)
+  gpt = network.build(config.model)
   params, reference = (model.init_params(gpt, jax.random.PRNGKey(seed), config.seq_len)
                        for seed in (0, 1))
   objective = dpo.DirectPreference(config, None, gpt, reference=gpt, frozen=reference)
@@ -294,7 +294,7 @@ def another_run(tiny_base, directory, *, tokenizer=None, **model_settings) -> st
   base = runs.load(tiny_base, log=quiet)
   run_config = runs.read_config(tiny_base)
   run_config.model.update(model_settings)
-  params = model.init_params(model.build(run_config.model), jax.random.PRNGKey(0),
+  params = model.init_params(network.build(run_config.model), jax.random.PRNGKey(0),
                              run_config.seq_len)
   return runs.write_params_run(str(directory), run_config, tokenizer or base.tokenizer, params,
                                0, 'dpo.reference')

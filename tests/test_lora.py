@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import checkpoint, cli, hf, instructions, lora, model, objectives, optim, quant
-from gpt_jax import quantize, runs, sharding, task_inputs, trainer
+from gpt_jax import checkpoint, cli, hf, instructions, lora, model, network, objectives, optim
+from gpt_jax import quant, quantize, runs, sharding, task_inputs, trainer
 from gpt_jax.errors import UserError
+from gpt_jax.lora.__main__ import merge_run
 from gpt_jax.objectives import classify, lm, sft
 from gpt_jax.objectives.lora import LoraTuning
 from test_classify import EXAMPLES, objective_for
@@ -39,7 +40,7 @@ def tiny(**lora_settings):
 
 def adapted_lm(config):
   """(objective, base parameters): LoRA on a language model with random base parameters."""
-  base = model.init_params(model.build(config.model), jax.random.PRNGKey(1), config.seq_len)
+  base = model.init_params(network.build(config.model), jax.random.PRNGKey(1), config.seq_len)
   return LoraTuning.wrap(lm.LanguageModeling.without_data(config), base), base
 
 
@@ -64,7 +65,7 @@ def test_adapters_start_at_zero_so_the_adapted_model_is_its_base_bit_for_bit():
   assert query['lora_a'].shape == (64, 4) and query['lora_b'].shape == (4, 4, 16)
   assert float(jnp.abs(query['lora_a']).max()) > 0 and not jnp.any(query['lora_b'])
   adapted = objective.gpt.apply({'params': objective.combine(params, base)}, tokens())
-  plain = model.build(config.model).apply({'params': base}, tokens())
+  plain = network.build(config.model).apply({'params': base}, tokens())
   np.testing.assert_array_equal(adapted, plain)
 
 
@@ -83,7 +84,7 @@ def test_merged_gives_the_logits_of_unmerged(mlp, targets):
   unmerged = objective.gpt.apply({'params': params}, tokens())
   merged_params = lora.merge(params, config.lora)
   assert jax.tree.structure(merged_params) == jax.tree.structure(base)
-  plain = model.build(config.model).apply
+  plain = network.build(config.model).apply
   merged = plain({'params': merged_params}, tokens())
   assert float(jnp.abs(unmerged - plain({'params': base}, tokens())).max()) > 0.1  # they matter
   np.testing.assert_allclose(merged, unmerged, atol=1e-5)
@@ -155,7 +156,7 @@ def test_a_step_trains_the_adapters_alone_and_the_optimizer_holds_them_alone():
 
 def test_qlora_steps_lower_the_loss_on_a_frozen_nf4_base():
   config = tiny(targets='all')
-  float_base = model.init_params(model.build(config.model), jax.random.PRNGKey(1), config.seq_len)
+  float_base = model.init_params(network.build(config.model), jax.random.PRNGKey(1), config.seq_len)
   nf4 = quant.QuantSpec('nf4', 32, False, 'none', False)
   config.model.quant.update(format='nf4', group_size=32)
   objective = LoraTuning.wrap(lm.LanguageModeling.without_data(config),
@@ -174,7 +175,7 @@ def test_sft_with_lora_trains_the_adapters_alone():
   config.update(objective='sft', seq_len=24)
   config.model.update(vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_kv_head=2,
                       position='rope')
-  inner = sft.InstructionTuning(config, None, model.build(config.model))
+  inner = sft.InstructionTuning(config, None, network.build(config.model))
   base = model.init_params(inner.gpt, jax.random.PRNGKey(1), config.seq_len)
   objective = LoraTuning.wrap(inner, base)
   rng = np.random.default_rng(0)
@@ -275,7 +276,7 @@ def test_a_lora_run_saves_the_adapters_alone_and_names_its_base(lora_run, base_d
   assert record == {'base': os.path.abspath(base_dir), 'base_step': 20,
                     'base_sha256': lora.fingerprint(base.params)}
   config = runs.read_config(workdir)
-  gpt = model.build(config.model, config.lora)
+  gpt = network.build(config.model, config.lora)
   adapters, _ = lora.split(jax.eval_shape(lambda: model.init_params(gpt, jax.random.PRNGKey(0),
                                                                     config.seq_len)))
   assert len(paths(adapters)) == 2 * 4 * 2
@@ -297,7 +298,7 @@ def test_a_lora_run_loads_merged_or_not_and_merges_into_an_ordinary_run(lora_run
                              unmerged.gpt.apply({'params': unmerged.params}, tokens()), atol=1e-5)
 
   out = str(tmp_path / 'merged')
-  assert lora.merge_run(workdir, out, log=quiet) == out
+  assert merge_run(workdir, out, log=quiet) == out
   assert sorted(os.listdir(out)) == ['checkpoints', 'config.json', 'tokenizer.model']
   written = runs.load(out)
   assert written.step == merged.step == 4 and written.config.lora.rank == 0
@@ -308,10 +309,10 @@ def test_a_lora_run_loads_merged_or_not_and_merges_into_an_ordinary_run(lora_run
   jax.tree.map(np.testing.assert_array_equal, *exported)
 
   with pytest.raises(UserError, match=r'already exists and is not empty'):
-    lora.merge_run(workdir, out)
+    merge_run(workdir, out)
   with pytest.raises(UserError, match=r'is not a LoRA run \(its lora.rank is 0\): it has no '
                                       r'adapters to merge'):
-    lora.merge_run(out, str(tmp_path / 'again'))
+    merge_run(out, str(tmp_path / 'again'))
 
 
 def test_quantizing_a_lora_run_writes_its_merged_model_as_an_ordinary_quantized_run(lora_run,
@@ -368,7 +369,7 @@ def test_qlora_trains_adapters_on_an_nf4_base_and_merging_dequantizes_it(small_c
                                       r'gpt_jax.lora merge`\) and quantize the merged run'):
     quantize.quantize_run(workdir, str(tmp_path / 'int8'),
                           quant.QuantSpec('int8', 0, False, 'none', False), log=quiet)
-  out = lora.merge_run(workdir, str(tmp_path / 'merged'), log=quiet)
+  out = merge_run(workdir, str(tmp_path / 'merged'), log=quiet)
   merged = runs.load(out)
   assert not merged.config.model.quant.format and 'kernel' in merged.params['h_0']['attn']['query']
   np.testing.assert_allclose(merged.gpt.apply({'params': merged.params}, tokens()),
@@ -437,7 +438,7 @@ def test_classify_with_lora_merges_into_a_classifier_with_its_head(base_dir, tmp
   config.lora.rank = 4
   workdir, merged = str(tmp_path / 'lora'), str(tmp_path / 'merged')
   trainer.train(config, workdir, log=quiet)
-  lora.merge_run(workdir, merged, log=quiet)
+  merge_run(workdir, merged, log=quiet)
   mesh = sharding.data_parallel_mesh()
   trees = [classify.load_classifier(d, mesh=mesh, log=quiet)[1] for d in (workdir, merged)]
   jax.tree.map(np.testing.assert_array_equal, *trees)
@@ -463,7 +464,7 @@ def test_a_lora_step_on_a_2x2x2_mesh_matches_one_device():
     c.seq_len, c.batch_size = 16, 8
     c.model.update(vocab_size=256, n_layer=2, n_embd=64, n_head=8, n_kv_head=8, block_size=16)
     c.lora.update(rank=4, targets='all')
-    plain = model.build(c.model)
+    plain = network.build(c.model)
     base = model.init_params(plain, jax.random.PRNGKey(1), 16)
     tx = optim.optimizer(c.optim, 10)
     batches = np.random.RandomState(0).randint(0, 256, (3, 8, 17)).astype(np.int32)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import attention, cli, config, flops, model
+from gpt_jax import attention, cli, config, flops, model, network
 from gpt_jax.errors import UserError
 
 GPT2 = dict(vocab_size=97, n_layer=2, n_head=4, n_kv_head=4, n_embd=32, block_size=32)
@@ -34,7 +34,7 @@ def model_config(**overrides):
 def build(**overrides):
   """(config, jitted apply, params) of a small model."""
   cfg = model_config(**overrides)
-  gpt = model.build(cfg)
+  gpt = network.build(cfg)
   params = jax.jit(model.init_params, static_argnums=(0, 2))(gpt, jax.random.PRNGKey(0), 16)
   return cfg, jax.jit(gpt.apply, static_argnames='deterministic'), params
 
@@ -164,7 +164,7 @@ def test_dropout_changes_training_forward_only():
 
 def test_logical_axes_name_every_parameter():
   cfg, gpt, _ = build(**LLAMA)
-  axes = model.logical_axes(model.build(cfg), 16)
+  axes = model.logical_axes(network.build(cfg), 16)
   assert tuple(axes['wte']['embedding']) == ('vocab', 'embed')
   assert tuple(axes['h_0']['attn']['key']['kernel']) == ('embed', 'kv_heads', 'kv')
   assert tuple(axes['h_0']['mlp']['gate']['kernel']) == ('embed', 'mlp')

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import attention, config, losses, model
+from gpt_jax import attention, config, layers, losses, model, network
 
 TINY = dict(vocab_size=64, n_layer=2, n_head=4, n_kv_head=4, n_embd=32, block_size=16)
 ROPE_GQA = dict(TINY, position='rope', norm='rmsnorm', mlp='swiglu', bias=False,
@@ -16,7 +16,7 @@ LENGTHS = (5, 7)  # two examples packed into one row of 16, then 4 tokens of pad
 def build(**overrides):
   c = config.base_config().model
   c.update(overrides)
-  gpt = model.build(c)
+  gpt = network.build(c)
   return gpt, model.init_params(gpt, jax.random.key(0), 16)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import checkpoint, cli, evaluate, files, model, preference_study as study
+from gpt_jax import checkpoint, cli, evaluate, files, model, network, preference_study as study
 from gpt_jax import runs, sharding, tokenizer as tokenizer_lib, trainer
 from gpt_jax.tasks import build
 
@@ -30,7 +30,7 @@ def tiny_runs(pair_rows):
   """Two runs.Run of the tiny model, random parameters of seeds 0 and 1, one tokenizer."""
   tokenizer = tokenizer_lib.train([text for row in pair_rows for text in row.values()], 400)
   config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py'))
-  gpt = model.build(config.model)
+  gpt = network.build(config.model)
   made = lambda seed: runs.Run(gpt, model.init_params(gpt, jax.random.PRNGKey(seed), 32), config,
                                tokenizer, 0)
   return made(0), made(1)

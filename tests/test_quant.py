@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, config as config_lib, evaluate, hf, model, objectives, quant, quantize
+from gpt_jax import cli, config as config_lib, evaluate, hf, model, network, objectives, quant, quantize
 from gpt_jax import runs, sample, trainer
 from gpt_jax.errors import UserError
 
@@ -121,7 +121,7 @@ def tiny_model(variant: str):
   c = config_lib.base_config().model
   c.update(vocab_size=51, n_layer=2, n_head=4, n_kv_head=4, n_embd=32, block_size=32)
   c.update(VARIANTS[variant])  # an odd vocabulary: the packed table has a half-empty byte column
-  gpt = model.build(c)
+  gpt = network.build(c)
   params = jax.jit(lambda: model.init_params(gpt, jax.random.key(0), 8))()
   return c, gpt, params, jax.jit(gpt.apply)
 
@@ -151,7 +151,7 @@ def test_a_quantized_model_is_close_to_its_float_model(variant, name):
   qc.quant.update(format=quant_spec.format, group_size=quant_spec.group_size,
                   zero_point=quant_spec.zero_point, activations=quant_spec.activations,
                   embeddings=quant_spec.embeddings)
-  qgpt = model.build(qc)
+  qgpt = network.build(qc)
   declared = jax.eval_shape(lambda: model.init_params(qgpt, jax.random.key(0), 1))
   assert jax.tree.map(lambda a: (a.shape, a.dtype), declared) == jax.tree.map(
       lambda a: (a.shape, a.dtype), quantized_params)
@@ -163,8 +163,8 @@ def test_a_quantized_model_is_close_to_its_float_model(variant, name):
   dequantized = quant.dequantize_params(quantized_params, qc)
   if quant_spec.activations == 'none':
     np.testing.assert_allclose(logits, apply({'params': dequantized}, tokens_BL), atol=2e-5)
-  np.testing.assert_allclose(model.head_weight(quantized_params, qc),
-                             model.head_weight(dequantized, c), rtol=1e-6)
+  np.testing.assert_allclose(network.head_weight(quantized_params, qc),
+                             network.head_weight(dequantized, c), rtol=1e-6)
 
 
 def test_a_group_size_that_does_not_divide_names_the_layer():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, model, preferences, runs, sharding, tokenizer as tokenizer_lib
+from gpt_jax import cli, model, network, preferences, runs, sharding, tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import reward
 
@@ -31,7 +31,7 @@ def test_score_reads_the_last_token_and_ignores_left_padding():
   its rollouts), and both equal the head applied to the model's hidden state at that token."""
   config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py')).model
   config.update(vocab_size=64, n_embd=32, n_head=2, n_kv_head=2)
-  gpt = model.build(config)
+  gpt = network.build(config)
   params = {'gpt': model.init_params(gpt, jax.random.key(0), 16),
             'head': reward.init_scalar_head(jax.random.key(1), config)}
   tokens = np.random.default_rng(0).integers(1, 64, (2, 10)).astype(np.int32)

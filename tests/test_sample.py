@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, config as config_lib, model, sample, trainer
+from gpt_jax import cli, config as config_lib, model, network, sample, trainer
 from gpt_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def tiny_model(vocab_size=50, **overrides):
   c.update(vocab_size=vocab_size, n_layer=2, n_head=4, n_kv_head=4, n_embd=32, block_size=32,
            init_std=0.3)
   c.update(overrides)
-  gpt = model.build(c)
+  gpt = network.build(c)
   return gpt, model.init_params(gpt, jax.random.key(0), 8)
 
 

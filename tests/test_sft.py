@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, instructions, model, trainer
+from gpt_jax import cli, instructions, model, network, trainer
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import sft
 
@@ -31,7 +31,7 @@ def objective():
   config = cli.load_experiment(TINY)
   config.update(objective='sft', seq_len=24)
   config.model.update(vocab_size=64, n_embd=32, n_head=2, n_kv_head=2, position='rope')
-  gpt = model.build(config.model)
+  gpt = network.build(config.model)
   objective = sft.InstructionTuning(config, None, gpt)
   params = model.init_params(gpt, jax.random.PRNGKey(0), config.seq_len)
   rng = np.random.default_rng(0)

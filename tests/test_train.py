@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 
-from gpt_jax import checkpoint, cli, config as config_lib, losses, model, optim, runs, trainer
+from gpt_jax import checkpoint, cli, config as config_lib, losses, model, network, optim, runs, trainer
 from gpt_jax.objectives import lm
 from gpt_jax.errors import UserError
 
@@ -54,7 +54,7 @@ def read_metrics(workdir):
 def step_setup(tiny, **overrides):
   for key, value in overrides.items():
     tiny[key] = value
-  gpt = model.build(tiny.model)
+  gpt = network.build(tiny.model)
   tx = optim.optimizer(tiny.optim, tiny.steps)
   state = jax.jit(lambda: trainer.new_state(lm.LanguageModeling.without_data(tiny), tx, tiny))()
   return gpt, tx, state
@@ -377,12 +377,12 @@ def test_padded_vocabulary_ids_get_no_probability(tiny):
   tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 400, dtype=jnp.int32)
   step = jax.jit(trainer.make_train_step(lm.LanguageModeling.without_data(tiny, types.SimpleNamespace(vocab_size=400)), tx, tiny))
   new_state, metrics = step(state, {'tokens': tokens})
-  embedding = model.head_weight(state.params, tiny.model)
+  embedding = network.head_weight(state.params, tiny.model)
   logits = gpt.apply({'params': state.params}, tokens[:, :-1])
   expected = -jax.nn.log_softmax(logits[..., :400])[
       jnp.arange(8)[:, None], jnp.arange(32), tokens[:, 1:]].mean()
   np.testing.assert_allclose(metrics['train_loss'], expected, rtol=1e-5)
-  np.testing.assert_array_equal(model.head_weight(new_state.params, tiny.model)[400:],
+  np.testing.assert_array_equal(network.head_weight(new_state.params, tiny.model)[400:],
                                 embedding[400:])  # no gradient, no decay: embeddings are not decayed
   eval_out = jax.jit(trainer.make_eval_step(lm.LanguageModeling.without_data(tiny, types.SimpleNamespace(vocab_size=400))))(state, {'tokens': tokens})
   np.testing.assert_allclose(eval_out['loss_sum'] / eval_out['targets'], expected, rtol=1e-5)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from gpt_jax import checkpoint, evaluate, files, instructions, losses, model, runs, sample
+from gpt_jax import checkpoint, evaluate, files, instructions, losses, model, network, runs, sample
 from gpt_jax import sharding, state, task_inputs
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import Objective, load_base, split_batches, table_dataset
@@ -114,7 +114,7 @@ class TaskFineTuning(Objective):
                       'fills it in)')
     config.task.kind, config.task.labels = train.kind, train.labels
     base = load_base(config, mesh, log)
-    objective = cls(config, base.tokenizer, model.build(config.model), mesh=mesh, base=base,
+    objective = cls(config, base.tokenizer, network.build(config.model), mesh=mesh, base=base,
                     train_task=train, held_out=held_out)
     train_arrays, held_out_arrays = objective.encode(train), objective.encode(held_out)
     num_sequences = max(train_arrays['tokens'].shape[1], held_out_arrays['tokens'].shape[1])
@@ -195,7 +195,7 @@ class TaskFineTuning(Objective):
              - jnp.take_along_axis(logits_BK, label_B[:, None], -1)[:, 0])
     correct_B = jnp.argmax(logits_BK, -1) == label_B
     lm_nll, _ = losses.head_next_token_loss(
-        x_ND, model.head_weight(params['gpt'], self.config.model),
+        x_ND, network.head_weight(params['gpt'], self.config.model),
         lm_targets(batch['tokens'], batch['lm_mask']), batch['lm_mask'], normalizer=1.0,
         num_tokens=self.num_tokens)
     return {'task_nll': (nll_B * example_B).sum(), 'correct': (correct_B * example_B).sum(),

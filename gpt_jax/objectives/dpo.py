@@ -34,7 +34,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gpt_jax import checkpoint, losses, metrics, model, preferences, runs
+from gpt_jax import checkpoint, losses, metrics, model, network, preferences, runs
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import Objective, check_frozen_runs, frozen_run, load_base
 from gpt_jax.objectives import split_batches, table_dataset
@@ -78,8 +78,8 @@ class DirectPreference(Objective):
                       'to the reference; DPO uses 0.1 to 0.5): set --config.dpo.beta')
     train, held_out = preferences.read_splits(config)
     base = load_base(config, mesh, log)
-    objective = cls(config, base.tokenizer, model.build(config.model), base=base,
-                    reference=model.build(config.model), frozen=base.params)
+    objective = cls(config, base.tokenizer, network.build(config.model), base=base,
+                    reference=network.build(config.model), frozen=base.params)
     reference, step = config.dpo.reference or config.init_from, base.step
     if reference != config.init_from:
       run = runs.load_compatible(reference, 'dpo.reference', config, base.tokenizer, mesh=mesh,

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import data, losses, model, sample
+from gpt_jax import data, losses, network, sample
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import Objective, split_batches
 
@@ -28,7 +28,7 @@ class LanguageModeling(Objective):
     """`prepared` is config.data already prepared, for callers that train many models on one
     corpus."""
     prepared = prepared or data.prepare(config.data, config.model.vocab_size, log=log)
-    objective = cls(config, prepared.tokenizer, model.build(config.model), prepared=prepared)
+    objective = cls(config, prepared.tokenizer, network.build(config.model), prepared=prepared)
     objective.check_sample_room()
     return objective
 
@@ -36,7 +36,7 @@ class LanguageModeling(Objective):
   def without_data(cls, config, tokenizer=None):
     """The objective for config's model with no corpus behind it (gpt_jax.bench, tests): its
     train and eval steps work, its datasets and samples do not."""
-    return cls(config, tokenizer, model.build(config.model))
+    return cls(config, tokenizer, network.build(config.model))
 
   def batch_spec(self):
     return {'tokens': ((self.config.seq_len + 1,), jnp.int32, ('batch', 'length'))}
@@ -49,7 +49,7 @@ class LanguageModeling(Objective):
     x_ND = self.gpt.apply({'params': params}, tokens_BL1[:, :-1], deterministic=False, hidden=True,
                           rngs={'dropout': rng})
     loss, terms = losses.head_next_token_loss(
-        x_ND, model.head_weight(params, self.config.model), tokens_BL1[:, 1:],
+        x_ND, network.head_weight(params, self.config.model), tokens_BL1[:, 1:],
         jnp.ones(tokens_BL1[:, 1:].shape, jnp.float32), z_loss=self.config.loss.z_loss,
         normalizer=weights['targets'], num_tokens=self.num_tokens)
     return loss, {'train_loss': terms['ce'], 'z_loss': terms['z_loss']}

@@ -2,7 +2,7 @@
 adapters on a frozen base model instead of the model's weights (gpt_jax.lora has the math).
 
 The inner objective (language modelling, distillation, instruction tuning, a task head) is built
-as without LoRA, then given the adapted model (model.build with config.lora). What this wrapper
+as without LoRA, then given the adapted model (network.build with config.lora). What this wrapper
 trains is the adapters (the `lora_a`, `lora_b` leaves of the model's parameters) and whatever the
 inner objective trains beside the model (classify's head and special tokens, runs.MODEL_KEY);
 the rest of the model's parameters, config.init_from's, are frozen: passed to the step in
@@ -17,7 +17,7 @@ import os
 
 import jax
 
-from gpt_jax import files, lora, model, runs
+from gpt_jax import files, lora, model, network, runs
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import Objective, load_base
 
@@ -53,7 +53,7 @@ class LoraTuning(Objective):
   @classmethod
   def wrap(cls, inner: Objective, base_params) -> 'LoraTuning':
     """`inner` training adapters on the model parameters `base_params` (frozen, on the mesh)."""
-    inner.gpt = model.build(inner.config.model, inner.config.lora)  # its loss runs the adapters
+    inner.gpt = network.build(inner.config.model, inner.config.lora)  # its loss runs the adapters
     return cls(inner.config, inner.tokenizer, inner.gpt, inner=inner,
                frozen={'base': base_params, 'inner': inner.frozen}, epochs=inner.epochs,
                minibatches=inner.minibatches)

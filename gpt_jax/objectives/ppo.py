@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import data, losses, metrics, model, preferences, runs, sample
+from gpt_jax import data, losses, metrics, model, network, preferences, runs, sample
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import Objective, check_frozen_runs, frozen_run, load_base, reward
@@ -216,7 +216,7 @@ class ProximalPolicy(Objective):
       reference = runs.load_compatible(p.reference, 'ppo.reference', config, base.tokenizer,
                                        mesh=mesh, log=log)
       check_context(reference.config.model, p.reference, 'ppo.reference', config.seq_len)
-    objective = cls(config, base.tokenizer, model.build(config.model),
+    objective = cls(config, base.tokenizer, network.build(config.model),
                     frozen={'reference': reference.params, 'reward': rm.params},
                     frozen_runs=[frozen_run('ppo.reference', p.reference or config.init_from,
                                             reference.step, reference.params),
@@ -273,7 +273,7 @@ class ProximalPolicy(Objective):
     float32 (B, N)."""
     N = self.config.ppo.max_new_tokens
     x_BND = answer_hidden(self.gpt, params['gpt'], tokens_BL, positions_BL, N)
-    logp_BN, entropy_BN = token_logprobs(x_BND, model.head_weight(params['gpt'], self.config.model),
+    logp_BN, entropy_BN = token_logprobs(x_BND, network.head_weight(params['gpt'], self.config.model),
                                          tokens_BL[:, -N:], self.config.ppo.temperature,
                                          self.num_tokens)
     B, _, D = x_BND.shape
@@ -298,7 +298,7 @@ class ProximalPolicy(Objective):
     ref = frozen['reference']
     ref_logp_BN, _ = token_logprobs(
         answer_hidden(self.reference_gpt, ref, tokens_BL, positions_BL, N),
-        model.head_weight(ref, self.reference_gpt.config), answer_BN, p.temperature,
+        network.head_weight(ref, self.reference_gpt.config), answer_BN, p.temperature,
         self.num_tokens)
     last_B = prompt_BP.shape[1] - 1 + mask_BN.sum(1).astype(jnp.int32)
     score_B = reward.scores(self.reward_gpt, frozen['reward'], tokens_BL, last_B, positions_BL)
@@ -348,7 +348,7 @@ class ProximalPolicy(Objective):
       tokens_BL1 = batch['ptx_tokens']
       x_ND = self.gpt.apply({'params': params['gpt']}, tokens_BL1[:, :-1], hidden=True)
       terms['ptx_loss'], _ = losses.head_next_token_loss(
-          x_ND, model.head_weight(params['gpt'], self.config.model), tokens_BL1[:, 1:],
+          x_ND, network.head_weight(params['gpt'], self.config.model), tokens_BL1[:, 1:],
           jnp.ones(tokens_BL1[:, 1:].shape, jnp.float32), normalizer=weights['ptx_targets'],
           num_tokens=self.num_tokens)
       loss = loss + p.ptx_coef * terms['ptx_loss']

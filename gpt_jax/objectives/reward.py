@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from gpt_jax import checkpoint, files, model, preferences, runs, sharding, state
+from gpt_jax import checkpoint, files, model, network, preferences, runs, sharding, state
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import Objective, load_base, split_batches, table_dataset
 
@@ -89,7 +89,7 @@ class RewardModeling(Objective):
   def build(cls, config, mesh, log):
     train, held_out = preferences.read_splits(config)
     base = load_base(config, mesh, log)
-    objective = cls(config, base.tokenizer, model.build(config.model), base=base)
+    objective = cls(config, base.tokenizer, network.build(config.model), base=base)
     objective.train_arrays = preferences.encode_pairs(train, base.tokenizer, config.seq_len)
     objective.held_out_arrays = preferences.encode_pairs(held_out, base.tokenizer, config.seq_len)
     log(f'reward model: {len(train)} training and {len(held_out)} held-out pairs in '

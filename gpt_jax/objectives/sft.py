@@ -28,7 +28,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from gpt_jax import evaluate, files, instructions, losses, model, runs, sharding
+from gpt_jax import evaluate, files, instructions, losses, network, runs, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import Objective, load_base, split_batches, table_dataset
 
@@ -93,7 +93,7 @@ class InstructionTuning(Objective):
     if not any(task.instances for task in held):
       raise UserError('no held-out instances: raise --config.sft.held_out or pass '
                       '--config.data.held_out_tasks')
-    objective = cls(config, base.tokenizer, model.build(config.model), base=base, held_out=held)
+    objective = cls(config, base.tokenizer, network.build(config.model), base=base, held_out=held)
     objective.train_rows = pack_tasks(train, base.tokenizer, config, log, 'training')
     objective.val_rows = pack_tasks([t for t in held if t.instances], base.tokenizer, config, log,
                                     'held-out')
@@ -117,7 +117,7 @@ class InstructionTuning(Objective):
   def loss(self, params, batch, *, rng, step, weights, frozen):
     x_ND = self._apply(params, batch, deterministic=False, hidden=True, rngs={'dropout': rng})
     loss, terms = losses.head_next_token_loss(
-        x_ND, model.head_weight(params, self.config.model), batch['targets'], batch['mask'],
+        x_ND, network.head_weight(params, self.config.model), batch['targets'], batch['mask'],
         z_loss=self.config.loss.z_loss, normalizer=weights['targets'], num_tokens=self.num_tokens)
     return loss, {'train_loss': terms['ce'], 'z_loss': terms['z_loss']}
 

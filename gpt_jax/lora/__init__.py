@@ -11,10 +11,11 @@ A LoRA run (config.lora.rank > 0, objectives.lora) trains and checkpoints the ad
 named in DIR/lora.json with a fingerprint of its parameters, which every load checks. runs.load
 gives such a run merged, W + (alpha/r)·A·B, so sampling, evaluation, export, init_from and
 distillation read it like any run (on a quantized base, QLoRA, with the adapters apart), and
+`python -m gpt_jax.lora merge --workdir=DIR --out=DIR2` (gpt_jax/lora/__main__.py) writes that
+merged model as an ordinary run.
 
-  python -m gpt_jax.lora merge --workdir=DIR --out=DIR2
-
-writes that merged model as an ordinary run.
+In the network, an adapted model is its base's plan (float, or quantized: QLoRA) wrapped in a
+LoraPlan (gpt_jax.layers, gpt_jax.network): the model never names LoRA.
 """
 
 import dataclasses
@@ -22,7 +23,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
-from gpt_jax import cli, files, quant, sharding
+from gpt_jax import layers
 from gpt_jax.errors import UserError
 
 ATTENTION_LAYERS = ('query', 'key', 'value', 'out')
@@ -54,32 +54,59 @@ def target_layers(targets: str) -> tuple[str, ...]:
   return tuple(name.strip() for name in targets.split(',') if name.strip())
 
 
-def spec(model: ml_collections.FrozenConfigDict, layer: str) -> LoraSpec | None:
-  """The adapter of Dense layer `layer` under the model config (model.build puts config.lora in
-  it), or None if LoRA is off or does not target it."""
-  lora = model.get('lora')
-  if lora is None or lora.rank <= 0 or layer not in target_layers(lora.targets):
-    return None
-  return LoraSpec(lora.rank, lora.alpha, lora.dropout)
+@dataclasses.dataclass(frozen=True)
+class LoraMatmul:
+  """A Dense layer's matmul (layers.Matmul) with a trained low-rank update around another one:
+  inner(x) + (alpha/r)·(dropout(x)·A)·B, PEFT's `base_layer` and qwix's LoraProvider. The inner
+  matmul is float (LoRA) or quantized (QLoRA: gpt_jax.quant.QuantMatmul). Declares lora_a (the
+  kernel's input axes + r) and lora_b (r + its output axes) after the inner matmul's params."""
+  inner: layers.Matmul
+  lora: LoraSpec
+
+  def __call__(self, module: layers.Dense, x, shape: tuple, names: tuple, deterministic: bool):
+    y = self.inner(module, x, shape, names, deterministic)
+    n_in, lora = len(module.in_names), self.lora
+    a_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform',
+                                              in_axis=tuple(range(n_in)), out_axis=-1)
+    lora_a = module.param('lora_a', nn.with_logical_partitioning(a_init, names[:n_in] + (None,)),
+                          shape[:n_in] + (lora.rank,), module.param_dtype)
+    lora_b = module.param('lora_b', nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                 (None,) + names[n_in:]),
+                          (lora.rank,) + shape[n_in:], module.param_dtype)
+    x = nn.Dropout(lora.dropout)(x, deterministic=deterministic)
+    xa = layers.contract(x, lora_a, n_in, module.dtype)
+    return y + layers.contract(xa, lora_b, 1, module.dtype) * (lora.alpha / lora.rank)
 
 
-def lora_delta(module: nn.Module, x, shape: tuple, names: tuple, lora: LoraSpec,
-               deterministic: bool):
-  """(alpha/r)·(dropout(x)·A)·B for a Dense `module` whose kernel has `shape` and logical
-  `names` (inputs first); declares the module's params lora_a (in axes + r) and lora_b (r + out
-  axes)."""
-  from gpt_jax import model  # model imports this module
-  n_in = len(shape) - len(module.features)
-  a_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform',
-                                            in_axis=tuple(range(n_in)), out_axis=-1)
-  lora_a = module.param('lora_a', nn.with_logical_partitioning(a_init, names[:n_in] + (None,)),
-                        shape[:n_in] + (lora.rank,), module.param_dtype)
-  lora_b = module.param('lora_b', nn.with_logical_partitioning(nn.initializers.zeros,
-                                                               (None,) + names[n_in:]),
-                        (lora.rank,) + shape[n_in:], module.param_dtype)
-  x = nn.Dropout(lora.dropout)(x, deterministic=deterministic)
-  xa = model.contract(x, lora_a, n_in, module.dtype)
-  return model.contract(xa, lora_b, 1, module.dtype) * (lora.alpha / lora.rank)
+@dataclasses.dataclass(frozen=True)
+class LoraPlan(layers.Plan):
+  """`inner` (a float or quantized network) with LoraMatmul around the Dense layers named in
+  `targets`; the head and the token table stay inner's."""
+  inner: layers.Plan
+  lora: LoraSpec
+  targets: tuple[str, ...]
+
+  def dense(self, layer: str) -> layers.Matmul:
+    matmul = self.inner.dense(layer)
+    return LoraMatmul(matmul, self.lora) if layer in self.targets else matmul
+
+  def head(self) -> layers.Matmul:
+    return self.inner.head()
+
+  def embed(self, num_embeddings: int, features: int, std: float, dtype: str, param_dtype: str,
+            name: str) -> nn.Module:
+    return self.inner.embed(num_embeddings, features, std, dtype, param_dtype, name)
+
+
+def plan(lora: ml_collections.ConfigDict, inner: layers.Plan) -> LoraPlan:
+  """The LoraPlan of config.lora (rank > 0) around `inner`."""
+  return LoraPlan(inner, LoraSpec(lora.rank, lora.alpha, lora.dropout),
+                  target_layers(lora.targets))
+
+
+def is_adapted(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run's config (config.json) describes a LoRA run."""
+  return config.get('lora') is not None and config.lora.rank > 0
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -214,63 +241,3 @@ def check_base(workdir: str, record: dict) -> None:
                     'that base, or train the adapters again in a new --workdir')
 
 
-# --- python -m gpt_jax.lora merge ---------------------------------------------------------------
-
-
-def is_adapted(config: ml_collections.ConfigDict) -> bool:
-  """Whether a run's config (config.json) describes a LoRA run."""
-  return config.get('lora') is not None and config.lora.rank > 0
-
-
-def merge_run(workdir: str, out: str, log=print) -> str:
-  """Writes the LoRA run in `workdir` merged (runs.load) into `out`, new or empty, all at once or
-  not at all: an ordinary run of parameters alone (runs.write_params_run) at the LoRA run's step,
-  its config with lora.rank = 0. A classify run keeps its head and special-token embeddings beside
-  the merged model, as its checkpoints hold them, so evaluate --task reads it too. UserError for a
-  run without adapters, a non-empty `out` or a base that changed. Returns `out`."""
-  from gpt_jax import runs  # runs imports the model, which imports this module
-  config = runs.read_config(workdir)
-  if not is_adapted(config):
-    raise UserError(f'{workdir} is not a LoRA run (its lora.rank is 0): it has no adapters to '
-                    'merge; pass the workdir of a run trained with --config.lora.rank > 0')
-  files.check_new_directory(out, '--out')  # before the slow part
-  if config.objective in runs.MODEL_KEY:
-    if quant.spec(config.model):
-      raise UserError(f'{workdir} is a task-head run on a quantized base; evaluate it as it is '
-                      '(evaluate --task), merging it is not supported')
-    from gpt_jax.objectives import classify
-    _, params, run = classify.load_classifier(workdir, mesh=sharding.data_parallel_mesh(),
-                                               log=log)
-  else:
-    run = runs.load(workdir, log=log)
-    params = run.params
-  quantized = quant.spec(config.model)
-  if quantized:  # runs.load kept the adapters apart
-    params = merge(quant.dequantize_params(params, config.model), config.lora)
-    config.model.quant.format = ''
-    log(f'the base is {quantized.format}: merging dequantizes it, so {out} holds '
-        f'{config.model.param_dtype} weights W + (alpha/r)·A·B')
-  config.lora.rank = 0
-  return runs.write_params_run(out, config, run.tokenizer, params, run.step, '--out')
-
-
-def _main(argv: list[str]) -> None:
-  parser = cli.ArgumentParser(prog='python -m gpt_jax.lora',
-                              description='Commands on LoRA runs (Hu et al. 2021).')
-  commands = parser.add_subparsers(dest='command', required=True)
-  merge_parser = commands.add_parser(
-      'merge', help='a LoRA run into an ordinary run',
-      description="Writes a LoRA run's merged weights, W + (alpha/r)·A·B, as an ordinary run; a "
-      'quantized base (QLoRA) is dequantized, so the weights are float.')
-  merge_parser.add_argument('--workdir', required=True, help='the LoRA run')
-  merge_parser.add_argument('--out', required=True, help='a new directory')
-  args = parser.parse_args(argv)
-  print(f'merged {args.workdir} into {merge_run(args.workdir, args.out)}')
-
-
-def main(argv=None) -> None:
-  cli.run(lambda: _main(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == '__main__':
-  main()
