@@ -26,6 +26,9 @@ The parameters of a quantized Dense (its bias, if any, stays as it was):
 The token embedding (quant.embeddings) is stored as the tied head's kernel, its transpose
 (D × V, grouped along D): the head is one more quantized matmul, and a token's embedding is a
 column of codes and scales, dequantized alone.
+In the network the quantized model is the float one under QuantPlan (a gpt_jax.layers.Plan):
+every Dense gets a QuantMatmul, and with quant.embeddings the token table is Embed and the untied
+head a QuantMatmul too; gpt_jax.network builds it when config.model.quant says so.
 
 The matmul (quant.activations): 'none' dequantizes W to the compute dtype and contracts as the
 float model does; 'int8' also quantizes each row of x (per token, absmax, at run time) and
