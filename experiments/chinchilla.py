@@ -6,7 +6,7 @@ width-per-layer rule), each on the D = C / FLOPs-per-token tokens the budget buy
 rate ∝ width^-lr_width_exponent. With the default warmup-stable-decay schedule each size trains
 once and the shorter points branch cooldowns from it (gpt_jax/sweep.py). A learning-rate probe at
 the narrowest and widest size, one point at 3 seeds and with a cosine schedule, then the fits
-(gpt_jax/scaling.py) predict the loss of a run at 3× the top budget, which is trained last to
+(gpt_jax/scaling/) predict the loss of a run at 3× the top budget, which is trained last to
 check the prediction: DIR/scaling/report.md.
 
 cpu: near character-level Shakespeare (vocab 320: 4.7M training tokens), budgets 5e10–2e12

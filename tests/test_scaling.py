@@ -12,6 +12,7 @@ import pytest
 
 from gpt_jax import scaling
 from gpt_jax.errors import UserError
+from gpt_jax.scaling.__main__ import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Hoffmann et al.'s own fit (eq. 10) as the true law of the synthetic sweeps.
@@ -358,7 +359,7 @@ def test_report(tmp_path):
 
 def test_report_command_predicts_the_budgets_asked_for(tmp_path):
   write_csv(tmp_path / 'runs.csv', sweep())
-  scaling.main(['report', str(tmp_path), '--predict', '1e20', '3e22', '--bootstrap', '0'])
+  main(['report', str(tmp_path), '--predict', '1e20', '3e22', '--bootstrap', '0'])
   summary = json.loads((tmp_path / 'scaling' / 'report.json').read_text())
   assert [row['flops'] for row in summary['predictions']] == [1e20, 3e22]
   assert summary['intervals'] == {'parametric': {}, 'isoflop': {}}
