@@ -457,7 +457,7 @@ def test_a_lora_step_on_a_2x2x2_mesh_matches_one_device():
   result = run_python('''
     import json
     import jax, numpy as np
-    from gpt_jax import config, lora, model, optim, sharding, trainer
+    from gpt_jax import config, lora, model, network, optim, sharding, trainer
     from gpt_jax.objectives import lm
     from gpt_jax.objectives.lora import LoraTuning
     c = config.base_config()
