@@ -412,9 +412,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
   mesh = sharding.data_parallel_mesh()
   run = runs.load(args.workdir, mesh=mesh)
-  # imported only now: it brings in tensorboardX and torch, seconds a mistyped flag need not wait
-  from gpt_jax import trainer
-  trainer.use_compilation_cache()
+  cli.use_compilation_cache()
   config = run.config
   # A task's prompts (definition, examples) get the model's whole context; the language-model
   # metrics default to the windows the run was trained on.
