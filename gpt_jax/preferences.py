@@ -10,7 +10,7 @@ A pair is read from a JSON Lines file of data.tasks, a pair a line, either
 Other keys are ignored. The prompt is shown to a model as the project's instruction prompt
 (prompt_text: instructions.format_prompt of a task without a definition, 'Input: ...\\nOutput:'),
 and an answer follows it as ' ' + answer + EOS, exactly as the sft objective trains and
-gpt_jax.evaluate scores, so a model tuned by `objective=sft` on the same prompts (an SFT file
+gpt_jax.scoring scores, so a model tuned by `objective=sft` on the same prompts (an SFT file
 of {"prompt", "completion"} lines) is the natural start.
 
 Pairs are split into training and held-out pairs by prompt (split_pairs), so no held-out prompt
