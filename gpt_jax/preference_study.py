@@ -106,7 +106,7 @@ def finished(config, run_dir: str) -> bool:
   """Whether run_dir holds this run trained to its last step from the runs it reads as they are
   now: a checkpoint at config.steps, CHAIN_SOURCES recording the read runs' current run_state, and
   a config.json whose settings are config's (runs.config_changes), but for the model's: a
-  fine-tuning run takes those from its init_from (objectives.load_base)."""
+  fine-tuning run takes those from its init_from (objectives.base.load_base)."""
   if not os.path.exists(os.path.join(run_dir, runs.CONFIG)):
     return False
   try:

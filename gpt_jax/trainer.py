@@ -214,10 +214,11 @@ def evaluate(eval_step, state: TrainState, batches, objective: Objective) -> dic
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  if config.objective == 'lm':  # fine-tuning takes its model from init_from (objectives.load_base)
+  # fine-tuning takes its model from init_from (objectives.base.load_base)
+  if config.objective == 'lm':
     model.validate(config.model, config.seq_len)
   optim.validate(config.optim)
-  if quant.spec(config.model):  # only objectives.load_base copies a quantized base's setting
+  if quant.spec(config.model):  # only objectives.base.load_base copies a quantized base's setting
     raise UserError(f'model.quant.format={config.model.quant.format!r}: a quantized model is not '
                     'trained; it is made from a trained run by `python -m gpt_jax.quantize` and '
                     'fine-tuned only through LoRA adapters (--config.init_from=DIR '

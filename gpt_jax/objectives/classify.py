@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec
 from gpt_jax import checkpoint, files, instructions, losses, model, runs, sample, scoring
 from gpt_jax import sharding, state, task_inputs
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import Objective, load_base, split_batches, table_dataset
+from gpt_jax.objectives.base import Objective, load_base, split_batches, table_dataset
 
 SPECIAL_TOKENS = ('start', 'delim', 'extract')  # ids V, V + 1, V + 2
 TASK_PARAM_AXES = {'special': PartitionSpec(None, 'embed'),

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from gpt_jax import files, instructions, losses, model, runs, scoring, sharding
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import Objective, load_base, split_batches, table_dataset
+from gpt_jax.objectives.base import Objective, load_base, split_batches, table_dataset
 
 ROW_ARRAYS = {'tokens': jnp.int32, 'targets': jnp.int32, 'mask': jnp.float32,
               'segment_ids': jnp.int32, 'positions': jnp.int32}
