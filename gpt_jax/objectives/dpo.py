@@ -15,7 +15,7 @@ A batch row is one pair, both answers after the same prompt (preferences.encode_
   tokens, targets  int32    inputs and next tokens
   mask             float32  1 on the answer's targets
 
-The policy starts from config.init_from (base.load_base: its model and tokenizer); the
+The policy starts from config.init_from (objectives.base.load_base: its model and tokenizer); the
 reference is config.dpo.reference, else init_from, and is the objective's frozen tree (never
 trained, never donated). Metrics, train and validation ('val_' prefixed):
 
