@@ -6,7 +6,7 @@
 Each format of DIR's weights is written as a run (gpt_jax.quantize; bf16 is a cast) and read back
 as sampling and evaluation read it; int8 and int4 once per --activations setting ('none':
 weight-only, 'int8': per-token int8 activations and integer matmuls, see gpt_jax.quant). Per format: the checkpoint's bytes on disk, the parameters'
-bytes in device memory, validation bits per byte (gpt_jax.evaluate on the run's validation split)
+bytes in device memory, validation bits per byte (gpt_jax.scoring on the run's validation split)
 and its change against fp32, and greedy decoding speed with the KV cache at each batch size
 (median of `repeats` calls after a warm-up that compiles).
 """
@@ -19,7 +19,7 @@ import tempfile
 import jax
 import numpy as np
 
-from gpt_jax import bench, cli, evaluate, files, quant, quantize, runs, sample, sharding
+from gpt_jax import bench, cli, files, quant, quantize, runs, sample, scoring, sharding
 from gpt_jax.errors import UserError
 
 FORMATS = ('fp32', 'bf16') + quant.FORMATS
@@ -36,8 +36,8 @@ def decode_tokens_per_sec(run: runs.Run, batch_size: int, args) -> float:
 def measure(workdir: str, name: str, args, val_tokens) -> dict:
   run = runs.load(workdir)
   mesh = sharding.data_parallel_mesh()
-  scorer = evaluate.Scorer(run, mesh, args.eval_batch_size, run.config.seq_len)
-  metrics = evaluate.lm_metrics(scorer, val_tokens, run.tokenizer, args.max_batches)
+  scorer = scoring.Scorer(run, mesh, args.eval_batch_size, run.config.seq_len)
+  metrics = scoring.lm_metrics(scorer, val_tokens, run.tokenizer, args.max_batches)
   row = {'weights': name, 'val_bpb': metrics['bpb'],
          'file_bytes': quantize.file_bytes(os.path.join(workdir, runs.CHECKPOINTS)),
          'device_bytes': quantize.device_bytes(run.params)}
@@ -78,7 +78,7 @@ def run(args) -> list[dict]:
   if quant.spec(base.config.model):
     raise UserError(f'--workdir={args.workdir} is quantized already; pass the float run it was '
                     'made from')
-  tokens = evaluate.val_tokens(base)
+  tokens = scoring.val_tokens(base)
   print(f'{args.workdir} (step {base.step}): {base.config.model.n_layer} layers, n_embd '
         f'{base.config.model.n_embd}, vocabulary {base.config.model.vocab_size}; decoding '
         f'{args.new_tokens} tokens greedily after {args.prompt_len}-token prompts', flush=True)

@@ -1,4 +1,5 @@
-"""Command-line plumbing shared by the entry points: config flags and one-line errors.
+"""Command-line plumbing shared by the entry points: config flags, one-line errors and the
+compilation cache.
 
 `--config=FILE[:ARG]` loads FILE's `get_config(ARG)`; `--config.a.b=VALUE` overrides any key.
 Every failure a user can fix ends as one line on stderr and exit status 2, never a traceback.
@@ -14,6 +15,7 @@ from typing import Callable
 from absl import flags
 from ml_collections import config_flags
 
+from gpt_jax import files
 from gpt_jax.errors import UserError
 
 
@@ -108,6 +110,15 @@ def _join_processes(flag_values: flags.FlagValues) -> None:
                                flag_values.process_id)
   elif flag_values.distributed:
     jax.distributed.initialize()
+
+
+def use_compilation_cache() -> None:
+  """Keeps compiled XLA programs on disk (unless the user chose a place already), so a rerun, a
+  resumed run or a sweep's repeated shapes skip most of the compile time."""
+  import jax  # here, not at the top: gpt_jax.scaling uses this module and needs no jax
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.join(files.cache_root(), 'jax'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -194,8 +194,7 @@ def _read_jsonl_task(path: str) -> Task:
       # Rafailov et al. (2023, sec. 4) make the reference model when no SFT model exists.
       query, answer = record['prompt'], record['chosen']
     elif isinstance(record, dict) and strings('chosen', 'rejected'):
-      from gpt_jax import preferences  # it reads prompts with this module's format_prompt
-      query, answer, _ = preferences.shared_prompt(record['chosen'], record['rejected'])
+      query, answer, _ = shared_prompt(record['chosen'], record['rejected'])
     else:
       found = (f'has keys {sorted(record)}' if isinstance(record, dict) else
                f'is a JSON {type(record).__name__}')
@@ -206,6 +205,24 @@ def _read_jsonl_task(path: str) -> Task:
   if not instances:
     raise UserError(f'data.tasks file {path} holds no instruction lines; {_FIX_TASKS}')
   return Task(name, '', (), (), tuple(instances))
+
+
+ASSISTANT = 'Assistant:'
+
+
+def shared_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+  """(prompt, chosen answer, rejected answer) of two dialogues that share their start (the
+  Anthropic HH layout): the prompt ends at the last 'Assistant:' of the shared start, else at its
+  last whitespace, so that neither answer starts inside a word; each answer loses one leading
+  space (the answer's own separator, ' ' + answer, is added back when it is encoded)."""
+  n = len(os.path.commonprefix([chosen, rejected]))
+  cut = chosen.rfind(ASSISTANT, 0, n)
+  if cut >= 0:
+    cut += len(ASSISTANT)
+  else:
+    cut = max(chosen.rfind(c, 0, n) for c in ' \n\t') + 1
+  prompt = chosen[:cut]
+  return prompt, chosen[cut:].removeprefix(' '), rejected[cut:].removeprefix(' ')
 
 
 def split_instances(task: Task, held_out: int | float, seed: int = 0,

@@ -32,7 +32,7 @@ def mask_padded_vocab(logits, num_tokens: int | None, axis: int = -1):
 
 def token_nll(logits_BLV, targets_BL, num_tokens: int | None = None, *, with_log_z: bool = False):
   """The cross-entropy of each target, −log softmax(logits)[target] in nats, float32 (B, L): the
-  one per-position loss that training, validation and gpt_jax.evaluate all use. The softmax is
+  one per-position loss that training, validation and gpt_jax.scoring all use. The softmax is
   over the first `num_tokens` ids (mask_padded_vocab). with_log_z=True also returns the log
   normaliser log Z (B, L), for the z-loss."""
   logits_BLV = mask_padded_vocab(logits_BLV.astype(jnp.float32), num_tokens)

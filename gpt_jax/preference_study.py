@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from gpt_jax import checkpoint, cli, evaluate, files, preferences, runs, sample, sharding, trainer
+from gpt_jax import checkpoint, cli, files, preferences, runs, sample, scoring, sharding, trainer
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import reward
 from gpt_jax.tasks import judge
@@ -106,7 +106,7 @@ def finished(config, run_dir: str) -> bool:
   """Whether run_dir holds this run trained to its last step from the runs it reads as they are
   now: a checkpoint at config.steps, CHAIN_SOURCES recording the read runs' current run_state, and
   a config.json whose settings are config's (runs.config_changes), but for the model's: a
-  fine-tuning run takes those from its init_from (objectives.load_base)."""
+  fine-tuning run takes those from its init_from (objectives.base.load_base)."""
   if not os.path.exists(os.path.join(run_dir, runs.CONFIG)):
     return False
   try:
@@ -159,7 +159,7 @@ def run_study(config, workdir: str, log=print) -> dict:
       'each')
   results = {'prompts': len(prompts), 'settings': dataclasses.asdict(settings), 'start': START,
              'models': evaluate_models(models, START, prompts, settings, mesh=mesh, score=score,
-                                       val_tokens=evaluate.val_tokens(models['base']), log=log)}
+                                       val_tokens=scoring.val_tokens(models['base']), log=log)}
   write_report(results, workdir)
   log(f'report: {os.path.join(workdir, REPORT + ".md")}')
   return results
@@ -207,7 +207,7 @@ def answer_text(tokenizer, answer: Sequence[int]) -> str:
   return tokenizer.decode(list(answer)).removeprefix(' ')
 
 
-def answer_logprobs(scorer: evaluate.Scorer, rows: Sequence[Sequence[int]],
+def answer_logprobs(scorer: scoring.Scorer, rows: Sequence[Sequence[int]],
                     answers: Sequence[Sequence[int]], eos_id: int, max_new_tokens: int
                     ) -> np.ndarray:
   """(R,) float64: log π(answer | prompt row) in nats under the scorer's model, summed over the
@@ -253,7 +253,7 @@ def evaluate_models(models: dict[str, runs.Run], start: str, prompts: Sequence[s
     if run.tokenizer.sha256 != tokenizer.sha256:
       raise UserError(f'model {name} uses another tokenizer than {start}; the chain\'s models must '
                       'share one')
-  scorer = lambda run: evaluate.Scorer(run, mesh, settings.batch_size, settings.seq_len)
+  scorer = lambda run: scoring.Scorer(run, mesh, settings.batch_size, settings.seq_len)
   start_scorer = scorer(models[start])
   order = [start] + [name for name in models if name != start]
   results, start_texts = {}, None
@@ -279,7 +279,7 @@ def evaluate_models(models: dict[str, runs.Run], start: str, prompts: Sequence[s
         'ended': float(np.mean([len(a) < settings.max_new_tokens for a in answers])),
         'reward': float(np.mean(score(repeated, texts))) if score else None,
         'kl': kl, 'kl_se': kl_se,
-        'val_bpb': (evaluate.lm_metrics(own, val_tokens, tokenizer, settings.val_batches)['bpb']
+        'val_bpb': (scoring.lm_metrics(own, val_tokens, tokenizer, settings.val_batches)['bpb']
                     if val_tokens is not None else None),
         'examples': [{'prompt': p, 'answer': t}
                      for p, t in zip(repeated[::settings.samples], texts[::settings.samples])][:3]}

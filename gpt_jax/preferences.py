@@ -6,11 +6,11 @@ A pair is read from a JSON Lines file of data.tasks, a pair a line, either
     {"prompt", "chosen", "rejected"}   the answers to the prompt, the chosen one preferred
     {"chosen", "rejected"}             whole dialogues sharing their start (Anthropic HH): the
         prompt is the shared start up to its last 'Assistant:' (else its last whitespace), the
-        answers what follows
+        answers what follows (instructions.shared_prompt)
 Other keys are ignored. The prompt is shown to a model as the project's instruction prompt
 (prompt_text: instructions.format_prompt of a task without a definition, 'Input: ...\\nOutput:'),
 and an answer follows it as ' ' + answer + EOS, exactly as the sft objective trains and
-gpt_jax.evaluate scores, so a model tuned by `objective=sft` on the same prompts (an SFT file
+gpt_jax.scoring scores, so a model tuned by `objective=sft` on the same prompts (an SFT file
 of {"prompt", "completion"} lines) is the natural start.
 
 Pairs are split into training and held-out pairs by prompt (split_pairs), so no held-out prompt
@@ -30,7 +30,6 @@ from gpt_jax.errors import UserError
 
 _FIX = ('a preference file holds a JSON object a line with the strings prompt, chosen and '
         'rejected (or chosen and rejected sharing their start)')
-ASSISTANT = 'Assistant:'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,21 +38,6 @@ class Pair:
   prompt: str
   chosen: str  # the preferred answer, y_w
   rejected: str  # y_l
-
-
-def shared_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
-  """(prompt, chosen answer, rejected answer) of two dialogues that share their start (the
-  Anthropic HH layout): the prompt ends at the last 'Assistant:' of the shared start, else at its
-  last whitespace, so that neither answer starts inside a word; each answer loses one leading
-  space (the answer's own separator, ' ' + answer, is added back when it is encoded)."""
-  n = len(os.path.commonprefix([chosen, rejected]))
-  cut = chosen.rfind(ASSISTANT, 0, n)
-  if cut >= 0:
-    cut += len(ASSISTANT)
-  else:
-    cut = max(chosen.rfind(c, 0, n) for c in ' \n\t') + 1
-  prompt = chosen[:cut]
-  return prompt, chosen[cut:].removeprefix(' '), rejected[cut:].removeprefix(' ')
 
 
 def _pair(record, where: str, pair_id: str) -> Pair:
@@ -70,7 +54,7 @@ def _pair(record, where: str, pair_id: str) -> Pair:
       raise UserError(f'{where}: prompt is not a string; {_FIX}')
     prompt, chosen, rejected = record['prompt'], record['chosen'], record['rejected']
   else:
-    prompt, chosen, rejected = shared_prompt(record['chosen'], record['rejected'])
+    prompt, chosen, rejected = instructions.shared_prompt(record['chosen'], record['rejected'])
   for name, value in (('prompt', prompt), ('chosen', chosen), ('rejected', rejected)):
     if not value.strip():
       raise UserError(f'{where}: the {name} text is empty; give every pair a prompt and two '

@@ -32,8 +32,8 @@ import numpy as np
 
 from gpt_jax import data, files
 from gpt_jax.errors import UserError
-from gpt_jax.evaluate import MAX_LABELS, auto_scoring
 from gpt_jax.instructions import read_task
+from gpt_jax.scoring import MAX_LABELS, auto_scoring
 
 # The text keys of each kind, in the order they appear in its sequences.
 TEXT_KEYS = {

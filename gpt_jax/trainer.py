@@ -23,8 +23,8 @@ import optax
 import tqdm
 from jax.sharding import PartitionSpec
 
-from gpt_jax import checkpoint, files, flops, metrics, model, objectives, optim, quant, runs
-from gpt_jax import sharding
+from gpt_jax import checkpoint, cli, files, flops, metrics, model, objectives, optim, quant
+from gpt_jax import runs, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import Objective
 from gpt_jax.state import TrainState, abstract_state, init_state
@@ -214,10 +214,11 @@ def evaluate(eval_step, state: TrainState, batches, objective: Objective) -> dic
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  if config.objective == 'lm':  # fine-tuning takes its model from init_from (objectives.load_base)
+  # fine-tuning takes its model from init_from (objectives.base.load_base)
+  if config.objective == 'lm':
     model.validate(config.model, config.seq_len)
   optim.validate(config.optim)
-  if quant.spec(config.model):  # only objectives.load_base copies a quantized base's setting
+  if quant.spec(config.model):  # only objectives.base.load_base copies a quantized base's setting
     raise UserError(f'model.quant.format={config.model.quant.format!r}: a quantized model is not '
                     'trained; it is made from a trained run by `python -m gpt_jax.quantize` and '
                     'fine-tuned only through LoRA adapters (--config.init_from=DIR '
@@ -234,14 +235,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.batch_size % (config.grad_accum * jax.process_count()):
     raise UserError(f'batch_size={config.batch_size} is not divisible by grad_accum='
                     f'{config.grad_accum} × {jax.process_count()} processes; change one of them')
-
-
-def use_compilation_cache() -> None:
-  """Keeps compiled XLA programs on disk (unless the user chose a place already), so a rerun, a
-  resumed run or a sweep's repeated shapes skip most of the compile time."""
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update('jax_compilation_cache_dir', os.path.join(files.cache_root(), 'jax'))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
 class _Preemption:
@@ -292,7 +285,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print, prepared=N
   validate_config(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_divisible(config, mesh)
-  use_compilation_cache()
+  cli.use_compilation_cache()
   objective = objectives.build(config, mesh, log, prepared)
   train_ds = objective.train_dataset(config.batch_size // jax.process_count())
   if config.steps > len(train_ds):

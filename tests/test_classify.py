@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import cli, evaluate, network, runs, sharding, task_inputs, trainer
+from gpt_jax import cli, network, runs, scoring, sharding, task_inputs, trainer
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import classify
 
@@ -233,7 +233,7 @@ def test_choice_logliks_score_each_prompts_own_choices(tmp_path):
     def score_rows(self, rows):
       return np.array([len(tokens) + 0.5 * n for tokens, n in rows], float)
 
-  logliks, cut = evaluate.choice_logliks(Scorer(), types.SimpleNamespace(
+  logliks, cut = scoring.choice_logliks(Scorer(), types.SimpleNamespace(
       eos_id=0, encode_batch=CharTokenizer().encode_batch), ['ab', 'c'], [['x', 'yz'], ['w']])
   # rows: [eos, a, b, ' ', x] (5 tokens, 2 targets) ...
   assert [row.tolist() for row in logliks] == [[-6.0, -7.5], [-5.0]] and cut == 0

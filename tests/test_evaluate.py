@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import cli, evaluate, instructions, runs, sample, sharding, trainer
+from gpt_jax import cli, evaluate, instructions, runs, sample, scoring, sharding, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
@@ -47,7 +47,7 @@ def loaded(trained):
   """(run, scorer of batch 8 and the run's seq_len 32)."""
   mesh = sharding.data_parallel_mesh()
   run = runs.load(trained[0], mesh=mesh)
-  return run, evaluate.Scorer(run, mesh, 8, run.config.seq_len)
+  return run, scoring.Scorer(run, mesh, 8, run.config.seq_len)
 
 
 def log_probs(run, tokens):
@@ -71,8 +71,8 @@ def test_val_loss_equals_the_training_runs_last_val_loss(trained):
 
 def test_the_whole_val_split_scores_every_token_after_the_first_once(loaded, trained):
   run, scorer = loaded
-  tokens = evaluate.val_tokens(run)
-  metrics = evaluate.lm_metrics(scorer, tokens, run.tokenizer)
+  tokens = scoring.val_tokens(run)
+  metrics = scoring.lm_metrics(scorer, tokens, run.tokenizer)
   assert metrics['tokens'] == len(tokens) - 1
 
 
@@ -83,9 +83,9 @@ def test_text_file_metrics_equal_a_hand_computation(loaded, tmp_path):
   path = tmp_path / 'eval.jsonl.gz'
   with gzip.open(path, 'wt', encoding='utf-8') as f:
     f.writelines(json.dumps({'content': text}) + '\n' for text in texts)
-  assert evaluate.read_texts(str(path), 'content') == texts
-  tokens = evaluate.file_tokens(texts, run.tokenizer)
-  metrics = evaluate.lm_metrics(scorer, tokens, run.tokenizer)
+  assert scoring.read_texts(str(path), 'content') == texts
+  tokens = scoring.file_tokens(texts, run.tokenizer)
+  metrics = scoring.lm_metrics(scorer, tokens, run.tokenizer)
 
   eos = run.tokenizer.eos_id
   expected = [eos] + run.tokenizer.encode(texts[0]) + [eos] + run.tokenizer.encode(texts[1]) + [eos]
@@ -117,7 +117,7 @@ def test_ids_beyond_the_tokenizers_vocabulary_are_not_scored():
   logits_VV[:, num_tokens:] = 30.0  # unmasked, the padded ids would take nearly all the mass
   run = runs.Run(BigramLogits(), {'logits_VV': jnp.asarray(logits_VV)}, config=None,
                  tokenizer=types.SimpleNamespace(vocab_size=num_tokens), step=0)
-  scorer = evaluate.Scorer(run, sharding.data_parallel_mesh(), 2, 8)
+  scorer = scoring.Scorer(run, sharding.data_parallel_mesh(), 2, 8)
   rows = [([5, 9, 39, 7, 2], 3), ([1, 2, 3], 2), ([0, 38], 1)]
   log_p = scipy.special.log_softmax(logits_VV[:, :num_tokens].astype(np.float64), axis=-1)
   expected = [-sum(log_p[t[i], t[i + 1]] for i in range(len(t) - 1 - n, len(t) - 1))
@@ -128,9 +128,9 @@ def test_ids_beyond_the_tokenizers_vocabulary_are_not_scored():
 def test_max_batches_scores_a_prefix(loaded):
   run, scorer = loaded
   tokens = np.arange(3, 3 + 8 * 32 * 3, dtype=np.int32) % 500 + 3
-  one = evaluate.lm_metrics(scorer, tokens, run.tokenizer, max_batches=1)
+  one = scoring.lm_metrics(scorer, tokens, run.tokenizer, max_batches=1)
   assert one['tokens'] == 8 * 32
-  prefix = evaluate.lm_metrics(scorer, tokens[:8 * 32 + 1], run.tokenizer)
+  prefix = scoring.lm_metrics(scorer, tokens[:8 * 32 + 1], run.tokenizer)
   np.testing.assert_allclose(one['loss'], prefix['loss'], rtol=1e-6)
 
 
@@ -138,16 +138,16 @@ def test_max_batches_scores_a_prefix(loaded):
 
 
 def test_auto_scoring_tells_a_label_set_from_free_text():
-  assert evaluate.auto_scoring(evaluate.load_task('shakespeare_play')) == 'choice'  # its Options
-  assert evaluate.auto_scoring(instructions.parse_task(MINIMAL, 'minimal')) == 'generation'
-  assert evaluate.auto_scoring(TASK) == 'generation'  # three outputs, each of one instance
+  assert scoring.auto_scoring(evaluate.load_task('shakespeare_play')) == 'choice'  # its Options
+  assert scoring.auto_scoring(instructions.parse_task(MINIMAL, 'minimal')) == 'generation'
+  assert scoring.auto_scoring(TASK) == 'generation'  # three outputs, each of one instance
   labels = lambda *outputs: instructions.parse_task(
       {'Definition': 'd', 'Instances': [{'input': 'x', 'output': o} for o in outputs]}, 'labels')
-  assert evaluate.auto_scoring(labels(['yes'], ['no'], ['yes'], ['no', 'yes'], ['no'])) == 'choice'
-  assert evaluate.auto_scoring(labels(['yes'], ['no'], ['yes'], ['no'], ['yes'])) == 'generation'
+  assert scoring.auto_scoring(labels(['yes'], ['no'], ['yes'], ['no', 'yes'], ['no'])) == 'choice'
+  assert scoring.auto_scoring(labels(['yes'], ['no'], ['yes'], ['no'], ['yes'])) == 'generation'
   # 14 labels, each of 3 instances, are a label set; 15 are too many
-  assert evaluate.auto_scoring(labels(*[[str(n % 14)] for n in range(42)])) == 'choice'
-  assert evaluate.auto_scoring(labels(*[[str(n % 15)] for n in range(45)])) == 'generation'
+  assert scoring.auto_scoring(labels(*[[str(n % 14)] for n in range(42)])) == 'choice'
+  assert scoring.auto_scoring(labels(*[[str(n % 15)] for n in range(45)])) == 'generation'
 
 
 def test_prompt_format():
@@ -156,8 +156,8 @@ def test_prompt_format():
       'Say which.\n\nInput: a b\nOutput: yes\n\nInput: q\nOutput:')
   assert instructions.format_prompt(TASK, 2, 'q') == (
       'Say which.\n\nInput: a b\nOutput: yes\n\nInput: c\nOutput: no\n\nInput: q\nOutput:')
-  assert evaluate.task_options(TASK) == ['maybe', 'no', 'yes']
-  assert evaluate.task_options(dataclasses.replace(TASK, options=('no', 'yes'))) == ['no', 'yes']
+  assert scoring.task_options(TASK) == ['maybe', 'no', 'yes']
+  assert scoring.task_options(dataclasses.replace(TASK, options=('no', 'yes'))) == ['no', 'yes']
 
 
 def test_option_logliks_equal_log_softmax_over_the_continuation(loaded):
@@ -166,7 +166,7 @@ def test_option_logliks_equal_log_softmax_over_the_continuation(loaded):
   prompts = ['Say which.\n\nInput: the king\nOutput:',
              ' '.join(['My lord, I will speak with you anon.'] * 6)]  # longer than the context
   options = ['Hamlet', 'A Midsummer Night\'s Dream']
-  logliks, cut = evaluate.option_logliks(scorer, tok, prompts, options)
+  logliks, cut = scoring.option_logliks(scorer, tok, prompts, options)
   lengths = [1 + len(tok.encode(p)) + len(tok.encode(' ' + o)) for p in prompts for o in options]
   assert lengths[1] > 33 and cut == 2  # the long option overflows the first prompt's row, too
   for p, prompt in enumerate(prompts):
@@ -179,8 +179,8 @@ def test_option_logliks_equal_log_softmax_over_the_continuation(loaded):
       expected = sum(logp[t, row[t + 1]] for t in range(n - len(continuation), n))
       np.testing.assert_allclose(logliks[p, o], expected, rtol=1e-5)
   # one row per call, in a batch of one, gives the same scores as eight rows padded together
-  one = evaluate.Scorer(run, jax.tree.leaves(run.params)[0].sharding.mesh, 1, 32)
-  np.testing.assert_allclose(evaluate.option_logliks(one, tok, prompts, options)[0], logliks,
+  one = scoring.Scorer(run, jax.tree.leaves(run.params)[0].sharding.mesh, 1, 32)
+  np.testing.assert_allclose(scoring.option_logliks(one, tok, prompts, options)[0], logliks,
                              rtol=1e-5)
 
 
@@ -190,13 +190,13 @@ def test_accuracy_takes_the_argmax():
                      [-2.0, -2.0, -8.0]])
   correct = np.array([[1, 0, 0], [0, 0, 1], [1, 0, 0]], bool)
   # acc picks options 0, 1, 0 (a tie keeps the first); per byte, -3/10 > -1/2 etc. pick 2, 2, 2
-  result = evaluate.accuracy(loglik, correct, np.array([2, 2, 10]))
+  result = scoring.accuracy(loglik, correct, np.array([2, 2, 10]))
   assert result == {'acc': 2 / 3, 'acc_norm': 1 / 3}
 
 
 def test_choice_metrics_runs_every_shot(loaded):
   run, scorer = loaded
-  metrics = evaluate.choice_metrics(scorer, run.tokenizer, TASK, [0, 2])
+  metrics = scoring.choice_metrics(scorer, run.tokenizer, TASK, [0, 2])
   assert metrics['instances'] == 2 and metrics['chance'] == 1 / 3
   assert set(metrics['shots']) == {'0', '2'}
   assert all(0 <= m['acc'] <= 1 and 0 <= m['acc_norm'] <= 1 for m in metrics['shots'].values())
@@ -215,13 +215,13 @@ def test_cli_task_table_and_json(trained, tmp_path, capsys):
 
 
 def test_normalisation_exact_match_and_rouge_l_by_hand():
-  assert evaluate.normalize_answer('  The Cat,  sat!\n') == 'the cat sat'
+  assert scoring.normalize_answer('  The Cat,  sat!\n') == 'the cat sat'
   # the longest common subsequence is 'the cat on the mat': 5 of 6 words on each side
-  assert evaluate.rouge_l('the cat is on the mat', 'the cat sat on the mat') == pytest.approx(5 / 6)
+  assert scoring.rouge_l('the cat is on the mat', 'the cat sat on the mat') == pytest.approx(5 / 6)
   # stemmed: 'cats' -> 'cat', 'sitting' and 'sits' -> 'sit'; precision 2/2, recall 2/3
-  assert evaluate.rouge_l('Cats sitting.', 'a cat sits') == pytest.approx(0.8)
-  scores = evaluate.answer_scores(['The cat sat.', 'a big dog'],
-                                  [['a cat', 'the cat sat'], ['the dog', 'big dog']])
+  assert scoring.rouge_l('Cats sitting.', 'a cat sits') == pytest.approx(0.8)
+  scores = scoring.answer_scores(['The cat sat.', 'a big dog'],
+                                 [['a cat', 'the cat sat'], ['the dog', 'big dog']])
   # exact: 1 (normalised), 0; ROUGE-L: the best reference of each, 1 and 2·(2/3·1)/(2/3 + 1) = 0.8
   assert scores == pytest.approx({'exact_match': 0.5, 'rouge_l': 0.9})
 
@@ -234,15 +234,15 @@ def test_generated_answers_are_the_samplers_greedy_continuations(loaded):
       lambda p: p + rng.normal(0, 0.2, p.shape).astype(p.dtype), trained_run.params))
   tok = run.tokenizer
   task = instructions.parse_task(MINIMAL, 'minimal')
-  metrics = evaluate.generation_metrics(run, task, [0], seq_len=32, batch_size=2)
-  max_new_tokens = max(len(tok.encode(f' {a}')) for a in ('3', '4')) + evaluate.GENERATION_MARGIN
+  metrics = scoring.generation_metrics(run, task, [0], seq_len=32, batch_size=2)
+  max_new_tokens = max(len(tok.encode(f' {a}')) for a in ('3', '4')) + scoring.GENERATION_MARGIN
   assert metrics['max_new_tokens'] == max_new_tokens and metrics['instances'] == 2
 
   # the task's two prompts, as generation_metrics batches them, then a short and a long one
   prompts = [instructions.format_prompt(task, 0, i.input) for i in task.instances]
   prompts += ['Q: 1\nA:', 'KING HENRY:\nMy lord, I will speak with you anon.' * 3]
-  answers, cut = evaluate.generate_answers(run, prompts, max_new_tokens=max_new_tokens,
-                                           seq_len=32, batch_size=2)
+  answers, cut = scoring.generate_answers(run, prompts, max_new_tokens=max_new_tokens,
+                                          seq_len=32, batch_size=2)
   keep = 32 - max_new_tokens
   rows = [([tok.eos_id] + tok.encode(p))[-keep:] for p in prompts]
   assert rows[2][0] == tok.eos_id and len(rows[2]) < keep  # a document's start, left-padded
@@ -253,7 +253,7 @@ def test_generated_answers_are_the_samplers_greedy_continuations(loaded):
                                             max_new_tokens=max_new_tokens, eos_id=tok.eos_id)]
   assert answers == [tok.decode(c).split('\n')[0].strip() for c in continuations]
   assert all(answers)
-  assert metrics['shots'] == {'0': {**evaluate.answer_scores(answers[:2], [['3'], ['4']]),
+  assert metrics['shots'] == {'0': {**scoring.answer_scores(answers[:2], [['3'], ['4']]),
                                     'cut_prompts': 2}}
 
 

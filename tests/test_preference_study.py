@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import checkpoint, cli, evaluate, files, model, network, preference_study as study
-from gpt_jax import runs, sharding, tokenizer as tokenizer_lib, trainer
+from gpt_jax import checkpoint, cli, files, model, network, preference_study as study, runs, scoring
+from gpt_jax import sharding, tokenizer as tokenizer_lib, trainer
 from gpt_jax.tasks import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +52,7 @@ def test_kl_estimate_is_the_mean_log_ratio():
 
 def test_answer_logprobs_sum_the_answer_and_its_eos(tiny_runs):
   run = tiny_runs[0]
-  scorer = evaluate.Scorer(run, sharding.data_parallel_mesh(), 4, 32)
+  scorer = scoring.Scorer(run, sharding.data_parallel_mesh(), 4, 32)
   eos = run.tokenizer.eos_id
   rows, answers = [[eos, 5, 6, 7], [eos, 9]], [[11, 12], [13, 14, 15]]
   got = study.answer_logprobs(scorer, rows, answers, eos, max_new_tokens=3)

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, config as config_lib, evaluate, hf, model, network, objectives, quant, quantize
-from gpt_jax import runs, sample, trainer
+from gpt_jax import cli, config as config_lib, evaluate, hf, model, network, objectives, quant
+from gpt_jax import quantize, runs, sample, scoring, trainer
 from gpt_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,7 +230,7 @@ def test_a_moved_quantized_run_still_evaluates_with_its_own_tokenizer(int4_run, 
   shutil.move(int4_run, str(tmp_path / 'gone'))
   try:
     assert runs.load(moved).config.data.tokenizer == os.path.join(moved, 'tokenizer.model')
-    assert len(evaluate.val_tokens(runs.load(moved))) > 0
+    assert len(scoring.val_tokens(runs.load(moved))) > 0
   finally:
     shutil.move(str(tmp_path / 'gone'), int4_run)
 

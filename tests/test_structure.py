@@ -97,6 +97,13 @@ def test_no_import_cycle():
   assert cycles(import_graph()) == []
 
 
+def test_nothing_imports_a_command_main():
+  graph = import_graph()
+  importers = {name: sorted(m for m in graph if name in graph[m])
+               for name in graph if name.endswith('.__main__')}
+  assert importers and all(not found for found in importers.values()), importers
+
+
 def test_no_module_over_700_lines():
   long = {}
   for name, path in _modules().items():

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from gpt_jax import clean, config as config_lib, corpus, data, evaluate, instructions, preferences
+from gpt_jax import scoring
 from gpt_jax.tasks import build, judge
 
 SPLITS = ('train', 'val')
@@ -117,7 +118,7 @@ def test_write_play_task_still_writes_it(tmp_path, capsys):
 def test_the_shipped_task_is_valid_balanced_and_held_out(shakespeare):
   task = evaluate.load_task('shakespeare_play')
   assert task.name == 'shakespeare_play'
-  options = evaluate.task_options(task)
+  options = scoring.task_options(task)
   assert len(options) == 4 and len(task.positive_examples) >= 5
   outputs = [i.outputs for i in task.instances]
   assert all(len(o) == 1 and o[0] in options for o in outputs)

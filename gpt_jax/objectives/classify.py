@@ -23,7 +23,7 @@ run's checkpoints hold that tree: runs.load reads its 'gpt' part like any langua
 whole (python -m gpt_jax.evaluate --workdir=RUN --task=FILE.jsonl).
 
 finish() writes finetune_report.md and finetune_report.json: the held-out accuracy of the head
-beside the same base model's zero- and few-shot prompted accuracy (gpt_jax.evaluate) and the
+beside the same base model's zero- and few-shot prompted accuracy (gpt_jax.scoring) and the
 majority-class rate.
 """
 
@@ -37,10 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from gpt_jax import checkpoint, evaluate, files, instructions, losses, model, network, runs, sample
+from gpt_jax import checkpoint, files, instructions, losses, model, network, runs, sample, scoring
 from gpt_jax import sharding, state, task_inputs
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import Objective, load_base, split_batches, table_dataset
+from gpt_jax.objectives.base import Objective, load_base, split_batches, table_dataset
 
 SPECIAL_TOKENS = ('start', 'delim', 'extract')  # ids V, V + 1, V + 2
 TASK_PARAM_AXES = {'special': PartitionSpec(None, 'embed'),
@@ -257,7 +257,7 @@ class TaskFineTuning(Objective):
     batch_size = c.batch_size // c.grad_accum
     arrays = self.encode(held_out)
     head = float(np.mean(self.predict(params, arrays, batch_size) == arrays['label']))
-    scorer = evaluate.Scorer(self.base, self.mesh, batch_size, sample.context_length(c.model))
+    scorer = scoring.Scorer(self.base, self.mesh, batch_size, sample.context_length(c.model))
     report = {
         'task': held_out.name, 'kind': held_out.kind, 'labels': list(c.task.labels),
         'train_file': c.data.tasks, 'held_out_examples': len(held_out.examples),
@@ -334,15 +334,15 @@ def prompted_task(train: task_inputs.LabelledTask, held_out: task_inputs.Labelle
   return instructions.Task(train.name, definition, positive, (), instances, train.labels)
 
 
-def prompted_accuracy(scorer: evaluate.Scorer, tokenizer, train: task_inputs.LabelledTask,
+def prompted_accuracy(scorer: scoring.Scorer, tokenizer, train: task_inputs.LabelledTask,
                       held_out: task_inputs.LabelledTask, shots: tuple[int, ...]) -> dict:
   """{str(k): {'acc', 'acc_norm', 'cut_prompts'}}: the held-out accuracy of the scorer's model
   prompted with k training examples (prompted_task), each answer option scored as its
-  log-likelihood after the prompt (evaluate.choice_metrics; for multiple choice each example's
-  own choices, evaluate.choice_logliks)."""
+  log-likelihood after the prompt (scoring.choice_metrics; for multiple choice each example's
+  own choices, scoring.choice_logliks)."""
   task = prompted_task(train, held_out, max(shots, default=0))
   if held_out.kind != 'multiple_choice':
-    return evaluate.choice_metrics(scorer, tokenizer, task, shots)['shots']
+    return scoring.choice_metrics(scorer, tokenizer, task, shots)['shots']
   choices = [e.choices for e in held_out.examples]
   C = max(map(len, choices))
   correct_RC = np.zeros((len(choices), C), bool)
@@ -353,11 +353,11 @@ def prompted_accuracy(scorer: evaluate.Scorer, tokenizer, train: task_inputs.Lab
   results = {}
   for k in shots:
     prompts = [instructions.format_prompt(task, k, i.input) for i in task.instances]
-    logliks, cut = evaluate.choice_logliks(scorer, tokenizer, prompts, choices)
+    logliks, cut = scoring.choice_logliks(scorer, tokenizer, prompts, choices)
     loglik_RC = np.full((len(choices), C), -np.inf)
     for r, row in enumerate(logliks):
       loglik_RC[r, :len(row)] = row
-    results[str(k)] = {**evaluate.accuracy(loglik_RC, correct_RC, bytes_RC), 'cut_prompts': cut}
+    results[str(k)] = {**scoring.accuracy(loglik_RC, correct_RC, bytes_RC), 'cut_prompts': cut}
   return results
 
 

@@ -15,7 +15,7 @@ A batch row is one pair, both answers after the same prompt (preferences.encode_
   tokens, targets  int32    inputs and next tokens
   mask             float32  1 on the answer's targets
 
-The policy starts from config.init_from (objectives.load_base: its model and tokenizer); the
+The policy starts from config.init_from (objectives.base.load_base: its model and tokenizer); the
 reference is config.dpo.reference, else init_from, and is the objective's frozen tree (never
 trained, never donated). Metrics, train and validation ('val_' prefixed):
 
@@ -36,8 +36,8 @@ import jax.numpy as jnp
 
 from gpt_jax import checkpoint, losses, metrics, model, network, preferences, runs
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import Objective, check_frozen_runs, frozen_run, load_base
-from gpt_jax.objectives import split_batches, table_dataset
+from gpt_jax.objectives.base import Objective, check_frozen_runs, frozen_run, load_base
+from gpt_jax.objectives.base import split_batches, table_dataset
 
 BATCH_KEYS = ('tokens', 'targets', 'mask')  # of preferences.encode_pairs
 REWARDS = ('loss', 'accuracy', 'reward_chosen', 'reward_rejected', 'reward_margin')
@@ -66,7 +66,7 @@ class DirectPreference(Objective):
   reference: model.GPT | None = None  # π_ref's model; its parameters are `frozen`
   train_rows: dict | None = None  # preferences.encode_pairs', BATCH_KEYS only
   val_rows: dict | None = None
-  reference_record: dict | None = None  # objectives.frozen_run of the reference
+  reference_record: dict | None = None  # base.frozen_run of the reference
 
   @classmethod
   def build(cls, config, mesh, log):

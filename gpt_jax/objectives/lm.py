@@ -16,7 +16,7 @@ import numpy as np
 
 from gpt_jax import data, losses, network, sample
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import Objective, split_batches
+from gpt_jax.objectives.base import Objective, split_batches
 
 
 @dataclasses.dataclass

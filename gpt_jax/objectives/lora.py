@@ -19,7 +19,7 @@ import jax
 
 from gpt_jax import files, lora, model, network, runs
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import Objective, load_base
+from gpt_jax.objectives.base import Objective, load_base
 
 
 @dataclasses.dataclass
@@ -37,7 +37,7 @@ class LoraTuning(Objective):
                       '--config.init_from=DIR (a finished run, or a model imported by gpt_jax.hf)')
     layers = lora.targeted_layers(config.lora.targets,
                                   runs.read_config(config.init_from, 'init_from').model.mlp)
-    # sft and classify adopt the base's model and load it (objectives.load_base); so does 'lm' here.
+    # sft and classify adopt the base's model and load it (base.load_base); so does 'lm' here.
     base = load_base(config, mesh, log) if config.objective == 'lm' else None
     inner = build_inner()
     if base is None:

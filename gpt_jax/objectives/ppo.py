@@ -54,8 +54,9 @@ import numpy as np
 from gpt_jax import data, losses, metrics, model, network, preferences, runs, sample
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import Objective, check_frozen_runs, frozen_run, load_base, reward
-from gpt_jax.objectives import split_batches, table_dataset
+import gpt_jax.objectives.reward as reward  # a peer module, not through the registry
+from gpt_jax.objectives.base import Objective, check_frozen_runs, frozen_run, load_base
+from gpt_jax.objectives.base import split_batches, table_dataset
 
 
 def validate(config) -> None:
@@ -197,7 +198,7 @@ class ProximalPolicy(Objective):
   train_prompts: dict | None = None
   held_out_prompts: dict | None = None
   pretraining: data.Prepared | None = None  # PPO-ptx's corpus
-  frozen_runs: list | None = None  # objectives.frozen_run of the reference and the reward model
+  frozen_runs: list | None = None  # base.frozen_run of the reference and the reward model
 
   on_policy = True
 

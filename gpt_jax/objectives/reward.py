@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec
 
 from gpt_jax import checkpoint, files, model, network, preferences, runs, sharding, state
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import Objective, load_base, split_batches, table_dataset
+from gpt_jax.objectives.base import Objective, load_base, split_batches, table_dataset
 
 HEAD_AXES = {'kernel': PartitionSpec('embed', None), 'bias': PartitionSpec(None)}
 NORMALIZATION = 'reward_normalization.json'

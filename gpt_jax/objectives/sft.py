@@ -2,7 +2,7 @@
 tasks, as Tk-Instruct does it (Wang et al. 2022, Super-NaturalInstructions).
 
 An example is the prompt of one instance (the task's definition, config.sft.shots solved
-positive examples, the instance's input: instructions.format_prompt, the text gpt_jax.evaluate
+positive examples, the instance's input: instructions.format_prompt, the text gpt_jax.scoring
 prompts with) followed by one of its answers and EOS; the loss is the cross-entropy of the
 answer's tokens only. Examples are packed whole into rows of seq_len tokens (instructions.pack):
 a batch holds, each (B, L),
@@ -28,9 +28,9 @@ import os
 import jax
 import jax.numpy as jnp
 
-from gpt_jax import evaluate, files, instructions, losses, network, runs, sharding
+from gpt_jax import files, instructions, losses, network, runs, scoring, sharding
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import Objective, load_base, split_batches, table_dataset
+from gpt_jax.objectives.base import Objective, load_base, split_batches, table_dataset
 
 ROW_ARRAYS = {'tokens': jnp.int32, 'targets': jnp.int32, 'mask': jnp.float32,
               'segment_ids': jnp.int32, 'positions': jnp.int32}
@@ -146,7 +146,7 @@ class InstructionTuning(Objective):
 def task_scores(base: runs.Run, tuned: runs.Run, tasks, config, log) -> dict:
   """Per held-out task: the base model's zero-shot and the tuned model's sft.shots-shot scores
   by generation (exact match, ROUGE-L) and, for a task with a fixed label set, by the likeliest
-  option (evaluate.auto_scoring)."""
+  option (scoring.auto_scoring)."""
   mesh = sharding.data_parallel_mesh()
   seq_len = config.seq_len
   batch_size = max(config.batch_size // config.grad_accum, 1)
@@ -156,12 +156,12 @@ def task_scores(base: runs.Run, tuned: runs.Run, tasks, config, log) -> dict:
       continue
     scores = {}
     for name, run, shots in (('base', base, 0), ('tuned', tuned, config.sft.shots)):
-      scores[name] = {'shots': shots, 'generation': evaluate.generation_metrics(
+      scores[name] = {'shots': shots, 'generation': scoring.generation_metrics(
           run, task, [shots], seq_len=seq_len, batch_size=batch_size,
           max_instances=config.sft.eval_instances)['shots'][str(shots)]}
-      if evaluate.auto_scoring(task) == 'choice':
-        scorer = evaluate.Scorer(run, mesh, batch_size, seq_len)
-        scores[name]['choice'] = evaluate.choice_metrics(
+      if scoring.auto_scoring(task) == 'choice':
+        scorer = scoring.Scorer(run, mesh, batch_size, seq_len)
+        scores[name]['choice'] = scoring.choice_metrics(
             scorer, run.tokenizer, task, [shots], config.sft.eval_instances)['shots'][str(shots)]
     report[task.name] = {'instances': min(len(task.instances),
                                           config.sft.eval_instances or len(task.instances)),
