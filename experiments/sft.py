@@ -1,7 +1,8 @@
 """Instruction tuning (objective 'sft') of the README demo model on the shipped Shakespeare tasks.
 
   python -m gpt_jax.train --config=experiments/shakespeare.py          # the base model, once
-  python -m gpt_jax.train --config=experiments/sft.py [--config.init_from=DIR] [--config.data.tasks=PATHS]
+  python -m gpt_jax.train --config=experiments/sft.py [--config.init_from=DIR] \
+      [--config.data.tasks=PATHS]
   python -m gpt_jax.train --config=experiments/sft.py:lora    # LoRA r = 8 on attention
   python -m gpt_jax.quantize --workdir=runs/shakespeare --out=runs/shakespeare_nf4 --format=nf4
   python -m gpt_jax.train --config=experiments/sft.py:qlora   # the same on the NF4 base

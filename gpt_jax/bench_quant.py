@@ -5,10 +5,11 @@
 
 Each format of DIR's weights is written as a run (gpt_jax.quantize; bf16 is a cast) and read back
 as sampling and evaluation read it; int8 and int4 once per --activations setting ('none':
-weight-only, 'int8': per-token int8 activations and integer matmuls, see gpt_jax.quant). Per format: the checkpoint's bytes on disk, the parameters'
-bytes in device memory, validation bits per byte (gpt_jax.scoring on the run's validation split)
-and its change against fp32, and greedy decoding speed with the KV cache at each batch size
-(median of `repeats` calls after a warm-up that compiles).
+weight-only, 'int8': per-token int8 activations and integer matmuls, see gpt_jax.quant). Per
+format: the checkpoint's bytes on disk, the parameters' bytes in device memory, validation bits
+per byte (gpt_jax.scoring on the run's validation split) and its change against fp32, and greedy
+decoding speed with the KV cache at each batch size (median of `repeats` calls after a warm-up
+that compiles).
 """
 
 import os

@@ -78,7 +78,8 @@ def _define_run_flags(flag_values: flags.FlagValues) -> None:
                       'host:port of process 0, to join a multi-process job.',
                       flag_values=flag_values)
   flags.DEFINE_integer('num_processes', int(os.environ.get('JAX_NUM_PROCESSES', 0)),
-                       'Processes in the job (with --coordinator_address).', flag_values=flag_values)
+                       'Processes in the job (with --coordinator_address).',
+                       flag_values=flag_values)
   flags.DEFINE_integer('process_id', int(os.environ.get('JAX_PROCESS_ID', -1)),
                        'This process (with --coordinator_address).', flag_values=flag_values)
   flags.DEFINE_bool('distributed', False, 'Join a multi-host job whose settings the cluster '
@@ -90,7 +91,8 @@ def parse_train_args(argv: list[str]):
   multi-host flags, this process first joins the others (jax.distributed.initialize)."""
   specs = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')]
   if not specs:
-    raise UserError('missing --config=FILE; pass an experiment file, e.g. --config=experiments/tiny.py')
+    raise UserError('missing --config=FILE; pass an experiment file, e.g. '
+                    '--config=experiments/tiny.py')
   config = load_experiment(specs[-1])
   flag_values = _apply_overrides(config, [a for a in argv if not a.startswith('--config=')],
                                  _define_run_flags)

@@ -49,7 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
   model.tie_embeddings = True
   model.dropout = 0.0
   model.init_std = 0.02
-  model.attention = 'auto'  # 'auto' (einsum on CPU, else xla), 'xla' (jax.nn.dot_product_attention), 'einsum', 'cudnn' or 'reference'
+  model.attention = 'auto'  # 'auto' (einsum on CPU, else xla), 'xla'
+  # (jax.nn.dot_product_attention), 'einsum', 'cudnn' or 'reference'
   model.sliding_window = 0  # > 0: local banded attention over this many positions
   model.local_layers = 'all'  # with sliding_window: 'all' or 'alternate' (GPT-3: dense, local, ...)
   model.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'
@@ -57,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   model.remat = 'none'  # 'none', 'full' or 'dots' (save matmul outputs only)
   model.scan_layers = False  # nn.scan over layers: one compiled layer, fast compile when deep
   model.quant = quant = ml_collections.ConfigDict()  # set by gpt_jax.quantize, not by hand
-  quant.format = ''  # '' (float weights), 'int8', 'int4' or 'nf4': how the matmul weights are stored
+  quant.format = ''  # '' (float weights), 'int8', 'int4' or 'nf4': how matmul weights are stored
   quant.group_size = 0  # int4/nf4: input rows sharing one scale (int8: 0 = one per output column)
   quant.zero_point = False  # int4: asymmetric groups, w = (q − z)·s
   quant.embeddings = False  # also the token embedding (and with it the tied head)
@@ -83,7 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
   lora.rank = 0  # 0 = off (train every weight); > 0 needs init_from (the frozen base)
   lora.alpha = 16.0
   lora.dropout = 0.0  # on the adapters' input
-  lora.targets = 'attn'  # 'attn' (query, key, value, out), 'mlp', 'all' or layer names, e.g. 'query,value'
+  lora.targets = 'attn'  # 'attn' (query, key, value, out), 'mlp', 'all' or layer names,
+  # e.g. 'query,value'
 
   c.distill = distill = ml_collections.ConfigDict()
   distill.teacher = ''  # a finished run's workdir: train against its outputs (same tokenizer)
@@ -94,14 +96,16 @@ def base_config() -> ml_collections.ConfigDict:
   distill.top_k = 0  # > 0: only the teacher's k largest logits, renormalised
 
   c.data = data = ml_collections.ConfigDict()
-  data.corpus = 'shakespeare'  # 'shakespeare' or paths/dirs/globs (comma-separated) of .txt/.md/.jsonl[.gz]
+  data.corpus = 'shakespeare'  # 'shakespeare' or paths/dirs/globs (comma-separated) of
+  # .txt/.md/.jsonl[.gz]
   data.text_field = 'text'  # the field holding the text in .jsonl files
   data.tokenizer = ''  # '' = train a BPE tokenizer on the training split; or a .model file
   data.val_fraction = 0.05
   data.max_document_chars = 65536  # longer documents (a book, a one-file corpus) are cut ...
   data.piece_chars = 8192  # ... into pieces of at most this many characters, at blank lines
   data.url_field = 'url'  # the field holding a .jsonl row's URL (for data.blocked_hosts)
-  data.bad_lines = 'stop'  # a .jsonl line that is not JSON: 'stop' (with its line) or 'skip' (counted)
+  data.bad_lines = 'stop'  # a .jsonl line that is not JSON: 'stop' (with its line) or 'skip'
+  # (counted)
   # Cleaning (gpt_jax.clean), in this order; each stage counted in the log and the manifest.
   data.min_chars = 200  # quality filter: shorter documents are dropped
   data.min_letter_fraction = 0.6  # quality filter: documents with fewer letters are dropped
@@ -110,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.min_script_fraction = 0.0  # ... this fraction of their letters in that script
   data.blocked_hosts = ''  # host names (comma-separated) or a file of them: rows whose URL is there
   data.exact_dedup = True  # drop exact copies of an earlier document
-  data.near_dedup = False  # drop near-duplicates: MinHash LSH (datasketch, pip install -e '.[data]')
+  data.near_dedup = False  # drop near-duplicates: MinHash LSH (datasketch, extra '.[data]')
   data.near_dedup_threshold = 0.8  # Jaccard similarity of word n-grams that makes a near-duplicate
   data.near_dedup_ngram = 5
   data.near_dedup_num_perm = 128  # MinHash permutations
@@ -119,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.cache_dir = ''  # where prepared data is kept; '' = ~/.cache/gpt_jax
   # Preparation at scale (gpt_jax.prepare)
   data.workers = 0  # processes that clean and tokenize; 0 = one per core (one per 16 MB of input)
-  data.tokenizer_sentences = 2_000_000  # lines the tokenizer trains on, sampled from the train split
+  data.tokenizer_sentences = 2_000_000  # lines the tokenizer trains on, sampled from train
   data.shard_tokens = 1 << 24  # tokens per .npy file of a prepared split
   data.shard = ''  # 'i/N': prepare part i of N of the corpus files (python -m gpt_jax.prepare)
 

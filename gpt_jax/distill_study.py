@@ -32,7 +32,8 @@ def run_study(config, workdir: str, log=print) -> dict:
   teacher.optim.lr = config.study.teacher_lr
   teacher.distill.teacher = ''
   runs = {'teacher': (teacher, config.distill.teacher or os.path.join(workdir, 'teacher')),
-          'student from scratch': (copy.deepcopy(student), os.path.join(workdir, 'student_scratch')),
+          'student from scratch': (copy.deepcopy(student),
+                                   os.path.join(workdir, 'student_scratch')),
           'distilled student': (copy.deepcopy(student), os.path.join(workdir, 'student_distilled'))}
   runs['student from scratch'][0].distill.teacher = ''
   runs['distilled student'][0].distill.teacher = runs['teacher'][1]

@@ -84,9 +84,9 @@ def expand_paths(spec: str, what: str, fix: str, directory_files) -> list[str]:
 
 
 def read_json_lines(path: str, name: str, fix: str) -> list[tuple[int, str, object]]:
-  """(line number, where, object) of each non-blank line of a UTF-8 JSON Lines file (a byte-order mark is
-  allowed), where = f'{name} line {number}'. One-line UserError, ending in `fix`, for a file that
-  cannot be read or a line that is not JSON."""
+  """(line number, where, object) of each non-blank line of a UTF-8 JSON Lines file (a byte-order
+  mark is allowed), where = f'{name} line {number}'. One-line UserError, ending in `fix`, for a
+  file that cannot be read or a line that is not JSON."""
   try:
     with open(path, encoding='utf-8-sig') as f:  # -sig: also with a byte-order mark
       lines = f.read().split('\n')  # not splitlines(): JSON strings may hold U+2028 and others

@@ -1,4 +1,5 @@
-"""Parameter counts, model FLOPs per token, and device peaks: the numbers behind MFU and scaling laws.
+"""Parameter counts, model FLOPs per token, and device peaks: the numbers behind MFU and scaling
+laws.
 
 Counts come from the config alone (no arrays), so they work for models far too big to build here.
 """
@@ -32,7 +33,8 @@ PEAK_FLOPS = {
 
 
 def param_count(model: ml_collections.ConfigDict, *, embeddings: bool = True) -> int:
-  """Number of parameters. embeddings=False leaves out the token and position tables (Kaplan's N)."""
+  """Number of parameters. embeddings=False leaves out the token and position tables (Kaplan's
+  N)."""
   D, V, H, K = model.n_embd, model.vocab_size, model.n_head, model.n_kv_head
   E, F = head_size(model), mlp_hidden_size(model)
   bias = int(model.bias)

@@ -92,7 +92,8 @@ def layer_window(model: ml_collections.ConfigDict, layer: int) -> int:
 
 def _norm(model, name: str) -> nn.Module:
   common = dict(epsilon=model.norm_eps, dtype=model.dtype, param_dtype=model.param_dtype,
-                scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)), name=name)
+                scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                name=name)
   if model.norm == 'rmsnorm':
     return nn.RMSNorm(**common)
   return nn.LayerNorm(use_bias=model.bias,
@@ -133,7 +134,8 @@ class Attention(nn.Module):
     out_std = c.init_std / math.sqrt(2 * c.n_layer)  # GPT-2: residual branches scaled by depth
     unflat = lambda y: y.reshape(positions_BL.shape + y.shape[1:])
     q_BLHE = unflat(dense((c.n_head, E), ('embed',), ('heads', 'kv'), c.init_std, 'query')(x_ND))
-    k_BLKE = unflat(dense((c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std, 'key')(x_ND))
+    k_BLKE = unflat(dense((c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std,
+                          'key')(x_ND))
     v_BLKE = unflat(dense((c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std,
                           'value')(x_ND))
     if c.position == 'rope':
@@ -162,7 +164,8 @@ class Attention(nn.Module):
     positions = self.variable('cache', 'cached_positions', jnp.zeros, positions_BL.shape, jnp.int32)
     index = self.variable('cache', 'index', jnp.zeros, (), jnp.int32)
     i = index.value
-    key.value = jax.lax.dynamic_update_slice(key.value, k_BLKE.astype(key.value.dtype), (0, i, 0, 0))
+    key.value = jax.lax.dynamic_update_slice(key.value, k_BLKE.astype(key.value.dtype),
+                                             (0, i, 0, 0))
     value.value = jax.lax.dynamic_update_slice(value.value, v_BLKE.astype(value.value.dtype),
                                                (0, i, 0, 0))
     positions.value = jax.lax.dynamic_update_slice(positions.value,
@@ -264,7 +267,8 @@ class GPT(nn.Module):
           jnp.maximum(tokens_BL - c.vocab_size, 0)]
       x_BLD = jnp.where(is_special_BL[..., None], special_BLD, token_BLD)
     if c.position == 'learned':
-      wpe_PD = self.param('wpe', layers.logical_normal(c.init_std, (None, 'embed')), (c.block_size, c.n_embd),
+      wpe_PD = self.param('wpe', layers.logical_normal(c.init_std, (None, 'embed')),
+                          (c.block_size, c.n_embd),
                           c.param_dtype)
       # Padding (position -1) reads row 0; attention ignores it anyway.
       x_BLD = x_BLD + jnp.asarray(wpe_PD, c.dtype)[jnp.maximum(positions_BL, 0)]
@@ -311,11 +315,13 @@ def init_cache(gpt: GPT, batch_size: int, length: int):
   shapes = jax.eval_shape(functools.partial(gpt.init, decode=True), jax.random.key(0),
                           jnp.zeros((batch_size, length), jnp.int32))['cache']
   return jax.tree_util.tree_map_with_path(
-      lambda path, s: jnp.full(s.shape, -1 if path[-1].key == 'cached_positions' else 0, s.dtype), shapes)
+      lambda path, s: jnp.full(s.shape, -1 if path[-1].key == 'cached_positions' else 0,
+                               s.dtype), shapes)
 
 
 def logical_axes(gpt: GPT, seq_len: int):
   """The logical axis names of every parameter (a tree of PartitionSpecs), from shapes only."""
-  abstract = jax.eval_shape(functools.partial(gpt.init, tokens_BL=jnp.zeros((1, seq_len), jnp.int32)),
+  abstract = jax.eval_shape(functools.partial(gpt.init,
+                                              tokens_BL=jnp.zeros((1, seq_len), jnp.int32)),
                             jax.random.key(0))
   return nn.get_partition_spec(abstract)['params']

@@ -27,7 +27,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt_jax import checkpoint, config as config_lib, files, lora, model, network, quant, sharding, state
+from gpt_jax import checkpoint, config as config_lib, files, lora, model, network, quant, sharding
+from gpt_jax import state
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.tokenizer import Tokenizer

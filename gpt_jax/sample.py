@@ -39,8 +39,8 @@ def pad_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int,
                       f'{context} less one to generate; shorten the prompt')
   P = max(len(p) for p in prompts)
   if P + max_new_tokens > context:
-    raise UserError(f'{P} prompt tokens + {max_new_tokens} new tokens exceed the model\'s context of '
-                    f'{context}; lower the number of new tokens to {context - P} or less')
+    raise UserError(f'{P} prompt tokens + {max_new_tokens} new tokens exceed the model\'s context '
+                    f'of {context}; lower the number of new tokens to {context - P} or less')
   tokens_BP = np.zeros((len(prompts), P), np.int32)
   positions_BP = np.full((len(prompts), P), -1, np.int32)
   for row, prompt in enumerate(prompts):
@@ -323,7 +323,8 @@ def main(argv=None) -> None:
   def sample():
     args = parse_args(sys.argv[1:] if argv is None else argv)
     run = runs.load(args.workdir)
-    texts = complete(run.gpt, run.params, run.tokenizer, args.prompt, max_new_tokens=args.max_tokens,
+    texts = complete(run.gpt, run.params, run.tokenizer, args.prompt,
+                     max_new_tokens=args.max_tokens,
                      num_samples=args.num_samples, temperature=args.temperature,
                      top_k=args.top_k, top_p=args.top_p, beam_width=args.beam_width,
                      length_penalty=args.length_penalty, seed=args.seed)

@@ -103,7 +103,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"sweep.schedule={sweep.schedule!r} is not 'wsd' or 'cosine'; pick one")
   if sweep.schedule == 'wsd' and config.optim.decay_fraction == 1:
     raise UserError('optim.decay_fraction=1 leaves a WSD run no constant phase to branch '
-                    "cooldowns from; pick a fraction below 1 (0.2 is usual) or sweep.schedule='cosine'")
+                    "cooldowns from; pick a fraction below 1 (0.2 is usual) or "
+                    "sweep.schedule='cosine'")
   if sweep.sizes_per_budget > len(sweep.widths):
     raise UserError(f'sweep.sizes_per_budget={sweep.sizes_per_budget} exceeds the '
                     f'{len(sweep.widths)} sweep.widths; add widths or train fewer sizes')
@@ -348,7 +349,8 @@ def _result_row(point: Point, run_dir: str, unique_tokens: int, wall_seconds: fl
       name=point.name, role=point.role, budget=point.budget, seed=run.seed,
       lr_multiplier=point.lr_multiplier, n_layer=run.model.n_layer, n_embd=run.model.n_embd,
       n_head=run.model.n_head, seq_len=run.seq_len, batch_size=run.batch_size, steps=run.steps,
-      lr=run.optim.lr, params=params, params_nonembed=flops.param_count(run.model, embeddings=False),
+      lr=run.optim.lr, params=params,
+      params_nonembed=flops.param_count(run.model, embeddings=False),
       tokens=point.tokens, unique_tokens=unique_tokens,
       flops=point.flops_per_step * run.steps, flops_6nd=6 * params * point.tokens,
       model_flops=flops.flops_per_token(run.model, run.seq_len) * point.tokens,

@@ -1,8 +1,9 @@
 """Training objectives: what one training method is to the trainer (gpt_jax.trainer).
 
 Pretraining, distillation, instruction tuning, task fine-tuning and preference tuning (a reward
-model, DPO, PPO) differ only in what a batch holds and how the loss is computed from it; the train step, sharding, gradient accumulation,
-checkpoints, resume, logging and MFU are the trainer's and never learn about a new objective.
+model, DPO, PPO) differ only in what a batch holds and how the loss is computed from it; the train
+step, sharding, gradient accumulation, checkpoints, resume, logging and MFU are the trainer's and
+never learn about a new objective.
 
 This module is the registry: `build` makes the objective that config.objective names. Each
 objective has its own module (lm, distill, sft, classify, reward, dpo, ppo; lora wraps any of
@@ -19,8 +20,9 @@ adapters on a frozen base instead of the model's weights, whatever the objective
 import ml_collections
 
 from gpt_jax.errors import UserError
-from gpt_jax.objectives.base import Objective, check_trainable_base  # re-exported
+from gpt_jax.objectives.base import Objective, check_trainable_base
 
+__all__ = ['NAMES', 'Objective', 'build', 'check_trainable_base']
 NAMES = ('lm', 'sft', 'classify', 'reward', 'dpo', 'ppo')
 
 

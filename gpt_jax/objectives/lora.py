@@ -17,7 +17,7 @@ import os
 
 import jax
 
-from gpt_jax import files, lora, model, network, runs
+from gpt_jax import files, lora, network, runs
 from gpt_jax.errors import UserError
 from gpt_jax.objectives.base import Objective, load_base
 

@@ -274,7 +274,8 @@ class ProximalPolicy(Objective):
     float32 (B, N)."""
     N = self.config.ppo.max_new_tokens
     x_BND = answer_hidden(self.gpt, params['gpt'], tokens_BL, positions_BL, N)
-    logp_BN, entropy_BN = token_logprobs(x_BND, network.head_weight(params['gpt'], self.config.model),
+    logp_BN, entropy_BN = token_logprobs(x_BND,
+                                         network.head_weight(params['gpt'], self.config.model),
                                          tokens_BL[:, -N:], self.config.ppo.temperature,
                                          self.num_tokens)
     B, _, D = x_BND.shape
