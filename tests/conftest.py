@@ -1,12 +1,40 @@
-"""Shared fixtures: a small real corpus on disk, tiny runs to fine-tune, and a cache that is never
-~/.cache."""
+"""Shared fixtures and helpers: a small real corpus on disk, tiny runs to fine-tune, a cache that
+is never ~/.cache, the paths, metrics reader and command runner the test files share.
+
+Tests import the helpers with `from conftest import X`."""
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from gpt_jax import corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
+TIMING = ('tokens_per_sec', 'mfu')  # wall-clock figures: they differ between runs by nature
+
+
+def read_metrics(workdir, timing: bool = False) -> list[dict]:
+  """The records of workdir's metrics.jsonl, without the TIMING figures unless `timing`."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  return records if timing else [{k: v for k, v in r.items() if k not in TIMING}
+                                 for r in records]
+
+
+def run_cli(*args, module: str = 'gpt_jax.train', devices: int | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+  """`python -m module args...` from the checkout's root, its output captured as text; with
+  `devices`, on that many CPU devices (XLA_FLAGS), else in this process's environment."""
+  env = None if devices is None else dict(
+      os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  return subprocess.run([sys.executable, '-m', module, *map(str, args)], capture_output=True,
+                        text=True, env=env, cwd=ROOT, timeout=timeout)
+
 
 SMALL_PLAYS = ('the-comedy-of-errors', 'a-midsummer-night-s-dream', 'the-tempest', 'macbeth',
                'julius-caesar')
@@ -42,10 +70,10 @@ def small_corpus(tmp_path_factory, shakespeare) -> str:
 @pytest.fixture(scope='session')
 def tiny_base(small_corpus, tmp_path_factory) -> str:
   """The workdir of a finished experiments/tiny.py run on the small corpus: a base model to
-  fine-tune (20 steps, seconds)."""
+  fine-tune (20 steps, seconds). Shared by every test: read it, never write into it; a test
+  that resumes or changes a run of these settings works on a copy (shutil.copytree)."""
   from gpt_jax import cli, trainer
-  config = cli.load_experiment(os.path.join(os.path.dirname(os.path.dirname(__file__)),
-                                            'experiments', 'tiny.py'))
+  config = cli.load_experiment(TINY)
   config.data.corpus, config.sample.num = small_corpus, 0
   workdir = str(tmp_path_factory.mktemp('tiny_base'))
   trainer.train(config, workdir, log=lambda _: None)

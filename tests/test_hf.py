@@ -4,14 +4,13 @@ tiny random models: GPT-2 (tied, biases, learned positions) and LLaMA (GQA, unti
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import TINY, run_cli
 from gpt_jax import cli, corpus, hf, runs, trainer
 from gpt_jax.config import base_config
 from gpt_jax import tokenizer as tokenizer_lib
@@ -22,8 +21,6 @@ transformers = pytest.importorskip(
     'transformers', reason='needs transformers and torch: pip install -e .[hf]')
 torch = pytest.importorskip('torch', reason='needs transformers and torch: pip install -e .[hf]')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
 TOKENS = np.random.RandomState(0).randint(0, 300, (2, 24))
 GPT2_VOCAB, LLAMA_VOCAB = 300, 384
 
@@ -236,8 +233,7 @@ def test_every_tensor_is_taken_or_refused(gpt2_dir, llama_dir):
 
 
 def run_hf(*args):
-  return subprocess.run([sys.executable, '-m', 'gpt_jax.hf', *args], capture_output=True,
-                        text=True, timeout=120, cwd=ROOT)
+  return run_cli(*args, module='gpt_jax.hf', timeout=120)
 
 
 def test_cli_import_is_a_run_to_fine_tune(llama_dir, sp_model, small_corpus, tmp_path):

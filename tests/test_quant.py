@@ -11,11 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, config as config_lib, evaluate, hf, model, objectives, quant, quantize
+from gpt_jax import config as config_lib, evaluate, hf, model, objectives, quant, quantize
 from gpt_jax import runs, sample, trainer
 from gpt_jax.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # QLoRA (Dettmers et al. 2023), App. E: the NormalFloat4 data type.
 NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
        -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
@@ -192,13 +191,9 @@ def test_quantized_models_are_not_trained_in_full():
 
 
 @pytest.fixture(scope='module')
-def trained(small_corpus, tmp_path_factory):
-  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py'))
-  config.data.corpus = small_corpus
-  config.sample.num = 0
-  workdir = str(tmp_path_factory.mktemp('run'))
-  trainer.train(config, workdir, log=lambda *_: None)
-  return workdir
+def trained(tiny_base):
+  """The float run to quantize: conftest's tiny_base (tiny.py on the small corpus), read only."""
+  return tiny_base
 
 
 @pytest.fixture(scope='module')

@@ -2,7 +2,6 @@
 
 import copy
 import errno
-import hashlib
 import json
 import types
 import os
@@ -20,32 +19,20 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import ROOT, TINY, directory_digest, read_metrics, run_cli
 from gpt_jax import checkpoint, cli, config as config_lib, losses, model, optim, runs, trainer
 from gpt_jax.objectives import lm
 from gpt_jax.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
-
 
 @pytest.fixture
 def tiny(small_corpus):
+  """tiny.py on the small corpus: the settings of conftest's tiny_base, the run that the tests
+  which need a finished run of them copy (or read) instead of training it again."""
   config = cli.load_experiment(TINY)
   config.data.corpus = small_corpus
   config.sample.num = 0
   return config
-
-
-def run_cli(*args, timeout=300):
-  return subprocess.run([sys.executable, '-m', 'gpt_jax.train', *args], capture_output=True,
-                        text=True, timeout=timeout, cwd=ROOT)
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f]
-  timing = ('tokens_per_sec', 'mfu')  # wall-clock figures differ between runs by nature
-  return [{k: v for k, v in r.items() if k not in timing} for r in records]
 
 
 # --- the step function -----------------------------------------------------------------------
@@ -155,9 +142,10 @@ def test_the_first_update_moves_the_parameters(tiny):
 # --- whole runs --------------------------------------------------------------------------------
 
 
-def test_run_writes_metrics_plot_and_checkpoints(tiny, tmp_path):
+def test_run_writes_metrics_plot_and_checkpoints(tiny, tiny_base, tmp_path):
   workdir = str(tmp_path / 'run')
-  final = trainer.train(tiny, workdir, log=lambda _: None)
+  shutil.copytree(tiny_base, workdir)  # the run trainer.train(tiny, ...) wrote
+  final = read_metrics(workdir, timing=True)[-1]  # what that train() returned
   records = read_metrics(workdir)
   assert [r['step'] for r in records] == [5, 10, 15, 20]
   for key in ('train_loss', 'lr', 'grad_norm'):
@@ -258,37 +246,6 @@ def test_sigterm_saves_a_checkpoint_and_exits(small_corpus, tmp_path):
 # --- bad input -------------------------------------------------------------------------------
 
 
-def dir_digest(directory):
-  digest = hashlib.sha256()
-  for root, _, names in sorted(os.walk(directory)):
-    for name in sorted(names):
-      digest.update(name.encode())
-      with open(os.path.join(root, name), 'rb') as f:
-        digest.update(f.read())
-  return digest.hexdigest()
-
-
-@pytest.mark.parametrize('overrides, message', [
-    (['--config.model.n_embd=66'], 'model.n_embd=66 is not divisible by model.n_head=4'),
-    (['--config.model.n_kv_head=3'], 'model.n_head=4 is not divisible by model.n_kv_head=3'),
-    (['--config.seq_len=65'], 'seq_len=65 is beyond the learned position table'),
-    (['--config.model.colour=3'], 'unknown config key config.model.colour'),
-    (['--config.data.corpus=/nonexistent/x.txt'], '/nonexistent/x.txt'),
-    (['--config.steps=100000'], 'steps=100000 needs 100000 batches'),
-    (['--config.batch_size=6', '--config.grad_accum=4'], 'batch_size=6 is not divisible'),
-    (['--config.sample.temperature=-1'], 'sample.temperature=-1.0 must be >= 0'),
-    (['--config.optim.decay_fraction=0'], 'optim.decay_fraction=0.0 must be in (0, 1]'),
-    (['--config.sample.prompt=' + 'To be, or not to be. ' * 20], 'no room left in the 64-token'),
-])
-def test_bad_config_is_one_line(overrides, message, small_corpus, tmp_path):
-  result = run_cli(f'--config={TINY}', f'--config.data.corpus={small_corpus}', *overrides,
-                   f'--workdir={tmp_path / "run"}')
-  assert result.returncode == 2
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], result.stderr
-  assert not os.path.exists(tmp_path / 'run')
-
-
 def test_corpus_errors(tiny, tmp_path):
   empty = tmp_path / 'empty.txt'
   empty.write_text('')
@@ -300,9 +257,8 @@ def test_corpus_errors(tiny, tmp_path):
       trainer.train(tiny, str(tmp_path / 'run'), log=lambda _: None)
 
 
-def test_vocab_smaller_or_larger_than_the_tokenizers(tiny, tmp_path):
-  trainer.train(tiny, str(tmp_path / 'first'), log=lambda _: None)
-  tiny.data.tokenizer = str(tmp_path / 'first' / 'tokenizer.model')
+def test_vocab_smaller_or_larger_than_the_tokenizers(tiny, tiny_base, tmp_path):
+  tiny.data.tokenizer = os.path.join(tiny_base, 'tokenizer.model')  # the tokenizer of a tiny run
   tiny.model.vocab_size = 300
   with pytest.raises(UserError, match='model.vocab_size'):
     trainer.train(tiny, str(tmp_path / 'second'), log=lambda _: None)
@@ -315,10 +271,10 @@ def test_vocab_smaller_or_larger_than_the_tokenizers(tiny, tmp_path):
   assert sum(line.startswith('--- sample') for line in logs) == 4
 
 
-def test_workdir_of_another_model_shape_is_refused_untouched(tiny, tmp_path):
+def test_workdir_of_another_model_shape_is_refused_untouched(tiny, tiny_base, tmp_path):
   workdir = str(tmp_path / 'run')
-  trainer.train(tiny, workdir, log=lambda _: None)
-  before = dir_digest(workdir)
+  shutil.copytree(tiny_base, workdir)  # a finished run of `tiny`
+  before = directory_digest(workdir)
   tiny.model.n_embd = 128
   with pytest.raises(UserError, match=r'holds a run trained with other settings \(model.n_embd: '
                                        r'64 -> 128\)'):
@@ -326,19 +282,19 @@ def test_workdir_of_another_model_shape_is_refused_untouched(tiny, tmp_path):
   tiny.allow_config_changes = True  # then the checkpoint itself does not fit
   with pytest.raises(UserError, match='holds a model of another shape'):
     trainer.train(tiny, workdir, log=lambda _: None)
-  assert dir_digest(workdir) == before
+  assert directory_digest(workdir) == before
 
 
-def test_resume_with_a_changed_trajectory_is_refused_unless_allowed(tiny, tmp_path):
+def test_resume_with_a_changed_trajectory_is_refused_unless_allowed(tiny, tiny_base, tmp_path):
   workdir = str(tmp_path / 'run')
-  trainer.train(tiny, workdir, log=lambda _: None)
-  before = dir_digest(workdir)
+  shutil.copytree(tiny_base, workdir)  # a finished run of `tiny`
+  before = directory_digest(workdir)
   tiny.update(steps=30, log_every=10, keep_checkpoints=5)  # log_every, keep: free to change
   tiny.optim.update(lr=1e-3, grad_clip=0.0)  # clipping off: the optimizer state keeps its layout
   changes = 'optim.grad_clip: 1.0 -> 0.0; optim.lr: 0.003 -> 0.001; steps: 20 -> 30'
   with pytest.raises(UserError, match=re.escape(f'({changes})')):
     trainer.train(tiny, workdir, log=lambda _: None)
-  assert dir_digest(workdir) == before
+  assert directory_digest(workdir) == before
   tiny.allow_config_changes = True
   logs = []
   trainer.train(tiny, workdir, log=logs.append)
@@ -413,9 +369,9 @@ def truncate_array_files(step_dir):
       f.truncate(os.path.getsize(os.path.join(chunks, name)) // 2)
 
 
-def test_a_damaged_newest_checkpoint_is_skipped(tiny, tmp_path):
+def test_a_damaged_newest_checkpoint_is_skipped(tiny_base, tmp_path):
   workdir = str(tmp_path / 'run')
-  trainer.train(tiny, workdir, log=lambda _: None)
+  shutil.copytree(tiny_base, workdir)  # a finished run of `tiny`
   truncate_array_files(os.path.join(workdir, 'checkpoints', '20'))
   logs = []
   loaded = runs.load(workdir, log=logs.append)  # what sample and evaluate read
@@ -429,10 +385,9 @@ def test_a_damaged_newest_checkpoint_is_skipped(tiny, tmp_path):
     runs.load(workdir, log=lambda _: None)
 
 
-def test_training_resumes_from_the_step_before_a_damaged_one(tiny, tmp_path):
-  whole, damaged = str(tmp_path / 'whole'), str(tmp_path / 'damaged')
-  for workdir in (whole, damaged):
-    trainer.train(tiny, workdir, log=lambda _: None)
+def test_training_resumes_from_the_step_before_a_damaged_one(tiny, tiny_base, tmp_path):
+  whole, damaged = tiny_base, str(tmp_path / 'damaged')  # both runs of `tiny`; whole read only
+  shutil.copytree(whole, damaged)
   truncate_array_files(os.path.join(damaged, 'checkpoints', '20'))
   logs = []
   trainer.train(tiny, damaged, log=logs.append)
@@ -486,9 +441,9 @@ def test_a_full_disk_is_one_line(tiny, tmp_path, monkeypatch):
     ckpts.wait()
 
 
-def test_init_from_starts_from_that_runs_parameters(tiny, tmp_path):
+def test_init_from_starts_from_that_runs_parameters(tiny, tiny_base, tmp_path):
   source = str(tmp_path / 'source')
-  trainer.train(tiny, source, log=lambda _: None)
+  shutil.copytree(tiny_base, source)  # a finished run of `tiny`, named as the errors below expect
   tiny.init_from = source
   tiny.optim.lr = 0.0  # so the fine-tuned parameters must be exactly where they started
   logs = []
