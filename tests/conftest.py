@@ -39,6 +39,27 @@ def run_cli(*args, module: str = 'gpt_jax.train', devices: int | None = None,
                         text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
+def run_main(*args, module: str = 'gpt_jax.train') -> subprocess.CompletedProcess:
+  """What run_cli(*args, module=module) gives, from the command's main() in this process: its
+  exit status and what it printed, without starting an interpreter and importing JAX again. For
+  the checks of a command's input; a test of the command line itself (a fresh process's whole
+  output, signals, devices) uses run_cli."""
+  import contextlib
+  import importlib
+  import io
+  argv = [*map(str, args)]
+  main = importlib.import_module(module).main
+  out, err, status = io.StringIO(), io.StringIO(), 0
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      main(['train', *argv] if module == 'gpt_jax.train' else argv)  # train's main reads argv[1:]
+    except SystemExit as e:  # as the interpreter ends: an int is the status, text is printed
+      if isinstance(e.code, str):
+        print(e.code, file=sys.stderr)
+      status = e.code if isinstance(e.code, int) else int(e.code is not None)
+  return subprocess.CompletedProcess([module, *argv], status, out.getvalue(), err.getvalue())
+
+
 SMALL_PLAYS = ('the-comedy-of-errors', 'a-midsummer-night-s-dream', 'the-tempest', 'macbeth',
                'julius-caesar')
 

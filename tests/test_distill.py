@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, directory_digest, read_metrics, run_cli
+from conftest import ROOT, TINY, directory_digest, read_metrics, run_main
 from gpt_jax import cli, model, optim, runs, sharding, trainer
 from gpt_jax.objectives import distill
 from gpt_jax.tokenizer import Tokenizer
@@ -92,7 +92,7 @@ def test_teacher_is_loaded_sharded_like_the_student(student):
      'distill.alpha=1.5'),
 ])
 def test_bad_teacher_is_one_line(make_args, message, teacher_dir, small_corpus, tmp_path):
-  result = run_cli(f'--config={TINY}', f'--config.data.corpus={small_corpus}',
+  result = run_main(f'--config={TINY}', f'--config.data.corpus={small_corpus}',
                    *make_args(teacher_dir, small_corpus), f'--workdir={tmp_path / "student"}')
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr

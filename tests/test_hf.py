@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, run_main
 from gpt_jax import cli, corpus, hf, runs, trainer
 from gpt_jax.config import base_config
 from gpt_jax import tokenizer as tokenizer_lib
@@ -318,8 +318,11 @@ def truncated_weights_dir(tmp_path, llama_dir):
     (lambda tmp, llama: llama, [], r"has no tokenizer.model or tokenizer.json; pass --tokenizer"),
 ])
 def test_bad_imports_are_one_line(make_dir, extra, message, llama_dir, sp_model, tmp_path):
+  """Through the command's main() in this process; test_cli_import_is_a_run_to_fine_tune runs
+  the command itself."""
   extra = [f'--tokenizer={sp_model}' if e == '--tokenizer=X' else e for e in extra]
-  result = run_hf('import', make_dir(tmp_path, llama_dir), f'--workdir={tmp_path / "w"}', *extra)
+  result = run_main('import', make_dir(tmp_path, llama_dir), f'--workdir={tmp_path / "w"}',
+                    *extra, module='gpt_jax.hf')
   assert result.returncode == 2, result.stderr
   assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1, result.stderr
   assert re.search(message, result.stderr), result.stderr

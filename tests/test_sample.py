@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 from gpt_jax import config as config_lib, model, sample
 from gpt_jax.errors import UserError
 
@@ -272,7 +272,9 @@ def test_cli_samples_and_beams(trained):
     (['--prompt=Hi', '--max_tokens=0'], '--max_tokens=0 must be >= 1'),
 ])
 def test_cli_bad_input_is_one_line(trained, args, message):
-  out = run_sample(f'--workdir={trained}', *args)
+  """Through the command's main() in this process; test_cli_workdir_that_is_not_a_run runs the
+  command itself."""
+  out = run_main(f'--workdir={trained}', *args, module='gpt_jax.sample')
   assert out.returncode == 2
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: '), out.stderr

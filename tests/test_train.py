@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, TINY, directory_digest, read_metrics, run_cli
+from conftest import ROOT, TINY, directory_digest, read_metrics, run_cli, run_main
 from gpt_jax import checkpoint, cli, config as config_lib, losses, model, optim, runs, trainer
 from gpt_jax.objectives import lm
 from gpt_jax.errors import UserError
@@ -244,6 +244,41 @@ def test_sigterm_saves_a_checkpoint_and_exits(small_corpus, tmp_path):
 
 
 # --- bad input -------------------------------------------------------------------------------
+
+
+BAD_CONFIGS = [
+    (['--config.model.n_embd=66'], 'model.n_embd=66 is not divisible by model.n_head=4'),
+    (['--config.model.n_kv_head=3'], 'model.n_head=4 is not divisible by model.n_kv_head=3'),
+    (['--config.seq_len=65'], 'seq_len=65 is beyond the learned position table'),
+    (['--config.model.colour=3'], 'unknown config key config.model.colour'),
+    (['--config.data.corpus=/nonexistent/x.txt'], '/nonexistent/x.txt'),
+    (['--config.steps=100000'], 'steps=100000 needs 100000 batches'),
+    (['--config.batch_size=6', '--config.grad_accum=4'], 'batch_size=6 is not divisible'),
+    (['--config.sample.temperature=-1'], 'sample.temperature=-1.0 must be >= 0'),
+    (['--config.optim.decay_fraction=0'], 'optim.decay_fraction=0.0 must be in (0, 1]'),
+    (['--config.sample.prompt=' + 'To be, or not to be. ' * 20], 'no room left in the 64-token'),
+]
+
+
+def assert_bad_config_is_one_line(run, overrides, message, small_corpus, tmp_path):
+  result = run(f'--config={TINY}', f'--config.data.corpus={small_corpus}', *overrides,
+               f'--workdir={tmp_path / "run"}')
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], result.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
+@pytest.mark.parametrize('overrides, message', BAD_CONFIGS)
+def test_bad_config_is_one_line(overrides, message, small_corpus, tmp_path):
+  """Each mistake through the command's main() in this process (no interpreter start per case);
+  test_bad_config_through_python_m runs one as the command."""
+  assert_bad_config_is_one_line(run_main, overrides, message, small_corpus, tmp_path)
+
+
+def test_bad_config_through_python_m(small_corpus, tmp_path):
+  overrides, message = BAD_CONFIGS[5]  # found after JAX starts and the data is prepared
+  assert_bad_config_is_one_line(run_cli, overrides, message, small_corpus, tmp_path)
 
 
 def test_corpus_errors(tiny, tmp_path):
