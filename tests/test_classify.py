@@ -4,8 +4,6 @@ line scored again by gpt_jax.evaluate, and the bad inputs."""
 
 import json
 import os
-import subprocess
-import sys
 import types
 
 import jax
@@ -14,12 +12,11 @@ import numpy as np
 import pytest
 import scipy.special
 
+from conftest import ROOT, TINY, run_cli
 from gpt_jax import cli, network, runs, scoring, sharding, task_inputs, trainer
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import classify
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
 CLASSIFY = os.path.join(ROOT, 'experiments', 'classify.py')
 LETTERS = ' abcdefghijklmnopqrstuvwxyz'
 VOCAB = 32  # the model's; the tokenizer has 27 ids, so 27..31 are padding, 32..34 special
@@ -242,21 +239,6 @@ def test_choice_logliks_score_each_prompts_own_choices(tmp_path):
 # --- a run ---------------------------------------------------------------------------------
 
 
-def run_module(module, *args, timeout=300):
-  return subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
-                        timeout=timeout, cwd=ROOT)
-
-
-@pytest.fixture(scope='module')
-def base_run(small_corpus, tmp_path_factory):
-  """A tiny language model (experiments/tiny.py) to fine-tune."""
-  config = cli.load_experiment(TINY)
-  config.data.corpus, config.sample.num = small_corpus, 0
-  workdir = str(tmp_path_factory.mktemp('base'))
-  trainer.train(config, workdir, log=lambda *_: None)
-  return workdir
-
-
 def tiny_classify_flags(base: str, task: str = 'follows') -> list[str]:
   return [f'--config={CLASSIFY}:{task}', f'--config.init_from={base}', '--config.steps=6',
           '--config.batch_size=8', '--config.seq_len=32', '--config.eval_every=3',
@@ -264,9 +246,9 @@ def tiny_classify_flags(base: str, task: str = 'follows') -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_run_from_the_command_line_then_evaluate_scores_its_head(base_run, tmp_path):
+def test_a_run_from_the_command_line_then_evaluate_scores_its_head(tiny_base, tmp_path):
   workdir = str(tmp_path / 'follows')
-  result = run_module('gpt_jax.train', *tiny_classify_flags(base_run), f'--workdir={workdir}')
+  result = run_cli(*tiny_classify_flags(tiny_base), f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr
   with open(os.path.join(workdir, 'finetune_report.json')) as f:
     report = json.load(f)
@@ -282,8 +264,8 @@ def test_a_run_from_the_command_line_then_evaluate_scores_its_head(base_run, tmp
 
   # evaluate scores the head on the same examples as the report
   held_out = os.path.join(task_inputs.SHIPPED_DIR, 'val', 'follows.jsonl')
-  result = run_module('gpt_jax.evaluate', f'--workdir={workdir}', f'--task={held_out}',
-                      '--max_instances=16', f'--json={tmp_path / "eval.json"}')
+  result = run_cli(f'--workdir={workdir}', f'--task={held_out}', '--max_instances=16',
+                   f'--json={tmp_path / "eval.json"}', module='gpt_jax.evaluate')
   assert result.returncode == 0, result.stderr
   assert 'its task head: accuracy' in result.stdout
   with open(tmp_path / 'eval.json') as f:
@@ -291,14 +273,14 @@ def test_a_run_from_the_command_line_then_evaluate_scores_its_head(base_run, tmp
 
   # the run's model part reads as a language model: sampling, evaluation and init_from
   run = runs.load(workdir)
-  base = runs.load(base_run)
+  base = runs.load(tiny_base)
   assert jax.tree.structure(run.params) == jax.tree.structure(base.params)
   assert not np.array_equal(run.params['wte']['embedding'], base.params['wte']['embedding'])
 
   # a label training never saw is one line, before the model loads
   unseen = write_jsonl(tmp_path / 'unseen.jsonl', [{'premise': 'a', 'hypothesis': 'b',
                                                     'label': 'contradicts'}])
-  result = run_module('gpt_jax.evaluate', f'--workdir={workdir}', f'--task={unseen}')
+  result = run_cli(f'--workdir={workdir}', f'--task={unseen}', module='gpt_jax.evaluate')
   assert result.returncode == 2 and result.stderr.count('\n') == 1
   assert "label 'contradicts'" in result.stderr and 'never seen in training' in result.stderr
 
@@ -311,7 +293,8 @@ def test_a_run_from_the_command_line_then_evaluate_scores_its_head(base_run, tmp
     ({'task.kind': 'similarity'}, 'is of kind classification, not similarity'),
     ({'task.labels': ('a', 'b')}, 'differ from the labels of'),
     ({'data.tasks': 'DIRECTORY'}, 'objective=classify trains one task; pass one'),
-    ({'data.tasks': 'OTHER_LABELS'}, r"never seen in training .* pass --config.data.held_out_tasks= "),
+    ({'data.tasks': 'OTHER_LABELS'},
+     r"never seen in training .* pass --config.data.held_out_tasks= "),
 ])
 def test_bad_settings_are_one_line_before_training(overrides, message, tmp_path):
   config = cli.load_experiment(f'{CLASSIFY}:genre')
@@ -333,7 +316,7 @@ def test_bad_settings_are_one_line_before_training(overrides, message, tmp_path)
 
 
 def test_bad_lm_weight_through_the_command_line(tmp_path):
-  result = run_module('gpt_jax.train', f'--config={CLASSIFY}', '--config.finetune.lm_weight=-1',
-                      f'--workdir={tmp_path / "run"}')
+  result = run_cli(f'--config={CLASSIFY}', '--config.finetune.lm_weight=-1',
+                   f'--workdir={tmp_path / "run"}')
   assert result.returncode == 2 and result.stderr.count('\n') == 1
   assert 'finetune.lm_weight=-1.0 must be >= 0' in result.stderr

@@ -227,8 +227,8 @@ def test_an_iterator_resumes_mid_epoch_from_its_state(prepared):
 
 
 def test_too_little_training_data_is_a_user_error(counting):
-  with pytest.raises(UserError, match=r'^the training split has 1,000 tokens, too few for one batch '
-                     r'of 8x129 on each of 2 processes; lower --config.batch_size'):
+  with pytest.raises(UserError, match=r'^the training split has 1,000 tokens, too few for one '
+                     r'batch of 8x129 on each of 2 processes; lower --config.batch_size'):
     data.train_dataset(counting, seq_len=128, batch_size=8, seed=0, process_count=2)
 
 

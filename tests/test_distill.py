@@ -1,34 +1,25 @@
 """Training a student against a frozen teacher run (config.distill)."""
 
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import directory_digest
+from conftest import ROOT, TINY, directory_digest, read_metrics, run_main
 from gpt_jax import cli, network, optim, runs, sharding, trainer
 from gpt_jax.objectives import distill
 from gpt_jax.tokenizer import Tokenizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
 
 
 def quiet(_):
   pass
 
 
-@pytest.fixture(scope='module')
-def teacher_dir(small_corpus, tmp_path_factory):
-  config = cli.load_experiment(TINY)
-  config.data.corpus, config.sample.num = small_corpus, 0
-  workdir = str(tmp_path_factory.mktemp('teacher'))
-  trainer.train(config, workdir, log=quiet)
-  return workdir
+@pytest.fixture
+def teacher_dir(tiny_base):
+  """The teacher: conftest's tiny_base, which is tiny.py on the small corpus; read only."""
+  return tiny_base
 
 
 @pytest.fixture
@@ -39,17 +30,13 @@ def student(small_corpus, teacher_dir):
   return config
 
 
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
 def test_alpha_zero_trains_exactly_like_no_teacher(student, tmp_path):
   student.distill.alpha = 0.0
   trainer.train(student, str(tmp_path / 'distilled'), log=quiet)
   student.distill.teacher = ''
   trainer.train(student, str(tmp_path / 'plain'), log=quiet)
-  distilled, plain = read_metrics(tmp_path / 'distilled'), read_metrics(tmp_path / 'plain')
+  distilled = read_metrics(tmp_path / 'distilled', timing=True)
+  plain = read_metrics(tmp_path / 'plain', timing=True)
   assert [d['step'] for d in distilled] == [p['step'] for p in plain]
   for d, p in zip(distilled, plain):
     for key in ('train_loss', 'grad_norm', 'val_loss'):
@@ -64,7 +51,7 @@ def test_a_smaller_student_learns_from_the_teacher_which_stays_untouched(student
   student.model.update(n_embd=32, n_head=2, n_kv_head=2)
   student.distill.update(alpha=0.5, temperature=2.0)
   final = trainer.train(student, str(tmp_path / 'student'), log=quiet)
-  records = read_metrics(tmp_path / 'student')
+  records = read_metrics(tmp_path / 'student', timing=True)
   assert records[-1]['kl'] < records[0]['kl']  # the student moves towards the teacher
   assert final['val_loss'] < np.log(512)
   assert directory_digest(teacher_dir) == before
@@ -96,21 +83,17 @@ def test_teacher_is_loaded_sharded_like_the_student(student):
   assert leaf.shape == (64, 256) and leaf.sharding.mesh.shape == mesh.shape
 
 
-def run_cli(*args):
-  return subprocess.run([sys.executable, '-m', 'gpt_jax.train', *args], capture_output=True,
-                        text=True, cwd=ROOT, timeout=300)
-
-
 @pytest.mark.parametrize('make_args, message', [
     (lambda teacher, corpus: [f'--config.distill.teacher={teacher}_missing'],
      'is not a run of this project (no config.json)'),
-    (lambda teacher, corpus: [f'--config.distill.teacher={teacher}', '--config.model.vocab_size=600'],
+    (lambda teacher, corpus: [f'--config.distill.teacher={teacher}',
+                              '--config.model.vocab_size=600'],
      'used another tokenizer than this run'),
     (lambda teacher, corpus: [f'--config.distill.teacher={teacher}', '--config.distill.alpha=1.5'],
      'distill.alpha=1.5'),
 ])
 def test_bad_teacher_is_one_line(make_args, message, teacher_dir, small_corpus, tmp_path):
-  result = run_cli(f'--config={TINY}', f'--config.data.corpus={small_corpus}',
+  result = run_main(f'--config={TINY}', f'--config.data.corpus={small_corpus}',
                    *make_args(teacher_dir, small_corpus), f'--workdir={tmp_path / "student"}')
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr

@@ -5,8 +5,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,12 +13,10 @@ import pytest
 
 from gpt_jax import cli, model, network, objectives, optim, runs, sharding, trainer
 from gpt_jax import tokenizer as tokenizer_lib
-from conftest import directory_digest
+from conftest import ROOT, TINY, directory_digest, read_metrics, run_cli
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import dpo
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
 KEYS = ('train_loss', 'accuracy', 'reward_chosen', 'reward_rejected', 'reward_margin')
 VAL_KEYS = ('val_loss', 'val_accuracy', 'val_reward_chosen', 'val_reward_rejected',
             'val_reward_margin', 'val_kl')
@@ -28,13 +24,6 @@ VAL_KEYS = ('val_loss', 'val_accuracy', 'val_reward_chosen', 'val_reward_rejecte
 
 def quiet(_):
   pass
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f]
-  timing = ('tokens_per_sec', 'mfu')  # wall-clock figures differ between runs by nature
-  return [{k: v for k, v in r.items() if k not in timing} for r in records]
 
 
 # --- the loss, against numpy ----------------------------------------------------------------------
@@ -255,11 +244,6 @@ def test_lora_dpo_starts_at_log_2_and_trains_adapters(config, tmp_path):
   records = read_metrics(tmp_path / 'lora')
   assert np.float32(records[0]['train_loss']) == np.float32(math.log(2))
   assert records[-1]['train_loss'] < math.log(2)
-
-
-def run_cli(*args):
-  return subprocess.run([sys.executable, '-m', 'gpt_jax.train', *args], capture_output=True,
-                        text=True, cwd=ROOT, timeout=300)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ import dataclasses
 import gzip
 import json
 import math
-import os
 import subprocess
 import sys
 import types
@@ -16,10 +15,8 @@ import numpy as np
 import pytest
 import scipy.special
 
-from gpt_jax import cli, evaluate, instructions, runs, sample, scoring, sharding, trainer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
+from conftest import ROOT, read_metrics
+from gpt_jax import evaluate, instructions, runs, sample, scoring, sharding
 TASK = instructions.parse_task({
     'Definition': ['Say which.'],
     'Positive Examples': [{'input': 'a b', 'output': 'yes', 'explanation': 'why'},
@@ -33,13 +30,10 @@ MINIMAL = {'Definition': 'Add the numbers.', 'Positive Examples': [],
 
 
 @pytest.fixture(scope='module')
-def trained(small_corpus, tmp_path_factory):
-  """(workdir, last logged metrics) of one tiny run on the small corpus."""
-  config = cli.load_experiment(TINY)
-  config.data.corpus = small_corpus
-  config.sample.num = 0
-  workdir = str(tmp_path_factory.mktemp('run'))
-  return workdir, trainer.train(config, workdir, log=lambda *_: None)
+def trained(tiny_base):
+  """(workdir, last logged metrics) of one tiny run on the small corpus: conftest's tiny_base,
+  read only; its last metrics record is what trainer.train returned."""
+  return tiny_base, read_metrics(tiny_base, timing=True)[-1]
 
 
 @pytest.fixture(scope='module')

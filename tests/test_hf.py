@@ -4,14 +4,13 @@ tiny random models: GPT-2 (tied, biases, learned positions) and LLaMA (GQA, unti
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import TINY, run_cli, run_main
 from gpt_jax import cli, corpus, hf, runs, trainer
 from gpt_jax.config import base_config
 from gpt_jax import tokenizer as tokenizer_lib
@@ -22,8 +21,6 @@ transformers = pytest.importorskip(
     'transformers', reason='needs transformers and torch: pip install -e .[hf]')
 torch = pytest.importorskip('torch', reason='needs transformers and torch: pip install -e .[hf]')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
 TOKENS = np.random.RandomState(0).randint(0, 300, (2, 24))
 GPT2_VOCAB, LLAMA_VOCAB = 300, 384
 
@@ -131,7 +128,8 @@ def test_export_loads_in_transformers_and_round_trips(hf_dir, tmp_path):
   _, again = hf.load(str(tmp_path / 'out'))
   jax.tree.map(np.testing.assert_array_equal, again, params)
   assert sorted(os.listdir(tmp_path)) == ['out']  # nothing left of the temporary directory
-  before = {name: os.path.getmtime(tmp_path / 'out' / name) for name in os.listdir(tmp_path / 'out')}
+  before = {name: os.path.getmtime(tmp_path / 'out' / name)
+            for name in os.listdir(tmp_path / 'out')}
   with pytest.raises(UserError, match=r'--out=.*out already exists and is not empty'):
     hf.export((config, params), str(tmp_path / 'out'))  # an earlier export is never overwritten
   assert {name: os.path.getmtime(tmp_path / 'out' / name)
@@ -236,8 +234,7 @@ def test_every_tensor_is_taken_or_refused(gpt2_dir, llama_dir):
 
 
 def run_hf(*args):
-  return subprocess.run([sys.executable, '-m', 'gpt_jax.hf', *args], capture_output=True,
-                        text=True, timeout=120, cwd=ROOT)
+  return run_cli(*args, module='gpt_jax.hf', timeout=120)
 
 
 def test_cli_import_is_a_run_to_fine_tune(llama_dir, sp_model, small_corpus, tmp_path):
@@ -322,8 +319,11 @@ def truncated_weights_dir(tmp_path, llama_dir):
     (lambda tmp, llama: llama, [], r"has no tokenizer.model or tokenizer.json; pass --tokenizer"),
 ])
 def test_bad_imports_are_one_line(make_dir, extra, message, llama_dir, sp_model, tmp_path):
+  """Through the command's main() in this process; test_cli_import_is_a_run_to_fine_tune runs
+  the command itself."""
   extra = [f'--tokenizer={sp_model}' if e == '--tokenizer=X' else e for e in extra]
-  result = run_hf('import', make_dir(tmp_path, llama_dir), f'--workdir={tmp_path / "w"}', *extra)
+  result = run_main('import', make_dir(tmp_path, llama_dir), f'--workdir={tmp_path / "w"}',
+                    *extra, module='gpt_jax.hf')
   assert result.returncode == 2, result.stderr
   assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1, result.stderr
   assert re.search(message, result.stderr), result.stderr

@@ -6,8 +6,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +20,8 @@ from gpt_jax.objectives import classify, lm, sft
 from gpt_jax.objectives.lora import LoraTuning
 from test_classify import EXAMPLES, objective_for
 from test_sft import write_tasks
-from test_sharding import run_cli, run_python
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
+from conftest import ROOT, TINY, read_metrics, run_cli
+from test_sharding import run_python
 
 
 def quiet(_):
@@ -244,12 +240,9 @@ def test_the_fingerprint_sees_one_changed_bit_and_a_swap():
 
 
 @pytest.fixture(scope='module')
-def base_dir(small_corpus, tmp_path_factory):
-  config = cli.load_experiment(TINY)
-  config.data.corpus, config.sample.num = small_corpus, 0
-  workdir = str(tmp_path_factory.mktemp('base'))
-  trainer.train(config, workdir, log=quiet)
-  return workdir
+def base_dir(tiny_base):
+  """The base: conftest's tiny_base, which is tiny.py on the small corpus; read only."""
+  return tiny_base
 
 
 def lora_config(small_corpus, base_dir):
@@ -376,11 +369,6 @@ def test_qlora_trains_adapters_on_an_nf4_base_and_merging_dequantizes_it(small_c
                              run.gpt.apply({'params': run.params}, tokens()), atol=1e-4)
 
 
-def run_module(module, *args):
-  return subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
-                        cwd=ROOT, timeout=300)
-
-
 @pytest.mark.slow
 def test_lora_through_the_command_line_then_merge_and_sample_both(base_dir, small_corpus,
                                                                   tmp_path):
@@ -388,27 +376,22 @@ def test_lora_through_the_command_line_then_merge_and_sample_both(base_dir, smal
   result = run_cli(f'--config={TINY}', f'--config.data.corpus={small_corpus}',
                    f'--config.init_from={base_dir}', '--config.lora.rank=8',
                    '--config.lora.targets=all', '--config.steps=6', '--config.sample.num=0',
-                   f'--workdir={workdir}')
+                   f'--workdir={workdir}', devices=1, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'LoRA: rank 8, alpha 16.0 on query, key, value, out, fc, proj; the base' in result.stdout
-  result = run_module('gpt_jax.lora', 'merge', f'--workdir={workdir}', f'--out={merged}')
+  result = run_cli('merge', f'--workdir={workdir}', f'--out={merged}', module='gpt_jax.lora')
   assert result.returncode == 0 and f'merged {workdir} into {merged}' in result.stdout
   samples = []
   for directory in (workdir, merged):
-    result = run_module('gpt_jax.sample', f'--workdir={directory}', '--prompt=KING', '--seed=1',
-                        '--max_tokens=12')
+    result = run_cli(f'--workdir={directory}', '--prompt=KING', '--seed=1', '--max_tokens=12',
+                     module='gpt_jax.sample')
     assert result.returncode == 0, result.stderr[-2000:]
     samples.append(result.stdout)
   assert samples[0] == samples[1] and 'KING' in samples[0]
-  result = run_module('gpt_jax.lora', 'merge', f'--workdir={base_dir}', f'--out={tmp_path / "x"}')
+  result = run_cli('merge', f'--workdir={base_dir}', f'--out={tmp_path / "x"}',
+                   module='gpt_jax.lora')
   assert result.returncode == 2 and result.stderr.count('\n') == 1
   assert 'is not a LoRA run' in result.stderr and not os.path.exists(tmp_path / 'x')
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in ('tokens_per_sec', 'mfu')}
-            for line in f]
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The model: shapes, causality, attention paths, GQA, RoPE, init loss, parameter and FLOP counts."""
+"""The model: shapes, causality, attention paths, GQA, RoPE, init loss, parameter and FLOP
+counts."""
 
 import math
 import os
@@ -77,7 +78,8 @@ def test_attention_paths_agree(K, window, impl):
   def out_and_grads(impl):
     loss = lambda q, k, v: jnp.sum(jnp.sin(attention.attention(q, k, v, implementation=impl,
                                                                window=window)))
-    return jax.jit(lambda q, k, v: (attention.attention(q, k, v, implementation=impl, window=window),
+    out = lambda q, k, v: attention.attention(q, k, v, implementation=impl, window=window)
+    return jax.jit(lambda q, k, v: (out(q, k, v),
                                     jax.grad(loss, argnums=(0, 1, 2))(q, k, v)))(q, k, v)
 
   (ref, ref_grads), (xla, xla_grads) = out_and_grads('reference'), out_and_grads(impl)

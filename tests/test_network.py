@@ -2,10 +2,10 @@
 and computes the logits that the code before the transforms left the model wrote and read.
 
 tests/data/runs_e9a033e holds what gpt_jax at commit e9a033e (the model importing lora and quant)
-wrote: param_trees.json, the shape, dtype and logical axes of every parameter and a sha256 of their initial values,
-of 24 models (GPT-2 style, LLaMA style, LLaMA with scanned layers; float, int8 with int8
-activations and embeddings, int4 with zero points and embeddings, nf4; without and with LoRA on
-every layer); five run directories (a float run of parameters alone from 4 steps of
+wrote: param_trees.json, the shape, dtype and logical axes of every parameter and a sha256 of
+their initial values, of 24 models (GPT-2 style, LLaMA style, LLaMA with scanned layers; float,
+int8 with int8 activations and embeddings, int4 with zero points and embeddings, nf4; without
+and with LoRA on every layer); five run directories (a float run of parameters alone from 4 steps of
 experiments/tiny.py at n_embd=16, n_head=2, its int8 and nf4 quantizations by gpt_jax.quantize,
 a LoRA run on the float one and a QLoRA run on the nf4 one, 2 steps each, rank 2, all layers);
 and logits.npz, the logits each run gave on fixed tokens (LoRA runs merged and unmerged).

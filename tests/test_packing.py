@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import attention, config, layers, losses, model, network
+from gpt_jax import attention, config, losses, model, network
 
-TINY = dict(vocab_size=64, n_layer=2, n_head=4, n_kv_head=4, n_embd=32, block_size=16)
-ROPE_GQA = dict(TINY, position='rope', norm='rmsnorm', mlp='swiglu', bias=False,
+SMALL_MODEL = dict(vocab_size=64, n_layer=2, n_head=4, n_kv_head=4, n_embd=32, block_size=16)
+ROPE_GQA = dict(SMALL_MODEL, position='rope', norm='rmsnorm', mlp='swiglu', bias=False,
                 tie_embeddings=False, n_kv_head=2)
 LENGTHS = (5, 7)  # two examples packed into one row of 16, then 4 tokens of padding
 
@@ -46,7 +46,7 @@ def logits_and_grads(gpt, params, tokens_BL, mask_BL, **kwargs):
 
 
 @pytest.mark.parametrize('impl', ['reference', 'einsum', 'xla'])
-@pytest.mark.parametrize('overrides', [TINY, ROPE_GQA], ids=['learned', 'rope_gqa'])
+@pytest.mark.parametrize('overrides', [SMALL_MODEL, ROPE_GQA], ids=['learned', 'rope_gqa'])
 def test_packed_row_equals_examples_alone(overrides, impl):
   """Logits of each packed example = the example run alone; the loss gradient over the packed
   row = the sum of the examples' gradients."""
@@ -72,8 +72,8 @@ def test_packing_through_scanned_rematerialised_layers():
   tokens, positions, segment_ids, _ = packed_row()
   apply = lambda gpt, params: gpt.apply({'params': params}, tokens, positions,
                                         segment_ids_BL=segment_ids)
-  gpt, params = build(**TINY)
-  scanned, scanned_params = build(**dict(TINY, scan_layers=True, remat='full'))
+  gpt, params = build(**SMALL_MODEL)
+  scanned, scanned_params = build(**dict(SMALL_MODEL, scan_layers=True, remat='full'))
   stacked = {k: v for k, v in params.items() if not k.startswith('h_')}
   stacked['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), params['h_0'], params['h_1'])
   assert jax.tree.structure(stacked) == jax.tree.structure(scanned_params)
@@ -82,7 +82,7 @@ def test_packing_through_scanned_rematerialised_layers():
 
 
 def test_packing_refused_when_decoding():
-  gpt, params = build(**TINY)
+  gpt, params = build(**SMALL_MODEL)
   tokens, positions, segment_ids, _ = packed_row()
   cache = model.init_cache(gpt, 1, 16)
   with pytest.raises(ValueError, match='not supported with decode=True'):
@@ -132,12 +132,12 @@ def test_segment_mask_is_causal_and_windowed_within_examples():
 def test_special_embeddings_replace_token_embeddings():
   """Ids >= vocab_size read special_embeddings_SD: the hidden states of a model whose token
   table has those rows appended, and gradient only in the rows used."""
-  gpt, params = build(**TINY)
+  gpt, params = build(**SMALL_MODEL)
   special_SD = jax.random.normal(jax.random.key(2), (3, 32)) * 0.02
   tokens = jnp.array([[64, 5, 9, 65, 7, 3, 64, 11]])  # special rows 0 and 1 used, row 2 not
   hidden = jax.jit(lambda special_SD: gpt.apply({'params': params}, tokens, hidden=True,
                                                 special_embeddings_SD=special_SD))
-  wider, _ = build(**dict(TINY, vocab_size=67))
+  wider, _ = build(**dict(SMALL_MODEL, vocab_size=67))
   wider_params = dict(params, wte={'embedding': jnp.concatenate(
       [params['wte']['embedding'], special_SD])})
   np.testing.assert_allclose(hidden(special_SD),

@@ -2,11 +2,8 @@
 and runs end to end."""
 
 import dataclasses
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +11,11 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import ROOT, TINY, read_metrics, run_cli
 from gpt_jax import cli, objectives, tokenizer as tokenizer_lib, trainer
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import Objective, ppo
 from gpt_jax.state import TrainState
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
 
 
 def quiet(_):
@@ -145,11 +140,6 @@ def ppo_config(tiny_base, preference_file, tiny_reward):
   return tiny_ppo_config(tiny_base, preference_file, tiny_reward)
 
 
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
 STEP_KEYS = {'train_loss', 'policy_loss', 'value_loss', 'entropy', 'clip_fraction', 'approx_kl',
              'score', 'kl', 'reward', 'response_length', 'loss', 'grad_norm', 'lr'}
 
@@ -161,7 +151,7 @@ def test_ppo_trains_and_leaves_the_frozen_models_as_they_were(ppo_config, tmp_pa
   monkeypatch.setattr(objectives, 'build', lambda *a, **k: built.append(build(*a, **k)) or built[0])
   trainer.train(ppo_config, str(tmp_path / 'run'), log=quiet)
   objective = built[0]
-  records = read_metrics(str(tmp_path / 'run'))
+  records = read_metrics(str(tmp_path / 'run'), timing=True)
   assert [r['step'] for r in records] == [1, 2, 3]
   assert STEP_KEYS <= set(records[0]) and {'val_score', 'val_kl'} <= set(records[-1])
   assert all(np.isfinite(v) for r in records for v in r.values())
@@ -181,7 +171,7 @@ def test_ppo_ptx_adds_the_pretraining_loss(ppo_config, small_corpus, tmp_path):
   ppo_config.data.corpus = small_corpus
   ppo_config.ppo.ptx_coef = 0.5
   trainer.train(ppo_config, str(tmp_path / 'run'), log=quiet)
-  records = read_metrics(str(tmp_path / 'run'))
+  records = read_metrics(str(tmp_path / 'run'), timing=True)
   assert [r['step'] for r in records] == [1, 2] and 'val_score' in records[-1]
   # The tiny base was pretrained on this corpus: its loss there is far below ln 512 = 6.24.
   assert all(2 < r['ptx_loss'] < 6 for r in records)
@@ -228,12 +218,9 @@ def test_ppo_through_the_command_line_on_one_device_and_a_mesh(ppo_config, tmp_p
   found = []
   for devices, mesh in ((1, []), (4, ['--config.mesh.tensor=2'])):
     workdir = str(tmp_path / f'run{devices}')
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-    result = subprocess.run([sys.executable, '-m', 'gpt_jax.train', *args, *mesh,
-                             f'--workdir={workdir}'], capture_output=True, text=True, cwd=ROOT,
-                            env=env, timeout=600)
+    result = run_cli(*args, *mesh, f'--workdir={workdir}', devices=devices, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    found.append(read_metrics(workdir))
+    found.append(read_metrics(workdir, timing=True))
   one, mesh = found
   assert one[-1]['step'] == 2 and STEP_KEYS | {'val_score', 'val_kl'} <= set(one[-1])
   for a, b in zip(one, mesh):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import scipy.special
 
+from conftest import ROOT, TINY
 from gpt_jax import checkpoint, cli, files, model, network, preference_study as study, runs, scoring
-from gpt_jax import sharding, tokenizer as tokenizer_lib, trainer
+from gpt_jax import sharding, tokenizer as tokenizer_lib
 from gpt_jax.tasks import build
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PENTAMETER, SHORT = "Shall I compare thee to a summer's day?", 'My lord.'
 SETTINGS = study.Settings(samples=2, max_new_tokens=8, temperature=1.0, seed=0, batch_size=4,
                           seq_len=32)
@@ -29,7 +29,7 @@ def pair_rows():
 def tiny_runs(pair_rows):
   """Two runs.Run of the tiny model, random parameters of seeds 0 and 1, one tokenizer."""
   tokenizer = tokenizer_lib.train([text for row in pair_rows for text in row.values()], 400)
-  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py'))
+  config = cli.load_experiment(TINY)
   gpt = network.build(config.model)
   made = lambda seed: runs.Run(gpt, model.init_params(gpt, jax.random.PRNGKey(seed), 32), config,
                                tokenizer, 0)
@@ -188,12 +188,9 @@ def test_the_train_command_dispatches_a_chain(chain_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tiny_chain_trains_evaluates_and_resumes(small_corpus, tmp_path):
-  base = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py'))
-  base.data.corpus, base.sample.num = small_corpus, 0
-  trainer.train(base, str(tmp_path / 'base'), log=lambda _: None)
+def test_a_tiny_chain_trains_evaluates_and_resumes(small_corpus, tiny_base, tmp_path):
   config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'preference.py'))
-  config.init_from, config.data.corpus = str(tmp_path / 'base'), small_corpus
+  config.init_from, config.data.corpus = tiny_base, small_corpus  # the base: read only
   config.update(seq_len=64, batch_size=4, eval_every=4, checkpoint_every=4, eval_batches=1)
   config.ppo.update(max_new_tokens=8, minibatches=2)
   for name in study.RUNS:

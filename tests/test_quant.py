@@ -11,11 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, config as config_lib, evaluate, hf, model, network, objectives, quant
-from gpt_jax import quantize, runs, sample, scoring, trainer
+from gpt_jax import config as config_lib, evaluate, hf, model, network, objectives, quant, quantize
+from gpt_jax import runs, sample, scoring, trainer
 from gpt_jax.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # QLoRA (Dettmers et al. 2023), App. E: the NormalFloat4 data type.
 NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
        -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
@@ -192,13 +191,9 @@ def test_quantized_models_are_not_trained_in_full():
 
 
 @pytest.fixture(scope='module')
-def trained(small_corpus, tmp_path_factory):
-  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py'))
-  config.data.corpus = small_corpus
-  config.sample.num = 0
-  workdir = str(tmp_path_factory.mktemp('run'))
-  trainer.train(config, workdir, log=lambda *_: None)
-  return workdir
+def trained(tiny_base):
+  """The float run to quantize: conftest's tiny_base (tiny.py on the small corpus), read only."""
+  return tiny_base
 
 
 @pytest.fixture(scope='module')
@@ -258,12 +253,13 @@ def test_every_format_end_to_end(trained, tmp_path, capsys):
   for args, tolerance, smaller in ((['--format=int8'], 0.005, 2.0),
                                    (['--format=int8', '--activations=int8', '--embeddings'], 0.01,
                                     3.2),
-                                   (['--format=nf4', '--group_size=32', '--embeddings'], 0.02, 5.5)):
+                                   (['--format=nf4', '--group_size=32', '--embeddings'], 0.02,
+                                    5.5)):
     out = str(tmp_path / args[0][len('--format='):] / str(len(args)))
     quantize.main([f'--workdir={trained}', f'--out={out}', *args])
     printed = capsys.readouterr().out
-    before, after = (int(n.replace(',', '')) for n in
-                     printed.split('parameters on the device: ')[1].split(' bytes')[0].split(' -> '))
+    device_bytes = printed.split('parameters on the device: ')[1].split(' bytes')[0]
+    before, after = (int(n.replace(',', '')) for n in device_bytes.split(' -> '))
     assert before / after > smaller, printed
     assert loss(out) == pytest.approx(reference, rel=tolerance)
 

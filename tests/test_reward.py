@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ROOT, TINY
 from gpt_jax import cli, model, network, preferences, runs, sharding, tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import reward
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_pair_loss_accuracy_and_margin_against_numpy():
@@ -29,7 +29,7 @@ def test_pair_loss_accuracy_and_margin_against_numpy():
 def test_score_reads_the_last_token_and_ignores_left_padding():
   """A row scored as itself equals the same row left-padded with positions -1 (how PPO scores
   its rollouts), and both equal the head applied to the model's hidden state at that token."""
-  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py')).model
+  config = cli.load_experiment(TINY).model
   config.update(vocab_size=64, n_embd=32, n_head=2, n_kv_head=2)
   gpt = network.build(config)
   params = {'gpt': model.init_params(gpt, jax.random.key(0), 16),
@@ -72,7 +72,7 @@ def test_a_reward_model_learns_the_pairs_and_is_normalised(tiny_reward):
 
 
 def test_only_a_finished_tiny_reward_loads_as_a_reward_model(tiny_base, tiny_reward, tmp_path):
-  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py'))
+  config = cli.load_experiment(TINY)
   tokenizer = tokenizer_lib.load(tokenizer_lib.find(tiny_base))
   mesh = sharding.data_parallel_mesh()
   with pytest.raises(UserError, match=r"ppo.reward_model='.*' is an objective='lm' run, not a "

@@ -2,19 +2,16 @@
 
 import functools
 import itertools
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import cli, config as config_lib, model, network, sample, trainer
+from conftest import run_cli, run_main
+from gpt_jax import config as config_lib, model, network, sample
 from gpt_jax.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     'gpt2': {},
     'llama_gqa': dict(position='rope', norm='rmsnorm', mlp='swiglu', n_kv_head=2,
@@ -244,18 +241,13 @@ def test_bad_decoding_settings_are_user_errors(kwargs, message):
 
 
 @pytest.fixture(scope='module')
-def trained(small_corpus, tmp_path_factory):
-  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'tiny.py'))
-  config.data.corpus = small_corpus
-  config.sample.num = 0
-  workdir = str(tmp_path_factory.mktemp('run'))
-  trainer.train(config, workdir, log=lambda _: None)
-  return workdir
+def trained(tiny_base):
+  """A run to sample from: conftest's tiny_base (tiny.py on the small corpus), read only."""
+  return tiny_base
 
 
 def run_sample(*args):
-  return subprocess.run([sys.executable, '-m', 'gpt_jax.sample', *args], capture_output=True,
-                        text=True, timeout=300, cwd=ROOT)
+  return run_cli(*args, module='gpt_jax.sample')
 
 
 def test_cli_samples_and_beams(trained):
@@ -280,7 +272,9 @@ def test_cli_samples_and_beams(trained):
     (['--prompt=Hi', '--max_tokens=0'], '--max_tokens=0 must be >= 1'),
 ])
 def test_cli_bad_input_is_one_line(trained, args, message):
-  out = run_sample(f'--workdir={trained}', *args)
+  """Through the command's main() in this process; test_cli_workdir_that_is_not_a_run runs the
+  command itself."""
+  out = run_main(f'--workdir={trained}', *args, module='gpt_jax.sample')
   assert out.returncode == 2
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: '), out.stderr

@@ -4,17 +4,15 @@ and one-line errors for bad CSV files."""
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from conftest import run_cli as run_command
 from gpt_jax import scaling
 from gpt_jax.errors import UserError
 from gpt_jax.scaling.__main__ import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Hoffmann et al.'s own fit (eq. 10) as the true law of the synthetic sweeps.
 TRUE = scaling.ParametricFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, huber=0.0)
 BUDGETS = np.geomspace(1e17, 1e19, 5)
@@ -51,9 +49,8 @@ def write_csv(path: os.PathLike, table: dict) -> str:
   return str(path)
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', 'gpt_jax.scaling', *map(str, args)],
-                        capture_output=True, text=True, timeout=120, cwd=ROOT)
+def run_cli(*args):
+  return run_command(*args, module='gpt_jax.scaling', timeout=120)
 
 
 # --- the building blocks --------------------------------------------------------------------

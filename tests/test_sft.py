@@ -3,20 +3,16 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import TINY, read_metrics, run_cli
 from gpt_jax import cli, instructions, model, network, trainer
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import sft
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
 
 
 def quiet(_):
@@ -89,13 +85,10 @@ def test_prompt_tokens_get_no_gradient(objective):
 # --- whole runs ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope='module')
-def base_dir(small_corpus, tmp_path_factory):
-  config = cli.load_experiment(TINY)
-  config.data.corpus, config.sample.num = small_corpus, 0
-  workdir = str(tmp_path_factory.mktemp('base'))
-  trainer.train(config, workdir, log=quiet)
-  return workdir
+@pytest.fixture
+def base_dir(tiny_base):
+  """The base: conftest's tiny_base, which is tiny.py on the small corpus; read only."""
+  return tiny_base
 
 
 def write_tasks(directory) -> str:
@@ -132,12 +125,6 @@ def sft_config(base_dir, tmp_path):
   return config
 
 
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in ('tokens_per_sec', 'mfu')}
-            for line in f]
-
-
 def test_sft_resumes_bit_for_bit(sft_config, tmp_path):
   sft_config.model.dropout = 0.1
   whole, resumed = str(tmp_path / 'whole'), str(tmp_path / 'resumed')
@@ -158,12 +145,12 @@ def test_sft_resumes_bit_for_bit(sft_config, tmp_path):
 @pytest.mark.slow
 def test_sft_through_the_command_line(sft_config, tmp_path):
   workdir = str(tmp_path / 'run')
-  args = [f'--config={TINY}', '--config.objective=sft', f'--config.init_from={sft_config.init_from}',
+  args = [f'--config={TINY}', '--config.objective=sft',
+          f'--config.init_from={sft_config.init_from}',
           f'--config.data.tasks={sft_config.data.tasks}', '--config.seq_len=64',
           '--config.data.num_epochs=20', '--config.sft.shots=1', '--config.sft.eval_instances=4',
           '--config.sample.num=0', '--config.steps=8', f'--workdir={workdir}']
-  result = subprocess.run([sys.executable, '-m', 'gpt_jax.train', *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
+  result = run_cli(*args, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert os.path.exists(os.path.join(workdir, sft.REPORT))
   records = read_metrics(workdir)

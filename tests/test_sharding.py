@@ -15,11 +15,10 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import ROOT, TINY, read_metrics, run_cli
 from gpt_jax import cli, sharding
 from gpt_jax.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
 
 
 def run_python(code: str, devices: int) -> dict:
@@ -29,18 +28,6 @@ def run_python(code: str, devices: int) -> dict:
                           text=True, env=env, cwd=ROOT, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def run_cli(*args, devices: int = 1):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  return subprocess.run([sys.executable, '-m', 'gpt_jax.train', *args], capture_output=True,
-                        text=True, env=env, cwd=ROOT, timeout=600)
-
-
-def metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in ('tokens_per_sec', 'mfu')}
-            for line in f]
 
 
 def assert_metrics_close(a, b, rtol):
@@ -73,7 +60,8 @@ def test_strategies_match_one_device_and_split_the_parameter_bytes():
       step, _ = trainer.compile_steps(objective, tx, c, mesh, abstract, log=lambda _: None)
       losses = []
       for tokens in batches:
-        global_tokens = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), tokens)
+        global_tokens = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh),
+                                                               tokens)
         state, m = step(state, {'tokens': global_tokens})
         losses.append(float(m['train_loss']))
       device0 = mesh.devices.flat[0]
@@ -108,16 +96,16 @@ def test_checkpoint_saved_on_8_devices_resumes_on_1_and_4(small_corpus, tmp_path
   args = [f'--config={TINY}', f'--config.data.corpus={small_corpus}', '--config.sample.num=0']
   saved = str(tmp_path / 'on8')
   result = run_cli(*args, f'--workdir={saved}', '--config.mesh.data=2', '--config.mesh.fsdp=2',
-                   '--config.mesh.tensor=2', devices=8)
+                   '--config.mesh.tensor=2', devices=8, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   for devices, mesh in ((1, []), (4, ['--config.mesh.data=2', '--config.mesh.tensor=2'])):
     resumed = str(tmp_path / f'on{devices}')
     shutil.copytree(saved, resumed)
     shutil.rmtree(os.path.join(resumed, 'checkpoints', '20'))  # continue from step 10
-    result = run_cli(*args, f'--workdir={resumed}', *mesh, devices=devices)
+    result = run_cli(*args, f'--workdir={resumed}', *mesh, devices=devices, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'resuming from step 10' in result.stdout
-    assert_metrics_close(metrics(resumed), metrics(saved), rtol=1e-5)
+    assert_metrics_close(read_metrics(resumed), read_metrics(saved), rtol=1e-5)
 
 
 def free_port() -> int:
@@ -127,12 +115,10 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one(small_corpus, tmp_path):
+def test_two_processes_train_like_one(small_corpus, tiny_base, tmp_path):
   """Two processes on localhost (jax.distributed, CPU collectives), each with its own share of
-  the data, log the metrics of a single process."""
+  the data, log the metrics of a single process: tiny_base, these settings on one device."""
   args = [f'--config={TINY}', f'--config.data.corpus={small_corpus}', '--config.sample.num=0']
-  single = str(tmp_path / 'single')
-  assert run_cli(*args, f'--workdir={single}').returncode == 0
   multi, port = str(tmp_path / 'multi'), free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
   procs = [subprocess.Popen([sys.executable, '-m', 'gpt_jax.train', *args, f'--workdir={multi}',
@@ -141,7 +127,7 @@ def test_two_processes_train_like_one(small_corpus, tmp_path):
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
-  assert_metrics_close(metrics(multi), metrics(single), rtol=1e-5)
+  assert_metrics_close(read_metrics(multi), read_metrics(tiny_base), rtol=1e-5)
   assert sorted(os.listdir(os.path.join(multi, 'checkpoints', '20', 'data'))) == [
       'commit_success.txt', 'process_0-of-2.json', 'process_1-of-2.json']
 
@@ -157,7 +143,7 @@ def test_two_processes_train_like_one(small_corpus, tmp_path):
 @pytest.mark.slow
 def test_bad_mesh_is_one_line(overrides, message, small_corpus, tmp_path):
   result = run_cli(f'--config={TINY}', f'--config.data.corpus={small_corpus}', *overrides,
-                   f'--workdir={tmp_path / "run"}', devices=8)
+                   f'--workdir={tmp_path / "run"}', devices=8, timeout=600)
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
   assert not os.path.exists(tmp_path / 'run')
@@ -180,7 +166,8 @@ def test_a_model_that_cannot_fit_is_refused_before_compiling():
   from gpt_jax.objectives import lm
   config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'gpt3.py:13b'))
   config.mesh.update(data=1, fsdp=1, tensor=1)
-  objective, tx = lm.LanguageModeling.without_data(config), optim.optimizer(config.optim, config.steps)
+  objective = lm.LanguageModeling.without_data(config)
+  tx = optim.optimizer(config.optim, config.steps)
   mesh = sharding.make_mesh(config.mesh)
   abstract = trainer.abstract(objective, tx, config, mesh)
   with pytest.raises(UserError, match=r'parameters \(47\.88 GiB\) and optimizer state '

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
+from conftest import ROOT
 from gpt_jax import cli, flops, sweep, trainer
 from gpt_jax.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHINCHILLA = os.path.join(ROOT, 'experiments', 'chinchilla.py')
 
 

@@ -88,17 +88,18 @@ def test_loading_a_missing_or_corrupt_file_is_a_user_error(tmp_path):
                      r'directory; set --config.data.tokenizer to a sentencepiece .model file'):
     Tokenizer.load(str(tmp_path / 'nope.model'))
   (tmp_path / 'junk.model').write_bytes(b'not a model')
-  with pytest.raises(UserError, match=r"^tokenizer '.*junk.model' is not a sentencepiece model; set"):
+  with pytest.raises(UserError,
+                     match=r"^tokenizer '.*junk.model' is not a sentencepiece model; set"):
     Tokenizer.load(str(tmp_path / 'junk.model'))
 
 
 def test_a_vocab_size_sentencepiece_cannot_reach_is_a_user_error(texts):
   # 256 bytes, unk, BOS, EOS and '\n', and 59 of the other 64 characters (the rarest go to bytes)
-  with pytest.raises(UserError, match=r'^vocab_size 100 is too small: the tokenizer needs 319 tokens '
-                     r'.*; set --config.model.vocab_size >= 319$'):
+  with pytest.raises(UserError, match=r'^vocab_size 100 is too small: the tokenizer needs 319 '
+                     r'tokens .*; set --config.model.vocab_size >= 319$'):
     tokenizer_lib.train(texts, 100)
-  with pytest.raises(UserError, match=r'^vocab_size 30000 is too large: BPE finds at most \d+ tokens'
-                     r'.*; set --config.model.vocab_size <= \d+ or use a larger corpus$'):
+  with pytest.raises(UserError, match=r'^vocab_size 30000 is too large: BPE finds at most '
+                     r'\d+ tokens.*; set --config.model.vocab_size <= \d+ or use a larger corpus$'):
     tokenizer_lib.train(texts[:2], 30000)
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TPU = ROOT / 'tpu'
+from conftest import ROOT
+
+TPU = Path(ROOT) / 'tpu'
 SCRIPTS = ['create.sh', 'setup.sh', 'launch.sh', 'logs.sh', 'stop.sh', 'delete.sh']
 SETTINGS = ['--project=proj', '--zone=us-central2-b', '--name=gpt']
 ON_TPU = ['gpt', '--project=proj', '--zone=us-central2-b']
@@ -164,7 +165,7 @@ def test_setup_copies_this_checkout(fake):
   unpack = ('mkdir -p ~/gpt_jax && tar -xzf ~/gpt_jax.tar.gz -C ~/gpt_jax '
             '&& rm ~/gpt_jax.tar.gz && cd ~/gpt_jax')
   fake.check('setup.sh', SETTINGS, [
-      ['git', '-C', str(ROOT), 'archive', '--format=tar.gz', f'--output={tarball}', 'HEAD'],
+      ['git', '-C', ROOT, 'archive', '--format=tar.gz', f'--output={tarball}', 'HEAD'],
       ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', tarball, 'gpt:gpt_jax.tar.gz',
        '--project=proj', '--zone=us-central2-b', '--worker=all'],
       [*SSH, '--worker=all', f'--command={unpack} && {INSTALL}']])

@@ -2,7 +2,6 @@
 
 import copy
 import errno
-import hashlib
 import json
 import types
 import os
@@ -20,32 +19,21 @@ import numpy as np
 import optax
 import pytest
 
-from gpt_jax import checkpoint, cli, config as config_lib, losses, model, network, optim, runs, trainer
+from conftest import ROOT, TINY, directory_digest, read_metrics, run_cli, run_main
+from gpt_jax import checkpoint, cli, config as config_lib, losses, network, optim, runs
+from gpt_jax import trainer
 from gpt_jax.objectives import lm
 from gpt_jax.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
 
 
 @pytest.fixture
 def tiny(small_corpus):
+  """tiny.py on the small corpus: the settings of conftest's tiny_base, the run that the tests
+  which need a finished run of them copy (or read) instead of training it again."""
   config = cli.load_experiment(TINY)
   config.data.corpus = small_corpus
   config.sample.num = 0
   return config
-
-
-def run_cli(*args, timeout=300):
-  return subprocess.run([sys.executable, '-m', 'gpt_jax.train', *args], capture_output=True,
-                        text=True, timeout=timeout, cwd=ROOT)
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f]
-  timing = ('tokens_per_sec', 'mfu')  # wall-clock figures differ between runs by nature
-  return [{k: v for k, v in r.items() if k not in timing} for r in records]
 
 
 # --- the step function -----------------------------------------------------------------------
@@ -80,7 +68,8 @@ def test_grad_accumulation_equals_one_big_batch(tiny):
   for accum in (1, 4):
     tiny.grad_accum = accum
     gpt, tx, state = step_setup(tiny)
-    new_state, metrics = jax.jit(trainer.make_train_step(lm.LanguageModeling.without_data(tiny), tx, tiny))(state, {'tokens': tokens})
+    new_state, metrics = jax.jit(trainer.make_train_step(
+      lm.LanguageModeling.without_data(tiny), tx, tiny))(state, {'tokens': tokens})
     results.append((new_state.params, metrics))
   (p1, m1), (p4, m4) = results
   np.testing.assert_allclose(m1['train_loss'], m4['train_loss'], rtol=1e-6)
@@ -96,8 +85,8 @@ def test_bfloat16_parameters_train(tiny, tie_embeddings, dtype):
   tiny.model.update(param_dtype='bfloat16', dtype=dtype, tie_embeddings=tie_embeddings)
   gpt, tx, state = step_setup(tiny)
   batch = {'tokens': jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 512, dtype=jnp.int32)}
-  step = jax.jit(trainer.make_train_step(lm.LanguageModeling.without_data(tiny), tx, tiny), donate_argnums=0).lower(state, batch).compile(
-      trainer.train_compiler_options())
+  step = jax.jit(trainer.make_train_step(lm.LanguageModeling.without_data(tiny), tx, tiny),
+                 donate_argnums=0).lower(state, batch).compile(trainer.train_compiler_options())
   first = None
   for _ in range(10):
     state, metrics = step(state, batch)
@@ -146,7 +135,8 @@ def test_schedule_warms_up_then_decays_to_the_floor(tiny):
 def test_the_first_update_moves_the_parameters(tiny):
   gpt, tx, state = step_setup(tiny)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 512, dtype=jnp.int32)
-  new_state, metrics = jax.jit(trainer.make_train_step(lm.LanguageModeling.without_data(tiny), tx, tiny))(state, {'tokens': tokens})
+  new_state, metrics = jax.jit(trainer.make_train_step(
+      lm.LanguageModeling.without_data(tiny), tx, tiny))(state, {'tokens': tokens})
   assert float(metrics['lr']) == pytest.approx(tiny.optim.lr / tiny.optim.warmup_steps)
   moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
   assert all(jax.tree.leaves(moved))
@@ -155,9 +145,10 @@ def test_the_first_update_moves_the_parameters(tiny):
 # --- whole runs --------------------------------------------------------------------------------
 
 
-def test_run_writes_metrics_plot_and_checkpoints(tiny, tmp_path):
+def test_run_writes_metrics_plot_and_checkpoints(tiny, tiny_base, tmp_path):
   workdir = str(tmp_path / 'run')
-  final = trainer.train(tiny, workdir, log=lambda _: None)
+  shutil.copytree(tiny_base, workdir)  # the run trainer.train(tiny, ...) wrote
+  final = read_metrics(workdir, timing=True)[-1]  # what that train() returned
   records = read_metrics(workdir)
   assert [r['step'] for r in records] == [5, 10, 15, 20]
   for key in ('train_loss', 'lr', 'grad_norm'):
@@ -258,17 +249,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(small_corpus, tmp_path):
 # --- bad input -------------------------------------------------------------------------------
 
 
-def dir_digest(directory):
-  digest = hashlib.sha256()
-  for root, _, names in sorted(os.walk(directory)):
-    for name in sorted(names):
-      digest.update(name.encode())
-      with open(os.path.join(root, name), 'rb') as f:
-        digest.update(f.read())
-  return digest.hexdigest()
-
-
-@pytest.mark.parametrize('overrides, message', [
+BAD_CONFIGS = [
     (['--config.model.n_embd=66'], 'model.n_embd=66 is not divisible by model.n_head=4'),
     (['--config.model.n_kv_head=3'], 'model.n_head=4 is not divisible by model.n_kv_head=3'),
     (['--config.seq_len=65'], 'seq_len=65 is beyond the learned position table'),
@@ -279,14 +260,28 @@ def dir_digest(directory):
     (['--config.sample.temperature=-1'], 'sample.temperature=-1.0 must be >= 0'),
     (['--config.optim.decay_fraction=0'], 'optim.decay_fraction=0.0 must be in (0, 1]'),
     (['--config.sample.prompt=' + 'To be, or not to be. ' * 20], 'no room left in the 64-token'),
-])
-def test_bad_config_is_one_line(overrides, message, small_corpus, tmp_path):
-  result = run_cli(f'--config={TINY}', f'--config.data.corpus={small_corpus}', *overrides,
-                   f'--workdir={tmp_path / "run"}')
+]
+
+
+def assert_bad_config_is_one_line(run, overrides, message, small_corpus, tmp_path):
+  result = run(f'--config={TINY}', f'--config.data.corpus={small_corpus}', *overrides,
+               f'--workdir={tmp_path / "run"}')
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], result.stderr
   assert not os.path.exists(tmp_path / 'run')
+
+
+@pytest.mark.parametrize('overrides, message', BAD_CONFIGS)
+def test_bad_config_is_one_line(overrides, message, small_corpus, tmp_path):
+  """Each mistake through the command's main() in this process (no interpreter start per case);
+  test_bad_config_through_python_m runs one as the command."""
+  assert_bad_config_is_one_line(run_main, overrides, message, small_corpus, tmp_path)
+
+
+def test_bad_config_through_python_m(small_corpus, tmp_path):
+  overrides, message = BAD_CONFIGS[5]  # found after JAX starts and the data is prepared
+  assert_bad_config_is_one_line(run_cli, overrides, message, small_corpus, tmp_path)
 
 
 def test_corpus_errors(tiny, tmp_path):
@@ -300,9 +295,8 @@ def test_corpus_errors(tiny, tmp_path):
       trainer.train(tiny, str(tmp_path / 'run'), log=lambda _: None)
 
 
-def test_vocab_smaller_or_larger_than_the_tokenizers(tiny, tmp_path):
-  trainer.train(tiny, str(tmp_path / 'first'), log=lambda _: None)
-  tiny.data.tokenizer = str(tmp_path / 'first' / 'tokenizer.model')
+def test_vocab_smaller_or_larger_than_the_tokenizers(tiny, tiny_base, tmp_path):
+  tiny.data.tokenizer = os.path.join(tiny_base, 'tokenizer.model')  # the tokenizer of a tiny run
   tiny.model.vocab_size = 300
   with pytest.raises(UserError, match='model.vocab_size'):
     trainer.train(tiny, str(tmp_path / 'second'), log=lambda _: None)
@@ -315,10 +309,10 @@ def test_vocab_smaller_or_larger_than_the_tokenizers(tiny, tmp_path):
   assert sum(line.startswith('--- sample') for line in logs) == 4
 
 
-def test_workdir_of_another_model_shape_is_refused_untouched(tiny, tmp_path):
+def test_workdir_of_another_model_shape_is_refused_untouched(tiny, tiny_base, tmp_path):
   workdir = str(tmp_path / 'run')
-  trainer.train(tiny, workdir, log=lambda _: None)
-  before = dir_digest(workdir)
+  shutil.copytree(tiny_base, workdir)  # a finished run of `tiny`
+  before = directory_digest(workdir)
   tiny.model.n_embd = 128
   with pytest.raises(UserError, match=r'holds a run trained with other settings \(model.n_embd: '
                                        r'64 -> 128\)'):
@@ -326,19 +320,19 @@ def test_workdir_of_another_model_shape_is_refused_untouched(tiny, tmp_path):
   tiny.allow_config_changes = True  # then the checkpoint itself does not fit
   with pytest.raises(UserError, match='holds a model of another shape'):
     trainer.train(tiny, workdir, log=lambda _: None)
-  assert dir_digest(workdir) == before
+  assert directory_digest(workdir) == before
 
 
-def test_resume_with_a_changed_trajectory_is_refused_unless_allowed(tiny, tmp_path):
+def test_resume_with_a_changed_trajectory_is_refused_unless_allowed(tiny, tiny_base, tmp_path):
   workdir = str(tmp_path / 'run')
-  trainer.train(tiny, workdir, log=lambda _: None)
-  before = dir_digest(workdir)
+  shutil.copytree(tiny_base, workdir)  # a finished run of `tiny`
+  before = directory_digest(workdir)
   tiny.update(steps=30, log_every=10, keep_checkpoints=5)  # log_every, keep: free to change
   tiny.optim.update(lr=1e-3, grad_clip=0.0)  # clipping off: the optimizer state keeps its layout
   changes = 'optim.grad_clip: 1.0 -> 0.0; optim.lr: 0.003 -> 0.001; steps: 20 -> 30'
   with pytest.raises(UserError, match=re.escape(f'({changes})')):
     trainer.train(tiny, workdir, log=lambda _: None)
-  assert dir_digest(workdir) == before
+  assert directory_digest(workdir) == before
   tiny.allow_config_changes = True
   logs = []
   trainer.train(tiny, workdir, log=logs.append)
@@ -375,7 +369,8 @@ def test_padded_vocabulary_ids_get_no_probability(tiny):
   the tokenizer's ids: the padded ids get no gradient and change no loss."""
   gpt, tx, state = step_setup(tiny)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 33), 0, 400, dtype=jnp.int32)
-  step = jax.jit(trainer.make_train_step(lm.LanguageModeling.without_data(tiny, types.SimpleNamespace(vocab_size=400)), tx, tiny))
+  objective = lm.LanguageModeling.without_data(tiny, types.SimpleNamespace(vocab_size=400))
+  step = jax.jit(trainer.make_train_step(objective, tx, tiny))
   new_state, metrics = step(state, {'tokens': tokens})
   embedding = network.head_weight(state.params, tiny.model)
   logits = gpt.apply({'params': state.params}, tokens[:, :-1])
@@ -383,8 +378,8 @@ def test_padded_vocabulary_ids_get_no_probability(tiny):
       jnp.arange(8)[:, None], jnp.arange(32), tokens[:, 1:]].mean()
   np.testing.assert_allclose(metrics['train_loss'], expected, rtol=1e-5)
   np.testing.assert_array_equal(network.head_weight(new_state.params, tiny.model)[400:],
-                                embedding[400:])  # no gradient, no decay: embeddings are not decayed
-  eval_out = jax.jit(trainer.make_eval_step(lm.LanguageModeling.without_data(tiny, types.SimpleNamespace(vocab_size=400))))(state, {'tokens': tokens})
+                                embedding[400:])  # no gradient, no decay: embeddings aren't decayed
+  eval_out = jax.jit(trainer.make_eval_step(objective))(state, {'tokens': tokens})
   np.testing.assert_allclose(eval_out['loss_sum'] / eval_out['targets'], expected, rtol=1e-5)
 
 
@@ -413,9 +408,9 @@ def truncate_array_files(step_dir):
       f.truncate(os.path.getsize(os.path.join(chunks, name)) // 2)
 
 
-def test_a_damaged_newest_checkpoint_is_skipped(tiny, tmp_path):
+def test_a_damaged_newest_checkpoint_is_skipped(tiny_base, tmp_path):
   workdir = str(tmp_path / 'run')
-  trainer.train(tiny, workdir, log=lambda _: None)
+  shutil.copytree(tiny_base, workdir)  # a finished run of `tiny`
   truncate_array_files(os.path.join(workdir, 'checkpoints', '20'))
   logs = []
   loaded = runs.load(workdir, log=logs.append)  # what sample and evaluate read
@@ -429,10 +424,9 @@ def test_a_damaged_newest_checkpoint_is_skipped(tiny, tmp_path):
     runs.load(workdir, log=lambda _: None)
 
 
-def test_training_resumes_from_the_step_before_a_damaged_one(tiny, tmp_path):
-  whole, damaged = str(tmp_path / 'whole'), str(tmp_path / 'damaged')
-  for workdir in (whole, damaged):
-    trainer.train(tiny, workdir, log=lambda _: None)
+def test_training_resumes_from_the_step_before_a_damaged_one(tiny, tiny_base, tmp_path):
+  whole, damaged = tiny_base, str(tmp_path / 'damaged')  # both runs of `tiny`; whole read only
+  shutil.copytree(whole, damaged)
   truncate_array_files(os.path.join(damaged, 'checkpoints', '20'))
   logs = []
   trainer.train(tiny, damaged, log=logs.append)
@@ -470,7 +464,7 @@ def test_a_full_disk_is_one_line(tiny, tmp_path, monkeypatch):
   usage = shutil.disk_usage(tmp_path)
   monkeypatch.setattr(shutil, 'disk_usage', lambda path: usage._replace(free=1 << 20))
   with pytest.raises(UserError, match=r'no space for a checkpoint in .*/run/checkpoints: 1 MiB '
-                                      r'are free but a checkpoint needs about 2 MiB; nothing saved'):
+                     r'are free but a checkpoint needs about 2 MiB; nothing saved'):
     trainer.train(tiny, workdir, log=lambda _: None)
   monkeypatch.undo()
   # and when the write itself fails (the disk filled up meanwhile)
@@ -486,9 +480,9 @@ def test_a_full_disk_is_one_line(tiny, tmp_path, monkeypatch):
     ckpts.wait()
 
 
-def test_init_from_starts_from_that_runs_parameters(tiny, tmp_path):
+def test_init_from_starts_from_that_runs_parameters(tiny, tiny_base, tmp_path):
   source = str(tmp_path / 'source')
-  trainer.train(tiny, source, log=lambda _: None)
+  shutil.copytree(tiny_base, source)  # a finished run of `tiny`, named as the errors below expect
   tiny.init_from = source
   tiny.optim.lr = 0.0  # so the fine-tuned parameters must be exactly where they started
   logs = []
