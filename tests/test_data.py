@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from gpt_jax import clean
 from gpt_jax import config
@@ -411,14 +412,13 @@ def test_memory_stays_flat_as_the_corpus_grows(tmp_path):
 def test_the_prepare_command_with_worker_processes(prepared, small_corpus, tmp_path):
   """python -m gpt_jax.prepare spawns its workers (which import the command's module) and gives
   the tokens of one process; a bad setting is one line and exit status 2."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
   def command(*overrides):
     return subprocess.run(
-        [sys.executable, '-m', 'gpt_jax.prepare', f'--config={root}/experiments/tiny.py',
+        [sys.executable, '-m', 'gpt_jax.prepare', f'--config={ROOT}/experiments/tiny.py',
          f'--config.data.corpus={small_corpus}', f'--config.data.cache_dir={tmp_path}',
          '--config.data.val_fraction=0.1', f'--config.model.vocab_size={VOCAB}', *overrides],
-        capture_output=True, text=True, cwd=root)
+        capture_output=True, text=True, cwd=ROOT)
 
   result = command('--config.data.workers=2')
   assert result.returncode == 0, result.stderr

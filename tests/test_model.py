@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from gpt_jax import attention, cli, config, flops, model, network
 from gpt_jax.errors import UserError
@@ -186,7 +187,7 @@ def test_gpt2_124m_param_count_golden():
 
 
 def test_presets_build_and_count():
-  experiments = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments')
+  experiments = os.path.join(ROOT, 'experiments')
   gpt2 = cli.load_experiment(os.path.join(experiments, 'gpt2.py'))
   model.validate(gpt2.model, gpt2.seq_len)
   assert round(flops.param_count(gpt2.model) / 1e6) == 124  # 50304 rows: nanoGPT's padded vocab

@@ -19,11 +19,12 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from conftest import ROOT
 from flax import traverse_util
 
 from gpt_jax import config as config_lib, lora, model, network, runs
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'runs_e9a033e')
+DATA = os.path.join(ROOT, 'tests', 'data', 'runs_e9a033e')
 STYLES = {'gpt2': {},
           'llama': dict(position='rope', norm='rmsnorm', mlp='swiglu', bias=False,
                         tie_embeddings=False, n_kv_head=2),
