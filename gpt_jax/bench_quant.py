@@ -148,7 +148,6 @@ def main(argv=None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     rows = run(args)
     print(table(rows))
-    os.makedirs(os.path.dirname(args.json) or '.', exist_ok=True)
     files.write_json(args.json, rows)
     print(f'wrote {args.json}')
   cli.run(bench)

@@ -12,7 +12,16 @@ from gpt_jax.errors import UserError
 
 @contextlib.contextmanager
 def atomic_path(path: str):
-  """Yields a temporary path beside `path`; on success it replaces `path` in one rename."""
+  """Yields a temporary path beside `path`; on success it replaces `path` in one rename. The
+  folder of `path` is made first if it does not exist yet (a report's default folder in a fresh
+  checkout); UserError if it cannot be (a file in the way, no permission)."""
+  folder = os.path.dirname(path)
+  if folder:
+    try:
+      os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+      raise UserError(f'cannot make the folder {folder} to write {path} in ({e.strerror}); '
+                      'pass a path in a folder that can be written') from None
   root, ext = os.path.splitext(path)
   tmp = f'{root}.tmp{os.getpid()}{ext}'  # same extension: matplotlib picks the format by it
   try:
