@@ -185,9 +185,24 @@ def dequantize(parts: dict, quant: QuantSpec):
 
 def matmul(x, parts: dict, n_in: int, quant: QuantSpec, dtype):
   """x · W over the last n_in axes of x, W the kernel of stored parts, as quant.activations
-  says (module docstring); the result in `dtype`."""
+  says (module docstring); the result in `dtype`. Differentiable in x and the float parts: the
+  int8-activation matmul by the straight-through estimator (_int8_matmul)."""
   if quant.activations == 'none':
-    return layers.contract(x, dequantize(parts, quant).astype(dtype), n_in, dtype)
+    return _weight_only_matmul(x, parts, n_in, quant, dtype)
+  return _int8_matmul(x, parts, n_in, quant, dtype)
+
+
+def _weight_only_matmul(x, parts: dict, n_in: int, quant: QuantSpec, dtype):
+  return layers.contract(x, dequantize(parts, quant).astype(dtype), n_in, dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _int8_matmul(x, parts: dict, n_in: int, quant: QuantSpec, dtype):
+  """x rounded to int8 per row (per token, absmax), times the integer weights, int32 sums per
+  group of inputs, then both scales. Rounding has a zero derivative almost everywhere, so the
+  backward pass is the weight-only matmul's, x · dequantize(W) (the straight-through estimator,
+  Bengio et al. 2013): LoRA on an int8-activation base (QLoRA) trains with the gradients of the
+  matmul the integer one approximates, not with those of its scales alone."""
   w_codes = codes(parts)
   codes_GgO, scale_GO, zero_G1O = _grouped(w_codes, scales(parts), parts.get('zero'))
   (G, g, _), batch_shape = codes_GgO.shape, x.shape[:-n_in]
@@ -201,6 +216,19 @@ def matmul(x, parts: dict, n_in: int, quant: QuantSpec, dtype):
                      _integers(codes_GgO, zero_G1O, quant), preferred_element_type=jnp.int32)
   y_NO = jnp.einsum('gno,go->no', y_GNO.astype(jnp.float32), scale_GO) * qx.scale
   return y_NO[:N].reshape(batch_shape + w_codes.shape[n_in:]).astype(dtype)
+
+
+def _int8_matmul_forward(x, parts, n_in, quant, dtype):
+  return _int8_matmul(x, parts, n_in, quant, dtype), (x, parts)
+
+
+def _int8_matmul_backward(n_in, quant, dtype, residuals, dy):
+  _, pullback = jax.vjp(lambda x, parts: _weight_only_matmul(x, parts, n_in, quant, dtype),
+                        *residuals)
+  return pullback(dy)
+
+
+_int8_matmul.defvjp(_int8_matmul_forward, _int8_matmul_backward)
 
 
 # --- the model's parameters -------------------------------------------------------------------
