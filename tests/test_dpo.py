@@ -223,7 +223,6 @@ def test_the_frozen_reference_is_never_donated_nor_changed(config):
 
 @pytest.mark.slow
 def test_restart_from_a_checkpoint_equals_an_uninterrupted_run(config, tmp_path):
-  config.model.dropout = 0.1  # so the dropout RNG must be restored too
   whole, resumed = str(tmp_path / 'whole'), str(tmp_path / 'resumed')
   trainer.train(config, whole, log=quiet)
   trainer.train(config, resumed, log=quiet)
@@ -244,6 +243,30 @@ def test_lora_dpo_starts_at_log_2_and_trains_adapters(config, tmp_path):
   records = read_metrics(tmp_path / 'lora')
   assert np.float32(records[0]['train_loss']) == np.float32(math.log(2))
   assert records[-1]['train_loss'] < math.log(2)
+
+
+@pytest.mark.parametrize('setting', ['full', 'lora', 'explicit reference'])
+def test_with_dropout_set_the_first_loss_is_still_exactly_log_2(config, tiny_base, tmp_path,
+                                                                setting):
+  """The policy once ran with dropout and the reference without, so the initial policy was not
+  its reference: loss 0.6983 and accuracy 0.375 at step 1 (issue 24, kind 4, TRL #744)."""
+  config.model.dropout = 0.1
+  if setting == 'lora':
+    config.lora.update(rank=4, alpha=8.0, dropout=0.1, targets='all')
+  if setting == 'explicit reference':  # the base's parameters, written as another run
+    base = runs.load(tiny_base, log=quiet)
+    config.dpo.reference = runs.write_params_run(str(tmp_path / 'ref'), runs.read_config(tiny_base),
+                                                 base.tokenizer, base.params, 0, 'dpo.reference')
+  logs = []
+  objective = objectives.build(config, sharding.make_mesh(config.mesh), logs.append)
+  assert any('runs every forward pass without dropout, so model.dropout=0.1' in line
+             for line in logs)
+  params = objective.start_from(objective.init_params(jax.random.PRNGKey(0)), None, quiet)
+  batch = next(iter(objective.train_dataset(config.batch_size)))
+  for seed in range(2):
+    loss, terms = objective.loss(params, batch, rng=jax.random.PRNGKey(seed), step=0,
+                                 weights=objective.weights(batch), frozen=objective.frozen)
+    assert np.float32(loss) == np.float32(math.log(2)) and float(terms['accuracy']) == 0
 
 
 @pytest.mark.slow

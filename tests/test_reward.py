@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY
-from gpt_jax import cli, model, network, preferences, runs, sharding, tokenizer as tokenizer_lib
+from gpt_jax import cli, model, network, objectives, preferences, runs, sharding
+from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import reward
 
@@ -100,3 +101,23 @@ def test_a_reward_model_resumed_past_its_normalisation_is_refused(tiny_reward, t
                                       r'step 30: it has not finished training'):
     reward.load_reward_model(str(resumed), 'ppo.reward_model', config, tokenizer,
                              mesh=sharding.data_parallel_mesh())
+
+
+def test_with_dropout_set_training_scores_are_the_deterministic_ones(tiny_base, preference_file):
+  """A pair's two answers were scored with different dropout masks, so the training loss was
+  noisy where validation's was not (issue 24, kind 4)."""
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'reward.py'))
+  config.update(init_from=tiny_base, seq_len=48, batch_size=8, grad_accum=1)
+  config.data.update(tasks=preference_file, held_out_tasks='')
+  config.model.dropout = 0.1
+  logs = []
+  objective = objectives.build(config, sharding.data_parallel_mesh(), logs.append)
+  assert any('without dropout, so model.dropout=0.1 is not applied' in line for line in logs)
+  params = objective.start_from(objective.init_params(jax.random.PRNGKey(0)), None, logs.append)
+  batch = next(iter(objective.train_dataset(config.batch_size)))
+  losses = [float(objective.loss(params, batch, rng=jax.random.PRNGKey(seed), step=0,
+                                 weights=objective.weights(batch), frozen=None)[0])
+            for seed in range(2)]
+  sums = objective.eval_sums(params, batch, None)
+  assert losses[0] == losses[1] == pytest.approx(float(sums['loss']) / float(sums['pairs']),
+                                                 rel=1e-6)

@@ -217,6 +217,12 @@ def check_trainable_base(config, base_model) -> None:
                     'the float run it was quantized from')
 
 
+# Objectives whose every forward pass is deterministic: a pair's answers (reward, DPO) or a
+# rollout and its update (PPO) must be computed by one function, so dropout is never applied
+# (TRL's disable_dropout).
+WITHOUT_DROPOUT = ('reward', 'dpo', 'ppo')
+
+
 def load_base(config, mesh, log) -> runs.Run:
   """The config.init_from run that a fine-tuning objective starts from. Its model and tokenizer
   are this run's: config.model becomes the base's (keeping this config's kernel choices,
@@ -248,4 +254,10 @@ def load_base(config, mesh, log) -> runs.Run:
                       "set --config.data.tokenizer=''")
   log(f'fine-tuning {config.init_from} (step {base.step}): {config.model.n_layer} layers, '
       f'n_embd {config.model.n_embd}, vocabulary {config.model.vocab_size}')
+  dropouts = {'model.dropout': config.model.dropout,
+              'lora.dropout': config.lora.dropout if config.lora.rank else 0}
+  ignored = ', '.join(f'{key}={value}' for key, value in dropouts.items() if value)
+  if config.objective in WITHOUT_DROPOUT and ignored:
+    log(f'objective={config.objective} runs every forward pass without dropout, so {ignored} is '
+        'not applied')
   return base

@@ -114,11 +114,11 @@ class DirectPreference(Objective):
     checkpoint.check_same_shapes(self.base.params, params, f'init_from={self.config.init_from!r}')
     return jax.tree.map(jnp.copy, self.base.params)
 
-  def logits(self, gpt: model.GPT, params, batch, **kwargs):
+  def logits(self, gpt: model.GPT, params, batch):
     """Next-token logits of both answers' sequences, (B, 2, L, V) in the model's dtype."""
     tokens_B2L = batch['tokens']
     B, _, L = tokens_B2L.shape
-    logits_NV = gpt.apply({'params': params}, tokens_B2L.reshape(2 * B, L), **kwargs)
+    logits_NV = gpt.apply({'params': params}, tokens_B2L.reshape(2 * B, L))
     return logits_NV.reshape(B, 2, L, -1)
 
   def answer_logp(self, logits_B2LV, batch):
@@ -126,10 +126,12 @@ class DirectPreference(Objective):
     nll_B2L = losses.token_nll(logits_B2LV, batch['targets'], self.num_tokens)
     return -(nll_B2L * batch['mask']).sum(-1)
 
-  def pair_terms(self, params, batch, frozen, **kwargs) -> tuple[dict, jax.Array, jax.Array]:
-    """(dpo_terms of each pair, the policy's and the reference's logits (B, 2, L, V)); kwargs go
-    to the policy's apply (train mode)."""
-    logits_B2LV = self.logits(self.gpt, params, batch, **kwargs)
+  def pair_terms(self, params, batch, frozen) -> tuple[dict, jax.Array, jax.Array]:
+    """(dpo_terms of each pair, the policy's and the reference's logits (B, 2, L, V)). Both
+    models run deterministic (no dropout, TRL's disable_dropout): with dropout the policy's
+    log-probabilities would be noisy where the reference's are not, and the implicit rewards
+    β·(log π − log π_ref) would not start at 0 (the loss at log 2)."""
+    logits_B2LV = self.logits(self.gpt, params, batch)
     reference_B2LV = jax.lax.stop_gradient(self.logits(self.reference, frozen, batch))
     terms = dpo_terms(self.answer_logp(logits_B2LV, batch),
                       self.answer_logp(reference_B2LV, batch), self.config.dpo.beta)
@@ -139,8 +141,7 @@ class DirectPreference(Objective):
     return {'pairs': jnp.maximum(is_pair(batch).sum(), 1.0)}
 
   def loss(self, params, batch, *, rng, step, weights, frozen):
-    terms, _, _ = self.pair_terms(params, batch, frozen, deterministic=False,
-                                  rngs={'dropout': rng})
+    terms, _, _ = self.pair_terms(params, batch, frozen)
     pair_B = is_pair(batch)
     means = {k: (v * pair_B).sum() / weights['pairs'] for k, v in terms.items()}
     return means['loss'], {'train_loss': means.pop('loss'), **means}

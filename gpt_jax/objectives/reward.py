@@ -53,15 +53,15 @@ def padding_segments(positions_BL):
   return None if positions_BL is None else (positions_BL >= 0).astype(jnp.int32)
 
 
-def scores(gpt: model.GPT, params: dict, tokens_BL, last_B, positions_BL=None,
-           **apply_kwargs) -> jax.Array:
+def scores(gpt: model.GPT, params: dict, tokens_BL, last_B, positions_BL=None) -> jax.Array:
   """r(x, y): the reward model's score of each row, float32 (B,), read at position last_B (the
   answer's last token). params is {'gpt', 'head'}; positions_BL (default 0, 1, ...) lets a
   left-padded row (position -1 on padding, as gpt_jax.sample pads) be scored as if unpadded.
-  apply_kwargs go to the model (training: deterministic=False and the dropout rngs)."""
+  Deterministic (no dropout) in training too, so that a pair's two answers are scored by the same
+  function (TRL's disable_dropout)."""
   B, L = tokens_BL.shape
   x_ND = gpt.apply({'params': params['gpt']}, tokens_BL, positions_BL, hidden=True,
-                   segment_ids_BL=padding_segments(positions_BL), **apply_kwargs)
+                   segment_ids_BL=padding_segments(positions_BL))
   x_BD = jnp.take_along_axis(x_ND.reshape(B, L, -1), last_B[:, None, None], axis=1)[:, 0]
   return scalar_head(params['head'], x_BD)
 
@@ -120,20 +120,19 @@ class RewardModeling(Objective):
                                  f'init_from={self.config.init_from!r}')
     return {**params, 'gpt': jax.tree.map(jnp.copy, self.base.params)}
 
-  def pair_scores(self, params, batch, *, deterministic: bool = True, rng=None):
+  def pair_scores(self, params, batch):
     """(r_w, r_l), each (B,) float32."""
     tokens_BCL = batch['tokens']
     B, C, L = tokens_BCL.shape
-    r_BC = scores(self.gpt, params, tokens_BCL.reshape(B * C, L), batch['last'].reshape(B * C),
-                  deterministic=deterministic,
-                  rngs=None if rng is None else {'dropout': rng}).reshape(B, C)
+    r_BC = scores(self.gpt, params, tokens_BCL.reshape(B * C, L),
+                  batch['last'].reshape(B * C)).reshape(B, C)
     return r_BC[:, 0], r_BC[:, 1]
 
   def weights(self, batch):
     return {'pairs': jnp.maximum(is_pair(batch).sum(), 1.0)}
 
   def loss(self, params, batch, *, rng, step, weights, frozen):
-    per_pair = pair_losses(*self.pair_scores(params, batch, deterministic=False, rng=rng))
+    per_pair = pair_losses(*self.pair_scores(params, batch))
     mean = {k: (v * is_pair(batch)).sum() / weights['pairs'] for k, v in per_pair.items()}
     return mean['loss'], {'train_loss': mean['loss'], 'accuracy': mean['correct'],
                           'margin': mean['margin']}
