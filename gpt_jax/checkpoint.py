@@ -309,3 +309,18 @@ def restore_params(directory: str, step: int, abstract_params):
       partial_restore=True)))
   manager.close()
   return restored['state']['params']
+
+
+def restore_params_beside(directory: str, step: int, key: str, mesh: jax.sharding.Mesh) -> dict:
+  """The parameters of the checkpoint at `step` other than params[key]: what an objective trains
+  beside the model under `key` (a task, reward or value head, special-token embeddings), read
+  from the checkpoint's own metadata whatever the objective, replicated on `mesh` (they are
+  small)."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers={
+      'state': ocp.StandardCheckpointHandler(), 'data': grain.checkpoint.CheckpointHandler()})
+  tree = manager.item_metadata(step)['state'].tree['params']
+  manager.close()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+                          {name: part for name, part in tree.items() if name != key})
+  return restore_params(directory, step, abstract)

@@ -17,6 +17,7 @@ import functools
 import datetime
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -132,16 +133,19 @@ def _lora_base(workdir: str, mesh, dtype: str | None, log) -> Run:
 
 
 def write_params_run(workdir: str, config: ml_collections.ConfigDict, tokenizer: Tokenizer, params,
-                     step: int, flag: str) -> str:
+                     step: int, flag: str, copy: tuple[str, ...] | list[str] = ()) -> str:
   """Makes `workdir` (new or empty; `flag` names the setting that gave it) a run of parameters
-  alone, whole or not at all: config.json (its data.tokenizer the copy beside it), the tokenizer
-  and a params-only checkpoint at `step`. Returns the absolute workdir."""
+  alone, whole or not at all: config.json (its data.tokenizer the copy beside it), the tokenizer,
+  a params-only checkpoint at `step` and a copy of each file in `copy`. Returns the absolute
+  workdir."""
   workdir = os.path.abspath(workdir)
   config.data.tokenizer = os.path.join(workdir, tokenizer.filename)
   with files.new_directory(workdir, flag) as tmp:
     files.write_json(os.path.join(tmp, CONFIG), config.to_dict())
     tokenizer.save(os.path.join(tmp, tokenizer.filename))
     checkpoint.save_params(os.path.join(tmp, CHECKPOINTS), step, params)
+    for path in copy:
+      shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
   return workdir
 
 

@@ -16,11 +16,12 @@ from gpt_jax import checkpoint, cli, hf, instructions, lora, model, network, obj
 from gpt_jax import quant, quantize, runs, sharding, task_inputs, trainer
 from gpt_jax.errors import UserError
 from gpt_jax.lora.__main__ import merge_run
-from gpt_jax.objectives import classify, lm, sft
+from gpt_jax.objectives import classify, lm, reward, sft
 from gpt_jax.objectives.lora import LoraTuning
 from test_classify import EXAMPLES, objective_for
 from test_sft import write_tasks
 from conftest import ROOT, TINY, read_metrics, run_cli
+from test_ppo import tiny_ppo_config
 from test_sharding import run_python
 
 
@@ -436,6 +437,49 @@ def test_sft_with_lora_resumes_bit_for_bit_and_reports(base_dir, tmp_path):
   assert any('resuming from step 4' in m for m in messages)
   assert read_metrics(resumed) == read_metrics(whole)
   assert '| first_word | 4 |' in open(os.path.join(whole, sft.REPORT)).read()
+
+
+def head_run_config(objective, tiny_base, preference_file, tiny_reward):
+  if objective == 'ppo':
+    config = tiny_ppo_config(tiny_base, preference_file, tiny_reward)
+    config.update(steps=2, eval_every=2, checkpoint_every=2)
+  else:
+    config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'reward.py'))
+    config.update(init_from=tiny_base, seq_len=48, steps=4, batch_size=8, eval_every=4)
+    config.data.update(tasks=preference_file, held_out_tasks='')
+    config.sample.num = 0
+  config.lora.update(rank=4, alpha=8.0, targets='all')
+  return config
+
+
+@pytest.mark.parametrize('objective', ['reward', 'ppo'])
+def test_a_run_with_a_reward_or_value_head_merges_into_a_run_of_the_same_scores(
+    objective, tiny_base, preference_file, tiny_reward, tmp_path):
+  """`lora merge` read every run with a head as a classifier and crashed (issue 24, kind 1;
+  PEFT #2502): the merged run keeps its head, and its reward normalisation, beside the model."""
+  config = head_run_config(objective, tiny_base, preference_file, tiny_reward)
+  workdir, merged = str(tmp_path / 'lora'), str(tmp_path / 'merged')
+  trainer.train(config, workdir, log=quiet)
+  merge_run(workdir, merged, log=quiet)
+  assert runs.read_config(merged).objective == objective
+  assert runs.read_config(merged).lora.rank == 0 and not os.path.exists(f'{merged}/lora.json')
+  mesh = sharding.data_parallel_mesh()
+  key = {'reward': 'head', 'ppo': 'value'}[objective]
+  heads = [checkpoint.restore_params_beside(f'{d}/checkpoints', 2 if objective == 'ppo' else 4,
+                                            'gpt', mesh) for d in (workdir, merged)]
+  assert list(heads[1]) == [key]
+  jax.tree.map(np.testing.assert_array_equal, *heads)
+  tokenizer = runs.load(tiny_base, log=quiet).tokenizer
+  if objective == 'reward':
+    models = [reward.load_reward_model(d, 'the reward model', config, tokenizer, mesh=mesh)
+              for d in (workdir, merged)]
+    prompts, answers = ['a b c', 'the cat'] * 2, ['d e', 'sat on', 'x', 'the mat']
+    scores = [m.score_answers(prompts, answers, tokenizer, 48, 4) for m in models]
+    assert np.ptp(scores[0]) > 0
+    np.testing.assert_allclose(scores[1], scores[0], atol=1e-5)
+  loaded = [runs.load(d, mesh=mesh, log=quiet) for d in (workdir, merged)]
+  logits = [run.gpt.apply({'params': run.params}, tokens(2, 16) % 64) for run in loaded]
+  np.testing.assert_allclose(logits[1], logits[0], atol=1e-5)
 
 
 @pytest.mark.slow

@@ -2,42 +2,50 @@
 W + (alpha/r)·A·B, written as an ordinary run (gpt_jax.lora has the math). Nothing imports this
 command."""
 
+import os
 import sys
 
-from gpt_jax import cli, files, quant, runs, sharding
+from gpt_jax import checkpoint, cli, files, quant, runs, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.lora import is_adapted, merge
-from gpt_jax.objectives import classify
+from gpt_jax.objectives import reward
+
+# What a run keeps beside its checkpoints that readers of its parameters need: the reward
+# model's bias shift (objectives.reward), recorded at the step the merged run keeps.
+PARAMETER_RECORDS = (reward.NORMALIZATION,)
 
 
 def merge_run(workdir: str, out: str, log=print) -> str:
   """Writes the LoRA run in `workdir` merged (runs.load) into `out`, new or empty, all at once or
-  not at all: an ordinary run of parameters alone (runs.write_params_run) at the LoRA run's step,
-  its config with lora.rank = 0. A classify run keeps its head and special-token embeddings beside
-  the merged model, as its checkpoints hold them, so evaluate --task reads it too. UserError for a
-  run without adapters, a non-empty `out` or a base that changed. Returns `out`."""
+  not at all: an ordinary run of the same objective, of parameters alone
+  (runs.write_params_run), at the LoRA run's step, its config with lora.rank = 0. A run that
+  trained more than the model (runs.MODEL_KEY: a task, reward or value head) keeps it beside the
+  merged model as its checkpoints hold it, and its PARAMETER_RECORDS, so evaluate --task, a
+  reward model's readers and sampling read it as they read the LoRA run. A quantized base
+  (QLoRA) is dequantized first. UserError for a run without adapters, a non-empty `out` or a
+  base that changed. Returns `out`."""
   config = runs.read_config(workdir)
   if not is_adapted(config):
     raise UserError(f'{workdir} is not a LoRA run (its lora.rank is 0): it has no adapters to '
                     'merge; pass the workdir of a run trained with --config.lora.rank > 0')
   files.check_new_directory(out, '--out')  # before the slow part
-  if config.objective in runs.MODEL_KEY:
-    if quant.spec(config.model):
-      raise UserError(f'{workdir} is a task-head run on a quantized base; evaluate it as it is '
-                      '(evaluate --task), merging it is not supported')
-    _, params, run = classify.load_classifier(workdir, mesh=sharding.data_parallel_mesh(),
-                                               log=log)
-  else:
-    run = runs.load(workdir, log=log)
-    params = run.params
+  mesh = sharding.data_parallel_mesh()
+  run = runs.load(workdir, mesh=mesh, log=log)
+  params = run.params
   quantized = quant.spec(config.model)
   if quantized:  # runs.load kept the adapters apart
     params = merge(quant.dequantize_params(params, config.model), config.lora)
     config.model.quant.format = ''
     log(f'the base is {quantized.format}: merging dequantizes it, so {out} holds '
         f'{config.model.param_dtype} weights W + (alpha/r)·A·B')
+  key = runs.MODEL_KEY.get(config.objective)
+  if key:
+    params = {key: params, **checkpoint.restore_params_beside(
+        os.path.join(workdir, runs.CHECKPOINTS), run.step, key, mesh)}
   config.lora.rank = 0
-  return runs.write_params_run(out, config, run.tokenizer, params, run.step, '--out')
+  records = [os.path.join(workdir, name) for name in PARAMETER_RECORDS]
+  return runs.write_params_run(out, config, run.tokenizer, params, run.step, '--out',
+                               copy=[path for path in records if os.path.exists(path)])
 
 
 def _main(argv: list[str]) -> None:
