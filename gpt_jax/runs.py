@@ -124,12 +124,24 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
 
 
 def _lora_base(workdir: str, mesh, dtype: str | None, log) -> Run:
-  """The base of the LoRA run in `workdir` (merged, if itself a LoRA run), after checking it is
-  the one the adapters were trained on."""
+  """The base of the LoRA run in `workdir` (merged, if itself a LoRA run): the first run among
+  lora.recorded_places with the fingerprint the adapters were trained on. UserError if none of
+  them is a run (naming `python -m gpt_jax.lora rebase`, which records where it went) or none has
+  that fingerprint (lora.check_base)."""
   record = lora.read_base(workdir)
-  base = load(record['base'], mesh=mesh, dtype=dtype, what=f'the base of {workdir}', log=log)
-  lora.check_base(workdir, lora.base_record(record['base'], base.step, base.params))
-  return base
+  recorded = lora.recorded_places(workdir, record)
+  places = [place for place in recorded if os.path.exists(os.path.join(place, CONFIG))]
+  if not places:
+    raise UserError(f'the base of the LoRA run {workdir} is not where its {lora.BASE_FILE} '
+                    f'records it ({" nor ".join(recorded)}); if it moved, name its new place with '
+                    f'python -m gpt_jax.lora rebase --workdir={workdir} --base=DIR (its '
+                    'fingerprint is checked)')
+  for place in places:
+    base = load(place, mesh=mesh, dtype=dtype, what=f'the base of {workdir}', log=log)
+    found = lora.base_record(place, base.step, base.params)
+    if found['base_sha256'] == record['base_sha256']:
+      return base
+  lora.check_base(workdir, found)  # raises: the base changed
 
 
 def write_params_run(workdir: str, config: ml_collections.ConfigDict, tokenizer: Tokenizer, params,

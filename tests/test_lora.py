@@ -293,7 +293,8 @@ def test_a_lora_run_saves_the_adapters_alone_and_names_its_base(lora_run, base_d
     record = json.load(f)
   base = runs.load(base_dir)
   assert record == {'base': os.path.abspath(base_dir), 'base_step': 20,
-                    'base_sha256': lora.fingerprint(base.params)}
+                    'base_sha256': lora.fingerprint(base.params),
+                    'base_relative': os.path.relpath(base_dir, workdir)}
   config = runs.read_config(workdir)
   gpt = network.build(config.model, config.lora)
   adapters, _ = lora.split(jax.eval_shape(lambda: model.init_params(gpt, jax.random.PRNGKey(0),
@@ -352,10 +353,7 @@ def test_a_base_that_changed_is_refused_on_load_and_resume(lora_run, small_corpu
   base, run = str(tmp_path / 'base'), str(tmp_path / 'lora')
   shutil.copytree(lora.read_base(workdir)['base'], base)
   shutil.copytree(workdir, run)
-  with open(os.path.join(run, lora.BASE_FILE)) as f:
-    record = json.load(f)
-  with open(os.path.join(run, lora.BASE_FILE), 'w') as f:
-    json.dump(dict(record, base=base), f)  # the base moved, unchanged: still loads
+  lora.write_base(run, dict(lora.read_base(workdir), base=base))  # as if trained there
   runs.load(run)
 
   # the base trains on: a newer checkpoint with other weights
@@ -370,6 +368,46 @@ def test_a_base_that_changed_is_refused_on_load_and_resume(lora_run, small_corpu
   config.update(steps=6, allow_config_changes=True)
   with pytest.raises(UserError, match=message):
     trainer.train(config, run, log=quiet)
+
+
+def test_a_lora_run_moved_with_its_base_or_alone_still_loads(small_corpus, base_dir, tmp_path,
+                                                              monkeypatch, capsys):
+  """lora.json named the base by its absolute path alone: after the folder holding both runs was
+  moved, every reader stopped (issue 24, kind 2; unsloth #699)."""
+  old, new = tmp_path / 'old', tmp_path / 'new'
+  shutil.copytree(base_dir, old / 'runs' / 'base')
+  monkeypatch.chdir(old)
+  config = lora_config(small_corpus, 'runs/base')
+  config.update(steps=2, eval_every=2, checkpoint_every=2)
+  trainer.train(config, 'runs/lora', log=quiet)
+  want = runs.load('runs/lora', log=quiet).params
+  os.rename(old, new)  # the project renamed: the recorded absolute path is gone
+  monkeypatch.chdir(new)
+  for place in ('runs/lora', str(new / 'runs' / 'lora')):  # relative and absolute
+    jax.tree.map(np.testing.assert_array_equal, runs.load(place, log=quiet).params, want)
+
+  os.rename(new / 'runs' / 'lora', new / 'lora')  # moved alone: nowhere it was recorded
+  message = (r'the base of the LoRA run lora is not where its lora.json records it \(base nor '
+             rf'{re.escape(str(old))}/runs/base\); if it moved, name its new place with python -m '
+             r'gpt_jax.lora rebase --workdir=lora --base=DIR \(its fingerprint is checked\)')
+  with pytest.raises(UserError, match=message):
+    runs.load('lora')
+  base = runs.load('runs/base', log=quiet)
+  runs.write_params_run('other', runs.read_config('runs/base'), base.tokenizer,
+                        jax.tree.map(lambda x: x * 1.01, base.params), base.step, 'other')
+  assert cli_exit(['rebase', '--workdir=lora', '--base=other']) == 2  # not its base
+  assert 'changed since it was trained' in capsys.readouterr().err
+  assert cli_exit(['rebase', '--workdir=lora', '--base=runs/base']) == 0
+  assert lora.read_base('lora')['base_relative'] == '../runs/base'
+  jax.tree.map(np.testing.assert_array_equal, runs.load('lora', log=quiet).params, want)
+
+
+def cli_exit(argv) -> int:
+  from gpt_jax.lora.__main__ import main
+  with pytest.raises(SystemExit) as exit_info:
+    main(argv)
+    raise SystemExit(0)
+  return exit_info.value.code
 
 
 def test_qlora_trains_adapters_on_an_nf4_base_and_merging_dequantizes_it(small_corpus, base_dir,

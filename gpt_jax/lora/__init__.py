@@ -8,7 +8,8 @@ axes', so the adapters shard with the weight they adapt (sharding.RULES).
 
 A LoRA run (config.lora.rank > 0, objectives.lora) trains and checkpoints the adapters alone
 (and a task head, if its objective has one); its base, config.init_from, stays frozen and is
-named in DIR/lora.json with a fingerprint of its parameters, which every load checks. runs.load
+named in DIR/lora.json (by its path, absolute and relative to DIR) with a fingerprint of its
+parameters, which every load checks. runs.load
 gives such a run merged, W + (alpha/r)·A·B, so sampling, evaluation, export, init_from and
 distillation read it like any run (on a quantized base, QLoRA, with the adapters apart), and
 `python -m gpt_jax.lora merge --workdir=DIR --out=DIR2` (gpt_jax/lora/__main__.py) writes that
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
-from gpt_jax import layers
+from gpt_jax import files, layers
 from gpt_jax.errors import UserError
 
 ATTENTION_LAYERS = ('query', 'key', 'value', 'out')
@@ -217,6 +218,24 @@ def base_record(base_workdir: str, step: int, params) -> dict:
   """What lora.json holds of a base run: its workdir (absolute), step and fingerprint."""
   return {'base': os.path.abspath(base_workdir), 'base_step': step,
           'base_sha256': fingerprint(params)}
+
+
+def write_base(workdir: str, record: dict) -> None:
+  """Writes `record` (base_record) as the lora.json of the LoRA run in `workdir`, with the base's
+  path relative to that run too ('base_relative'), so that a LoRA run moved together with its
+  base (a copied folder, a renamed project) still finds it."""
+  relative = os.path.relpath(record['base'], os.path.abspath(workdir))
+  files.write_json(os.path.join(workdir, BASE_FILE), {**record, 'base_relative': relative})
+
+
+def recorded_places(workdir: str, record: dict) -> list[str]:
+  """Where lora.json (`record`, read_base) says the base of the LoRA run in `workdir` is, in the
+  order to look: relative to the LoRA run as it is now (the two moved together), then the
+  absolute path it had when trained (the LoRA run moved alone). A lora.json written before the
+  relative path was recorded gives the absolute one alone."""
+  places = [os.path.join(workdir, record['base_relative'])] if 'base_relative' in record else []
+  places.append(record['base'])
+  return list(dict.fromkeys(os.path.normpath(place) for place in places))
 
 
 def read_base(workdir: str) -> dict:

@@ -1,13 +1,16 @@
-"""python -m gpt_jax.lora merge --workdir=DIR --out=DIR2: a LoRA run's merged weights,
-W + (alpha/r)·A·B, written as an ordinary run (gpt_jax.lora has the math). Nothing imports this
-command."""
+"""Commands on LoRA runs (gpt_jax.lora has the math); nothing imports this module.
+
+python -m gpt_jax.lora merge --workdir=DIR --out=DIR2    the merged weights W + (alpha/r)·A·B,
+                                                         written as an ordinary run
+python -m gpt_jax.lora rebase --workdir=DIR --base=BASE  records where DIR's base run now is
+"""
 
 import os
 import sys
 
 from gpt_jax import checkpoint, cli, files, quant, runs, sharding
 from gpt_jax.errors import UserError
-from gpt_jax.lora import is_adapted, merge
+from gpt_jax.lora import base_record, check_base, is_adapted, merge, read_base, write_base
 from gpt_jax.objectives import reward
 
 # What a run keeps beside its checkpoints that readers of its parameters need: the reward
@@ -48,6 +51,23 @@ def merge_run(workdir: str, out: str, log=print) -> str:
                                copy=[path for path in records if os.path.exists(path)])
 
 
+def rebase_run(workdir: str, base: str, log=print) -> str:
+  """Records `base` as the base of the LoRA run in `workdir` (its lora.json, rewritten
+  atomically), after checking that it is the model the adapters were trained on: for a base that
+  moved where the LoRA run cannot find it (lora.recorded_places). UserError for a run without
+  adapters, a `base` that is not a run, or one with another fingerprint. Returns `base`,
+  absolute."""
+  if not is_adapted(runs.read_config(workdir)):
+    raise UserError(f'{workdir} is not a LoRA run (its lora.rank is 0): it has no base to '
+                    'record; pass the workdir of a run trained with --config.lora.rank > 0')
+  read_base(workdir)  # a LoRA run that never trained has nothing to rebase
+  run = runs.load(base, what='--base', log=log)
+  found = base_record(base, run.step, run.params)
+  check_base(workdir, found)
+  write_base(workdir, found)
+  return found['base']
+
+
 def _main(argv: list[str]) -> None:
   parser = cli.ArgumentParser(prog='python -m gpt_jax.lora',
                               description='Commands on LoRA runs (Hu et al. 2021).')
@@ -58,8 +78,17 @@ def _main(argv: list[str]) -> None:
       'quantized base (QLoRA) is dequantized, so the weights are float.')
   merge_parser.add_argument('--workdir', required=True, help='the LoRA run')
   merge_parser.add_argument('--out', required=True, help='a new directory')
+  rebase_parser = commands.add_parser(
+      'rebase', help='record where the base of a LoRA run moved to',
+      description="Records BASE as the base run of the LoRA run DIR (its lora.json), after "
+      'checking that it is the model the adapters were trained on (their fingerprint).')
+  rebase_parser.add_argument('--workdir', required=True, help='the LoRA run')
+  rebase_parser.add_argument('--base', required=True, help='its base run, where it is now')
   args = parser.parse_args(argv)
-  print(f'merged {args.workdir} into {merge_run(args.workdir, args.out)}')
+  if args.command == 'merge':
+    print(f'merged {args.workdir} into {merge_run(args.workdir, args.out)}')
+  else:
+    print(f'the base of {args.workdir} is now {rebase_run(args.workdir, args.base)}')
 
 
 def main(argv=None) -> None:

@@ -17,7 +17,7 @@ import os
 
 import jax
 
-from gpt_jax import files, lora, network, runs
+from gpt_jax import lora, network, runs
 from gpt_jax.errors import UserError
 from gpt_jax.objectives.base import Objective, load_base
 
@@ -88,11 +88,12 @@ class LoraTuning(Objective):
     return params  # fresh adapters (B = 0: the base's function) and a fresh head, if any
 
   def check_workdir(self, workdir):
-    """Writes lora.json at the start of a run, and on a resume checks the base against it."""
+    """Writes lora.json at the start of a run; on a resume checks the base against it first, and
+    records the base where init_from now names it (the base may have moved)."""
     if os.path.exists(os.path.join(workdir, lora.BASE_FILE)):
       lora.check_base(workdir, self.base_record)
-    elif jax.process_index() == 0:
-      files.write_json(os.path.join(workdir, lora.BASE_FILE), self.base_record)
+    if jax.process_index() == 0:
+      lora.write_base(workdir, self.base_record)
 
   def batch_spec(self):
     return self.inner.batch_spec()
