@@ -165,6 +165,44 @@ def test_scrub_pii_leaves_ordinary_text():
   assert privacy.scrub_pii(text) == (text, {})
 
 
+# Dotted quads that are public IPv4 addresses by shape, but version or section numbers by the
+# words around them; then addresses with words about versions or sections nearby.
+VERSION_NUMBERS = [
+    'Upgrade the driver to version 1.2.3.4 before Friday.',
+    'See section 4.1.2.3 for the details.',
+    'Version: 2.0.0.1 (stable)',
+    'The firmware version number is 1.0.0.12.',
+    'Flash firmware 1.0.0.12, then reboot.',
+    'version 10.0.0.1 of the firmware',
+    'Ver. 4.2.0.1 and v1.2.3.4 shipped together.',
+    'RFC 9110, Section 4.1.2.3, defines it; so does § 2.3.4.5 and §2.3.4.6.',
+    'Ubuntu runs Linux kernel 5.4.0.42-generic.',
+    'Tested with versions 1.2.3.4, 1.2.3.5 and 1.2.3.6.',
+    'Upgrade from version 3.1.0.4 to 3.1.0.5 or "3.1.0.6".',
+    'Sections 4.1.2.3-4.1.2.5 and clause 5.1.2.3 apply.',
+    'The 1.0.0.12 firmware and the 2.1.0.4 release fix it.',
+    'Windows release 10.0.19041.1, build 6.1.7601.17514.',
+]
+ADDRESSES = [
+    'connect to 8.8.8.8 first',
+    'the server at 93.184.216.34 responded',
+    'from IP 1.2.3.4 we saw',
+    'host 81.2.69.160:8080',
+    'benchmarks of 1.1.1.1 vs 8.8.8.8',  # 2
+    'Section 3: 8.8.8.8 is the resolver.',
+    'nginx version 1.18 listens on 93.184.216.34.',
+    'The release server is at 8.8.4.4, kernel logs at 81.2.69.160.',  # 2
+]
+
+
+def test_scrub_pii_keeps_version_and_section_numbers():
+  assert [privacy.scrub_pii(text) for text in VERSION_NUMBERS] == [
+      (text, {}) for text in VERSION_NUMBERS]
+  scrubbed = [privacy.scrub_pii(text) for text in ADDRESSES]
+  assert [counts for _, counts in scrubbed] == [{'ip_address': n} for n in (1, 1, 1, 1, 2, 1, 1, 2)]
+  assert scrubbed[6][0] == 'nginx version 1.18 listens on <IP_ADDRESS>.'
+
+
 def test_host_blocked():
   blocked = frozenset({'example.com'})
   assert privacy.host_blocked(privacy.url_host('https://A.b.Example.com:8080/x'), blocked)

@@ -36,6 +36,18 @@ _SHORTEST_NUMBER = 7  # characters: '1.2.3.4'; phone numbers have 8 digits or mo
 _CARD = re.compile(r'(?<![\w.,+-])(?:[2-6][0-9]{12,18}|[2-6][0-9]{3}(?P<sep>[ -])[0-9]{4,6}'
                    r'(?:(?P=sep)[0-9]{3,5}){1,3})(?![\w-]|[.,][0-9])')
 _IPV4 = re.compile(r'(?<![\w.])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![\w]|\.[0-9])')
+# A dotted quad is a version or section number, not an address, after a word that names one
+# ('version 1.2.3.4', 'Ver. 1.2.3.4', 'firmware version number is 1.2.3.4', '§ 2.3.4.5', and the
+# rest of a list: 'versions 1.2.3.4, 1.2.3.5 and 1.2.3.6') or before one ('the 1.0.0.12 firmware').
+_VERSION_WORD = (r'(?:versions?|ver|releases?|builds?|firmwares?|kernels?|drivers?|bios|'
+                 r'patch(?:es)?|revisions?|rev|sections?|sec|chapters?|clauses?|articles?|'
+                 r'paragraphs?|para|appendix|appendices)\b')
+_VERSION_BEFORE = re.compile(
+    rf'(?:\b{_VERSION_WORD}\.?|§+)[\s:#=(\'"]*'
+    r'(?:(?:number|no|nr|is|was)\b\.?[\s:#=(\'"]*)*'
+    r'(?:[0-9]+(?:\.[0-9]+)*[\s\'")]*(?:,|and\b|or\b|to\b|-)[\s(\'"]*)*\Z', re.IGNORECASE)
+_VERSION_AFTER = re.compile(rf'[ \t]+{_VERSION_WORD}', re.IGNORECASE)
+_VERSION_CONTEXT = 80  # characters before a dotted quad searched for a word that names a version
 # International: '+', a country code, then groups that may be split by a space, '.' or '-'
 # (the area code perhaps in parentheses). National: an area code (perhaps in parentheses) and two
 # groups, split by separators, as '(555) 123-4567', '555.123.4567', '03-1234-5678', with NANP's
@@ -55,7 +67,9 @@ def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
   by EMAIL, CARD, IP_ADDRESS and PHONE, and how many of each kind were replaced (keys 'email',
   'card', 'ip_address', 'phone'; only kinds that occurred).
 
-  Cards go before phones, whose shapes overlap. IPv4 addresses have four octets of 0-255. Only
+  Cards go before phones, whose shapes overlap. IPv4 addresses have four octets of 0-255; a
+  dotted quad after (or before) a word that names a version or section ('version 1.2.3.4',
+  'section 4.1.2.3', '§ 2.3.4.5', 'the 1.0.0.12 firmware') is that number and stays. Only
   public IP addresses are replaced, as datatrove does by default: private, loopback, link-local
   and documentation addresses (192.168.0.1, ::1, fe80::1, 203.0.113.5) identify nobody and are
   common in technical text. A phone number has 8 to 15 digits after a '+', or 10 or 11 in the
@@ -100,11 +114,19 @@ def _scrub_numbers(text: str, counts: dict[str, int]) -> str:
     if stop - start >= 13:
       local = _replace(_CARD, local, 'card', CARD, counts, _is_card)
     if '.' in run[0]:
-      local = _replace(_IPV4, local, 'ip_address', IP_ADDRESS, counts, _is_public_ip)
+      local = _replace(_IPV4, local, 'ip_address', IP_ADDRESS, counts,
+                       lambda ip: _is_public_ip(ip) and not _names_a_version(text, start, stop))
     local = _replace(_PHONE, local, 'phone', PHONE, counts, _is_phone)
     pieces += [text[end:start], local[before:len(local) - after]]
     end = stop
   return ''.join(pieces) + text[end:]
+
+
+def _names_a_version(text: str, start: int, stop: int) -> bool:
+  """Whether the words around text[start:stop], a run of digits, say it is a version or section
+  number."""
+  return bool(_VERSION_BEFORE.search(text, max(0, start - _VERSION_CONTEXT), start)
+              or _VERSION_AFTER.match(text, stop))
 
 
 def _replace(pattern: re.Pattern, text: str, kind: str, placeholder: str, counts: dict[str, int],
