@@ -209,7 +209,39 @@ def test_host_blocked():
   assert privacy.host_blocked('example.com', blocked)
   assert not privacy.host_blocked('ample.com', blocked)
   assert not privacy.host_blocked('example.com.au', blocked)
-  assert privacy.url_host('not a url') == ''
+  assert privacy.host_blocked('example.com', frozenset({'www.example.com'}))
+  assert not privacy.host_blocked('mail.example.com', frozenset({'www.example.com'}))
+
+
+@pytest.mark.parametrize('url, host', [
+    ('spam.example/p1', 'spam.example'),
+    ('www.spam.example:8080/', 'www.spam.example'),
+    ('//spam.example/x', 'spam.example'),
+    ('SPAM.example', 'spam.example'),
+    ('user@spam.example/x', 'spam.example'),
+    ('spam.example.', 'spam.example'),
+    (' spam.example?q=1#top', 'spam.example'),
+    ('https://spam.example:443/', 'spam.example'),
+    ('HTTP://user:pw@WWW.Spam.Example.:80#top', 'www.spam.example'),
+    ('localhost:8080', 'localhost'),
+    ('http://[2001:DB8::1]:8080/x', '2001:db8::1'),
+    ('[2001:db8::1]/x', '2001:db8::1'),
+    ('not a url', ''),
+    ('/a/path', ''),
+    ('mailto:ann@spam.example', ''),
+    ('http://[::1', ''),
+])
+def test_url_host_with_or_without_scheme_port_and_user(url, host):
+  assert privacy.url_host(url) == host
+
+
+def test_documents_of_a_blocked_host_are_removed_whatever_the_url_shape():
+  from gpt_jax import clean
+  from gpt_jax.corpus import Document
+  settings = clean.Settings(blocked_hosts=privacy.read_blocklist('spam.example'))
+  urls = ['spam.example/p1', 'www.spam.example:8080/', 'https://SPAM.example./', 'ham.example/p1']
+  assert [clean.inspect(Document('d', PARAGRAPH, url), settings).removed_by for url in urls] == [
+      'blocked_host', 'blocked_host', 'blocked_host', '']
 
 
 def test_read_blocklist(tmp_path):

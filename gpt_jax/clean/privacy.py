@@ -15,7 +15,6 @@ the URL filters of RefinedWeb (Penedo et al. 2023) and FineWeb do with the UT1 b
 import ipaddress
 import os
 import re
-import urllib.parse
 
 from gpt_jax.errors import UserError
 
@@ -171,23 +170,41 @@ def _is_public_ip(candidate: str) -> bool:
   return address.is_global and (address.version == 4 or address in _GLOBAL_UNICAST)
 
 
+# 'host:8080' is a host and a port, not a URL of scheme 'host' as RFC 3986 would read it.
+_SCHEME = re.compile(r'[A-Za-z][A-Za-z0-9+.-]*:(?![0-9]+(?:[/?#]|\Z))')
+_AUTHORITY_END = re.compile(r'[/?#\\]')
+_HOST_AND_PORT = re.compile(r'(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[\w.-]+))(?::[0-9]*)?')
+
+
 def url_host(url: str) -> str:
-  """The lower-case host name of `url` without a trailing dot ('' when it has none, or when the
-  URL cannot be parsed): 'https://WWW.Example.com:8080/a' -> 'www.example.com'."""
-  try:
-    host = urllib.parse.urlsplit(url).hostname
-  except ValueError:  # an unbalanced '[' in the authority
+  """The lower-case host name of `url` without a trailing dot, its scheme, user and port, or ''
+  when it names none: 'https://WWW.Example.com:8080/a', 'www.example.com:8080/a',
+  '//user@www.example.com./a' -> 'www.example.com'; 'http://[2001:DB8::1]/' -> '2001:db8::1'.
+
+  A URL without a scheme names its host first, as a crawl's url fields often do; a URL with one
+  names it after '//' (RFC 3986), so 'mailto:a@b.org' and a path '/a/b' name none.
+  """
+  url = url.strip()
+  scheme = _SCHEME.match(url)
+  rest = url[scheme.end():] if scheme else url
+  if rest.startswith('//'):
+    rest = rest[2:]
+  elif scheme or rest.startswith('/'):
     return ''
-  return (host or '').rstrip('.')
+  authority = _AUTHORITY_END.split(rest, maxsplit=1)[0].rpartition('@')[2]
+  host = _HOST_AND_PORT.fullmatch(authority)
+  return (host['ipv6'] or host['name']).lower().rstrip('.') if host else ''
 
 
 def host_blocked(host: str, blocked: frozenset[str]) -> bool:
   """Whether `host` or a domain it belongs to is in `blocked`: 'a.b.example.com' is blocked by
-  'example.com' (and by 'com'), not by 'ample.com'."""
+  'example.com' (and by 'com'), not by 'ample.com'; 'example.com' also by 'www.example.com', the
+  same site."""
   if not blocked or not host:
     return False
   labels = host.split('.')
-  return any('.'.join(labels[i:]) in blocked for i in range(len(labels)))
+  return (any('.'.join(labels[i:]) in blocked for i in range(len(labels)))
+          or f'www.{host}' in blocked)
 
 
 def read_blocklist(spec: str) -> frozenset[str]:
