@@ -6,7 +6,8 @@ comma-separated list of files, directories and globs:
   .txt, .md and any other named file  one document per file
   .jsonl, .json                       JSON Lines: one document per line, the text in `text_field`
   any of these + .gz                  decompressed on the fly
-Directories are searched recursively for .txt/.md/.jsonl/.json files, gzipped or not.
+Directories are searched recursively for .txt/.md/.jsonl/.json files, gzipped or not. A byte-order
+mark is not text, at the start of a file or of any line (files saved with one, joined by `cat`).
 
 Reading streams: `records(path, ...)` yields a file's units of work without holding the file (a
 .jsonl line as bytes, a text file whole or, when long, cut into pieces as it is read), and
@@ -170,6 +171,7 @@ def _json_document(record: Record, report: LoadReport, text_field: str, url_fiel
   except UnicodeDecodeError:
     text, invalid = _SURROGATE.subn('\ufffd', record.line.decode('utf-8', 'surrogateescape'))
     report.invalid_bytes[record.path] = report.invalid_bytes.get(record.path, 0) + invalid
+  text = text.lstrip(files.BOM)
   if not text.strip():
     return []
   try:
@@ -350,7 +352,6 @@ def _is_json_lines(path: str) -> bool:
 
 # Lone surrogates: how surrogateescape decodes invalid bytes, and what a JSON '\ud800' escape gives.
 _SURROGATE = re.compile('[\ud800-\udfff]')
-_BOM = b'\xef\xbb\xbf'  # a byte-order mark (Windows editors' "UTF-8 with BOM") is not text
 _BLOCK = 1 << 20  # bytes read at a time from a text file
 
 
@@ -361,8 +362,7 @@ def _open_binary(path: str):
 def _line_records(path: str) -> Iterator[Record]:
   with _open_binary(path) as f:
     for number, line in enumerate(f, 1):  # lines end at b'\n' only: JSON allows U+2028
-      yield Record(path, f'{path}:{number}', len(line),
-                   line=line.removeprefix(_BOM) if number == 1 else line)
+      yield Record(path, f'{path}:{number}', len(line), line=line)
 
 
 def _text_records(path: str, max_chars: int, piece_chars: int) -> Iterator[Record]:
@@ -375,10 +375,8 @@ def _text_records(path: str, max_chars: int, piece_chars: int) -> Iterator[Recor
     def read_more():
       nonlocal buffer, start, invalid, size, eof
       data = f.read(_BLOCK)
-      if not size:
-        data = data.removeprefix(_BOM)
       size += len(data)
-      text, bad = _SURROGATE.subn('\ufffd', decoder.decode(data, final=not data))
+      text, bad = _text(decoder.decode(data, final=not data))
       buffer, start, invalid, eof = buffer[start:] + text, 0, invalid + bad, not data
 
     while not eof and (not max_chars or len(buffer) <= max_chars):
@@ -409,5 +407,13 @@ def read_text(path: str) -> tuple[str, int]:
       data = f.read()
   except (OSError, EOFError) as e:  # gzip raises these for a corrupt file
     raise UserError(f"cannot read corpus file '{path}': {e}; fix or remove it") from None
-  text = data.removeprefix(_BOM).decode('utf-8', errors='surrogateescape')
-  return _SURROGATE.subn('\ufffd', text)
+  return _text(data.decode('utf-8', errors='surrogateescape'))
+
+
+def _text(decoded: str) -> tuple[str, int]:
+  """Text decoded with surrogateescape with each invalid byte replaced by U+FFFD and without
+  U+FEFF, and how many bytes were invalid. U+FEFF is a byte-order mark at the start of a file, and
+  of any line of files joined by `cat`; elsewhere a zero-width no-break space, deprecated since
+  Unicode 3.2 (U+2060 took its place), and no text either."""
+  text, invalid = _SURROGATE.subn('\ufffd', decoded)
+  return text.replace(files.BOM, ''), invalid

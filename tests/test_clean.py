@@ -248,6 +248,8 @@ def test_read_blocklist(tmp_path):
   path = tmp_path / 'hosts.txt'
   path.write_text('# adult sites\nExample.com\n\n*.foo.org  # and below\n0.0.0.0 bar.net\n')
   assert privacy.read_blocklist(str(path)) == {'example.com', 'foo.org', 'bar.net'}
+  path.write_text('\ufeffa.org\n\ufeffb.org\n\ufeff\ufeff0.0.0.0 c.org\n')  # 3 files, joined
+  assert privacy.read_blocklist(str(path)) == {'a.org', 'b.org', 'c.org'}
   assert privacy.read_blocklist(' .Example.com, baz.io ,') == {'example.com', 'baz.io'}
   assert privacy.read_blocklist('') == frozenset()
   with pytest.raises(UserError, match='--config.data.blocked_hosts'):

@@ -198,6 +198,23 @@ def test_a_byte_order_mark_is_not_text(tmp_path):
   assert [d.text for d in docs] == ['Hi']
 
 
+def test_byte_order_marks_at_the_start_of_any_line_are_not_text(tmp_path):
+  """Files saved with a byte-order mark and joined by `cat` (jsonlines #69): the second file's
+  mark starts line 16; a file of a mark alone, or one before another, gives more of them."""
+  bom = b'\xef\xbb\xbf'
+  first = bom + _jsonl(*({'text': f'row {i}'} for i in range(1, 16)))
+  _write(f'{tmp_path}/joined.jsonl', first + bom + _jsonl({'text': 'row 16'}) + bom + b'\n'
+         + bom + bom + _jsonl({'text': 'row 18'}))
+  docs, report = corpus.load_documents(f'{tmp_path}/joined.jsonl')
+  assert [d.text for d in docs] == [f'row {i}' for i in range(1, 17)] + ['row 18']
+  assert (report.bad_lines, report.missing_text) == (0, 0)
+  _write(f'{tmp_path}/joined.txt', bom + b'First file.\n\n' + bom + b'Second file.\n')
+  assert corpus.read_text(f'{tmp_path}/joined.txt') == ('First file.\n\nSecond file.\n', 0)
+  pieces = [r.text for r in corpus.records(f'{tmp_path}/joined.txt', shakespeare=False,
+                                           max_chars=20, piece_chars=15)]
+  assert pieces == ['First file.', 'Second file.']
+
+
 def test_rows_without_text_and_lines_that_are_not_json_are_counted_when_skipped(tmp_path):
   _write(f'{tmp_path}/mixed.jsonl', b'{"text": "one", "url": "https://a.org/1"}\nnot json\n'
          b'{"body": "x"}\n{"text": "two"}\n{"text": 3')

@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 
+from gpt_jax import files
 from gpt_jax.errors import UserError
 
 EMAIL, PHONE, IP_ADDRESS, CARD = '<EMAIL>', '<PHONE>', '<IP_ADDRESS>', '<CARD>'
@@ -211,15 +212,16 @@ def read_blocklist(spec: str) -> frozenset[str]:
   """The blocked host names given by `spec`: '' (none), a text file of host names, or host names
   separated by commas. Names are lower-cased and lose a leading '*.' or '.' and a trailing '.'.
 
-  The file holds one name a line; '#' starts a comment and blank lines are skipped. A line of
-  several fields (a hosts file's '0.0.0.0 example.com') gives its last. A spec names a file when
-  one exists at that path; a spec with a '/' that is not a file raises UserError.
+  The file holds one name a line (byte-order marks at a line's start ignored); '#' starts a
+  comment and blank lines are skipped. A line of several fields (a hosts file's '0.0.0.0
+  example.com') gives its last. A spec names a file when one exists at that path; a spec with a
+  '/' that is not a file raises UserError.
   """
   if not spec.strip():
     return frozenset()
   if os.path.isfile(spec):
     with open(spec, encoding='utf-8') as f:
-      names = [line.split('#', 1)[0].split()[-1:] for line in f]
+      names = [line.lstrip(files.BOM).split('#', 1)[0].split()[-1:] for line in f]
     names = [fields[0] for fields in names if fields]
   elif '/' in spec:
     raise UserError(f'blocklist {spec} is not a file; set --config.data.blocked_hosts to a file '
