@@ -251,6 +251,31 @@ def test_a_long_text_file_is_cut_while_it_is_read_as_in_memory(tmp_path, monkeyp
   assert [r.text for r in whole] == [text + '\ufffd']
 
 
+@pytest.mark.parametrize('block', [5, 1 << 20])
+def test_windows_and_old_mac_line_ends_are_cut_where_unix_ones_are(tmp_path, monkeypatch, block):
+  """'\\r\\n\\r\\n' and '\\r\\r' are blank lines too (txtai #1152): a text file, cut while read
+  (5-byte blocks split some '\\r\\n'), a .jsonl row and a document in memory give the pieces of
+  the same text with '\\n' line ends, at its paragraph ends and without a '\\r'."""
+  monkeypatch.setattr(corpus, '_BLOCK', block)
+  text = ''.join(f'Paragraph {i}, its first line.\nIts second line.\n\n' for i in range(12))
+  unix, _ = corpus.cut_long_documents([Document('a', text + 'The end.\n')], 150, 100)
+  assert [d.text for d in unix] == [
+      f'Paragraph {i}, its first line.\nIts second line.\n\nParagraph {i + 1}, its first line.\n'
+      'Its second line.' for i in range(0, 12, 2)] + ['The end.']
+  for line_end in ('\r\n', '\r'):
+    other = (text + 'The end.\n').replace('\n', line_end)
+    assert corpus.cut_long_documents([Document('a', other)], 150, 100)[0] == unix
+    _write(f'{tmp_path}/a.txt', other.encode())
+    _write(f'{tmp_path}/a.jsonl', _jsonl({'text': other}))
+    for path in (f'{tmp_path}/a.txt', f'{tmp_path}/a.jsonl'):
+      docs = [doc for record in corpus.records(path, shakespeare=False, max_chars=150,
+                                               piece_chars=100)
+              for doc in corpus.documents(record, corpus.LoadReport(''), max_chars=150,
+                                          piece_chars=100)]
+      assert [d.text for d in docs] == [d.text for d in unix]
+    assert corpus.read_text(f'{tmp_path}/a.txt') == (text + 'The end.\n', 0)
+
+
 def test_a_file_that_vanishes_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match=r"^corpus file '.*gone.jsonl' vanished while the corpus was "
                      r'read; restore it .* nothing was written$'):
