@@ -6,7 +6,10 @@ comma-separated list of files, directories and globs:
   .txt, .md and any other named file  one document per file
   .jsonl, .json                       JSON Lines: one document per line, the text in `text_field`
   any of these + .gz                  decompressed on the fly
-Directories are searched recursively for .txt/.md/.jsonl/.json files, gzipped or not.
+Directories are searched recursively for .txt/.md/.jsonl/.json files, gzipped or not. A byte-order
+mark is not text, at the start of a file or of any line (files saved with one, joined by `cat`).
+Line ends become '\\n': Windows' '\\r\\n' and old Macs' '\\r' are read as Python's universal
+newlines read them, so a text is cut, de-duplicated and tokenized alike whichever system wrote it.
 
 Reading streams: `records(path, ...)` yields a file's units of work without holding the file (a
 .jsonl line as bytes, a text file whole or, when long, cut into pieces as it is read), and
@@ -19,6 +22,7 @@ import dataclasses
 import glob
 import gzip
 import importlib.util
+import io
 import json
 import os
 import re
@@ -170,6 +174,7 @@ def _json_document(record: Record, report: LoadReport, text_field: str, url_fiel
   except UnicodeDecodeError:
     text, invalid = _SURROGATE.subn('\ufffd', record.line.decode('utf-8', 'surrogateescape'))
     report.invalid_bytes[record.path] = report.invalid_bytes.get(record.path, 0) + invalid
+  text = text.lstrip(files.BOM)
   if not text.strip():
     return []
   try:
@@ -190,7 +195,7 @@ def _json_document(record: Record, report: LoadReport, text_field: str, url_fiel
   report.urls += isinstance(url, str)
   if not text.isascii():  # a JSON escape such as '\ud800' gives a lone surrogate
     text = _SURROGATE.sub('\ufffd', text)
-  return [Document(record.source, text, url if isinstance(url, str) else '')]
+  return [Document(record.source, _unix_line_ends(text), url if isinstance(url, str) else '')]
 
 
 def load_documents(corpus: str, text_field: str = 'text', bad_lines: str = 'stop',
@@ -228,11 +233,12 @@ def cut_long_documents(docs: Iterable[Document], max_chars: int,
   characters, so that a corpus of a few long files (a book, nanoGPT's input.txt in one file) can
   be split by document into train and val. A piece ends at the last blank line that fits (whole
   paragraphs), else at the last line end, else at piece_chars; the cut is deterministic, and
-  piece i of 'a.txt' is the document 'a.txt:part<i>'. Returns the documents and a line saying
-  what was cut."""
+  piece i of 'a.txt' is the document 'a.txt:part<i>'. Line ends become '\\n' first, as reading
+  makes them. Returns the documents and a line saying what was cut."""
   check_cut_settings(max_chars, piece_chars)
   report = LoadReport('')
-  out = [piece for doc in docs for piece in _cut(doc, max_chars, piece_chars, report)]
+  out = [piece for doc in docs for piece in _cut(
+      dataclasses.replace(doc, text=_unix_line_ends(doc.text)), max_chars, piece_chars, report)]
   return out, report.cut_summary(max_chars, piece_chars)
 
 
@@ -259,6 +265,14 @@ def _pieces(text: str, limit: int) -> list[str]:
     start += end
   pieces.append(text[start:])
   return [piece.strip('\n') for piece in pieces if piece.strip()]
+
+
+_OTHER_LINE_END = re.compile('\r\n?')
+
+
+def _unix_line_ends(text: str) -> str:
+  """`text` with each '\\r\\n' and lone '\\r' line end as '\\n'."""
+  return _OTHER_LINE_END.sub('\n', text) if '\r' in text else text
 
 
 def _piece_end(window: str) -> int:
@@ -350,7 +364,6 @@ def _is_json_lines(path: str) -> bool:
 
 # Lone surrogates: how surrogateescape decodes invalid bytes, and what a JSON '\ud800' escape gives.
 _SURROGATE = re.compile('[\ud800-\udfff]')
-_BOM = b'\xef\xbb\xbf'  # a byte-order mark (Windows editors' "UTF-8 with BOM") is not text
 _BLOCK = 1 << 20  # bytes read at a time from a text file
 
 
@@ -361,24 +374,21 @@ def _open_binary(path: str):
 def _line_records(path: str) -> Iterator[Record]:
   with _open_binary(path) as f:
     for number, line in enumerate(f, 1):  # lines end at b'\n' only: JSON allows U+2028
-      yield Record(path, f'{path}:{number}', len(line),
-                   line=line.removeprefix(_BOM) if number == 1 else line)
+      yield Record(path, f'{path}:{number}', len(line), line=line)
 
 
 def _text_records(path: str, max_chars: int, piece_chars: int) -> Iterator[Record]:
   """A text file as one record, or, when longer than max_chars, as pieces cut while reading
   (_pieces' cut exactly: a piece is decided by the piece_chars characters after its start)."""
-  decoder = codecs.getincrementaldecoder('utf-8')('surrogateescape')
+  decoder = _decoder()
   with _open_binary(path) as f:
     buffer, start, invalid, size, eof = '', 0, 0, 0, False
 
     def read_more():
       nonlocal buffer, start, invalid, size, eof
       data = f.read(_BLOCK)
-      if not size:
-        data = data.removeprefix(_BOM)
       size += len(data)
-      text, bad = _SURROGATE.subn('\ufffd', decoder.decode(data, final=not data))
+      text, bad = _text(decoder.decode(data, final=not data))
       buffer, start, invalid, eof = buffer[start:] + text, 0, invalid + bad, not data
 
     while not eof and (not max_chars or len(buffer) <= max_chars):
@@ -409,5 +419,21 @@ def read_text(path: str) -> tuple[str, int]:
       data = f.read()
   except (OSError, EOFError) as e:  # gzip raises these for a corrupt file
     raise UserError(f"cannot read corpus file '{path}': {e}; fix or remove it") from None
-  text = data.removeprefix(_BOM).decode('utf-8', errors='surrogateescape')
-  return _SURROGATE.subn('\ufffd', text)
+  return _text(_decoder().decode(data, final=True))
+
+
+def _decoder() -> io.IncrementalNewlineDecoder:
+  """A decoder of UTF-8 bytes, each invalid byte as a lone surrogate (surrogateescape, for _text
+  to count), that turns line ends into '\\n' as _unix_line_ends does, also a '\\r\\n' split between
+  two reads."""
+  utf8 = codecs.getincrementaldecoder('utf-8')('surrogateescape')
+  return io.IncrementalNewlineDecoder(utf8, translate=True)
+
+
+def _text(decoded: str) -> tuple[str, int]:
+  """Text decoded with surrogateescape with each invalid byte replaced by U+FFFD and without
+  U+FEFF, and how many bytes were invalid. U+FEFF is a byte-order mark at the start of a file, and
+  of any line of files joined by `cat`; elsewhere a zero-width no-break space, deprecated since
+  Unicode 3.2 (U+2060 took its place), and no text either."""
+  text, invalid = _SURROGATE.subn('\ufffd', decoded)
+  return text.replace(files.BOM, ''), invalid

@@ -9,6 +9,10 @@ import shutil
 
 from gpt_jax.errors import UserError
 
+# U+FEFF, the byte-order mark: a Windows editor starts a UTF-8 file with one, and files joined by
+# `cat` carry theirs to the start of a later line. It is not text.
+BOM = '\ufeff'
+
 
 @contextlib.contextmanager
 def atomic_path(path: str):
@@ -93,16 +97,17 @@ def expand_paths(spec: str, what: str, fix: str, directory_files) -> list[str]:
 
 
 def read_json_lines(path: str, name: str, fix: str) -> list[tuple[int, str, object]]:
-  """(line number, where, object) of each non-blank line of a UTF-8 JSON Lines file (a byte-order
-  mark is allowed), where = f'{name} line {number}'. One-line UserError, ending in `fix`, for a
-  file that cannot be read or a line that is not JSON."""
+  """(line number, where, object) of each non-blank line of a UTF-8 JSON Lines file (byte-order
+  marks at the start of any line are ignored), where = f'{name} line {number}'. One-line
+  UserError, ending in `fix`, for a file that cannot be read or a line that is not JSON."""
   try:
-    with open(path, encoding='utf-8-sig') as f:  # -sig: also with a byte-order mark
+    with open(path, encoding='utf-8') as f:
       lines = f.read().split('\n')  # not splitlines(): JSON strings may hold U+2028 and others
   except (OSError, UnicodeDecodeError) as e:
     raise UserError(f'{name} cannot be read ({e}); {fix}') from None
   records = []
   for number, line in enumerate(lines, 1):
+    line = line.lstrip(BOM)
     if not line.strip():
       continue
     where = f'{name} line {number}'

@@ -17,10 +17,12 @@ METRICS = 'metrics.jsonl'
 
 
 def read_jsonl(path: str) -> list[dict]:
+  """The records of a metrics.jsonl file, [] when there is none; a one-line UserError for a line
+  that is not JSON."""
   if not os.path.exists(path):
     return []
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [record for _, _, record in files.read_json_lines(
+      path, path, 'a run writes one JSON record a line: remove the broken line')]
 
 
 def last_holding(workdir: str, key: str) -> dict | None:

@@ -47,7 +47,7 @@ from gpt_jax import clean, cli, corpus, files, workers
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
-FORMAT_VERSION = 4  # bump when the files written change, so old caches are not reused
+FORMAT_VERSION = 5  # bump when the files written change, so old caches are not reused
 SPLITS = ('train', 'val')
 _CHUNK_BYTES = 1 << 20  # input per task sent to a worker
 

@@ -165,19 +165,91 @@ def test_scrub_pii_leaves_ordinary_text():
   assert privacy.scrub_pii(text) == (text, {})
 
 
+# Dotted quads that are public IPv4 addresses by shape, but version or section numbers by the
+# words around them; then addresses with words about versions or sections nearby.
+VERSION_NUMBERS = [
+    'Upgrade the driver to version 1.2.3.4 before Friday.',
+    'See section 4.1.2.3 for the details.',
+    'Version: 2.0.0.1 (stable)',
+    'The firmware version number is 1.0.0.12.',
+    'Flash firmware 1.0.0.12, then reboot.',
+    'version 10.0.0.1 of the firmware',
+    'Ver. 4.2.0.1 and v1.2.3.4 shipped together.',
+    'RFC 9110, Section 4.1.2.3, defines it; so does § 2.3.4.5 and §2.3.4.6.',
+    'Ubuntu runs Linux kernel 5.4.0.42-generic.',
+    'Tested with versions 1.2.3.4, 1.2.3.5 and 1.2.3.6.',
+    'Upgrade from version 3.1.0.4 to 3.1.0.5 or "3.1.0.6".',
+    'Sections 4.1.2.3-4.1.2.5 and clause 5.1.2.3 apply.',
+    'The 1.0.0.12 firmware and the 2.1.0.4 release fix it.',
+    'Windows release 10.0.19041.1, build 6.1.7601.17514.',
+]
+ADDRESSES = [
+    'connect to 8.8.8.8 first',
+    'the server at 93.184.216.34 responded',
+    'from IP 1.2.3.4 we saw',
+    'host 81.2.69.160:8080',
+    'benchmarks of 1.1.1.1 vs 8.8.8.8',  # 2
+    'Section 3: 8.8.8.8 is the resolver.',
+    'nginx version 1.18 listens on 93.184.216.34.',
+    'The release server is at 8.8.4.4, kernel logs at 81.2.69.160.',  # 2
+]
+
+
+def test_scrub_pii_keeps_version_and_section_numbers():
+  assert [privacy.scrub_pii(text) for text in VERSION_NUMBERS] == [
+      (text, {}) for text in VERSION_NUMBERS]
+  scrubbed = [privacy.scrub_pii(text) for text in ADDRESSES]
+  assert [counts for _, counts in scrubbed] == [{'ip_address': n} for n in (1, 1, 1, 1, 2, 1, 1, 2)]
+  assert scrubbed[6][0] == 'nginx version 1.18 listens on <IP_ADDRESS>.'
+
+
 def test_host_blocked():
   blocked = frozenset({'example.com'})
   assert privacy.host_blocked(privacy.url_host('https://A.b.Example.com:8080/x'), blocked)
   assert privacy.host_blocked('example.com', blocked)
   assert not privacy.host_blocked('ample.com', blocked)
   assert not privacy.host_blocked('example.com.au', blocked)
-  assert privacy.url_host('not a url') == ''
+  assert privacy.host_blocked('example.com', frozenset({'www.example.com'}))
+  assert not privacy.host_blocked('mail.example.com', frozenset({'www.example.com'}))
+
+
+@pytest.mark.parametrize('url, host', [
+    ('spam.example/p1', 'spam.example'),
+    ('www.spam.example:8080/', 'www.spam.example'),
+    ('//spam.example/x', 'spam.example'),
+    ('SPAM.example', 'spam.example'),
+    ('user@spam.example/x', 'spam.example'),
+    ('spam.example.', 'spam.example'),
+    (' spam.example?q=1#top', 'spam.example'),
+    ('https://spam.example:443/', 'spam.example'),
+    ('HTTP://user:pw@WWW.Spam.Example.:80#top', 'www.spam.example'),
+    ('localhost:8080', 'localhost'),
+    ('http://[2001:DB8::1]:8080/x', '2001:db8::1'),
+    ('[2001:db8::1]/x', '2001:db8::1'),
+    ('not a url', ''),
+    ('/a/path', ''),
+    ('mailto:ann@spam.example', ''),
+    ('http://[::1', ''),
+])
+def test_url_host_with_or_without_scheme_port_and_user(url, host):
+  assert privacy.url_host(url) == host
+
+
+def test_documents_of_a_blocked_host_are_removed_whatever_the_url_shape():
+  from gpt_jax import clean
+  from gpt_jax.corpus import Document
+  settings = clean.Settings(blocked_hosts=privacy.read_blocklist('spam.example'))
+  urls = ['spam.example/p1', 'www.spam.example:8080/', 'https://SPAM.example./', 'ham.example/p1']
+  assert [clean.inspect(Document('d', PARAGRAPH, url), settings).removed_by for url in urls] == [
+      'blocked_host', 'blocked_host', 'blocked_host', '']
 
 
 def test_read_blocklist(tmp_path):
   path = tmp_path / 'hosts.txt'
   path.write_text('# adult sites\nExample.com\n\n*.foo.org  # and below\n0.0.0.0 bar.net\n')
   assert privacy.read_blocklist(str(path)) == {'example.com', 'foo.org', 'bar.net'}
+  path.write_text('\ufeffa.org\n\ufeffb.org\n\ufeff\ufeff0.0.0.0 c.org\n')  # 3 files, joined
+  assert privacy.read_blocklist(str(path)) == {'a.org', 'b.org', 'c.org'}
   assert privacy.read_blocklist(' .Example.com, baz.io ,') == {'example.com', 'baz.io'}
   assert privacy.read_blocklist('') == frozenset()
   with pytest.raises(UserError, match='--config.data.blocked_hosts'):

@@ -198,6 +198,23 @@ def test_a_byte_order_mark_is_not_text(tmp_path):
   assert [d.text for d in docs] == ['Hi']
 
 
+def test_byte_order_marks_at_the_start_of_any_line_are_not_text(tmp_path):
+  """Files saved with a byte-order mark and joined by `cat` (jsonlines #69): the second file's
+  mark starts line 16; a file of a mark alone, or one before another, gives more of them."""
+  bom = b'\xef\xbb\xbf'
+  first = bom + _jsonl(*({'text': f'row {i}'} for i in range(1, 16)))
+  _write(f'{tmp_path}/joined.jsonl', first + bom + _jsonl({'text': 'row 16'}) + bom + b'\n'
+         + bom + bom + _jsonl({'text': 'row 18'}))
+  docs, report = corpus.load_documents(f'{tmp_path}/joined.jsonl')
+  assert [d.text for d in docs] == [f'row {i}' for i in range(1, 17)] + ['row 18']
+  assert (report.bad_lines, report.missing_text) == (0, 0)
+  _write(f'{tmp_path}/joined.txt', bom + b'First file.\n\n' + bom + b'Second file.\n')
+  assert corpus.read_text(f'{tmp_path}/joined.txt') == ('First file.\n\nSecond file.\n', 0)
+  pieces = [r.text for r in corpus.records(f'{tmp_path}/joined.txt', shakespeare=False,
+                                           max_chars=20, piece_chars=15)]
+  assert pieces == ['First file.', 'Second file.']
+
+
 def test_rows_without_text_and_lines_that_are_not_json_are_counted_when_skipped(tmp_path):
   _write(f'{tmp_path}/mixed.jsonl', b'{"text": "one", "url": "https://a.org/1"}\nnot json\n'
          b'{"body": "x"}\n{"text": "two"}\n{"text": 3')
@@ -232,6 +249,31 @@ def test_a_long_text_file_is_cut_while_it_is_read_as_in_memory(tmp_path, monkeyp
   whole = list(corpus.records(f'{tmp_path}/long.txt', shakespeare=False, max_chars=0,
                               piece_chars=0))
   assert [r.text for r in whole] == [text + '\ufffd']
+
+
+@pytest.mark.parametrize('block', [5, 1 << 20])
+def test_windows_and_old_mac_line_ends_are_cut_where_unix_ones_are(tmp_path, monkeypatch, block):
+  """'\\r\\n\\r\\n' and '\\r\\r' are blank lines too (txtai #1152): a text file, cut while read
+  (5-byte blocks split some '\\r\\n'), a .jsonl row and a document in memory give the pieces of
+  the same text with '\\n' line ends, at its paragraph ends and without a '\\r'."""
+  monkeypatch.setattr(corpus, '_BLOCK', block)
+  text = ''.join(f'Paragraph {i}, its first line.\nIts second line.\n\n' for i in range(12))
+  unix, _ = corpus.cut_long_documents([Document('a', text + 'The end.\n')], 150, 100)
+  assert [d.text for d in unix] == [
+      f'Paragraph {i}, its first line.\nIts second line.\n\nParagraph {i + 1}, its first line.\n'
+      'Its second line.' for i in range(0, 12, 2)] + ['The end.']
+  for line_end in ('\r\n', '\r'):
+    other = (text + 'The end.\n').replace('\n', line_end)
+    assert corpus.cut_long_documents([Document('a', other)], 150, 100)[0] == unix
+    _write(f'{tmp_path}/a.txt', other.encode())
+    _write(f'{tmp_path}/a.jsonl', _jsonl({'text': other}))
+    for path in (f'{tmp_path}/a.txt', f'{tmp_path}/a.jsonl'):
+      docs = [doc for record in corpus.records(path, shakespeare=False, max_chars=150,
+                                               piece_chars=100)
+              for doc in corpus.documents(record, corpus.LoadReport(''), max_chars=150,
+                                          piece_chars=100)]
+      assert [d.text for d in docs] == [d.text for d in unix]
+    assert corpus.read_text(f'{tmp_path}/a.txt') == (text + 'The end.\n', 0)
 
 
 def test_a_file_that_vanishes_is_a_user_error(tmp_path):

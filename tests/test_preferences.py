@@ -38,6 +38,13 @@ def test_both_layouts_are_read(tmp_path):
       preferences.Pair('p-3', 'The cat ', 'sat', 'ran')]
 
 
+def test_files_joined_with_their_byte_order_marks_are_read(tmp_path):
+  rows = [{'prompt': f'Q{i}', 'chosen': 'a', 'rejected': 'b'} for i in range(3)]
+  path = tmp_path / 'joined.jsonl'
+  path.write_text(''.join(f'\ufeff{json.dumps(row)}\n' for row in rows) + '\ufeff\n')
+  assert [p.prompt for p in preferences.read_pairs(str(path))] == ['Q0', 'Q1', 'Q2']
+
+
 @pytest.mark.parametrize('row, message', [
     ({'prompt': 'Q', 'chosen': 'a'}, "line 1 has keys ['chosen', 'prompt']; a preference file"),
     ({'prompt': 'Q', 'chosen': 'a', 'rejected': 'a'}, 'chosen and rejected are the same text'),

@@ -142,6 +142,17 @@ def test_the_first_update_moves_the_parameters(tiny):
   assert all(jax.tree.leaves(moved))
 
 
+def test_metrics_are_read_back_with_byte_order_marks_and_a_broken_line_is_named(tmp_path):
+  from gpt_jax.metrics import read_jsonl
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('\ufeff{"step": 5}\n\ufeff{"step": 10}\n')  # edited, saved by Notepad, joined
+  assert read_jsonl(str(path)) == [{'step': 5}, {'step': 10}]
+  path.write_text('{"step": 5}\n{"step": 1')
+  with pytest.raises(UserError, match=r'metrics.jsonl line 2 is not JSON \(.*\); a run writes one '
+                     r'JSON record a line: remove the broken line$'):
+    read_jsonl(str(path))
+
+
 # --- whole runs --------------------------------------------------------------------------------
 
 

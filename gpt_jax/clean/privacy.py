@@ -15,8 +15,8 @@ the URL filters of RefinedWeb (Penedo et al. 2023) and FineWeb do with the UT1 b
 import ipaddress
 import os
 import re
-import urllib.parse
 
+from gpt_jax import files
 from gpt_jax.errors import UserError
 
 EMAIL, PHONE, IP_ADDRESS, CARD = '<EMAIL>', '<PHONE>', '<IP_ADDRESS>', '<CARD>'
@@ -36,6 +36,18 @@ _SHORTEST_NUMBER = 7  # characters: '1.2.3.4'; phone numbers have 8 digits or mo
 _CARD = re.compile(r'(?<![\w.,+-])(?:[2-6][0-9]{12,18}|[2-6][0-9]{3}(?P<sep>[ -])[0-9]{4,6}'
                    r'(?:(?P=sep)[0-9]{3,5}){1,3})(?![\w-]|[.,][0-9])')
 _IPV4 = re.compile(r'(?<![\w.])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![\w]|\.[0-9])')
+# A dotted quad is a version or section number, not an address, after a word that names one
+# ('version 1.2.3.4', 'Ver. 1.2.3.4', 'firmware version number is 1.2.3.4', '§ 2.3.4.5', and the
+# rest of a list: 'versions 1.2.3.4, 1.2.3.5 and 1.2.3.6') or before one ('the 1.0.0.12 firmware').
+_VERSION_WORD = (r'(?:versions?|ver|releases?|builds?|firmwares?|kernels?|drivers?|bios|'
+                 r'patch(?:es)?|revisions?|rev|sections?|sec|chapters?|clauses?|articles?|'
+                 r'paragraphs?|para|appendix|appendices)\b')
+_VERSION_BEFORE = re.compile(
+    rf'(?:\b{_VERSION_WORD}\.?|§+)[\s:#=(\'"]*'
+    r'(?:(?:number|no|nr|is|was)\b\.?[\s:#=(\'"]*)*'
+    r'(?:[0-9]+(?:\.[0-9]+)*[\s\'")]*(?:,|and\b|or\b|to\b|-)[\s(\'"]*)*\Z', re.IGNORECASE)
+_VERSION_AFTER = re.compile(rf'[ \t]+{_VERSION_WORD}', re.IGNORECASE)
+_VERSION_CONTEXT = 80  # characters before a dotted quad searched for a word that names a version
 # International: '+', a country code, then groups that may be split by a space, '.' or '-'
 # (the area code perhaps in parentheses). National: an area code (perhaps in parentheses) and two
 # groups, split by separators, as '(555) 123-4567', '555.123.4567', '03-1234-5678', with NANP's
@@ -55,7 +67,9 @@ def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
   by EMAIL, CARD, IP_ADDRESS and PHONE, and how many of each kind were replaced (keys 'email',
   'card', 'ip_address', 'phone'; only kinds that occurred).
 
-  Cards go before phones, whose shapes overlap. IPv4 addresses have four octets of 0-255. Only
+  Cards go before phones, whose shapes overlap. IPv4 addresses have four octets of 0-255; a
+  dotted quad after (or before) a word that names a version or section ('version 1.2.3.4',
+  'section 4.1.2.3', '§ 2.3.4.5', 'the 1.0.0.12 firmware') is that number and stays. Only
   public IP addresses are replaced, as datatrove does by default: private, loopback, link-local
   and documentation addresses (192.168.0.1, ::1, fe80::1, 203.0.113.5) identify nobody and are
   common in technical text. A phone number has 8 to 15 digits after a '+', or 10 or 11 in the
@@ -100,11 +114,19 @@ def _scrub_numbers(text: str, counts: dict[str, int]) -> str:
     if stop - start >= 13:
       local = _replace(_CARD, local, 'card', CARD, counts, _is_card)
     if '.' in run[0]:
-      local = _replace(_IPV4, local, 'ip_address', IP_ADDRESS, counts, _is_public_ip)
+      local = _replace(_IPV4, local, 'ip_address', IP_ADDRESS, counts,
+                       lambda ip: _is_public_ip(ip) and not _names_a_version(text, start, stop))
     local = _replace(_PHONE, local, 'phone', PHONE, counts, _is_phone)
     pieces += [text[end:start], local[before:len(local) - after]]
     end = stop
   return ''.join(pieces) + text[end:]
+
+
+def _names_a_version(text: str, start: int, stop: int) -> bool:
+  """Whether the words around text[start:stop], a run of digits, say it is a version or section
+  number."""
+  return bool(_VERSION_BEFORE.search(text, max(0, start - _VERSION_CONTEXT), start)
+              or _VERSION_AFTER.match(text, stop))
 
 
 def _replace(pattern: re.Pattern, text: str, kind: str, placeholder: str, counts: dict[str, int],
@@ -149,38 +171,57 @@ def _is_public_ip(candidate: str) -> bool:
   return address.is_global and (address.version == 4 or address in _GLOBAL_UNICAST)
 
 
+# 'host:8080' is a host and a port, not a URL of scheme 'host' as RFC 3986 would read it.
+_SCHEME = re.compile(r'[A-Za-z][A-Za-z0-9+.-]*:(?![0-9]+(?:[/?#]|\Z))')
+_AUTHORITY_END = re.compile(r'[/?#\\]')
+_HOST_AND_PORT = re.compile(r'(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[\w.-]+))(?::[0-9]*)?')
+
+
 def url_host(url: str) -> str:
-  """The lower-case host name of `url` without a trailing dot ('' when it has none, or when the
-  URL cannot be parsed): 'https://WWW.Example.com:8080/a' -> 'www.example.com'."""
-  try:
-    host = urllib.parse.urlsplit(url).hostname
-  except ValueError:  # an unbalanced '[' in the authority
+  """The lower-case host name of `url` without a trailing dot, its scheme, user and port, or ''
+  when it names none: 'https://WWW.Example.com:8080/a', 'www.example.com:8080/a',
+  '//user@www.example.com./a' -> 'www.example.com'; 'http://[2001:DB8::1]/' -> '2001:db8::1'.
+
+  A URL without a scheme names its host first, as a crawl's url fields often do; a URL with one
+  names it after '//' (RFC 3986), so 'mailto:a@b.org' and a path '/a/b' name none.
+  """
+  url = url.strip()
+  scheme = _SCHEME.match(url)
+  rest = url[scheme.end():] if scheme else url
+  if rest.startswith('//'):
+    rest = rest[2:]
+  elif scheme or rest.startswith('/'):
     return ''
-  return (host or '').rstrip('.')
+  authority = _AUTHORITY_END.split(rest, maxsplit=1)[0].rpartition('@')[2]
+  host = _HOST_AND_PORT.fullmatch(authority)
+  return (host['ipv6'] or host['name']).lower().rstrip('.') if host else ''
 
 
 def host_blocked(host: str, blocked: frozenset[str]) -> bool:
   """Whether `host` or a domain it belongs to is in `blocked`: 'a.b.example.com' is blocked by
-  'example.com' (and by 'com'), not by 'ample.com'."""
+  'example.com' (and by 'com'), not by 'ample.com'; 'example.com' also by 'www.example.com', the
+  same site."""
   if not blocked or not host:
     return False
   labels = host.split('.')
-  return any('.'.join(labels[i:]) in blocked for i in range(len(labels)))
+  return (any('.'.join(labels[i:]) in blocked for i in range(len(labels)))
+          or f'www.{host}' in blocked)
 
 
 def read_blocklist(spec: str) -> frozenset[str]:
   """The blocked host names given by `spec`: '' (none), a text file of host names, or host names
   separated by commas. Names are lower-cased and lose a leading '*.' or '.' and a trailing '.'.
 
-  The file holds one name a line; '#' starts a comment and blank lines are skipped. A line of
-  several fields (a hosts file's '0.0.0.0 example.com') gives its last. A spec names a file when
-  one exists at that path; a spec with a '/' that is not a file raises UserError.
+  The file holds one name a line (byte-order marks at a line's start ignored); '#' starts a
+  comment and blank lines are skipped. A line of several fields (a hosts file's '0.0.0.0
+  example.com') gives its last. A spec names a file when one exists at that path; a spec with a
+  '/' that is not a file raises UserError.
   """
   if not spec.strip():
     return frozenset()
   if os.path.isfile(spec):
     with open(spec, encoding='utf-8') as f:
-      names = [line.split('#', 1)[0].split()[-1:] for line in f]
+      names = [line.lstrip(files.BOM).split('#', 1)[0].split()[-1:] for line in f]
     names = [fields[0] for fields in names if fields]
   elif '/' in spec:
     raise UserError(f'blocklist {spec} is not a file; set --config.data.blocked_hosts to a file '
