@@ -254,7 +254,6 @@ def main(argv=None) -> None:
     print(format_table(report))
     path = args.json or os.path.join('runs', 'bench', os.path.basename(cli.default_workdir(spec)) +
                                      '.json')
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     files.write_json(path, report)
     print(f'wrote {path}')
 

@@ -19,13 +19,7 @@ def atomic_path(path: str):
   """Yields a temporary path beside `path`; on success it replaces `path` in one rename. The
   folder of `path` is made first if it does not exist yet (a report's default folder in a fresh
   checkout); UserError if it cannot be (a file in the way, no permission)."""
-  folder = os.path.dirname(path)
-  if folder:
-    try:
-      os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-      raise UserError(f'cannot make the folder {folder} to write {path} in ({e.strerror}); '
-                      'pass a path in a folder that can be written') from None
+  _make_folder(os.path.dirname(path), path)
   root, ext = os.path.splitext(path)
   tmp = f'{root}.tmp{os.getpid()}{ext}'  # same extension: matplotlib picks the format by it
   try:
@@ -43,7 +37,7 @@ def new_directory(path: str, flag: str):
   check_new_directory(path, flag)
   tmp = f'{os.path.abspath(path)}.tmp{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  _make_folder(tmp, path)
   try:
     yield tmp
     if os.path.isdir(path):
@@ -51,6 +45,17 @@ def new_directory(path: str, flag: str):
     os.rename(tmp, path)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_folder(folder: str, path: str) -> None:
+  """Makes `folder` (and its parents) to write `path` in; UserError if it cannot be (a file in
+  the way, no permission)."""
+  if folder:
+    try:
+      os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+      raise UserError(f'cannot make the folder {folder} to write {path} in ({e.strerror}); '
+                      'pass a path in a folder that can be written') from None
 
 
 def check_new_directory(path: str, flag: str) -> None:

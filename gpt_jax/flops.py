@@ -149,6 +149,5 @@ def device_peak_flops(device=None) -> float:
     peaks = {}
   if not isinstance(peaks.get(key), (int, float)):
     peaks[key] = measure_cpu_peak()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     files.write_json(path, peaks)
   return float(peaks[key])

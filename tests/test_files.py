@@ -37,3 +37,10 @@ def test_a_file_in_the_way_of_the_folder_is_one_line(tmp_path):
   (tmp_path / 'runs').write_text('not a folder')
   with pytest.raises(UserError, match=r'cannot make the folder .*runs/bench to write'):
     files.write_json(str(tmp_path / 'runs' / 'bench' / 'decode.json'), {})
+
+
+def test_a_new_directory_under_a_file_is_one_line(tmp_path):
+  (tmp_path / 'runs').write_text('not a folder')
+  with pytest.raises(UserError, match=r'cannot make the folder .*runs/merged.tmp\d+ to write'):
+    with files.new_directory(str(tmp_path / 'runs' / 'merged'), '--out'):
+      pass

@@ -221,7 +221,6 @@ def write_report(sweep_dir: str, budgets_to_predict: Sequence[float] | None = No
   if prediction:
     summary['verification'] = verification(fit, prediction)
   out = os.path.join(sweep_dir, 'scaling')
-  os.makedirs(out, exist_ok=True)
   plots = {'isoflop.png': ('isoFLOP profiles', lambda path: plot_isoflop(fit, path))}
   if fit.approaches():
     plots['optimal.png'] = ('compute-optimal N and D',

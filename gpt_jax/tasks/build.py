@@ -460,7 +460,6 @@ def write_all(log=print) -> None:
   """Rewrites every shipped file, each atomically."""
   for path, content in shipped().items():
     path = os.path.join(TASKS_DIR, path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     files.write_text(path, file_text(path, content))
     log(f'wrote {os.path.relpath(path)}')
 
