@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.steps = 1000  # optimizer steps
   c.batch_size = 32  # sequences per optimizer step, over all devices and microbatches
   c.grad_accum = 1  # microbatches per optimizer step (batch_size must divide by it)
+  c.steps_per_call = 16  # train steps per compiled call: the host works once per call, not step
   c.seq_len = 256
   c.log_every = 10
   c.eval_every = 200

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import tqdm
 from jax.sharding import PartitionSpec
@@ -113,6 +114,33 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, conf
   return train_step
 
 
+def make_train_steps(objective: Objective, tx: optax.GradientTransformation, config):
+  """(state, batches, count[, frozen]) -> (state, metrics): the first `count` (a traced int, at
+  most k = config.steps_per_call) train steps (make_train_step) in one call, the i-th on
+  batches[i] (the arrays of a batch stacked on a leading axis of k; rows from `count` on are
+  never read); metrics stacked as (k, ...), rows from `count` on zero. One compiled loop of
+  steps, as TPU training loops run them: the host dispatches, places data and reads metrics once
+  per call instead of once per step, which is most of a step's time for the small models of a
+  CPU sweep. The loop body is the step itself, so the states and metrics are those of k separate
+  steps bit for bit (tests/test_train.py)."""
+  train_step = make_train_step(objective, tx, config)
+
+  def train_steps(state: TrainState, batches, count, frozen=None):
+    one = lambda i: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False),
+                                 batches)
+    shapes = jax.eval_shape(train_step, state, one(0), frozen)[1]
+    metrics = jax.tree.map(lambda m: jnp.zeros((config.steps_per_call, *m.shape), m.dtype), shapes)
+
+    def body(i, carry):
+      state, metrics = carry
+      state, step_metrics = train_step(state, one(i), frozen)
+      return state, jax.tree.map(lambda all_, m: all_.at[i].set(m), metrics, step_metrics)
+
+    return jax.lax.fori_loop(0, count, body, (state, metrics))
+
+  return train_steps
+
+
 def make_eval_step(objective: Objective):
   """(state, batch[, frozen]) -> the objective's validation sums over the batch."""
 
@@ -138,10 +166,20 @@ def batch_shardings(objective: Objective, mesh: jax.sharding.Mesh) -> dict:
           for name, (_, _, axes) in objective.batch_spec().items()}
 
 
-def batch_shapes(objective: Objective, rows: int, mesh: jax.sharding.Mesh) -> dict:
-  """The abstract batch of `rows` rows, laid out over the mesh."""
-  shardings = batch_shardings(objective, mesh)
-  return {name: jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=shardings[name])
+def stacked_batch_shardings(objective: Objective, mesh: jax.sharding.Mesh) -> dict:
+  """Where each array of k stacked batches (make_train_steps) lives: a batch's layout under a
+  leading axis of steps, which no device splits."""
+  return {name: sharding.logical_sharding(PartitionSpec(None, *axes), mesh)
+          for name, (_, _, axes) in objective.batch_spec().items()}
+
+
+def batch_shapes(objective: Objective, rows: int, mesh: jax.sharding.Mesh, steps: int = 0
+                 ) -> dict:
+  """The abstract batch of `rows` rows, laid out over the mesh; with steps > 0, that many batches
+  stacked (make_train_steps)."""
+  shardings = (stacked_batch_shardings if steps else batch_shardings)(objective, mesh)
+  lead = (steps,) if steps else ()
+  return {name: jax.ShapeDtypeStruct((*lead, rows, *shape), dtype, sharding=shardings[name])
           for name, (shape, dtype, _) in objective.batch_spec().items()}
 
 
@@ -168,9 +206,10 @@ def compile_train_step(objective: Objective, tx, config, mesh: jax.sharding.Mesh
 
 def compile_steps(objective: Objective, tx, config, mesh: jax.sharding.Mesh,
                   abstract_train_state: TrainState, log):
-  """The train and eval steps, compiled for the mesh, after a check and a report of the memory
-  each device needs: the trained parameters (their count too) and their optimizer state apart
-  from the frozen ones (objective.frozen). The eval step takes batch_size // grad_accum rows."""
+  """The train steps (make_train_steps, config.steps_per_call of them per call) and the eval
+  step, compiled for the mesh, after a check and a report of the memory each device needs: the
+  trained parameters (their count too) and their optimizer state apart from the frozen ones
+  (objective.frozen). The eval step takes batch_size // grad_accum rows."""
   shardings = jax.tree.map(lambda a: a.sharding, abstract_train_state)
   trained = sum(math.prod(p.shape) for p in jax.tree.leaves(abstract_train_state.params))
   trained_bytes = sharding.bytes_per_device(abstract_train_state.params, shardings.params)
@@ -185,19 +224,26 @@ def compile_steps(objective: Objective, tx, config, mesh: jax.sharding.Mesh,
     raise UserError(f'parameters ({param_bytes / 2**30:.2f} GiB) and optimizer state '
                     f'({opt_bytes / 2**30:.2f} GiB) per device exceed its {available / 2**30:.1f} '
                     f'GiB on mesh {mesh_text}; shard more (--config.mesh.fsdp) or shrink the model')
-  train_step = compile_train_step(objective, tx, config, mesh, abstract_train_state)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    train_steps = jax.jit(make_train_steps(objective, tx, config),
+                          out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0
+                          ).lower(abstract_train_state,
+                                  batch_shapes(objective, config.batch_size, mesh,
+                                               config.steps_per_call),
+                                  jax.ShapeDtypeStruct((), jnp.int32), *frozen
+                                  ).compile(train_compiler_options())
   eval_rows = config.batch_size // config.grad_accum
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
     eval_step = jax.jit(make_eval_step(objective), out_shardings=sharding.replicated(mesh)
                         ).lower(abstract_train_state, batch_shapes(objective, eval_rows, mesh),
                                 *frozen).compile()
-  activations = train_step.memory_analysis().temp_size_in_bytes
+  activations = train_steps.memory_analysis().temp_size_in_bytes
   frozen_text = f', frozen parameters {_size(frozen_bytes)}' if frozen else ''
   log(f'memory per device on mesh {mesh_text}: {trained:,} trained parameters '
       f'{_size(trained_bytes)} and their optimizer state {_size(opt_bytes)}{frozen_text}, '
       f'activations and temporaries {_size(activations)} (compiled), of '
       f'{available / 2**30:.1f} GiB')
-  return train_step, eval_step
+  return train_steps, eval_step
 
 
 def _size(n_bytes: int) -> str:
@@ -225,8 +271,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                     '--config.lora.rank=r)')
   if config.init_from and os.path.exists(os.path.join(config.init_from, runs.CONFIG)):  # early
     objectives.check_trainable_base(config, runs.read_config(config.init_from, 'init_from').model)
-  for key in ('steps', 'batch_size', 'grad_accum', 'seq_len', 'log_every', 'eval_every',
-              'checkpoint_every', 'keep_checkpoints'):
+  for key in ('steps', 'batch_size', 'grad_accum', 'steps_per_call', 'seq_len', 'log_every',
+              'eval_every', 'checkpoint_every', 'keep_checkpoints'):
     if config[key] <= 0:
       raise UserError(f'{key}={config[key]} must be positive')
   if not config.sample.temperature >= 0 or config.sample.max_tokens <= 0:  # NaN fails too
@@ -262,8 +308,8 @@ class Throughput:
   def resume(self) -> None:
     self._start = time.perf_counter()
 
-  def step(self) -> None:
-    self.steps += 1
+  def step(self, count: int = 1) -> None:
+    self.steps += count
 
   def pause(self) -> None:
     self.seconds += time.perf_counter() - self._start
@@ -357,28 +403,39 @@ def initial_state(objective: Objective, tx, config, workdir: str, ckpts: checkpo
 
 
 def stop_if_diverged(unchecked: list, config, saved_step: int | None) -> None:
-  """UserError at the first of the (step, metrics) pairs whose loss or gradient norm is not
-  finite: the run stops before such a state can be saved, so the last checkpoint stays good."""
-  values = jax.device_get([(m['loss'], m['grad_norm']) for _, m in unchecked])
-  for (step, _), (loss, grad_norm) in zip(unchecked, values):
-    for name, value in (('loss', loss), ('gradient norm', grad_norm)):
-      if not math.isfinite(value):
-        o = config.optim
-        kept = (f'the last checkpoint, step {saved_step}, is the last good state'
-                if saved_step is not None else 'nothing was saved')
-        raise UserError(
-            f'training diverged: the {name} is {float(value)} at step {step}; stopped without '
-            f'saving it ({kept}). Lower --config.optim.lr (now {o.lr}), keep gradient clipping on '
-            f'(--config.optim.grad_clip, now {o.grad_clip}) or warm up longer '
-            f'(--config.optim.warmup_steps, now {o.warmup_steps}), then rerun with '
-            '--config.allow_config_changes=True to resume, or use a new --workdir')
+  """UserError at the first step of the (first step, count, stacked metrics) calls whose loss or
+  gradient norm is not finite: the run stops before such a state can be saved, so the last
+  checkpoint stays good."""
+  values = jax.device_get([(m['loss'], m['grad_norm']) for _, _, m in unchecked])
+  for (first, count, _), (losses, grad_norms) in zip(unchecked, values):
+    for i in range(count):
+      for name, value in (('loss', losses[i]), ('gradient norm', grad_norms[i])):
+        if not math.isfinite(value):
+          o = config.optim
+          kept = (f'the last checkpoint, step {saved_step}, is the last good state'
+                  if saved_step is not None else 'nothing was saved')
+          raise UserError(
+              f'training diverged: the {name} is {float(value)} at step {first + i}; stopped '
+              f'without saving it ({kept}). Lower --config.optim.lr (now {o.lr}), keep gradient '
+              f'clipping on (--config.optim.grad_clip, now {o.grad_clip}) or warm up longer '
+              f'(--config.optim.warmup_steps, now {o.warmup_steps}), then rerun with '
+              '--config.allow_config_changes=True to resume, or use a new --workdir')
+
+
+def next_event(step: int, config) -> int:
+  """The first step after `step` at which the loop must stop to log, evaluate, checkpoint or end:
+  where a call of train steps (make_train_steps) ends at the latest."""
+  events = [config.steps] + [step - step % every + every for every in
+                             (config.log_every, config.eval_every, config.checkpoint_every)]
+  return min(events + [s for s in config.checkpoint_steps if s > step])
 
 
 def train_loop(objective: Objective, tx, config, workdir: str, state: TrainState, data_iterator,
                ckpts: checkpoint.Checkpoints, abstract_train_state: TrainState, mesh, val_batches,
                flops_per_token: float, log) -> TrainState:
   """Trains from state.step to config.steps, logging, evaluating and checkpointing as configured;
-  returns the final state."""
+  returns the final state. The steps run config.steps_per_call at a time (make_train_steps),
+  each call ending where the next step to log, evaluate or save is."""
   is_main = jax.process_index() == 0
   start = int(state.step)
   saved_step = start if start else None
@@ -386,25 +443,38 @@ def train_loop(objective: Objective, tx, config, workdir: str, state: TrainState
   peak = flops.device_peak_flops() * jax.device_count()
   throughput = Throughput(config.batch_size * objective.row_tokens())
 
-  shardings = batch_shardings(objective, mesh)
+  per_call = config.steps_per_call
+  shardings, stacked = batch_shardings(objective, mesh), stacked_batch_shardings(objective, mesh)
   to_global = lambda rows: {name: jax.make_array_from_process_local_data(shardings[name], x)
                             for name, x in rows.items()}
-  train_step, eval_step = compile_steps(objective, tx, config, mesh, abstract_train_state, log)
+
+  def next_batches(count: int) -> dict:
+    """The next `count` batches of this process, stacked and padded with zeros to per_call."""
+    rows = [next(data_iterator) for _ in range(count)]
+    return {name: jax.make_array_from_process_local_data(stacked[name], np.stack(
+        [row[name] for row in rows] + [np.zeros_like(rows[0][name])] * (per_call - count)))
+            for name in rows[0]}
+
+  train_steps, eval_step = compile_steps(objective, tx, config, mesh, abstract_train_state, log)
   val_batches = [to_global(batch) for batch in val_batches]  # on the devices once, for every eval
   frozen = () if objective.frozen is None else (objective.frozen,)
   preemption = _Preemption()
-  unchecked = []  # (step, metrics) not yet checked for divergence, left on the device till then
+  unchecked = []  # (first step, count, metrics) not yet checked for divergence, on the device
   bar = tqdm.tqdm(total=config.steps, initial=start, disable=not is_main, dynamic_ncols=True)
   try:
-    for step in range(start + 1, config.steps + 1):
-      state, step_metrics = train_step(state, to_global(next(data_iterator)), *frozen)
-      unchecked.append((step, step_metrics))
-      bar.update()
-      if step == start + 1:  # the first step's time is mostly compiling: not counted
+    step = start
+    while step < config.steps:
+      count = min(per_call, next_event(step, config) - step)
+      state, steps_metrics = train_steps(state, next_batches(count), np.int32(count), *frozen)
+      unchecked.append((step + 1, count, steps_metrics))
+      first_call = step == start
+      step += count
+      bar.update(count)
+      if first_call:  # the first call's time is mostly compiling: not counted
         jax.block_until_ready(state)
         throughput.resume()
       else:
-        throughput.step()
+        throughput.step(count)
       last = step == config.steps
       stop = preemption.requested  # read once: SIGTERM may arrive at any moment
       logs = step % config.log_every == 0 or step % config.eval_every == 0 or last
@@ -414,7 +484,7 @@ def train_loop(objective: Objective, tx, config, workdir: str, state: TrainState
         stop_if_diverged(unchecked, config, saved_step)
         unchecked = []
       if logs:
-        step_metrics = jax.device_get(step_metrics)
+        step_metrics = jax.device_get(jax.tree.map(lambda m: m[count - 1], steps_metrics))
         throughput.pause()
         tokens_per_sec = throughput.rate()
         record = {'step': step, **{k: float(v) for k, v in step_metrics.items()},

@@ -551,7 +551,7 @@ def test_a_lora_step_on_a_2x2x2_mesh_matches_one_device():
     from gpt_jax.objectives import lm
     from gpt_jax.objectives.lora import LoraTuning
     c = config.base_config()
-    c.seq_len, c.batch_size = 16, 8
+    c.seq_len, c.batch_size, c.steps_per_call = 16, 8, 1
     c.model.update(vocab_size=256, n_layer=2, n_embd=64, n_head=8, n_kv_head=8, block_size=16)
     c.lora.update(rank=4, targets='all')
     plain = network.build(c.model)
@@ -566,12 +566,13 @@ def test_a_lora_step_on_a_2x2x2_mesh_matches_one_device():
       abstract = trainer.abstract(objective, tx, c, mesh)
       state = jax.jit(lambda: trainer.new_state(objective, tx, c),
                       out_shardings=jax.tree.map(lambda a: a.sharding, abstract))()
-      step, _ = trainer.compile_steps(objective, tx, c, mesh, abstract, log=lambda _: None)
+      steps, _ = trainer.compile_steps(objective, tx, c, mesh, abstract, log=lambda _: None)
+      stacked = trainer.stacked_batch_shardings(objective, mesh)['tokens']
       losses = []
-      for tokens in batches:
-        tokens = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), tokens)
-        state, m = step(state, {'tokens': tokens}, objective.frozen)
-        losses.append(float(m['train_loss']))
+      for tokens in batches:  # one step per call (steps_per_call = 1)
+        tokens = jax.make_array_from_process_local_data(stacked, tokens[None])
+        state, m = steps(state, {'tokens': tokens}, np.int32(1), objective.frozen)
+        losses.append(float(m['train_loss'][0]))
       query = state.params['h_0']['attn']['query']
       return {'losses': losses, 'params': [np.asarray(p).tolist() for p in jax.tree.leaves(
                   state.params)], 'fingerprint': lora.fingerprint(on_mesh),

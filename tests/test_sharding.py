@@ -48,7 +48,7 @@ def test_strategies_match_one_device_and_split_the_parameter_bytes():
     from gpt_jax import config, optim, sharding, trainer
     from gpt_jax.objectives import lm
     c = config.base_config()
-    c.seq_len, c.batch_size = 16, 8
+    c.seq_len, c.batch_size, c.steps_per_call = 16, 8, 1
     c.model.update(vocab_size=256, n_layer=2, n_embd=64, n_head=8, n_kv_head=8, block_size=16)
     objective, tx = lm.LanguageModeling.without_data(c), optim.optimizer(c.optim, 10)
     batches = np.random.RandomState(0).randint(0, 256, (3, 8, 17)).astype(np.int32)
@@ -57,13 +57,13 @@ def test_strategies_match_one_device_and_split_the_parameter_bytes():
       abstract = trainer.abstract(objective, tx, c, mesh)
       shardings = jax.tree.map(lambda a: a.sharding, abstract)
       state = jax.jit(lambda: trainer.new_state(objective, tx, c), out_shardings=shardings)()
-      step, _ = trainer.compile_steps(objective, tx, c, mesh, abstract, log=lambda _: None)
+      steps, _ = trainer.compile_steps(objective, tx, c, mesh, abstract, log=lambda _: None)
+      stacked = trainer.stacked_batch_shardings(objective, mesh)['tokens']
       losses = []
-      for tokens in batches:
-        global_tokens = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh),
-                                                               tokens)
-        state, m = step(state, {'tokens': global_tokens})
-        losses.append(float(m['train_loss']))
+      for tokens in batches:  # one step per call (steps_per_call = 1)
+        global_tokens = jax.make_array_from_process_local_data(stacked, tokens[None])
+        state, m = steps(state, {'tokens': global_tokens}, np.int32(1))
+        losses.append(float(m['train_loss'][0]))
       device0 = mesh.devices.flat[0]
       held = sum(s.data.nbytes for leaf in jax.tree.leaves(state.params)
                  for s in leaf.addressable_shards if s.device == device0)

@@ -192,6 +192,22 @@ def test_restart_from_a_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
   assert read_metrics(resumed) == read_metrics(whole)
 
 
+def test_steps_in_one_call_are_the_steps_one_call_each(tiny, tmp_path):
+  """steps_per_call steps run in one compiled loop of the step itself (make_train_steps), each
+  call ending where a step is logged, evaluated or saved: every logged metric and the parameters
+  equal those of one step per call, bit for bit."""
+  tiny.update(steps=23, log_every=3, eval_every=10, checkpoint_every=7, checkpoint_steps=(12,))
+  results = []
+  for per_call in (1, 5):
+    tiny.steps_per_call = per_call
+    workdir = str(tmp_path / str(per_call))
+    trainer.train(tiny, workdir, log=lambda _: None)
+    results.append((read_metrics(workdir), runs.load(workdir, log=lambda _: None).params))
+  assert [r['step'] for r in results[0][0]] == [3, 6, 9, 10, 12, 15, 18, 20, 21, 23]
+  assert results[1][0] == results[0][0]
+  jax.tree.map(np.testing.assert_array_equal, results[1][1], results[0][1])
+
+
 def test_a_branched_cooldown_equals_a_run_trained_to_its_length(tiny, tmp_path):
   """WSD (Hägele et al. 2024): a 10-step run is the first 8 updates of a 20-step one at the
   stable lr, then its own 2-update cooldown, so branching it off the long run's step 8 gives
