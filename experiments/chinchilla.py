@@ -86,4 +86,6 @@ def get_config(variant: str = 'cpu') -> ml_collections.ConfigDict:
   sweep.seeds = 3  # the middle budget's middle size trained with this many seeds (noise)
   sweep.compare_cosine = True  # wsd: that point also trained with a cosine schedule
   sweep.verify_factor = 3.0  # the verification run's budget, × the top budget
+  sweep.workers = 0  # runs trained at once, each in its own process: 0 = one per core on a CPU
+  # (its models are too small to keep two cores busy), 1 on an accelerator
   return c

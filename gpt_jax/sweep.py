@@ -25,16 +25,23 @@ Beside the isoFLOP points the sweep trains, as rows of DIR/runs.csv with their `
 
 Each run is a normal training run in DIR/runs/<name>; a finished one appends its row to
 DIR/runs.csv, so an interrupted sweep re-run skips finished runs and resumes an unfinished one
-(trunk or branch) from its own checkpoints. At the end `scaling.write_report` writes DIR/scaling/.
+(trunk or branch) from its own checkpoints. On a CPU the runs train sweep.workers at a time, each
+in its own process on one core (the models are too small to keep two busy): first the isoFLOP
+points (a branch once its trunk has finished), then the verification run, predicted from them,
+beside the controls. At the end `scaling.write_report` writes DIR/scaling/.
 """
 
+import concurrent.futures
+import contextlib
 import copy
 import csv
 import dataclasses
 import math
+import multiprocessing
 import os
 import time
 
+import jax
 import ml_collections
 
 from gpt_jax import checkpoint, data, files, flops, metrics, optim, scaling, trainer
@@ -101,6 +108,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"sweep.flops={sweep.flops!r} is not '6nd' or 'chinchilla'; pick one")
   if sweep.schedule not in ('wsd', 'cosine'):
     raise UserError(f"sweep.schedule={sweep.schedule!r} is not 'wsd' or 'cosine'; pick one")
+  if sweep.workers < 0:
+    raise UserError(f'sweep.workers={sweep.workers} must be >= 0 (runs trained at once; 0 = one '
+                    'per core on a CPU)')
   if sweep.schedule == 'wsd' and config.optim.decay_fraction == 1:
     raise UserError('optim.decay_fraction=1 leaves a WSD run no constant phase to branch '
                     "cooldowns from; pick a fraction below 1 (0.2 is usual) or "
@@ -359,17 +369,86 @@ def _result_row(point: Point, run_dir: str, unique_tokens: int, wall_seconds: fl
       step_seconds=round(step_seconds, 2))
 
 
-class Runner:
-  """Trains points into DIR/runs/<name> and records them, skipping finished ones."""
+# XLA settings of a worker process: one thread for its ops, so that the sweep's workers share the
+# cores between runs instead of each splitting the tiny matmuls of its own (the same values bit
+# for bit: tests/test_sweep.py).
+WORKER_XLA_FLAGS = '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
 
-  def __init__(self, workdir: str, prepared, unique_tokens: int, log):
+
+def workers(setting: int) -> int:
+  """How many runs train at once: `setting` (sweep.workers), or for 0 one per core on a CPU, where
+  the sweep's models are too small to keep two cores busy, and 1 on an accelerator."""
+  if setting:
+    return setting
+  return (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+          ) if jax.default_backend() == 'cpu' else 1
+
+
+def _train(config: ml_collections.ConfigDict, run_dir: str, prepared_dir: str) -> float:
+  """Trains one run of the sweep, silently, on the prepared data in `prepared_dir`; returns its
+  wall seconds. What each worker process runs."""
+  began = time.perf_counter()
+  trainer.train(config, run_dir, log=lambda _: None, prepared=data.Prepared.open(prepared_dir))
+  return time.perf_counter() - began
+
+
+@contextlib.contextmanager
+def _pool(count: int):
+  """`count` spawned worker processes (WORKER_XLA_FLAGS added to their XLA_FLAGS), or None for
+  count 1: the runs train in this process."""
+  if count <= 1:
+    yield None
+    return
+  saved = os.environ.get('XLA_FLAGS')
+  os.environ['XLA_FLAGS'] = f'{saved or ""} {WORKER_XLA_FLAGS}'.strip()  # inherited at spawn
+  try:
+    with concurrent.futures.ProcessPoolExecutor(
+        count, mp_context=multiprocessing.get_context('spawn')) as pool:
+      yield pool
+  finally:
+    if saved is None:
+      del os.environ['XLA_FLAGS']
+    else:
+      os.environ['XLA_FLAGS'] = saved
+
+
+class Runner:
+  """Trains points into DIR/runs/<name>, `workers` at a time, and records them, skipping finished
+  ones. A branch starts once its trunk has finished; the rows of DIR/runs.csv come in the order
+  the runs finish."""
+
+  def __init__(self, workdir: str, prepared, unique_tokens: int, log, workers: int = 1):
     self.workdir, self.prepared, self.unique_tokens, self.log = (workdir, prepared, unique_tokens,
                                                                  log)
+    self.workers = workers
     self.finished = {row['name'] for row in _read_csv(os.path.join(workdir, 'runs.csv'))}
 
-  def train(self, point: Point, index: str) -> None:
-    if point.name in self.finished:
-      return
+  def train(self, labelled: list[tuple[str, Point]]) -> None:
+    """Trains the points (each with the label that names it in the log) not yet finished, each
+    once its trunk is; a lone point in this process, on all its cores."""
+    todo = [(label, point) for label, point in labelled if point.name not in self.finished]
+    with _pool(min(self.workers, len(todo))) as pool:
+      running = {}
+      while todo or running:
+        for index, point in list(todo):
+          if pool is not None and len(running) >= self.workers:
+            break
+          if point.trunk and point.trunk not in self.finished:
+            continue
+          todo.remove((index, point))
+          run_dir = self._start(point, index)
+          if pool is None:
+            self._record(point, run_dir, _train(point.config, run_dir, self.prepared.directory))
+          else:
+            running[pool.submit(_train, point.config, run_dir, self.prepared.directory)] = (
+                point, run_dir)
+        if running:
+          done, _ = concurrent.futures.wait(running,
+                                            return_when=concurrent.futures.FIRST_COMPLETED)
+          for future in done:
+            self._record(*running.pop(future), future.result())
+
+  def _start(self, point: Point, index: str) -> str:
     run = point.config
     start = f', from {point.trunk} at step {point.branch_step}' if point.trunk else ''
     self.log(f'[{index}] {point.name} ({point.role}): N={flops.param_count(run.model):,} params, '
@@ -379,15 +458,16 @@ class Runner:
     if point.trunk:
       checkpoint.branch(os.path.join(self.workdir, 'runs', point.trunk), point.branch_step,
                         run_dir)
-    began = time.perf_counter()
-    trainer.train(run, run_dir, log=lambda _: None, prepared=self.prepared)
-    row = _result_row(point, run_dir, self.unique_tokens, time.perf_counter() - began)
+    return run_dir
+
+  def _record(self, point: Point, run_dir: str, wall_seconds: float) -> None:
+    row = _result_row(point, run_dir, self.unique_tokens, wall_seconds)
     if not math.isfinite(row['loss']):
       raise UserError(f'run {point.name} diverged (validation loss {row["loss"]}); lower '
                       f'sweep.lr, delete {run_dir} and run the sweep again')
     _add_row(self.workdir, row)
     self.finished.add(point.name)
-    self.log(f'    val loss {row["loss"]:.4f} ({row["val_bpb"]:.3f} bits/byte) in '
+    self.log(f'    {point.name}: val loss {row["loss"]:.4f} ({row["val_bpb"]:.3f} bits/byte) in '
              f'{row["wall_seconds"]:.0f}s')
 
 
@@ -433,16 +513,19 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, log=print) -> dic
 
   os.makedirs(workdir, exist_ok=True)
   files.write_json(os.path.join(workdir, 'sweep_config.json'), config.to_dict())
-  runner = Runner(workdir, prepared, unique_tokens, log)
+  runner = Runner(workdir, prepared, unique_tokens, log, workers(config.sweep.workers))
   todo = sum(p.name not in runner.finished for p in points)
   log(f'sweep: {len(points)} runs over {len(set(config.sweep.budgets))} budgets '
       f'({len(points) - todo} already finished), then one verification run at '
-      f'{verification_budget(config):.3g} FLOPs, in {workdir}')
+      f'{verification_budget(config):.3g} FLOPs, in {workdir}; {runner.workers} at a time')
   start = time.perf_counter()
-  for i, point in enumerate(points):
-    runner.train(point, f'{i + 1}/{len(points)}')
+  labelled = [(f'{i + 1}/{len(points)}', point) for i, point in enumerate(points)]
+  runner.train([(label, point) for label, point in labelled if point.role == 'sweep'])
+  # The fits read the isoFLOP points alone, so the prediction is made now and the verification
+  # run trains beside the controls (probe, seeds, cosine).
   verification = predict_verification(config, workdir, unique_tokens, log)
-  runner.train(verification, 'verification')
+  runner.train([('verification', verification)] +
+               [(label, point) for label, point in labelled if point.role != 'sweep'])
   report = scaling.write_report(workdir)
   log(summary_line(workdir, time.perf_counter() - start))
   log(f'report in {os.path.join(workdir, "scaling", "report.md")}')

@@ -196,12 +196,18 @@ def test_runner_branches_predicts_verifies_and_resumes_a_half_finished_branch(mi
                                                                               monkeypatch):
   workdir = str(tmp_path / 'sweep')
   logs = []
+  micro.sweep.workers = 2  # two worker processes; the resume below trains in this one
   sweep.run_sweep(micro, workdir, log=logs.append)
   rows = read_rows(os.path.join(workdir, 'runs.csv'))
   planned = sweep.plan(micro)
-  assert [r['name'] for r in rows[:-1]] == [p.name for p in planned]
-  assert rows[-1]['role'] == 'verification' and float(rows[-1]['budget']) == 3 * 1.2e9
-  for row, point in zip(rows, planned):
+  verification = next(r for r in rows if r['role'] == 'verification')
+  assert sorted(r['name'] for r in rows if r is not verification) == sorted(
+      p.name for p in planned)
+  assert float(verification['budget']) == 3 * 1.2e9
+  grid = [r['role'] == 'sweep' for r in rows]  # the isoFLOP points first: the fit reads them
+  assert grid == sorted(grid, reverse=True)
+  by_name = {r['name']: r for r in rows}
+  for row, point in ((by_name[p.name], p) for p in planned):
     assert (row['role'], row['trunk'], int(row['branch_step'])) == (
         point.role, point.trunk, point.branch_step)
     assert float(row['tokens']) * 6 * float(row['params']) == pytest.approx(
@@ -210,11 +216,10 @@ def test_runner_branches_predicts_verifies_and_resumes_a_half_finished_branch(mi
     assert 0 < float(row['step_seconds']) < float(row['wall_seconds'])
   prediction = json.load(open(os.path.join(workdir, 'prediction.json')))
   report = json.load(open(os.path.join(workdir, 'scaling', 'report.json')))
-  measured = float(rows[-1]['loss'])
+  measured = float(verification['loss'])
   assert report['verification']['measured_loss'] == pytest.approx(measured)
   assert report['verification']['predicted_loss'] == prediction['loss']
   assert any('inside train steps' in line for line in logs)
-  by_name = {r['name']: r for r in rows}
   probe, schedule = report['controls']['lr_probe'], report['controls']['schedule']
   for p in probe:  # beside the sweep's own run at multiplier 1
     own = next(r for r in rows if r['role'] == 'sweep' and float(r['params']) == p['params']
@@ -238,6 +243,7 @@ def test_runner_branches_predicts_verifies_and_resumes_a_half_finished_branch(mi
   shutil.rmtree(os.path.join(checkpoints, str(steps[-1])))
 
   trained = []
+  micro.sweep.workers = 1
   real_train = trainer.train
   monkeypatch.setattr(trainer, 'train', lambda config, run_dir, **kwargs: trained.append(run_dir)
                       or real_train(config, run_dir, **kwargs))
@@ -245,7 +251,7 @@ def test_runner_branches_predicts_verifies_and_resumes_a_half_finished_branch(mi
   assert trained == [os.path.join(workdir, 'runs', branch.name)]
   again = {r['name']: r for r in read_rows(os.path.join(workdir, 'runs.csv'))}
   timing = ('wall_seconds', 'step_seconds')
-  for row in rows:  # the resumed branch ends bit for bit where it did
+  for row in rows:  # the branch resumed here ends bit for bit where a worker process ended it
     assert {k: v for k, v in again[row['name']].items() if k not in timing} == {
         k: v for k, v in row.items() if k not in timing}
 
