@@ -12,7 +12,7 @@ check the prediction: DIR/scaling/report.md.
 cpu: near character-level Shakespeare (vocab 320: 4.7M training tokens), budgets 5e10–2e12
 (40×), models of 4k–370k parameters. The compute-optimal runs of the top budgets need more
 tokens than one epoch holds, so the corpus is repeated up to 4 times, which costs little
-(Muennighoff et al. 2023; the parametric fit uses their repetition-adjusted D). About 14 min on
+(Muennighoff et al. 2023; the parametric fit uses their repetition-adjusted D). About 10 min on
 2 cores. gpu/tpu: budgets 1e17–1e19 FLOPs; they need a corpus of billions of tokens
 (--config.data.corpus=...) and an accelerator.
 """
