@@ -114,9 +114,9 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, conf
   return train_step
 
 
-def make_train_steps(objective: Objective, tx: optax.GradientTransformation, config):
+def make_train_steps(objective: Objective, tx: optax.GradientTransformation, config, k: int):
   """(state, batches, count[, frozen]) -> (state, metrics): the first `count` (a traced int, at
-  most k = config.steps_per_call) train steps (make_train_step) in one call, the i-th on
+  most k, config.steps_per_call in training) train steps (make_train_step) in one call, the i-th on
   batches[i] (the arrays of a batch stacked on a leading axis of k; rows from `count` on are
   never read); metrics stacked as (k, ...), rows from `count` on zero. One compiled loop of
   steps, as TPU training loops run them: the host dispatches, places data and reads metrics once
@@ -129,7 +129,7 @@ def make_train_steps(objective: Objective, tx: optax.GradientTransformation, con
     one = lambda i: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False),
                                  batches)
     shapes = jax.eval_shape(train_step, state, one(0), frozen)[1]
-    metrics = jax.tree.map(lambda m: jnp.zeros((config.steps_per_call, *m.shape), m.dtype), shapes)
+    metrics = jax.tree.map(lambda m: jnp.zeros((k, *m.shape), m.dtype), shapes)
 
     def body(i, carry):
       state, metrics = carry
@@ -192,15 +192,19 @@ def abstract(objective: Objective, tx, config, mesh) -> TrainState:
 
 
 def compile_train_step(objective: Objective, tx, config, mesh: jax.sharding.Mesh,
-                       abstract_train_state: TrainState):
+                       abstract_train_state: TrainState, steps: int = 0):
   """The train step compiled for the mesh: state and batch laid out by the rules, metrics
-  replicated, the state donated. What training and gpt_jax.bench both run."""
+  replicated, the state donated; with steps > 0, the train steps of make_train_steps for that
+  many batches per call, what training runs (gpt_jax.bench times the single step)."""
   shardings = jax.tree.map(lambda a: a.sharding, abstract_train_state)
   frozen = () if objective.frozen is None else (objective.frozen,)
+  step = make_train_steps(objective, tx, config, steps) if steps else make_train_step(
+      objective, tx, config)
+  count = (jax.ShapeDtypeStruct((), jnp.int32),) if steps else ()
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-    return jax.jit(make_train_step(objective, tx, config),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0
-                   ).lower(abstract_train_state, batch_shapes(objective, config.batch_size, mesh),
+    return jax.jit(step, out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0
+                   ).lower(abstract_train_state,
+                           batch_shapes(objective, config.batch_size, mesh, steps), *count,
                            *frozen).compile(train_compiler_options())
 
 
@@ -224,14 +228,8 @@ def compile_steps(objective: Objective, tx, config, mesh: jax.sharding.Mesh,
     raise UserError(f'parameters ({param_bytes / 2**30:.2f} GiB) and optimizer state '
                     f'({opt_bytes / 2**30:.2f} GiB) per device exceed its {available / 2**30:.1f} '
                     f'GiB on mesh {mesh_text}; shard more (--config.mesh.fsdp) or shrink the model')
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-    train_steps = jax.jit(make_train_steps(objective, tx, config),
-                          out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0
-                          ).lower(abstract_train_state,
-                                  batch_shapes(objective, config.batch_size, mesh,
-                                               config.steps_per_call),
-                                  jax.ShapeDtypeStruct((), jnp.int32), *frozen
-                                  ).compile(train_compiler_options())
+  train_steps = compile_train_step(objective, tx, config, mesh, abstract_train_state,
+                                   config.steps_per_call)
   eval_rows = config.batch_size // config.grad_accum
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
     eval_step = jax.jit(make_eval_step(objective), out_shardings=sharding.replicated(mesh)
