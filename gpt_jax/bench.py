@@ -69,7 +69,7 @@ def bench_jax(config, batches: list[np.ndarray], steps: int, warmup: int, peak: 
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_divisible(config, mesh)
   objective = lm.LanguageModeling.without_data(config)  # the batches are random tokens
-  tx = optim.optimizer(config.optim, config.steps)
+  tx = optim.optimizer(config.optim, config.steps, objective.param_axes())
   abstract = trainer.abstract(objective, tx, config, mesh)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
   batch_sharding = sharding.batch_sharding(mesh)

@@ -66,7 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
   quant.activations = 'none'  # 'none' (weight-only) or 'int8' (per-token dynamic, int8 matmuls)
 
   c.optim = optim = ml_collections.ConfigDict()
+  optim.name = 'adamw'  # or 'muon': Muon on the hidden matrices, AdamW (at lr) on the rest
   optim.lr = 1e-3
+  optim.muon_lr = 0.02  # muon: the hidden matrices' peak learning rate (Jordan et al. 2024)
+  optim.muon_momentum = 0.95  # muon: Nesterov momentum of the orthogonalised updates
   optim.warmup_steps = 100
   optim.schedule = 'cosine'  # after warmup: 'cosine' decay, or 'wsd' (stable at lr, then decay)
   optim.decay_fraction = 0.2  # wsd: the last fraction of the updates decay

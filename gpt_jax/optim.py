@@ -1,20 +1,24 @@
-"""AdamW with a learning-rate schedule (warmup + cosine, or warmup-stable-decay) and global-norm
-clipping (optax)."""
+"""The optimizer (optax): global-norm clipping, then AdamW, or Muon on the hidden matrices with
+AdamW on the rest; a learning-rate schedule (warmup + cosine, or warmup-stable-decay)."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.sharding import PartitionSpec
+from optax.contrib import MuonDimensionNumbers
 
 from gpt_jax.errors import UserError
 
+NAMES = ('adamw', 'muon')
 SCHEDULES = ('cosine', 'wsd')
 DECAY_SHAPES = ('linear', 'sqrt')
 
 
 def validate(optim: ml_collections.ConfigDict) -> None:
-  """Raises UserError for a schedule setting that names nothing or cannot be built."""
-  for key, allowed in (('schedule', SCHEDULES), ('decay_shape', DECAY_SHAPES)):
+  """Raises UserError for an optimizer or schedule setting that names nothing or cannot be
+  built."""
+  for key, allowed in (('name', NAMES), ('schedule', SCHEDULES), ('decay_shape', DECAY_SHAPES)):
     if optim[key] not in allowed:
       raise UserError(f'optim.{key}={optim[key]!r} is not one of {allowed}; pick one of them')
   if not 0 < optim.decay_fraction <= 1:  # NaN fails too
@@ -69,10 +73,51 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == 'kernel', params)
 
 
-def optimizer(optim: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
-  """Global-norm clipping (grad_clip > 0), then AdamW. Its state has one structure whatever the
-  settings, so a run resumed with other optimizer settings (allow_config_changes) still loads."""
+def muon_dimension_numbers(param_axes) -> dict:
+  """The parameters Muon orthogonalises, and how, as optax's MuonDimensionNumbers (None for the
+  rest, which AdamW updates): the hidden matrices, the Dense kernels that map the residual
+  stream (logical axis 'embed') to features or features back to it, their inputs the reduction
+  axes and their outputs the output axes, a leading 'layers' axis (model.scan_layers) a batch
+  axis. The token embedding, the LM head (an axis 'vocab') and a task's head (an unnamed axis)
+  are not hidden matrices (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural
+  networks"). `param_axes` is the tree of
+  the parameters' logical axes (PartitionSpec leaves, model.logical_axes)."""
+
+  def numbers(path, spec):
+    names = tuple(spec)
+    if path[-1].key != 'kernel' or 'vocab' in names or None in names:  # None: a task's head
+      return None
+    first = 1 if names[:1] == ('layers',) else 0
+    axes = tuple(range(first, len(names)))
+    if names[first] == 'embed':  # embed -> features (query, key, value, fc, gate, up)
+      return MuonDimensionNumbers(axes[:1], axes[1:])
+    if names[-1] == 'embed':  # features -> embed (out, proj)
+      return MuonDimensionNumbers(axes[:-1], axes[-1:])
+    return None
+
+  return jax.tree_util.tree_map_with_path(
+      numbers, param_axes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def optimizer(optim: ml_collections.ConfigDict, steps: int,
+              param_axes=None) -> optax.GradientTransformation:
+  """Global-norm clipping (grad_clip > 0), then AdamW; or, for optim.name 'muon', Muon
+  (optax.contrib.muon: Nesterov momentum optim.muon_momentum, orthogonalised by 5 Newton-Schulz
+  steps, scaled by sqrt(max(1, fan_out/fan_in)), peak learning rate optim.muon_lr, weight decay
+  optim.weight_decay) on the hidden matrices of `param_axes` (muon_dimension_numbers; required
+  then) and AdamW (Nesterov, at optim.lr, no weight decay) on the rest, both on the schedule's
+  shape. The AdamW state has one structure whatever its settings, so a run resumed with other
+  optimizer settings (allow_config_changes) still loads."""
   clip = optax.clip_by_global_norm(optim.grad_clip) if optim.grad_clip > 0 else optax.identity()
-  return optax.chain(clip, optax.adamw(schedule(optim, steps), b1=optim.b1, b2=optim.b2,
-                                       eps=optim.eps, weight_decay=optim.weight_decay,
-                                       mask=decay_mask))
+  if optim.name == 'adamw':
+    return optax.chain(clip, optax.adamw(schedule(optim, steps), b1=optim.b1, b2=optim.b2,
+                                         eps=optim.eps, weight_decay=optim.weight_decay,
+                                         mask=decay_mask))
+  if param_axes is None:
+    raise ValueError("optim.name='muon' needs the parameters' logical axes (param_axes)")
+  muon = ml_collections.ConfigDict({**optim.to_dict(), 'lr': optim.muon_lr})
+  return optax.chain(clip, optax.contrib.muon(
+      schedule(muon, steps), beta=optim.muon_momentum, eps=optim.eps,
+      weight_decay=optim.weight_decay, adam_b1=optim.b1, adam_b2=optim.b2,
+      adam_learning_rate=schedule(optim, steps),
+      muon_weight_dimension_numbers=muon_dimension_numbers(param_axes)))

@@ -30,14 +30,25 @@ def init_state(init_params, tx: optax.GradientTransformation, seed: int) -> Trai
                     rng=dropout_rng)
 
 
-def state_shardings(param_axes, tx: optax.GradientTransformation, shapes: TrainState,
-                    mesh: jax.sharding.Mesh) -> TrainState:
+def state_shardings(param_axes, shapes: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
   """Where each part of the state lives: parameters and their optimizer moments by the logical
-  axis rules, step, RNG and optimizer counters replicated."""
+  axis rules, step, RNG and optimizer counters replicated. A moment is the optimizer state's
+  leaf whose key path ends in a parameter's path, with its shape: read so rather than with
+  optax.tree_map_params, which cannot follow the parameter-dependent partition of
+  optax.contrib.muon."""
   params = sharding.param_shardings(param_axes, shapes.params, mesh)
   replicated = sharding.replicated(mesh)
-  opt_state = optax.tree_map_params(tx, lambda _, s: s, shapes.opt_state, params,
-                                    transform_non_params=lambda _: replicated)
+  by_path = {path: (leaf.shape, params_sharding) for (path, leaf), params_sharding in zip(
+      jax.tree_util.tree_flatten_with_path(shapes.params)[0], jax.tree.leaves(params))}
+
+  def moment_sharding(path, leaf):
+    for start in range(len(path)):
+      shape, found = by_path.get(tuple(path[start:]), (None, None))
+      if found is not None and shape == leaf.shape:
+        return found
+    return replicated
+
+  opt_state = jax.tree_util.tree_map_with_path(moment_sharding, shapes.opt_state)
   return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated)
 
 
@@ -45,7 +56,7 @@ def abstract_state(init_params, param_axes, tx: optax.GradientTransformation, se
                    mesh: jax.sharding.Mesh) -> TrainState:
   """The train state as shapes, dtypes and shardings on `mesh`, allocating nothing."""
   shapes = jax.eval_shape(functools.partial(init_state, init_params, tx, seed))
-  shardings = state_shardings(param_axes, tx, shapes, mesh)
+  shardings = state_shardings(param_axes, shapes, mesh)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
                       shardings)
 

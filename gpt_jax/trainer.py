@@ -344,7 +344,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print, prepared=N
       f'{step_flops / 1e9:.1f} GFLOP per step; {len(train_ds)} batches available, training '
       f'{config.steps}')
   val_batches = objective.validation_batches()
-  tx = optim.optimizer(config.optim, config.steps * objective.epochs * objective.minibatches)
+  tx = optim.optimizer(config.optim, config.steps * objective.epochs * objective.minibatches,
+                       objective.param_axes())
   abstract_train_state = abstract(objective, tx, config, mesh)
 
   with runs.hold_workdir(workdir, log):

@@ -178,9 +178,12 @@ def test_run_writes_metrics_plot_and_checkpoints(tiny, tiny_base, tmp_path):
   assert [r['step'] for r in read_metrics(workdir)] == [5, 10, 15, 20]
 
 
-def test_restart_from_a_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
-  """N + N steps with a restart in between give bit-for-bit the metrics of 2N steps."""
+@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])
+def test_restart_from_a_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path, optimizer):
+  """N + N steps with a restart in between give bit-for-bit the metrics of 2N steps, with
+  either optimizer's state."""
   tiny.model.dropout = 0.1  # so the dropout RNG must be restored too
+  tiny.optim.name = optimizer
   whole, resumed = str(tmp_path / 'whole'), str(tmp_path / 'resumed')
   trainer.train(tiny, whole, log=lambda _: None)
   trainer.train(tiny, resumed, log=lambda _: None)
@@ -371,7 +374,8 @@ def test_resume_with_a_changed_trajectory_is_refused_unless_allowed(tiny, tiny_b
 def test_a_checkpoint_of_another_optimizer_layout_is_one_line(tiny, tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   # the layout of a run saved before clipping always had a place in the optimizer's state
-  adamw_alone = lambda o, steps: optax.adamw(optim.schedule(o, steps), mask=optim.decay_mask)
+  adamw_alone = lambda o, steps, param_axes: optax.adamw(optim.schedule(o, steps),
+                                                        mask=optim.decay_mask)
   with monkeypatch.context() as m:
     m.setattr(trainer.optim, 'optimizer', adamw_alone)
     trainer.train(tiny, workdir, log=lambda _: None)
