@@ -36,6 +36,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import io
 import math
 import multiprocessing
 import os
@@ -384,11 +385,14 @@ def workers(setting: int) -> int:
           ) if jax.default_backend() == 'cpu' else 1
 
 
-def _train(config: ml_collections.ConfigDict, run_dir: str, prepared_dir: str) -> float:
+def _train(config: ml_collections.ConfigDict, run_dir: str, prepared_dir: str,
+           progress: bool = True) -> float:
   """Trains one run of the sweep, silently, on the prepared data in `prepared_dir`; returns its
-  wall seconds. What each worker process runs."""
+  wall seconds. What each worker process runs, without its progress bar (progress=False): two
+  runs' bars would write over each other on one terminal line."""
   began = time.perf_counter()
-  trainer.train(config, run_dir, log=lambda _: None, prepared=data.Prepared.open(prepared_dir))
+  with contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO()):
+    trainer.train(config, run_dir, log=lambda _: None, prepared=data.Prepared.open(prepared_dir))
   return time.perf_counter() - began
 
 
@@ -440,8 +444,8 @@ class Runner:
           if pool is None:
             self._record(point, run_dir, _train(point.config, run_dir, self.prepared.directory))
           else:
-            running[pool.submit(_train, point.config, run_dir, self.prepared.directory)] = (
-                point, run_dir)
+            running[pool.submit(_train, point.config, run_dir, self.prepared.directory,
+                                progress=False)] = (point, run_dir)
         if running:
           done, _ = concurrent.futures.wait(running,
                                             return_when=concurrent.futures.FIRST_COMPLETED)
