@@ -267,12 +267,11 @@ def _pieces(text: str, limit: int) -> list[str]:
   return [piece.strip('\n') for piece in pieces if piece.strip()]
 
 
-_OTHER_LINE_END = re.compile('\r\n?')
-
-
 def _unix_line_ends(text: str) -> str:
-  """`text` with each '\\r\\n' and lone '\\r' line end as '\\n'."""
-  return _OTHER_LINE_END.sub('\n', text) if '\r' in text else text
+  """`text` with each '\\r\\n' and lone '\\r' line end as '\\n', as _decoder makes them."""
+  if '\r' not in text:
+    return text
+  return io.IncrementalNewlineDecoder(None, translate=True).decode(text, final=True)
 
 
 def _piece_end(window: str) -> int:

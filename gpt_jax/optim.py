@@ -80,8 +80,8 @@ def muon_dimension_numbers(param_axes) -> dict:
   axes and their outputs the output axes, a leading 'layers' axis (model.scan_layers) a batch
   axis. The token embedding, the LM head (an axis 'vocab') and a task's head (an unnamed axis)
   are not hidden matrices (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural
-  networks"). `param_axes` is the tree of
-  the parameters' logical axes (PartitionSpec leaves, model.logical_axes)."""
+  networks"). `param_axes` is the tree of the parameters' logical axes (PartitionSpec leaves,
+  model.logical_axes)."""
 
   def numbers(path, spec):
     names = tuple(spec)

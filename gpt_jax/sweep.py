@@ -381,8 +381,11 @@ def workers(setting: int) -> int:
   the sweep's models are too small to keep two cores busy, and 1 on an accelerator."""
   if setting:
     return setting
-  return (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-          ) if jax.default_backend() == 'cpu' else 1
+  if jax.default_backend() != 'cpu':
+    return 1
+  if hasattr(os, 'sched_getaffinity'):  # the cores this process may use (Linux)
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def _train(config: ml_collections.ConfigDict, run_dir: str, prepared_dir: str,

@@ -9,9 +9,9 @@ axes', so the adapters shard with the weight they adapt (sharding.RULES).
 A LoRA run (config.lora.rank > 0, objectives.lora) trains and checkpoints the adapters alone
 (and a task head, if its objective has one); its base, config.init_from, stays frozen and is
 named in DIR/lora.json (by its path, absolute and relative to DIR) with a fingerprint of its
-parameters, which every load checks. runs.load
-gives such a run merged, W + (alpha/r)·A·B, so sampling, evaluation, export, init_from and
-distillation read it like any run (on a quantized base, QLoRA, with the adapters apart), and
+parameters, which every load checks. runs.load gives such a run merged, W + (alpha/r)·A·B, so
+sampling, evaluation, export, init_from and distillation read it like any run (on a quantized
+base, QLoRA, with the adapters apart), and
 `python -m gpt_jax.lora merge --workdir=DIR --out=DIR2` (gpt_jax/lora/__main__.py) writes that
 merged model as an ordinary run.
 

@@ -18,6 +18,16 @@ from gpt_jax.objectives import reward
 PARAMETER_RECORDS = (reward.NORMALIZATION,)
 
 
+def _lora_config(workdir: str, missing: str):
+  """The config of the LoRA run in `workdir`; UserError, saying it has no `missing`, for a run
+  that is not one."""
+  config = runs.read_config(workdir)
+  if not is_adapted(config):
+    raise UserError(f'{workdir} is not a LoRA run (its lora.rank is 0): it has no {missing}; '
+                    'pass the workdir of a run trained with --config.lora.rank > 0')
+  return config
+
+
 def merge_run(workdir: str, out: str, log=print) -> str:
   """Writes the LoRA run in `workdir` merged (runs.load) into `out`, new or empty, all at once or
   not at all: an ordinary run of the same objective, of parameters alone
@@ -27,10 +37,7 @@ def merge_run(workdir: str, out: str, log=print) -> str:
   reward model's readers and sampling read it as they read the LoRA run. A quantized base
   (QLoRA) is dequantized first. UserError for a run without adapters, a non-empty `out` or a
   base that changed. Returns `out`."""
-  config = runs.read_config(workdir)
-  if not is_adapted(config):
-    raise UserError(f'{workdir} is not a LoRA run (its lora.rank is 0): it has no adapters to '
-                    'merge; pass the workdir of a run trained with --config.lora.rank > 0')
+  config = _lora_config(workdir, 'adapters to merge')
   files.check_new_directory(out, '--out')  # before the slow part
   mesh = sharding.data_parallel_mesh()
   run = runs.load(workdir, mesh=mesh, log=log)
@@ -57,9 +64,7 @@ def rebase_run(workdir: str, base: str, log=print) -> str:
   moved where the LoRA run cannot find it (lora.recorded_places). UserError for a run without
   adapters, a `base` that is not a run, or one with another fingerprint. Returns `base`,
   absolute."""
-  if not is_adapted(runs.read_config(workdir)):
-    raise UserError(f'{workdir} is not a LoRA run (its lora.rank is 0): it has no base to '
-                    'record; pass the workdir of a run trained with --config.lora.rank > 0')
+  _lora_config(workdir, 'base to record')
   read_base(workdir)  # a LoRA run that never trained has nothing to rebase
   run = runs.load(base, what='--base', log=log)
   found = base_record(base, run.step, run.params)
