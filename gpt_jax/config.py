@@ -39,13 +39,16 @@ def base_config() -> ml_collections.ConfigDict:
   model.n_kv_head = 6  # < n_head: grouped-query attention; 1: multi-query
   model.n_embd = 384
   model.head_dim = 0  # 0 = n_embd // n_head; set when n_head·head_dim != n_embd (GPT-3 XL)
-  model.d_ff = 0  # MLP hidden size; 0 = 4·n_embd (gelu) or the LLaMA rule (swiglu)
+  model.d_ff = 0  # MLP hidden size; 0 = 4·n_embd (gelu, relu2) or the LLaMA rule (swiglu)
   model.block_size = 1024  # rows of the learned position table
   model.position = 'learned'  # 'learned' (GPT-2) or 'rope' (LLaMA)
   model.rope_theta = 10000.0
   model.norm = 'layernorm'  # 'layernorm' or 'rmsnorm'
   model.norm_eps = 1e-5
-  model.mlp = 'gelu'  # 'gelu' or 'swiglu'
+  model.mlp = 'gelu'  # 'gelu', 'swiglu' or 'relu2' (squared ReLU, 4·n_embd wide)
+  model.qk_norm = False  # RMSNorm each head's queries and keys before attention (OLMo 2, Qwen3)
+  model.zero_init_proj = False  # attention-out and MLP-proj kernels start at 0 (modded-nanogpt)
+  model.logit_softcap = 0.0  # > 0: logits = c·tanh(logits / c) (Gemma 2); 0 = off
   model.bias = True
   model.tie_embeddings = True
   model.dropout = 0.0

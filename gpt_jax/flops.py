@@ -42,7 +42,8 @@ def param_count(model: ml_collections.ConfigDict, *, embeddings: bool = True) ->
   n_mlp_in = 2 if model.mlp == 'swiglu' else 1
   mlp = n_mlp_in * (D * F + bias * F) + F * D + bias * D
   norm = D * (1 + int(model.norm == 'layernorm' and model.bias))
-  total = model.n_layer * (attn + mlp + 2 * norm) + norm
+  qk_norm = 2 * E * int(model.qk_norm)
+  total = model.n_layer * (attn + mlp + 2 * norm + qk_norm) + norm
   if not model.tie_embeddings:
     total += D * V
   if embeddings:

@@ -169,6 +169,10 @@ def config_to_hf(m: ml_collections.ConfigDict, tokenizer=None) -> dict:
   if m.sliding_window > 0:
     raise UserError(f'model.sliding_window={m.sliding_window}: neither GPT-2 nor LLaMA in '
                     'transformers attends locally; export a run with sliding_window=0')
+  if m.qk_norm or m.logit_softcap:
+    raise UserError(f'model.qk_norm={m.qk_norm}, model.logit_softcap={m.logit_softcap}: neither '
+                    'GPT-2 nor LLaMA in transformers has QK-norm or a logit soft-cap; export a '
+                    'run trained without them')
   gpt2 = dict(position='learned', norm='layernorm', mlp='gelu', bias=True)
   llama = dict(position='rope', norm='rmsnorm', mlp='swiglu', bias=False)
   if all(m[k] == v for k, v in gpt2.items()):

@@ -18,11 +18,19 @@ from typing import Protocol
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 def logical_normal(std: float, names: tuple):
   """A normal(std) initializer whose parameter carries the logical axis `names`."""
   return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def soft_cap(logits, cap: float):
+  """cap·tanh(logits / cap): logits squashed smoothly into (−cap, cap) (Gemma 2; modded-nanogpt),
+  same shape and dtype; cap = 0 returns the logits unchanged. Its derivative is
+  1 − (capped / cap)²."""
+  return cap * jnp.tanh(logits / cap) if cap else logits
 
 
 def contract(x, kernel, n_in: int, dtype):

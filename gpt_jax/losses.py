@@ -6,6 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from gpt_jax import layers
 from gpt_jax.errors import UserError
 
 # The logit given to ids that are not tokens: finite, so 0·(log p − log q) terms stay 0, not NaN.
@@ -100,9 +101,11 @@ def distillation_loss(student_logits_BLV, teacher_logits_BLV, targets_BL, mask_B
   return loss, {'kl': kl, 'ce': terms['ce']}
 
 
-def _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, num_tokens, with_grads):
-  """Scans row chunks: per chunk the logits, their log-normaliser, the weighted terms and, with
-  with_grads, the gradients of Σ weights·(ce + z_loss·log(Z)²) for x and w, in their dtypes."""
+def _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, softcap, chunk, num_tokens,
+                    with_grads):
+  """Scans row chunks: per chunk the (soft-capped) logits, their log-normaliser, the weighted terms
+  and, with with_grads, the gradients of Σ weights·(ce + z_loss·log(Z)²) for x and w, in their
+  dtypes."""
   N, D = x_ND.shape
   V = w_VD.shape[0]
   split = lambda a: a.reshape(N // chunk, chunk, *a.shape[1:])
@@ -113,8 +116,9 @@ def _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, num_tokens,
 
   def body(dw_VD, xs):
     x_nD, t_n, m_n = xs
-    logits_Vn = mask_padded_vocab(jnp.dot(w_VD, x_nD.T, preferred_element_type=jnp.float32),
-                                  num_tokens, axis=0)
+    capped_Vn = layers.soft_cap(jnp.dot(w_VD, x_nD.T, preferred_element_type=jnp.float32),
+                                softcap)
+    logits_Vn = mask_padded_vocab(capped_Vn, num_tokens, axis=0)
     lse_n = jax.nn.logsumexp(logits_Vn, axis=0)
     target_n = jnp.take_along_axis(logits_Vn, t_n[None, :], axis=0)[0]
     sums = jnp.stack([((lse_n - target_n) * m_n).sum(), (jnp.square(lse_n) * m_n).sum()])
@@ -123,7 +127,10 @@ def _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, num_tokens,
     # d/dlogits of ce + z·lse² is softmax·(1 + 2z·lse) - onehot(target).
     probs_Vn = jnp.exp(logits_Vn - lse_n) * (1 + 2 * z_loss * lse_n)
     onehot_Vn = jnp.arange(V)[:, None] == t_n
-    g_Vn = ((probs_Vn - onehot_Vn) * m_n).astype(x_nD.dtype)
+    g_Vn = (probs_Vn - onehot_Vn) * m_n
+    if softcap:  # through cap·tanh(l / cap)
+      g_Vn = g_Vn * (1 - jnp.square(capped_Vn / softcap))
+    g_Vn = g_Vn.astype(x_nD.dtype)
     dx_nD = jnp.dot(w_DV, g_Vn, preferred_element_type=jnp.float32).T
     return dw_VD + jnp.dot(g_Vn, x_nD, preferred_element_type=jnp.float32), (sums, dx_nD)
 
@@ -136,22 +143,22 @@ def _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, num_tokens,
   return sums[0], sums[1], dx.reshape(N, D).astype(x_ND.dtype), dw_VD.astype(w_VD.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _head_ce(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, num_tokens):
-  ce, z, _, _ = _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, num_tokens,
-                                False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _head_ce(x_ND, w_VD, targets_N, weights_N, z_loss, softcap, chunk, num_tokens):
+  ce, z, _, _ = _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, softcap, chunk,
+                                num_tokens, False)
   return ce + z_loss * z, ce, z
 
 
-def _head_ce_fwd(x_ND, w_VD, targets_N, weights_N, z_loss, chunk, num_tokens):
+def _head_ce_fwd(x_ND, w_VD, targets_N, weights_N, z_loss, softcap, chunk, num_tokens):
   # The gradients come out of the same pass over the logits, so no (N, V) array is kept for the
   # backward pass; they are scaled by the cotangent there.
-  ce, z, dx_ND, dw_VD = _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, chunk,
-                                        num_tokens, True)
+  ce, z, dx_ND, dw_VD = _head_ce_chunks(x_ND, w_VD, targets_N, weights_N, z_loss, softcap,
+                                        chunk, num_tokens, True)
   return (ce + z_loss * z, ce, z), (dx_ND, dw_VD, targets_N, weights_N)
 
 
-def _head_ce_bwd(z_loss, chunk, num_tokens, residuals, cotangents):
+def _head_ce_bwd(z_loss, softcap, chunk, num_tokens, residuals, cotangents):
   dx_ND, dw_VD, targets_N, weights_N = residuals
   g = cotangents[0]  # only the total is differentiable; ce and z are for logging
   return ((g * dx_ND).astype(dx_ND.dtype), (g * dw_VD).astype(dw_VD.dtype), None, None)
@@ -161,18 +168,20 @@ _head_ce.defvjp(_head_ce_fwd, _head_ce_bwd)
 
 
 def head_next_token_loss(x_ND, w_VD, targets_BL, mask_BL, *, z_loss: float = 0.0,
-                         normalizer=None, chunk: int = 512, num_tokens: int | None = None):
-  """next_token_loss of logits x_ND · w_VDᵀ without materialising them: the rows go through in
-  chunks of `chunk`, each chunk's logits live only inside the pass that also computes the
-  gradients (a fused linear cross-entropy). x_ND are the final hidden states of the B·L targets
-  in order; w_VD the output head (the tied embedding). Same value and gradients as
-  next_token_loss(x_ND @ w_VD.T, ...), in the dtypes of x_ND and w_VD."""
+                         logit_softcap: float = 0.0, normalizer=None, chunk: int = 512,
+                         num_tokens: int | None = None):
+  """next_token_loss of logits soft_cap(x_ND · w_VDᵀ, logit_softcap) (layers.soft_cap; the
+  model's config.logit_softcap) without materialising them: the rows go through in chunks of
+  `chunk`, each chunk's logits live only inside the pass that also computes the gradients (a
+  fused linear cross-entropy). x_ND are the final hidden states of the B·L targets in order; w_VD
+  the output head (the tied embedding). Same value and gradients as next_token_loss of those
+  logits, in the dtypes of x_ND and w_VD."""
   mask_N = mask_BL.reshape(-1).astype(jnp.float32)
   if normalizer is None:
     normalizer = jnp.maximum(mask_N.sum(), 1.0)
   N = x_ND.shape[0]
   chunk = math.gcd(N, chunk)
   total, ce, z = _head_ce(x_ND, w_VD.astype(x_ND.dtype), targets_BL.reshape(-1), mask_N,
-                          float(z_loss), chunk, num_tokens)
+                          float(z_loss), float(logit_softcap), chunk, num_tokens)
   ce, z = jax.lax.stop_gradient(ce), jax.lax.stop_gradient(z)
   return total / normalizer, {'ce': ce / normalizer, 'z_loss': z_loss * z / normalizer}

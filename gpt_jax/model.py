@@ -4,6 +4,10 @@ GPT-2: learned position embeddings, pre-LN LayerNorm blocks with a final LayerNo
 MLP, and the output head tied to the token embedding (logits = h · W_eᵀ).
 LLaMA: rotary position embeddings (RoPE), RMSNorm, a SwiGLU MLP, optionally an untied head.
 Both: multi-head, grouped-query or multi-query attention (`n_kv_head` divides `n_head`).
+The modded-nanogpt speedrun's recipe (Jordan et al. 2024) as options: QK-norm (`qk_norm`, an
+RMSNorm of each head's queries and keys, as in OLMo 2 and Qwen3), the squared-ReLU MLP
+(`mlp='relu2'`, So et al. 2021), output projections that start at zero (`zero_init_proj`) and a
+logit soft-cap (`logit_softcap`, Gemma 2).
 
 With decode=True the model keeps a KV cache (flax collection 'cache'): each call appends its
 tokens' keys and values, and attends over everything cached so far, so a prompt is read once and
@@ -34,7 +38,7 @@ from gpt_jax.errors import UserError
 CHOICES = {
     'position': ('learned', 'rope'),
     'norm': ('layernorm', 'rmsnorm'),
-    'mlp': ('gelu', 'swiglu'),
+    'mlp': ('gelu', 'swiglu', 'relu2'),
     'attention': attention.IMPLEMENTATIONS,
     'local_layers': ('all', 'alternate'),
     'dtype': ('float32', 'bfloat16'),
@@ -48,6 +52,8 @@ def validate(model: ml_collections.ConfigDict, seq_len: int) -> None:
   for key, allowed in CHOICES.items():
     if model[key] not in allowed:
       raise UserError(f'model.{key}={model[key]!r} is not one of {allowed}; pick one of them')
+  if model.logit_softcap < 0:
+    raise UserError(f'model.logit_softcap={model.logit_softcap} must be >= 0 (0 = no cap)')
   if model.head_dim < 0:
     raise UserError(f'model.head_dim={model.head_dim} must be >= 0 (0 = n_embd // n_head)')
   for key in ('vocab_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd', 'block_size'):
@@ -77,7 +83,7 @@ def head_size(model: ml_collections.ConfigDict) -> int:
 def mlp_hidden_size(model: ml_collections.ConfigDict) -> int:
   if model.d_ff:
     return model.d_ff
-  if model.mlp == 'gelu':
+  if model.mlp in ('gelu', 'relu2'):
     return 4 * model.n_embd
   # LLaMA: 2/3 of 4·D (so SwiGLU's three matrices cost what GELU's two do), rounded up to 256.
   return 256 * math.ceil(int(8 * model.n_embd / 3) / 256)
@@ -99,6 +105,21 @@ def _norm(model, name: str) -> nn.Module:
   return nn.LayerNorm(use_bias=model.bias,
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
                       **common)
+
+
+def _head_norm(model, name: str) -> nn.Module:
+  """QK-norm: an RMSNorm over each head's E features, one learned scale per feature shared by
+  the heads (Qwen3, Gemma 3), so that attention logits cannot grow without bound."""
+  return nn.RMSNorm(epsilon=model.norm_eps, dtype=model.dtype, param_dtype=model.param_dtype,
+                    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('kv',)),
+                    name=name)
+
+
+def output_std(model) -> float:
+  """The init std of the projections back into the residual stream (attention out, MLP proj):
+  GPT-2 scales them by 1/sqrt(2·n_layer); zero_init_proj starts them at 0, so every block begins
+  as the identity (modded-nanogpt)."""
+  return 0.0 if model.zero_init_proj else model.init_std / math.sqrt(2 * model.n_layer)
 
 
 def _dense(model, plan: layers.Plan, features, in_names: tuple, out_names: tuple, std: float,
@@ -131,13 +152,14 @@ class Attention(nn.Module):
     E = head_size(c)
     dense = lambda *args: functools.partial(_dense(c, self.plan, *args),
                                         deterministic=deterministic)
-    out_std = c.init_std / math.sqrt(2 * c.n_layer)  # GPT-2: residual branches scaled by depth
     unflat = lambda y: y.reshape(positions_BL.shape + y.shape[1:])
     q_BLHE = unflat(dense((c.n_head, E), ('embed',), ('heads', 'kv'), c.init_std, 'query')(x_ND))
     k_BLKE = unflat(dense((c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std,
                           'key')(x_ND))
     v_BLKE = unflat(dense((c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std,
                           'value')(x_ND))
+    if c.qk_norm:
+      q_BLHE, k_BLKE = _head_norm(c, 'query_norm')(q_BLHE), _head_norm(c, 'key_norm')(k_BLKE)
     if c.position == 'rope':
       q_BLHE = rope(q_BLHE, positions_BL, c.rope_theta)
       k_BLKE = rope(k_BLKE, positions_BL, c.rope_theta)
@@ -153,7 +175,7 @@ class Attention(nn.Module):
       out_BLHE = attention.attention(q_BLHE, k_BLKE, v_BLKE, implementation=c.attention,
                                      window=self.window, segment_ids_BL=segment_ids_BL)
     out_NHE = out_BLHE.reshape(-1, *out_BLHE.shape[2:])
-    return dense(c.n_embd, ('heads', 'kv'), ('embed',), out_std, 'out')(out_NHE)
+    return dense(c.n_embd, ('heads', 'kv'), ('embed',), output_std(c), 'out')(out_NHE)
 
   def _cache(self, k_BLKE, v_BLKE, positions_BL):
     """Writes the new keys, values and their positions at the cache's index and returns the
@@ -182,17 +204,18 @@ class MLP(nn.Module):
   def __call__(self, x_ND, deterministic: bool = True):
     c = self.config
     F = mlp_hidden_size(c)
-    out_std = c.init_std / math.sqrt(2 * c.n_layer)
     dense = lambda *args: functools.partial(_dense(c, self.plan, *args),
                                         deterministic=deterministic)
     if c.mlp == 'swiglu':
       gate_NF = dense(F, ('embed',), ('mlp',), c.init_std, 'gate')(x_ND)
       up_NF = dense(F, ('embed',), ('mlp',), c.init_std, 'up')(x_ND)
       h_NF = nn.silu(gate_NF) * up_NF
+    elif c.mlp == 'relu2':
+      h_NF = jnp.square(nn.relu(dense(F, ('embed',), ('mlp',), c.init_std, 'fc')(x_ND)))
     else:
       h_NF = nn.gelu(dense(F, ('embed',), ('mlp',), c.init_std, 'fc')(x_ND), approximate=True)
     h_NF = nn.with_logical_constraint(h_NF, ('batch', 'mlp'))
-    return dense(c.n_embd, ('mlp',), ('embed',), out_std, 'proj')(h_NF)
+    return dense(c.n_embd, ('mlp',), ('embed',), output_std(c), 'proj')(h_NF)
 
 
 class Block(nn.Module):
@@ -240,7 +263,7 @@ class GPT(nn.Module):
   stay below vocab_size + S). The logits still cover the vocab_size ids alone.
   hidden=True returns the final normalised hidden states x_ND (N = B·L rows) instead of the
   logits, for a loss that applies the head itself (losses.head_next_token_loss,
-  network.head_weight).
+  network.head_weight) and with it the soft-cap (layers.soft_cap).
   `plan` stores and multiplies the weights (layers.Plan: float; gpt_jax.network builds the
   quantized and adapted ones).
   """
@@ -299,7 +322,8 @@ class GPT(nn.Module):
     else:
       logits_NV = layers.Dense((c.vocab_size,), ('embed',), ('vocab',), c.init_std, False, c.dtype,
                                c.param_dtype, matmul=self.plan.head(), name='lm_head')(x_ND)
-    logits_NV = nn.with_logical_constraint(logits_NV, ('batch', 'vocab'))
+    logits_NV = nn.with_logical_constraint(layers.soft_cap(logits_NV, c.logit_softcap),
+                                           ('batch', 'vocab'))
     return logits_NV.reshape(*tokens_BL.shape, -1)
 
 

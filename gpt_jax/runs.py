@@ -50,11 +50,20 @@ class Run:
   step: int  # of the checkpoint the parameters come from
 
 
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+  """`saved` with every key it lacks (a setting newer than the run) at its default."""
+  return {**defaults, **{key: _with_defaults(value, defaults[key])
+                         if isinstance(value, dict) and isinstance(defaults.get(key), dict)
+                         else value for key, value in saved.items()}}
+
+
 def read_config(workdir: str, what: str = 'workdir') -> ml_collections.ConfigDict:
+  """The run's config.json; settings added since it was written read as their defaults."""
   path = os.path.join(workdir, CONFIG)
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      return ml_collections.ConfigDict(_with_defaults(json.load(f),
+                                                      config_lib.base_config().to_dict()))
   except FileNotFoundError:
     raise UserError(f'{what}={workdir!r} is not a run of this project (no {CONFIG}); pass the '
                     'workdir of a finished training run or of `python -m gpt_jax.hf import`'

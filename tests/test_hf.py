@@ -167,6 +167,15 @@ def test_export_refuses_models_transformers_cannot_express():
   config.model.update(bias=True, sliding_window=16)
   with pytest.raises(UserError, match='^model.sliding_window=16'):
     hf.config_to_hf(config.model)
+  config.model.update(sliding_window=0, mlp='relu2')
+  with pytest.raises(UserError, match=r"mlp='relu2'.* is neither GPT-2"):
+    hf.config_to_hf(config.model)
+  for speedrun in (dict(qk_norm=True), dict(logit_softcap=15.0)):
+    config.model.update({'mlp': 'gelu', 'qk_norm': False, 'logit_softcap': 0.0, **speedrun})
+    with pytest.raises(UserError, match='has QK-norm or a logit soft-cap'):
+      hf.config_to_hf(config.model)
+  config.model.update(qk_norm=False, logit_softcap=0.0, zero_init_proj=True)  # only the init
+  assert hf.config_to_hf(config.model)['model_type'] == 'gpt2'
 
 
 @pytest.mark.parametrize('arch, change, message', [

@@ -24,6 +24,7 @@ VARIANTS = {
     'local_alternate': dict(GPT2, sliding_window=4, local_layers='alternate'),
     'reference_attention': dict(LLAMA, attention='reference'),
     'head_dim': dict(GPT2, head_dim=16),
+    'speedrun': dict(LLAMA, qk_norm=True, mlp='relu2', logit_softcap=15.0, zero_init_proj=True),
 }
 
 
@@ -219,19 +220,21 @@ def test_seq_len_beyond_position_table():
   model.validate(model_config(**dict(GPT2, position='rope')), seq_len=33)  # RoPE has no table
 
 
-@pytest.mark.parametrize('z_loss', [0.0, 1e-2])
-def test_fused_head_loss_equals_loss_of_logits(z_loss):
-  """losses.head_next_token_loss (chunked, gradients fused) = next_token_loss of x · Wᵀ."""
+@pytest.mark.parametrize('z_loss, softcap', [(0.0, 0.0), (1e-2, 0.0), (1e-2, 3.0)])
+def test_fused_head_loss_equals_loss_of_logits(z_loss, softcap):
+  """losses.head_next_token_loss (chunked, gradients fused) = next_token_loss of
+  soft_cap(x · Wᵀ)."""
+  from gpt_jax import layers
   from gpt_jax import losses
   B, L, D, V = 2, 24, 16, 40
   kx, kw, kt, km = jax.random.split(jax.random.key(0), 4)
   x_ND, w_VD = jax.random.normal(kx, (B * L, D)), jax.random.normal(kw, (V, D))
   targets_BL = jax.random.randint(kt, (B, L), 0, V)
   mask_BL = jax.random.bernoulli(km, 0.8, (B, L)).astype(jnp.float32)
-  plain = lambda x, w: losses.next_token_loss((x @ w.T).reshape(B, L, V), targets_BL, mask_BL,
-                                              z_loss=z_loss)
+  plain = lambda x, w: losses.next_token_loss(
+      layers.soft_cap(x @ w.T, softcap).reshape(B, L, V), targets_BL, mask_BL, z_loss=z_loss)
   fused = lambda x, w: losses.head_next_token_loss(x, w, targets_BL, mask_BL, z_loss=z_loss,
-                                                   chunk=16)
+                                                   logit_softcap=softcap, chunk=16)
   (want, want_terms), want_grads = jax.value_and_grad(plain, (0, 1), has_aux=True)(x_ND, w_VD)
   (got, got_terms), got_grads = jax.jit(jax.value_and_grad(fused, (0, 1), has_aux=True))(x_ND, w_VD)
   np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -239,3 +242,78 @@ def test_fused_head_loss_equals_loss_of_logits(z_loss):
     np.testing.assert_allclose(got_terms[k], want_terms[k], rtol=1e-5, atol=1e-7)
   for g, w in zip(got_grads, want_grads):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+def _reference_logits(p, tokens, c):
+  """A float64 numpy GPT-2-style forward (learned positions, LayerNorm, MHA) with the speedrun's
+  options: QK-norm, GELU or squared ReLU, a soft-capped, tied or untied head."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+  layer_norm = lambda x, n: ((x - x.mean(-1, keepdims=True))
+                             / np.sqrt(x.var(-1, keepdims=True) + c.norm_eps) * n['scale']
+                             + n['bias'])
+  rms_norm = lambda x, n: x / np.sqrt(np.square(x).mean(-1, keepdims=True) + c.norm_eps) * n[
+      'scale']
+  dense = lambda x, d, n_in=1: np.tensordot(x, d['kernel'], n_in) + d['bias']
+  L = tokens.shape[1]
+  x = p['wte']['embedding'][tokens] + p['wpe'][:L]
+  for i in range(c.n_layer):
+    b = p[f'h_{i}']
+    h = layer_norm(x, b['ln_1'])
+    q, k, v = (dense(h, b['attn'][name]) for name in ('query', 'key', 'value'))
+    if c.qk_norm:
+      q, k = rms_norm(q, b['attn']['query_norm']), rms_norm(k, b['attn']['key_norm'])
+    scores = np.einsum('blhe,bshe->bhls', q, k) / np.sqrt(q.shape[-1])
+    scores = np.where(np.tril(np.ones((L, L), bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    x = x + dense(np.einsum('bhls,bshe->blhe', weights, v), b['attn']['out'], 2)
+    u = dense(layer_norm(x, b['ln_2']), b['mlp']['fc'])
+    u = (np.square(np.maximum(u, 0)) if c.mlp == 'relu2' else
+         0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u**3))))
+    x = x + dense(u, b['mlp']['proj'])
+  x = layer_norm(x, p['ln_f'])
+  logits = (x @ p['wte']['embedding'].T if c.tie_embeddings else x @ p['lm_head']['kernel'])
+  return c.logit_softcap * np.tanh(logits / c.logit_softcap) if c.logit_softcap else logits
+
+
+@pytest.mark.parametrize('options', [
+    {},
+    dict(qk_norm=True),
+    dict(mlp='relu2'),
+    dict(logit_softcap=2.0, tie_embeddings=False),
+    dict(qk_norm=True, mlp='relu2', logit_softcap=3.0, zero_init_proj=True),
+])
+def test_speedrun_options_compute_the_reference_forward(options):
+  """Each option of the modded-nanogpt recipe against a float64 numpy forward, on parameters
+  moved off their init (so norm scales differ from 1 and zero-initialised kernels from 0)."""
+  cfg, apply, params = build(**dict(GPT2, **options))
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  params = jax.tree.unflatten(treedef, [a + 0.3 * jax.random.normal(k, a.shape)
+                                        for a, k in zip(leaves, keys)])
+  tokens = random_tokens((2, 12))
+  logits = apply({'params': params}, tokens)
+  np.testing.assert_allclose(logits, _reference_logits(params, np.asarray(tokens), cfg),
+                             rtol=2e-4, atol=2e-4)
+  if cfg.logit_softcap:
+    assert np.abs(logits).max() < cfg.logit_softcap
+
+
+def test_zero_init_proj_zeroes_only_the_projections_into_the_residual():
+  _, _, default = build(**GPT2)
+  _, apply, zeroed = build(**dict(GPT2, zero_init_proj=True))
+  flat_default, flat_zeroed = (dict(jax.tree_util.tree_leaves_with_path(p))
+                               for p in (default, zeroed))
+  for path, value in flat_zeroed.items():
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['out']['kernel']") or name.endswith("['proj']['kernel']"):
+      assert not np.any(value), name
+      assert np.std(flat_default[path]) > 0.005, name
+    else:
+      np.testing.assert_array_equal(value, flat_default[path], err_msg=name)
+  # Every block starts as the identity: the logits are those of the embeddings alone.
+  tokens = random_tokens((1, 8))
+  x = zeroed['wte']['embedding'][tokens] + zeroed['wpe'][:8]
+  x = (x - x.mean(-1, keepdims=True)) / jnp.sqrt(x.var(-1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(apply({'params': zeroed}, tokens), x @ zeroed['wte']['embedding'].T,
+                             rtol=1e-4, atol=1e-5)

@@ -196,8 +196,8 @@ class TaskFineTuning(Objective):
     correct_B = jnp.argmax(logits_BK, -1) == label_B
     lm_nll, _ = losses.head_next_token_loss(
         x_ND, network.head_weight(params['gpt'], self.config.model),
-        lm_targets(batch['tokens'], batch['lm_mask']), batch['lm_mask'], normalizer=1.0,
-        num_tokens=self.num_tokens)
+        lm_targets(batch['tokens'], batch['lm_mask']), batch['lm_mask'],
+        logit_softcap=self.config.model.logit_softcap, normalizer=1.0, num_tokens=self.num_tokens)
     return {'task_nll': (nll_B * example_B).sum(), 'correct': (correct_B * example_B).sum(),
             'lm_nll': lm_nll}
 

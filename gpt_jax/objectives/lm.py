@@ -51,7 +51,8 @@ class LanguageModeling(Objective):
     loss, terms = losses.head_next_token_loss(
         x_ND, network.head_weight(params, self.config.model), tokens_BL1[:, 1:],
         jnp.ones(tokens_BL1[:, 1:].shape, jnp.float32), z_loss=self.config.loss.z_loss,
-        normalizer=weights['targets'], num_tokens=self.num_tokens)
+        logit_softcap=self.config.model.logit_softcap, normalizer=weights['targets'],
+        num_tokens=self.num_tokens)
     return loss, {'train_loss': terms['ce'], 'z_loss': terms['z_loss']}
 
   def eval_sums(self, params, batch, frozen):

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import data, losses, metrics, model, network, preferences, runs, sample
+from gpt_jax import data, layers, losses, metrics, model, network, preferences, runs, sample
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 import gpt_jax.objectives.reward as reward  # a peer module, not through the registry
@@ -112,12 +112,13 @@ def answer_hidden(gpt: model.GPT, params, tokens_BL, positions_BL, N: int) -> ja
   return x_ND.reshape(B, L, -1)[:, L - N - 1:L - 1]
 
 
-def token_logprobs(x_BND, w_VD, tokens_BN, temperature: float, num_tokens: int | None
-                   ) -> tuple[jax.Array, jax.Array]:
+def token_logprobs(x_BND, w_VD, tokens_BN, temperature: float, num_tokens: int | None,
+                   logit_softcap: float = 0.0) -> tuple[jax.Array, jax.Array]:
   """(log-prob of each token, entropy of its distribution), float32 (B, N), under
-  softmax(x·wᵀ / temperature) over the first num_tokens ids."""
-  logits_BNV = jnp.einsum('bnd,vd->bnv', x_BND.astype(jnp.float32),
-                          w_VD.astype(jnp.float32)) / temperature
+  softmax(soft_cap(x·wᵀ, logit_softcap) / temperature) over the first num_tokens ids: the
+  distribution the sampler draws from."""
+  logits_BNV = layers.soft_cap(jnp.einsum('bnd,vd->bnv', x_BND.astype(jnp.float32),
+                                          w_VD.astype(jnp.float32)), logit_softcap) / temperature
   logp_BN = -losses.token_nll(logits_BNV, tokens_BN, num_tokens)
   logp_BNV = jax.nn.log_softmax(losses.mask_padded_vocab(logits_BNV, num_tokens))
   return logp_BN, -(jnp.exp(logp_BNV) * logp_BNV).sum(-1)
@@ -277,7 +278,7 @@ class ProximalPolicy(Objective):
     logp_BN, entropy_BN = token_logprobs(x_BND,
                                          network.head_weight(params['gpt'], self.config.model),
                                          tokens_BL[:, -N:], self.config.ppo.temperature,
-                                         self.num_tokens)
+                                         self.num_tokens, self.config.model.logit_softcap)
     B, _, D = x_BND.shape
     values_BN = reward.scalar_head(params['value'], x_BND.reshape(-1, D)).reshape(B, N)
     return logp_BN, entropy_BN, values_BN
@@ -301,7 +302,7 @@ class ProximalPolicy(Objective):
     ref_logp_BN, _ = token_logprobs(
         answer_hidden(self.reference_gpt, ref, tokens_BL, positions_BL, N),
         network.head_weight(ref, self.reference_gpt.config), answer_BN, p.temperature,
-        self.num_tokens)
+        self.num_tokens, self.reference_gpt.config.logit_softcap)
     last_B = prompt_BP.shape[1] - 1 + mask_BN.sum(1).astype(jnp.int32)
     score_B = reward.scores(self.reward_gpt, frozen['reward'], tokens_BL, last_B, positions_BL)
     return {'tokens': tokens_BL, 'positions': positions_BL, 'mask': mask_BN, 'logp': logp_BN,
@@ -351,7 +352,8 @@ class ProximalPolicy(Objective):
       x_ND = self.gpt.apply({'params': params['gpt']}, tokens_BL1[:, :-1], hidden=True)
       terms['ptx_loss'], _ = losses.head_next_token_loss(
           x_ND, network.head_weight(params['gpt'], self.config.model), tokens_BL1[:, 1:],
-          jnp.ones(tokens_BL1[:, 1:].shape, jnp.float32), normalizer=weights['ptx_targets'],
+          jnp.ones(tokens_BL1[:, 1:].shape, jnp.float32),
+          logit_softcap=self.config.model.logit_softcap, normalizer=weights['ptx_targets'],
           num_tokens=self.num_tokens)
       loss = loss + p.ptx_coef * terms['ptx_loss']
     return loss, {'train_loss': loss, **terms}

@@ -118,7 +118,8 @@ class InstructionTuning(Objective):
     x_ND = self._apply(params, batch, deterministic=False, hidden=True, rngs={'dropout': rng})
     loss, terms = losses.head_next_token_loss(
         x_ND, network.head_weight(params, self.config.model), batch['targets'], batch['mask'],
-        z_loss=self.config.loss.z_loss, normalizer=weights['targets'], num_tokens=self.num_tokens)
+        z_loss=self.config.loss.z_loss, logit_softcap=self.config.model.logit_softcap,
+        normalizer=weights['targets'], num_tokens=self.num_tokens)
     return loss, {'train_loss': terms['ce'], 'z_loss': terms['z_loss']}
 
   def eval_sums(self, params, batch, frozen):
