@@ -3,8 +3,9 @@
 
 Builds the state and the jitted, donated train step on the config's mesh exactly as training
 does, feeds it random token batches, and reports compile time, step time, tokens/s, model
-FLOP/s, MFU and peak memory for each size. `--torch` also times an eager PyTorch nanoGPT of the
-same shape on the same batch, the yardstick on a CPU.
+FLOP/s, MFU and peak memory for each size. `--torch` also times PyTorch's nanoGPT of the
+same shape on the same batch, the yardstick: eager on a CPU; on a GPU compiled (torch.compile),
+with SDPA attention, fused AdamW and bfloat16 autocast when config.model.dtype is bfloat16.
 """
 
 import os
@@ -138,7 +139,8 @@ def _torch_gpt(torch, c):
           tnn.init.normal_(p, std=c.init_std)
 
     def forward(self, tokens_BL, targets_BL):
-      x_BLD = self.wte(tokens_BL) + self.wpe(torch.arange(tokens_BL.shape[1]))
+      x_BLD = self.wte(tokens_BL) + self.wpe(torch.arange(tokens_BL.shape[1],
+                                                          device=tokens_BL.device))
       for block in self.blocks:
         x_BLD = block(x_BLD)
       logits_BLV = self.ln_f(x_BLD) @ self.wte.weight.T
@@ -148,34 +150,44 @@ def _torch_gpt(torch, c):
 
 
 def bench_torch(config, batches: list[np.ndarray], steps: int, warmup: int, peak: float) -> dict:
-  """Step times of an eager PyTorch nanoGPT of config's shape, trained like nanoGPT."""
+  """Step times of PyTorch's nanoGPT of config's shape, trained like nanoGPT: on the GPU if
+  there is one (compiled, fused AdamW, bfloat16 autocast for a bfloat16 config, as nanoGPT's
+  train.py runs), else eagerly on the CPU."""
   try:
     import torch
   except ImportError:
     raise UserError("--torch needs PyTorch; pip install -e '.[hf]'") from None
   c, o = config.model, config.optim
+  gpu = torch.cuda.is_available()
+  device = 'cuda' if gpu else 'cpu'
   torch.manual_seed(config.seed)
-  gpt = _torch_gpt(torch, c)
+  gpt = _torch_gpt(torch, c).to(device)
   params = [p for p in gpt.parameters() if p.requires_grad]
   groups = [{'params': [p for p in params if p.dim() > 1], 'weight_decay': o.weight_decay},
             {'params': [p for p in params if p.dim() <= 1], 'weight_decay': 0.0}]
-  adamw = torch.optim.AdamW(groups, lr=o.lr, betas=(o.b1, o.b2), eps=o.eps, fused=False)
-  tensors = [torch.from_numpy(b.astype(np.int64)) for b in batches]
+  adamw = torch.optim.AdamW(groups, lr=o.lr, betas=(o.b1, o.b2), eps=o.eps, fused=gpu)
+  forward = torch.compile(gpt) if gpu else gpt
+  autocast = torch.autocast(device, torch.bfloat16, enabled=c.dtype == 'bfloat16')
+  tensors = [torch.from_numpy(b.astype(np.int64)).to(device) for b in batches]
   calls = 0
 
   def one_step():
     nonlocal calls
     tokens_BL1 = tensors[calls % len(tensors)]
-    loss = gpt(tokens_BL1[:, :-1], tokens_BL1[:, 1:])
+    with autocast:
+      loss = forward(tokens_BL1[:, :-1], tokens_BL1[:, 1:])
     adamw.zero_grad(set_to_none=True)
     loss.backward()
     if o.grad_clip > 0:
       torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
     adamw.step()
+    if gpu:
+      torch.cuda.synchronize()
     calls += 1
 
   times = timed(one_step, steps, warmup)
-  return {'threads': torch.get_num_threads(), 'torch_version': torch.__version__,
+  return {'device': device, 'compiled': gpu, 'threads': torch.get_num_threads(),
+          'torch_version': torch.__version__,
           **_step_stats(times, config.batch_size * config.seq_len,
                         flops.flops_per_token(c, config.seq_len), peak)}
 
@@ -238,7 +250,8 @@ def main(argv=None) -> None:
     parser.add_argument('--sizes', default='', help='n_layer x n_embd list, e.g. 4x256,6x384')
     parser.add_argument('--steps', type=int, default=10, help='timed steps')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps before them')
-    parser.add_argument('--torch', action='store_true', help='also time an eager PyTorch nanoGPT')
+    parser.add_argument('--torch', action='store_true',
+                        help="also time PyTorch's nanoGPT (compiled on a GPU, eager on a CPU)")
     parser.add_argument('--json', default='', help='report file; default runs/bench/<name>.json')
     config_args = [a for a in argv[1:] if a.startswith('--config')]
     args = parser.parse_args([a for a in argv[1:] if not a.startswith('--config')])

@@ -16,6 +16,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ''  # a run's workdir (e.g. an imported HF model): start from its parameters
   c.allow_config_changes = False  # resume a run whose trajectory settings changed (logged)
   c.steps = 1000  # optimizer steps
+  c.time_budget_s = 0.0  # > 0: train as many steps as fit this many seconds here (measured
+  # first; compilation and evaluation not counted) instead of `steps`
   c.batch_size = 32  # sequences per optimizer step, over all devices and microbatches
   c.grad_accum = 1  # microbatches per optimizer step (batch_size must divide by it)
   c.steps_per_call = 16  # train steps per compiled call: the host works once per call, not step

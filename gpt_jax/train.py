@@ -2,7 +2,8 @@
 
 A config with a `sweep` section runs a scaling-law sweep (gpt_jax.sweep), one with a `study`
 section the distillation study (gpt_jax.distill_study), one with a `chain` section the
-preference-tuning chain (gpt_jax.preference_study); any other trains one model with the
+preference-tuning chain (gpt_jax.preference_study), one with an `ablation` section the ablation
+study at equal wall time (gpt_jax.ablation_study); any other trains one model with the
 objective it names (gpt_jax.trainer). Nothing imports this module.
 """
 
@@ -16,13 +17,15 @@ from gpt_jax import cli
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Imported here, not at the top: data preparation's worker processes import this module (they
   # are spawned and load the main module) and need none of JAX.
-  from gpt_jax import distill_study, preference_study, sweep, trainer
+  from gpt_jax import ablation_study, distill_study, preference_study, sweep, trainer
   if 'sweep' in config:
     return sweep.run_sweep(config, workdir)
   if 'study' in config:
     return distill_study.run_study(config, workdir)
   if 'chain' in config:
     return preference_study.run_study(config, workdir)
+  if 'ablation' in config:
+    return ablation_study.run_study(config, workdir)
   return trainer.train(config, workdir)
 
 

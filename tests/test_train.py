@@ -211,6 +211,41 @@ def test_steps_in_one_call_are_the_steps_one_call_each(tiny, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, results[1][1], results[0][1])
 
 
+def test_a_time_budget_sets_the_steps_from_the_measured_rate(tiny, tmp_path, monkeypatch):
+  """time_budget_s / seconds per step steps are trained (capped by the data), recorded in
+  config.json and kept on resume, so the schedule does not move."""
+  seconds = trainer.measure_step_seconds(
+      lm.LanguageModeling.build(tiny, None, lambda _: None), tiny,
+      jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ('data', 'fsdp', 'tensor')),
+      lm.LanguageModeling.build(tiny, None, lambda _: None).train_dataset(tiny.batch_size),
+      seconds=0.1)
+  assert 0 < seconds < 10
+  monkeypatch.setattr(trainer, 'measure_step_seconds', lambda *args: 0.25)
+  tiny.update(time_budget_s=3.0, steps=1000)  # 1000: ignored
+  workdir = str(tmp_path / 'budget')
+  logs = []
+  trainer.train(tiny, workdir, log=logs.append)
+  assert 'time budget 3 s: 4.00 steps/s measured, so 12 steps' in logs
+  assert read_metrics(workdir)[-1]['step'] == 12
+  assert runs.read_config(workdir).steps == 12
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '12'))
+  monkeypatch.setattr(trainer, 'measure_step_seconds', lambda *args: 0.5)  # a slower machine
+  logs = []
+  tiny.steps = 1000
+  trainer.train(tiny, workdir, log=logs.append)
+  assert 'time budget 3 s: resuming with the 12 steps this run chose' in logs
+  assert read_metrics(workdir)[-1]['step'] == 12
+  tiny.time_budget_s = 1e6  # more steps than the data holds
+  objective = lm.LanguageModeling.build(tiny, None, lambda _: None)
+  train_ds = objective.train_dataset(tiny.batch_size)
+  logs = []
+  assert trainer.budget_steps(objective, tiny, None, train_ds, str(tmp_path / 'new'),
+                              logs.append) == len(train_ds)
+  assert logs == [f'time budget 1e+06 s: 2.00 steps/s measured, so {len(train_ds)} steps (the '
+                  f'{len(train_ds)} batches of the training split; raise data.num_epochs for '
+                  'more)']
+
+
 def test_a_branched_cooldown_equals_a_run_trained_to_its_length(tiny, tmp_path):
   """WSD (Hägele et al. 2024): a 10-step run is the first 8 updates of a 20-step one at the
   stable lr, then its own 2-update cooldown, so branching it off the long run's step 8 gives
