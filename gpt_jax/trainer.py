@@ -13,6 +13,7 @@ samples or report).
 import math
 import os
 import signal
+import statistics
 import time
 
 import flax.linen as nn
@@ -399,7 +400,8 @@ def measure_step_seconds(objective: Objective, config, mesh, train_ds, seconds: 
                          ) -> float:
   """Wall seconds per train step of `config` here, data loading included: after a first call
   that compiles and warms up, calls of as many steps as training's first call runs
-  (next_event) are timed until `seconds` have passed (at least two). The steps train a fresh
+  (next_event) are timed until `seconds` have passed (at least three), and the median call
+  counts, so that a moment when the machine was busy elsewhere does not. The steps train a fresh
   state that is then dropped, on batches from a fresh pass over train_ds; the schedule is the
   one of config.steps, which changes no step's cost."""
   tx = optim.optimizer(config.optim, config.steps * objective.epochs * objective.minibatches,
@@ -416,13 +418,14 @@ def measure_step_seconds(objective: Objective, config, mesh, train_ds, seconds: 
   state, _ = train_steps(state, next_batches(data_iterator, 1, config.steps_per_call, stacked),
                          np.int32(1), *frozen)
   jax.block_until_ready(state)
-  calls, start = 0, time.perf_counter()
-  while calls < 2 or time.perf_counter() - start < seconds:
+  times, start = [], time.perf_counter()
+  while len(times) < 3 or time.perf_counter() - start < seconds:
+    call_start = time.perf_counter()
     state, _ = train_steps(state, next_batches(data_iterator, count, config.steps_per_call,
                                                stacked), np.int32(count), *frozen)
     jax.block_until_ready(state)
-    calls += 1
-  return (time.perf_counter() - start) / (calls * count)
+    times.append(time.perf_counter() - call_start)
+  return statistics.median(times) / count
 
 
 def next_batches(data_iterator, count: int, per_call: int, stacked: dict) -> dict:
