@@ -1,0 +1,93 @@
+"""FlexGen's policy search: the linear program against the cost model it optimises."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from gpt_jax import config as config_lib
+from gpt_jax.errors import UserError
+from gpt_jax.offload import policy as policy_lib
+
+GIB = 2**30
+
+
+def gpt2_xl_workload(**bytes_per_value):
+  m = config_lib.base_config().model
+  m.update(n_layer=48, n_embd=1600, n_head=25, n_kv_head=25, vocab_size=50304, block_size=1024)
+  return policy_lib.Workload.of(m, prompt_len=512, gen_len=32, **bytes_per_value)
+
+
+def t4(device_gib=16.0, host_gib=208.0, disk_gib=1500.0):
+  """The paper's machine, roughly: a T4 (65 TFLOP/s fp16, 300 GB/s), a host of 1 TFLOP/s and
+  100 GB/s, PCIe 3 ×16, an NVMe disk."""
+  return policy_lib.Hardware(device_gib * GIB, host_gib * GIB, disk_gib * GIB, 65e12, 1e12,
+                             300e9, 100e9, 12e9, 12e9, 2e9, 1.5e9)
+
+
+def evaluate(w, hw, x, batch_size, num_batches, on_host):
+  """(throughput, fits) of fractions x (9 values) under the cost model, computed directly."""
+  bls = batch_size * num_batches
+  value = lambda terms: terms.get(None, 0.0) + sum(v * x[k] for k, v in terms.items()
+                                                   if k is not None)
+  times = [max(value(s) for s in policy_lib._streams(w, hw, bls, prefill, on_host))
+           for prefill in (True, False)]
+  memory = policy_lib._memory(w, batch_size, bls, on_host)
+  fits = all(value(c) + k <= cap * (1 + 1e-9) for (c, k), cap in
+             zip(memory, (hw.device_memory, hw.host_memory, hw.disk_memory)))
+  return bls * w.gen_len / (w.n_layer * (times[0] + (w.gen_len - 1) * times[1])), fits
+
+
+@pytest.mark.parametrize('device_gib, on_host', [(1.0, False), (1.0, True), (4.0, False)])
+def test_the_linear_program_beats_every_grid_point_and_keeps_its_budgets(device_gib, on_host):
+  w, hw = gpt2_xl_workload(), t4(device_gib, host_gib=1.0)  # 3 GiB of weights: all tiers used
+  best = policy_lib.solve(w, hw, 8, 4, on_host)
+  x = np.array([*best.weights, *best.cache, *best.activations])
+  throughput, fits = evaluate(w, hw, x, 8, 4, on_host)
+  assert fits and throughput == pytest.approx(best.tokens_per_s, rel=1e-6)
+  np.testing.assert_allclose([sum(best.weights), sum(best.cache), sum(best.activations)], 1.0)
+  steps = 4
+  splits = [np.array([a, b, steps - a - b]) / steps
+            for a, b in itertools.product(range(steps + 1), repeat=2) if a + b <= steps]
+  grid_best = max((t for t, ok in (evaluate(w, hw, np.concatenate(f), 8, 4, on_host)
+                                   for f in itertools.product(splits, repeat=3)) if ok),
+                  default=0.0)
+  assert best.tokens_per_s >= grid_best * (1 - 1e-9)
+  if device_gib == 1.0:
+    assert best.weights[2] > 0.3  # 2 GiB of device and host memory cannot hold 3 GiB of weights
+
+
+def test_a_model_that_fits_runs_a_large_block_at_least_as_fast_as_all_on_the_device():
+  """Decoding a batch of 1 reads every weight for one token (memory-bound), so the search grows
+  the block; whatever it places off the device, it is no slower than keeping everything there."""
+  w, hw = gpt2_xl_workload(), t4(device_gib=80.0)
+  best = policy_lib.search(w, hw)
+  assert best.block_size >= 64
+  on_device = np.array([1, 0, 0] * 3, float)
+  rate, fits = evaluate(w, hw, on_device, best.batch_size, best.num_batches,
+                        best.attention_on_host)
+  assert best.tokens_per_s >= rate * (1 - 1e-9) or not fits
+  assert best.tokens_per_s > 5 * policy_lib.solve(w, hw, 1, 1, False).tokens_per_s
+
+
+def test_offloaded_weights_are_shared_by_a_bigger_block():
+  """The zig-zag schedule's point: with the weights streamed, more batches per block amortise
+  each load, so throughput grows with the block until compute or memory binds."""
+  w, hw = gpt2_xl_workload(), t4(device_gib=2.0)
+  rates = [policy_lib.solve(w, hw, 4, count, False).tokens_per_s for count in (1, 2, 4, 8)]
+  assert rates == sorted(rates) and rates[-1] > 2 * rates[0]
+  assert policy_lib.search(w, hw).block_size > 4
+
+
+def test_four_bit_weights_and_cache_are_faster_when_offloaded():
+  hw = t4(device_gib=2.0)
+  plain = policy_lib.search(gpt2_xl_workload(), hw)
+  packed = policy_lib.search(gpt2_xl_workload(weight_bytes=0.5 + 4 / 64, cache_bytes=0.5 + 4 / 64),
+                             hw)
+  assert packed.tokens_per_s > plain.tokens_per_s
+
+
+def test_a_budget_too_small_for_one_layer_is_one_line():
+  with pytest.raises(UserError, match=r'^no policy fits: one layer is 58\.6 MiB .* raise the '
+                                      r'device budget \(now 100 MiB\)'):
+    policy_lib.search(gpt2_xl_workload(), t4(device_gib=100 / 1024))
