@@ -91,3 +91,72 @@ def test_a_budget_too_small_for_one_layer_is_one_line():
   with pytest.raises(UserError, match=r'^no policy fits: one layer is 58\.6 MiB .* raise the '
                                       r'device budget \(now 100 MiB\)'):
     policy_lib.search(gpt2_xl_workload(), t4(device_gib=100 / 1024))
+
+
+# --- the disk tier ----------------------------------------------------------------------------
+
+
+def _o_direct_works(folder) -> bool:
+  """Whether this filesystem reads a file with O_DIRECT (tmpfs, for one, refuses)."""
+  import mmap
+  import os
+  probe = os.path.join(folder, 'probe')
+  with open(probe, 'wb') as f:
+    f.write(bytes(4096))
+  try:
+    fd = os.open(probe, os.O_RDONLY | os.O_DIRECT)
+    try:
+      return os.readv(fd, [mmap.mmap(-1, 4096)]) == 4096
+    finally:
+      os.close(fd)
+  except OSError:
+    return False
+
+
+@pytest.mark.parametrize('direct', [True, False])
+def test_disk_groups_round_trip_and_are_read_from_disk(tmp_path, monkeypatch, direct):
+  from gpt_jax.offload import disk
+  if not direct:  # a filesystem without O_DIRECT: read, then drop the cached pages
+    monkeypatch.delattr(disk.os, 'O_DIRECT', raising=False)
+  rng = np.random.default_rng(0)
+  layer = {'kernel': rng.normal(size=(64, 3, 5)).astype(np.float32),
+           'scale': rng.normal(size=(7,)).astype(np.float16),
+           'q': rng.integers(-8, 8, size=(5000,), dtype=np.int8)}
+  store = disk.DiskStore(str(tmp_path / 'disk'))
+  size = store.write('h_0', layer)
+  assert size == 4 * disk.ALIGN  # each array at a block boundary: 3840, 14 and 5000 bytes
+  again = disk.DiskStore(str(tmp_path / 'disk'))  # the index is on disk too
+  got = again.read('h_0')
+  assert again.direct is (direct and _o_direct_works(tmp_path))
+  for name, array in layer.items():
+    assert got[name].dtype == array.dtype
+    np.testing.assert_array_equal(got[name], array)
+  assert again.bytes_read == size and 'h_0' in again and 'h_1' not in again
+
+
+def test_a_disk_directory_that_cannot_be_written_is_one_line(tmp_path):
+  from gpt_jax.offload import disk
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(UserError, match=r'^cannot make the disk directory .*file/d'):
+    disk.DiskStore(str(tmp_path / 'file' / 'd'))
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_old_group(tmp_path, monkeypatch):
+  import builtins
+  import errno
+  from gpt_jax.offload import disk
+  store = disk.DiskStore(str(tmp_path))
+  store.write('h_0', {'w': np.arange(10, dtype=np.float32)})
+  real_open = builtins.open
+
+  def full(path, mode='r', *args, **kwargs):
+    if 'w' in mode and str(path).endswith('.bin'):
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real_open(path, mode, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, 'open', full)
+  with pytest.raises(UserError, match=r'^cannot write .*h_0\.bin \(No space left on device\); '
+                                      'free disk space or pass another disk directory$'):
+    store.write('h_0', {'w': np.zeros(10, np.float32)})
+  monkeypatch.undo()
+  np.testing.assert_array_equal(disk.DiskStore(str(tmp_path)).read('h_0')['w'], np.arange(10))
