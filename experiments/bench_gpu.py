@@ -1,7 +1,8 @@
 """The GPU benchmark shape: GPT-2 124M as llm.c and nanoGPT train it, 1024 tokens × 16 sequences
 (16,384 tokens per step), bfloat16 compute over float32 parameters, cuDNN flash attention, the
-50304-entry padded vocabulary. `tpu/bench_gpu.sh` times it and GPT-2 350M (24x1024) with the
-variants of issue 25 and PyTorch's compiled nanoGPT of the same shapes as the yardstick."""
+50304-entry padded vocabulary. `tpu/bench_gpu.sh` times it and GPT-2 350M (24x1024) with one
+change at a time (scan, remat, batch, XLA flags) and PyTorch's compiled nanoGPT of the same shapes
+as the yardstick."""
 
 from gpt_jax.config import base_config
 

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# The accelerator step of issue 25 on one GPU: GPT-2 124M and 350M at seq 1024, bfloat16, cuDNN
-# attention. Times the train step as training runs it (python -m gpt_jax.bench) for the baseline
-# and for one change at a time, each beside PyTorch's compiled nanoGPT of the same shape, and
-# writes one JSON report per row under OUT (default runs/bench_gpu). A few minutes on an H100.
+# The accelerator check of the train step on one GPU: GPT-2 124M and 350M at seq 1024, bfloat16,
+# cuDNN attention. Times the step as training runs it (python -m gpt_jax.bench) for the baseline
+# and for one change at a time, the first and fourth rows beside PyTorch's nanoGPT of the same
+# shape compiled with torch.compile, and writes one JSON report per row under OUT (default
+# runs/bench_gpu). A few minutes on an H100. Needs the accelerator build of JAX and PyTorch
+# (pip install -e '.[hf]') in the Python it runs: PYTHON, default python3 (activate the venv).
 #
-#   bash tpu/bench_gpu.sh [OUT]
+#   PYTHON=.venv/bin/python bash tpu/bench_gpu.sh [OUT]
 #
 # Rows (each is `python -m gpt_jax.bench --config=experiments/bench_gpu.py` plus its settings):
-#   baseline      unrolled layers, no remat, batch 16
-#   scan          nn.scan over layers (one compiled layer)
-#   remat_dots    rematerialise all but the matmul outputs
-#   batch32       32 sequences per step (more work per launch)
-#   lhs           XLA's latency-hiding scheduler and command buffers off (launch overhead)
+#   baseline            unrolled layers, no remat, batch 16 (and PyTorch)
+#   scan                nn.scan over layers (one compiled layer)
+#   remat_dots          rematerialise all but the matmul outputs
+#   batch32             32 sequences per step (and PyTorch)
+#   lhs                 XLA's latency-hiding scheduler on
+#   no_command_buffers  XLA's CUDA command buffers off (each kernel launched on its own)
 set -euo pipefail
 out=${1:-runs/bench_gpu}
 mkdir -p "$out"
