@@ -104,10 +104,10 @@ def prepare_directory(data_cfg: ml_collections.ConfigDict, vocab_size: int,
         f'{paths[end - 1]})')
     return build(part, paths[first:end], {**settings, 'part': [i, n]})
   if _exists(directory):
-    manifest = read_manifest(directory)
-    for line in manifest['log']:
-      log(line)
-    log(f'reusing prepared data at {directory}')
+    # The preparation's own report, shown again as what was done then, not now.
+    log(f'reusing prepared data at {directory}, prepared earlier:')
+    for line in read_manifest(directory)['log']:
+      log(f'  {line}')
     return directory
   if os.path.isdir(directory) and _parts(directory):
     return _merge(directory, settings, log)

@@ -87,8 +87,9 @@ def test_prepare_reuses_the_cache_without_reading_or_training(prepared, small_co
   again = data.prepare(data_config(small_corpus), VOCAB, log=logs.append)
   assert again.directory == prepared.directory
   assert again.manifest == prepared.manifest
-  assert logs[2].startswith('cleaning kept 74 of 74 documents')  # the report is shown again
-  assert logs[-1] == f'reusing prepared data at {prepared.directory}'
+  assert logs[0] == f'reusing prepared data at {prepared.directory}, prepared earlier:'
+  assert logs[3].startswith('  cleaning kept 74 of 74 documents')  # the report, as then's
+  assert any(line.startswith('  trained a BPE tokenizer') for line in logs)
 
 
 def test_settings_of_a_stage_that_is_off_do_not_change_the_cache_entry(prepared, small_corpus):
