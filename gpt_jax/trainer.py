@@ -549,9 +549,10 @@ def train_loop(objective: Objective, tx, config, workdir: str, state: TrainState
       if logs:
         step_metrics = jax.device_get(jax.tree.map(lambda m: m[count - 1], steps_metrics))
         throughput.pause()
-        tokens_per_sec = throughput.rate()
-        record = {'step': step, **{k: float(v) for k, v in step_metrics.items()},
-                  'tokens_per_sec': tokens_per_sec, 'mfu': tokens_per_sec * flops_per_token / peak}
+        record = {'step': step, **{k: float(v) for k, v in step_metrics.items()}}
+        if throughput.steps:  # none yet while the first call (mostly compiling) is all there was
+          tokens_per_sec = throughput.rate()
+          record.update(tokens_per_sec=tokens_per_sec, mfu=tokens_per_sec * flops_per_token / peak)
         if step % config.eval_every == 0 or last:
           record.update(evaluate(eval_step, state, val_batches, objective))
         if metrics_log:
