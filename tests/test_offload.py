@@ -1,6 +1,7 @@
 """FlexGen's policy search: the linear program against the cost model it optimises."""
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -160,3 +161,20 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_group(tmp_path, monkeypatch)
     store.write('h_0', {'w': np.zeros(10, np.float32)})
   monkeypatch.undo()
   np.testing.assert_array_equal(disk.DiskStore(str(tmp_path)).read('h_0')['w'], np.arange(10))
+
+
+def test_the_measured_hardware_has_every_rate_and_leaves_the_disk_as_it_was(tmp_path):
+  from gpt_jax.offload import disk, hardware
+  store = disk.DiskStore(str(tmp_path))
+  store.write('kept', {'w': np.ones(3, np.float32)})
+  hw = hardware.measure(1e9, 2e9, 3e9, str(tmp_path), nbytes=1 << 20, repeats=1)
+  assert (hw.device_memory, hw.host_memory, hw.disk_memory) == (1e9, 2e9, 3e9)
+  rates = [hw.device_flops, hw.host_flops, hw.device_bandwidth, hw.host_bandwidth,
+           hw.host_to_device, hw.device_to_host, hw.disk_to_host, hw.host_to_disk]
+  assert all(np.isfinite(r) and r > 1e6 for r in rates), rates
+  assert sorted(os.listdir(tmp_path)) == ['index.json', 'kept.bin']
+  assert list(disk.DiskStore(str(tmp_path)).index) == ['kept']
+  # The measured machine goes straight into the policy search.
+  w = gpt2_xl_workload()
+  assert policy_lib.search(w, hardware.measure(8 * GIB, 8 * GIB, 64 * GIB, str(tmp_path),
+                                               nbytes=1 << 20, repeats=1)).tokens_per_s > 0

@@ -74,6 +74,12 @@ class DiskStore:
                       'directory') from None
     return self.index[group]['size']
 
+  def remove(self, group: str) -> None:
+    """Deletes `group` (its index entry first, so a crash leaves no entry without its file)."""
+    self.index.pop(group)
+    files.write_json(os.path.join(self.directory, _INDEX), self.index)
+    os.remove(os.path.join(self.directory, f'{group}.bin'))
+
   def read(self, group: str) -> dict[str, np.ndarray]:
     """The arrays of `group`, read from disk (views into one page-aligned buffer)."""
     entry = self.index[group]
