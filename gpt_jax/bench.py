@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from gpt_jax import cli, files, flops, optim, sharding, trainer
+from gpt_jax import cli, files, flops, sharding, trainer
 from gpt_jax.objectives import lm
 from gpt_jax.errors import UserError
 
@@ -70,14 +70,13 @@ def bench_jax(config, batches: list[np.ndarray], steps: int, warmup: int, peak: 
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_divisible(config, mesh)
   objective = lm.LanguageModeling.without_data(config)  # the batches are random tokens
-  tx = optim.optimizer(config.optim, config.steps, objective.param_axes())
+  tx = trainer.training_optimizer(objective, config)
   abstract = trainer.abstract(objective, tx, config, mesh)
-  shardings = jax.tree.map(lambda a: a.sharding, abstract)
   batch_sharding = sharding.batch_sharding(mesh)
   start = time.perf_counter()
   step = trainer.compile_train_step(objective, tx, config, mesh, abstract)
   compile_s = time.perf_counter() - start
-  state = jax.jit(lambda: trainer.new_state(objective, tx, config), out_shardings=shardings)()
+  state = trainer.fresh_state(objective, tx, config, abstract)
   device_batches = [{'tokens': jax.device_put(b, batch_sharding)} for b in batches]
   calls = 0
 

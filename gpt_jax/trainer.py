@@ -189,6 +189,19 @@ def new_state(objective: Objective, tx, config) -> TrainState:
   return init_state(objective.init_params, tx, config.seed)
 
 
+def training_optimizer(objective: Objective, config) -> optax.GradientTransformation:
+  """The run's optimizer, its schedule over all the updates of config.steps steps (an on-policy
+  objective makes epochs × minibatches updates a step)."""
+  return optim.optimizer(config.optim, config.steps * objective.epochs * objective.minibatches,
+                         objective.param_axes())
+
+
+def fresh_state(objective: Objective, tx, config, abstract_train_state: TrainState) -> TrainState:
+  """A new train state, created sharded where abstract_train_state lays it out."""
+  return jax.jit(lambda: new_state(objective, tx, config),
+                 out_shardings=jax.tree.map(lambda a: a.sharding, abstract_train_state))()
+
+
 def abstract(objective: Objective, tx, config, mesh) -> TrainState:
   return abstract_state(objective.init_params, objective.param_axes(), tx, config.seed, mesh)
 
@@ -351,8 +364,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log=print, prepared=N
       f'{step_flops / 1e9:.1f} GFLOP per step; {len(train_ds)} batches available, training '
       f'{config.steps}')
   val_batches = objective.validation_batches()
-  tx = optim.optimizer(config.optim, config.steps * objective.epochs * objective.minibatches,
-                       objective.param_axes())
+  tx = training_optimizer(objective, config)
   abstract_train_state = abstract(objective, tx, config, mesh)
 
   with runs.hold_workdir(workdir, log):
@@ -404,13 +416,11 @@ def measure_step_seconds(objective: Objective, config, mesh, train_ds, seconds: 
   counts, so that a moment when the machine was busy elsewhere does not. The steps train a fresh
   state that is then dropped, on batches from a fresh pass over train_ds; the schedule is the
   one of config.steps, which changes no step's cost."""
-  tx = optim.optimizer(config.optim, config.steps * objective.epochs * objective.minibatches,
-                       objective.param_axes())
+  tx = training_optimizer(objective, config)
   abstract_train_state = abstract(objective, tx, config, mesh)
   train_steps = compile_train_step(objective, tx, config, mesh, abstract_train_state,
                                    config.steps_per_call)
-  state = jax.jit(lambda: new_state(objective, tx, config),
-                  out_shardings=jax.tree.map(lambda a: a.sharding, abstract_train_state))()
+  state = fresh_state(objective, tx, config, abstract_train_state)
   frozen = () if objective.frozen is None else (objective.frozen,)
   data_iterator = iter(train_ds.to_iter_dataset())
   stacked = stacked_batch_shardings(objective, mesh)
@@ -447,8 +457,7 @@ def initial_state(objective: Objective, tx, config, workdir: str, ckpts: checkpo
   data_iterator = iter(train_ds.to_iter_dataset())
   newest = ckpts.latest_step()
   if newest is None:
-    state = jax.jit(lambda: new_state(objective, tx, config),  # created sharded
-                    out_shardings=jax.tree.map(lambda a: a.sharding, abstract_train_state))()
+    state = fresh_state(objective, tx, config, abstract_train_state)
     params = objective.start_from(state.params, mesh, log)
     if params is not state.params:
       state = state.replace(params=params)
