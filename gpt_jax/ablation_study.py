@@ -14,7 +14,7 @@ import copy
 import os
 import re
 
-from gpt_jax import files, flops, metrics, trainer
+from gpt_jax import cli, files, flops, metrics, trainer
 from gpt_jax.errors import UserError
 
 
@@ -37,13 +37,13 @@ def apply(config, settings: dict, name: str) -> None:
   """Sets the change called `name`, nested like the config ({'optim': {'lr': 4e-3}}), in config;
   UserError for a key the config lacks."""
   for key, value in flat(settings).items():
+    if cli.unknown_key(config, key):
+      raise UserError(f'ablation change {name!r} sets {key!r}, which is not a config key; '
+                      'check the spelling against gpt_jax/config.py')
     *sections, leaf = key.split('.')
     node = config
     for section in sections:
-      node = node.get(section) if hasattr(node, 'get') else None
-    if node is None or leaf not in node:
-      raise UserError(f'ablation change {name!r} sets {key!r}, which is not a config key; '
-                      'check the spelling against gpt_jax/config.py')
+      node = node[section]
     node[leaf] = value
 
 
@@ -83,7 +83,7 @@ def run_study(config, workdir: str, log=print) -> dict:
       log(f'[{b * len(runs) + r + 1}/{total}] {budget:g} s, {name} -> {run_dir}')
       trainer.train(run, run_dir, log=_quiet)
       records = metrics.read_jsonl(os.path.join(run_dir, metrics.METRICS))
-      results[budget][name] = {**records[-1], 'tokens_per_step': run.batch_size * run.seq_len}
+      results[budget][name] = records[-1]
       log(f'    {records[-1]["step"]} steps, {records[-1]["val_bpb"]:.4f} bits/byte')
   _write_report(config, runs, results, workdir)
   log(f'report: {os.path.join(workdir, "ablation_report.md")}')

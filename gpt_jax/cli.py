@@ -36,7 +36,8 @@ def load_experiment(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
-def _unknown_key(config, key: str) -> bool:
+def unknown_key(config, key: str) -> bool:
+  """Whether the dotted `key` ('optim.lr') names no setting of `config`."""
   node = config
   for part in key.split('.'):
     if not hasattr(node, 'keys') or part not in node:
@@ -49,7 +50,7 @@ def _apply_overrides(config, argv: list[str], extra_flags: Callable[[flags.FlagV
   """Parses `--config.a.b=v` overrides (typed by the config) and the flags extra_flags defines."""
   for arg in argv[1:]:
     key = arg[len('--config.'):].split('=', 1)[0] if arg.startswith('--config.') else None
-    if key is not None and _unknown_key(config, key):
+    if key is not None and unknown_key(config, key):
       raise UserError(f'unknown config key config.{key}; check the spelling against '
                       'gpt_jax/config.py')
   flag_values = flags.FlagValues()

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gpt_jax import files
+from gpt_jax import files, workers
 from gpt_jax.model import head_size, mlp_hidden_size
 
 # Dense bfloat16 peak FLOP/s per chip, from the vendors' data sheets.
@@ -111,10 +111,9 @@ def cpu_key() -> str:
           fields.setdefault(key, value)
   except OSError:
     fields['model name'] = platform.processor() or platform.machine()
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   return ' / '.join([*(f'{k} {v}' for k, v in fields.items()),
                      ' '.join(f for f in PEAK_FLAGS if f in flags) or 'no vector flags',
-                     f'{cores} cores', f'jax {jax.__version__}'])
+                     f'{workers.cores()} cores', f'jax {jax.__version__}'])
 
 
 def measure_cpu_peak(n: int = 2048, repeats: int = 5) -> float:

@@ -46,6 +46,7 @@ import jax
 import ml_collections
 
 from gpt_jax import checkpoint, data, files, flops, metrics, optim, scaling, trainer
+from gpt_jax import workers as workers_lib
 from gpt_jax.errors import UserError
 
 RUN_COLUMNS = ('name', 'role', 'budget', 'seed', 'lr_multiplier', 'n_layer', 'n_embd', 'n_head',
@@ -381,11 +382,7 @@ def workers(setting: int) -> int:
   the sweep's models are too small to keep two cores busy, and 1 on an accelerator."""
   if setting:
     return setting
-  if jax.default_backend() != 'cpu':
-    return 1
-  if hasattr(os, 'sched_getaffinity'):  # the cores this process may use (Linux)
-    return len(os.sched_getaffinity(0))
-  return os.cpu_count() or 1
+  return workers_lib.cores() if jax.default_backend() == 'cpu' else 1
 
 
 def _train(config: ml_collections.ConfigDict, run_dir: str, prepared_dir: str,

@@ -41,6 +41,13 @@ class Workers:
       self._pool.join()
 
 
+def cores() -> int:
+  """The CPU cores this process may use: its affinity where the OS has one (Linux), else all."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def count(setting: int, input_bytes: int, bytes_per_worker: int = 16 << 20) -> int:
   """How many workers: `setting`, or for 0 one per core but no more than one per
   `bytes_per_worker` of input (starting processes costs more than a small corpus takes)."""

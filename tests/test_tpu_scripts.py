@@ -459,6 +459,6 @@ def test_bench_gpu_runs_the_bench_with_settings_the_config_has(tmp_path):
     names.append(os.path.basename(json_arg))
     for arg in call:
       if arg.startswith('--config.'):
-        assert not cli._unknown_key(config, arg[len('--config.'):].split('=')[0]), arg
+        assert not cli.unknown_key(config, arg[len('--config.'):].split('=')[0]), arg
   assert names == ['baseline.json', 'scan.json', 'remat_dots.json', 'batch32.json', 'lhs.json',
                    'no_command_buffers.json']
