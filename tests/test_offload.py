@@ -88,6 +88,15 @@ def test_four_bit_weights_and_cache_are_faster_when_offloaded():
   assert packed.tokens_per_s > plain.tokens_per_s
 
 
+def test_a_policy_reads_as_one_line():
+  p = policy_lib.Policy(8, 4, (0.25, 0.75, 0.0), (0.0, 0.5, 0.5), (1.0, 0.0, 0.0), True, 0.5,
+                        0.01, 123.4)
+  assert p.block_size == 32
+  assert p.describe() == ('block 4 × 8 sequences; weights 25/75/0, cache 0/50/50, activations '
+                          '100/0/0 % on device/host/disk; attention over the host cache on the '
+                          'host; predicted 123 tokens/s')
+
+
 def test_a_budget_too_small_for_one_layer_is_one_line():
   with pytest.raises(UserError, match=r'^no policy fits: one layer is 58\.6 MiB .* raise the '
                                       r'device budget \(now 100 MiB\)'):

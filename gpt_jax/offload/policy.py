@@ -34,9 +34,6 @@ from gpt_jax import flops
 from gpt_jax.errors import UserError
 from gpt_jax.model import head_size, mlp_hidden_size
 
-TIERS = ('device', 'host', 'disk')
-PLACES = ('weights', 'cache', 'activations')
-
 
 @dataclasses.dataclass(frozen=True)
 class Hardware:
