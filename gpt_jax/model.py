@@ -266,65 +266,81 @@ class GPT(nn.Module):
   network.head_weight) and with it the soft-cap (layers.soft_cap).
   `plan` stores and multiplies the weights (layers.Plan: float; gpt_jax.network builds the
   quantized and adapted ones).
+  The forward is three stages, each one applicable alone: `embed` (apply(..., method='embed'):
+  tokens -> x_ND), the blocks (a `Block` per layer, parameters 'h_i', or one nn.scan over all of
+  them, 'layers'), and `head` (x_ND -> logits_NV). Offloaded generation (gpt_jax.offload) runs
+  them a layer at a time, with only that layer's weights in memory.
   """
   config: ml_collections.FrozenConfigDict
   plan: layers.Plan = layers.Plan()
 
-  @nn.compact
-  def __call__(self, tokens_BL, positions_BL=None, deterministic: bool = True,
-               decode: bool = False, hidden: bool = False, segment_ids_BL=None,
-               special_embeddings_SD=None):
+  def setup(self):
     c = self.config
-    if decode and segment_ids_BL is not None:
-      raise ValueError('segment_ids_BL (packed rows) is not supported with decode=True; decode '
-                       'one example per row')
-    if positions_BL is None:
-      positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
-    wte = self.plan.embed(c.vocab_size, c.n_embd, c.init_std, c.dtype, c.param_dtype, 'wte')
-    if special_embeddings_SD is None:
-      x_BLD = wte(tokens_BL)
-    else:
-      is_special_BL = tokens_BL >= c.vocab_size
-      token_BLD = wte(jnp.where(is_special_BL, 0, tokens_BL))
-      special_BLD = jnp.asarray(special_embeddings_SD, c.dtype)[
-          jnp.maximum(tokens_BL - c.vocab_size, 0)]
-      x_BLD = jnp.where(is_special_BL[..., None], special_BLD, token_BLD)
+    self.wte = self.plan.embed(c.vocab_size, c.n_embd, c.init_std, c.dtype, c.param_dtype, 'wte')
     if c.position == 'learned':
-      wpe_PD = self.param('wpe', layers.logical_normal(c.init_std, (None, 'embed')),
-                          (c.block_size, c.n_embd),
-                          c.param_dtype)
-      # Padding (position -1) reads row 0; attention ignores it anyway.
-      x_BLD = x_BLD + jnp.asarray(wpe_PD, c.dtype)[jnp.maximum(positions_BL, 0)]
-    x_BLD = nn.Dropout(c.dropout)(x_BLD, deterministic=deterministic)
-    x_ND = nn.with_logical_constraint(x_BLD.reshape(-1, c.n_embd), ('batch', 'embed'))
-
+      self.wpe_PD = self.param('wpe', layers.logical_normal(c.init_std, (None, 'embed')),
+                               (c.block_size, c.n_embd), c.param_dtype)
+    self.dropout = nn.Dropout(c.dropout, name='Dropout_0')
     block = ScanBlock if c.scan_layers else Block
     if c.remat != 'none':
       # Arguments 4 and 5 of __call__ (counting self) are the Python bools.
       block = nn.remat(block, policy=REMAT_POLICIES[c.remat], static_argnums=(4, 5))
     if c.scan_layers:
       stack = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
-                       split_rngs={'params': True, 'dropout': True},
-                       in_axes=(nn.broadcast,) * 4, length=c.n_layer,
-                       metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_ND, _ = stack(c, layer_window(c, 0), self.plan, name='layers')(
-          x_ND, positions_BL, segment_ids_BL, deterministic, decode)
+                      split_rngs={'params': True, 'dropout': True},
+                      in_axes=(nn.broadcast,) * 4, length=c.n_layer,
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
+      self.layers = stack(c, layer_window(c, 0), self.plan, name='layers')
     else:
-      for i in range(c.n_layer):
-        x_ND = block(c, layer_window(c, i), self.plan, name=f'h_{i}')(
-            x_ND, positions_BL, segment_ids_BL, deterministic, decode)
+      self.h = [block(c, layer_window(c, i), self.plan, name=f'h_{i}') for i in range(c.n_layer)]
+    self.ln_f = _norm(c, 'ln_f')
+    if not c.tie_embeddings:
+      self.lm_head = layers.Dense((c.vocab_size,), ('embed',), ('vocab',), c.init_std, False,
+                                  c.dtype, c.param_dtype, matmul=self.plan.head(), name='lm_head')
 
-    x_ND = _norm(c, 'ln_f')(x_ND)
-    if hidden and not self.is_initializing():
-      return x_ND
-    if c.tie_embeddings:
-      logits_NV = wte.attend(x_ND)
+  def __call__(self, tokens_BL, positions_BL=None, deterministic: bool = True,
+               decode: bool = False, hidden: bool = False, segment_ids_BL=None,
+               special_embeddings_SD=None):
+    if decode and segment_ids_BL is not None:
+      raise ValueError('segment_ids_BL (packed rows) is not supported with decode=True; decode '
+                       'one example per row')
+    if positions_BL is None:
+      positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
+    x_ND = self.embed(tokens_BL, positions_BL, deterministic, special_embeddings_SD)
+    if self.config.scan_layers:
+      x_ND, _ = self.layers(x_ND, positions_BL, segment_ids_BL, deterministic, decode)
     else:
-      logits_NV = layers.Dense((c.vocab_size,), ('embed',), ('vocab',), c.init_std, False, c.dtype,
-                               c.param_dtype, matmul=self.plan.head(), name='lm_head')(x_ND)
-    logits_NV = nn.with_logical_constraint(layers.soft_cap(logits_NV, c.logit_softcap),
-                                           ('batch', 'vocab'))
-    return logits_NV.reshape(*tokens_BL.shape, -1)
+      for block in self.h:
+        x_ND = block(x_ND, positions_BL, segment_ids_BL, deterministic, decode)
+    if hidden and not self.is_initializing():
+      return self.ln_f(x_ND)
+    return self.head(x_ND).reshape(*tokens_BL.shape, -1)
+
+  def embed(self, tokens_BL, positions_BL, deterministic: bool = True,
+            special_embeddings_SD=None):
+    """The first stage: token (and learned position) embeddings, x_ND (N = B·L rows)."""
+    c = self.config
+    if special_embeddings_SD is None:
+      x_BLD = self.wte(tokens_BL)
+    else:
+      is_special_BL = tokens_BL >= c.vocab_size
+      token_BLD = self.wte(jnp.where(is_special_BL, 0, tokens_BL))
+      special_BLD = jnp.asarray(special_embeddings_SD, c.dtype)[
+          jnp.maximum(tokens_BL - c.vocab_size, 0)]
+      x_BLD = jnp.where(is_special_BL[..., None], special_BLD, token_BLD)
+    if c.position == 'learned':
+      # Padding (position -1) reads row 0; attention ignores it anyway.
+      x_BLD = x_BLD + jnp.asarray(self.wpe_PD, c.dtype)[jnp.maximum(positions_BL, 0)]
+    x_BLD = self.dropout(x_BLD, deterministic=deterministic)
+    return nn.with_logical_constraint(x_BLD.reshape(-1, c.n_embd), ('batch', 'embed'))
+
+  def head(self, x_ND):
+    """The last stage: the final norm and the (soft-capped) logits_NV of the blocks' output."""
+    c = self.config
+    x_ND = self.ln_f(x_ND)
+    logits_NV = self.wte.attend(x_ND) if c.tie_embeddings else self.lm_head(x_ND)
+    return nn.with_logical_constraint(layers.soft_cap(logits_NV, c.logit_softcap),
+                                      ('batch', 'vocab'))
 
 
 def init_params(gpt: GPT, rng: jax.Array, seq_len: int):
