@@ -352,8 +352,13 @@ def init_params(gpt: GPT, rng: jax.Array, seq_len: int):
 def init_cache(gpt: GPT, batch_size: int, length: int):
   """An empty KV cache for batch_size rows of up to `length` tokens: every slot marked empty
   (position -1), the write index at 0. Shapes only are traced; nothing is initialised twice."""
-  shapes = jax.eval_shape(functools.partial(gpt.init, decode=True), jax.random.key(0),
-                          jnp.zeros((batch_size, length), jnp.int32))['cache']
+  return empty_cache(jax.eval_shape(functools.partial(gpt.init, decode=True), jax.random.key(0),
+                                    jnp.zeros((batch_size, length), jnp.int32))['cache'])
+
+
+def empty_cache(shapes):
+  """The empty cache of a 'cache' collection's shapes (ShapeDtypeStructs): every slot marked
+  empty (position -1), the write index at 0."""
   return jax.tree_util.tree_map_with_path(
       lambda path, s: jnp.full(s.shape, -1 if path[-1].key == 'cached_positions' else 0,
                                s.dtype), shapes)

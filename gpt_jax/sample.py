@@ -154,7 +154,7 @@ def sample_tokens(gpt, params, tokens_BP, positions_BP, rng, *, max_new_tokens, 
   return jax.lax.while_loop(unfinished, step, state)[2]
 
 
-def _strip(rows: np.ndarray, eos_id: int) -> list[list[int]]:
+def strip(rows: np.ndarray, eos_id: int) -> list[list[int]]:
   """Each row up to (not including) its first EOS."""
   out = []
   for row in rows.tolist():
@@ -176,7 +176,7 @@ def generate(gpt: model.GPT, params, prompts: Sequence[Sequence[int]], *, max_ne
                          max_new_tokens=max_new_tokens, temperature=float(temperature),
                          top_k=int(top_k), top_p=float(top_p), eos_id=int(eos_id),
                          num_tokens=num_tokens)
-  return _strip(np.asarray(out_BN), eos_id)
+  return strip(np.asarray(out_BN), eos_id)
 
 
 def _take_rows(cache, rows, axis: int):
@@ -267,7 +267,7 @@ def beam_search(gpt: model.GPT, params, prompts: Sequence[Sequence[int]], *, bea
                                    beam_width=int(beam_width), max_new_tokens=max_new_tokens,
                                    length_penalty=float(length_penalty), eos_id=int(eos_id),
                                    num_tokens=num_tokens)
-  return _strip(np.asarray(seqs_BN), eos_id), np.asarray(scores_B).tolist()
+  return strip(np.asarray(seqs_BN), eos_id), np.asarray(scores_B).tolist()
 
 
 def complete(gpt: model.GPT, params, tokenizer, texts: Sequence[str], *, max_new_tokens: int,

@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 
 import numpy as np
 import pytest
@@ -187,3 +188,114 @@ def test_the_measured_hardware_has_every_rate_and_leaves_the_disk_as_it_was(tmp_
   w = gpt2_xl_workload()
   assert policy_lib.search(w, hardware.measure(8 * GIB, 8 * GIB, 64 * GIB, str(tmp_path),
                                                nbytes=1 << 20, repeats=1)).tokens_per_s > 0
+
+
+# --- the zig-zag schedule and the generate command --------------------------------------------
+
+
+def _random_gpt(**options):
+  """A tiny GPT with weights large enough that greedy decoding wanders over the vocabulary."""
+  import jax
+  from gpt_jax import model, network
+  m = config_lib.base_config().model
+  m.update(vocab_size=64, n_layer=4, n_head=2, n_kv_head=1, n_embd=32, block_size=64,
+           init_std=0.3, **options)
+  gpt = network.build(m)
+  return gpt, jax.jit(model.init_params, static_argnums=(0, 2))(gpt, jax.random.key(1), 8)
+
+
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8], [9], [10, 11], [12, 13, 14, 15], [3, 3]]
+
+
+@pytest.mark.parametrize('options', [dict(), dict(position='rope', norm='rmsnorm', mlp='swiglu',
+                                                  scan_layers=True)])
+def test_zigzag_greedy_tokens_are_sample_s_with_every_tier_used(tmp_path, options):
+  from gpt_jax import sample
+  from gpt_jax.offload import disk, tiers, zigzag
+  gpt, params = _random_gpt(**options)
+  want = sample.generate(gpt, params, PROMPTS, max_new_tokens=7)
+  assert len({tuple(row) for row in want}) > 3  # the tokens vary: the test can fail
+  store = disk.DiskStore(str(tmp_path))
+  weights, cache = (0.25, 0.25, 0.5), (0.25, 0.5, 0.25)
+  assert tiers.layer_tiers(weights, 4) == ['device', 'host', 'disk', 'disk']
+  assert tiers.layer_tiers(cache, 4) == ['device', 'host', 'host', 'disk']
+  off = zigzag.Offloaded.place(gpt, zigzag.resident_params(params),
+                               lambda j: zigzag.layer_params(params, gpt.config, j), weights,
+                               store)
+  blocks = list(zigzag.generate_blocks(off, cache, PROMPTS, batch_size=2, num_batches=2,
+                                       max_new_tokens=7, store=store))
+  assert [len(b) for b in blocks] == [4, 2]  # the last block is not full
+  assert [row for block in blocks for row in block] == want
+  assert store.bytes_read > 0 and 'weights_3' in store and 'cache_3_1' in store
+
+
+def test_sampled_tokens_do_not_depend_on_the_block_shape():
+  from gpt_jax.offload import zigzag
+  gpt, params = _random_gpt()
+  off = zigzag.Offloaded.place(gpt, zigzag.resident_params(params),
+                               lambda j: zigzag.layer_params(params, gpt.config, j),
+                               (0.5, 0.5, 0.0), None)
+  draw = lambda bs, nb, prompts, first_row=0: [
+      row for block in zigzag.generate_blocks(
+          off, (0.5, 0.5, 0.0), prompts, batch_size=bs, num_batches=nb, max_new_tokens=6,
+          temperature=1.0, seed=3, first_row=first_row) for row in block]
+  whole = draw(2, 1, PROMPTS)
+  assert draw(2, 3, PROMPTS) == whole
+  assert draw(2, 1, PROMPTS[2:], first_row=2) == whole[2:]  # a resumed run
+  assert draw(2, 3, PROMPTS, first_row=1) != whole  # the keys are the rows'
+
+
+def _generate(*args):
+  from conftest import run_main
+  return run_main(*args, module='gpt_jax.generate')
+
+
+def test_generate_writes_sample_s_greedy_completions_and_resumes(tiny_base, tmp_path):
+  import json
+  from gpt_jax import runs, sample
+  texts = ['ROMEO:', 'To be, or not', 'The king', 'What is', 'O', 'Enter']
+  prompts = tmp_path / 'prompts.jsonl'
+  prompts.write_text(''.join(json.dumps({'prompt': t, 'id': i}) + '\n'
+                             for i, t in enumerate(texts)))
+  out = tmp_path / 'out.jsonl'
+  args = ('--workdir', tiny_base, '--prompts', prompts, '--out', out, '--max_tokens', 5,
+          '--disk_dir', tmp_path / 'disk', '--device_gib', 0.01, '--host_gib', 0.01,
+          '--policy', '2,2,0,50,0,50')
+  result = _generate(*args)
+  assert result.returncode == 0, result.stderr
+  assert 'policy: block 2 × 2 sequences; weights 0/50/50, cache 0/50/50' in result.stdout
+  run = runs.load(tiny_base)
+  want = sample.complete(run.gpt, run.params, run.tokenizer, texts, max_new_tokens=5)
+  records = [json.loads(line) for line in out.read_text().splitlines()]
+  assert records == [{'prompt': t, 'id': i, 'completion': w[len(t):]}
+                     for i, (t, w) in enumerate(zip(texts, want))]
+  assert os.listdir(tmp_path / 'disk') == []  # the tier's files are gone
+  whole = out.read_bytes()
+  lines = whole.split(b'\n')
+  out.write_bytes(b'\n'.join(lines[:4]) + b'\n' + lines[4][:9])  # killed mid-line
+  result = _generate(*args[:-2], '--policy', 'auto')
+  assert result.returncode == 0, result.stderr
+  assert out.read_bytes() == whole
+
+
+def test_generate_s_bad_inputs_are_one_line_before_any_work(tiny_base, tmp_path):
+  prompts = tmp_path / 'prompts.jsonl'
+  common = ('--workdir', tiny_base, '--prompts', prompts, '--out', tmp_path / 'out.jsonl')
+  cases = [
+      ('{"prompt": "a"}\n{"text": "b"}\n', (), r'line 2 has no "prompt" string'),
+      ('{"prompt": "a"}\nnot json\n', (), r'line 2 is not JSON'),
+      ('{"prompt": "' + 'word ' * 400 + '"}\n', (), r'^error: prompt 1 is \d+ tokens; with '
+       r'--max_tokens=100 that exceeds the model\'s context of 64'),
+      ('{"prompt": "a"}\n', ('--disk_dir', tmp_path / 'prompts.jsonl' / 'd'),
+       r'^error: cannot make the disk directory'),
+      ('{"prompt": "a"}\n', ('--policy', '2,x'), r'--policy=\'2,x\' is not a list of numbers'),
+      ('{"prompt": "a"}\n', ('--policy', '1,1,90,20,0,0'), r'percentages must be >= 0 and sum'),
+      ('{"prompt": "a"}\n', ('--device_gib', 1e-6, '--host_gib', 1e-6, '--max_tokens', 5),
+       r'^error: no policy fits: .* raise the device budget'),
+  ]
+  for text, extra, message in cases:
+    prompts.write_text(text)
+    result = _generate(*common, *extra)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert re.search(message, result.stderr), (message, result.stderr)
+    assert not (tmp_path / 'out.jsonl').exists()

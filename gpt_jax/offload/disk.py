@@ -56,7 +56,7 @@ class DiskStore:
     """Writes the arrays as one file; returns its size in bytes. UserError if the disk is full."""
     layout, offset = {}, 0
     for name, array in arrays.items():
-      array = np.ascontiguousarray(array)
+      array = np.asarray(array)  # not ascontiguousarray, which makes a 0-d array 1-d
       layout[name] = {'offset': offset, 'shape': list(array.shape), 'dtype': array.dtype.str}
       offset = _aligned(offset + array.nbytes)
     path = os.path.join(self.directory, f'{group}.bin')
@@ -111,3 +111,27 @@ class DiskStore:
     return {name: np.frombuffer(buffer, np.dtype(spec['dtype']), int(np.prod(spec['shape'])),
                                 spec['offset']).reshape(spec['shape'])
             for name, spec in entry['arrays'].items()}
+
+  def write_slots(self, group: str, name: str, values: np.ndarray, start: int | None) -> None:
+    """Writes `values` in place into array `name` of `group`: at [:, start:start + L] (L =
+    values.shape[1]) of an array of two or more axes, or the whole array if start is None. The
+    KV cache's new tokens each step; not atomic (a cache is scratch, rebuilt by a rerun)."""
+    spec = self.index[group]['arrays'][name]
+    shape, itemsize = spec['shape'], np.dtype(spec['dtype']).itemsize
+    values = np.ascontiguousarray(values, np.dtype(spec['dtype']))
+    path = os.path.join(self.directory, f'{group}.bin')
+    fd = os.open(path, os.O_WRONLY)
+    try:
+      if start is None:
+        os.pwrite(fd, values.tobytes(), spec['offset'])
+      else:
+        row = int(np.prod(shape[1:])) * itemsize
+        slot = int(np.prod(shape[2:])) * itemsize
+        for b in range(shape[0]):
+          os.pwrite(fd, values[b].tobytes(), spec['offset'] + b * row + start * slot)
+      os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError as e:
+      raise UserError(f'cannot write {path} ({e.strerror}); free disk space or pass another disk '
+                      'directory') from None
+    finally:
+      os.close(fd)

@@ -5,6 +5,7 @@ are the same memory, so their links are copies between numpy and JAX arrays; the
 measured through the disk tier itself (offload.disk: O_DIRECT), so the page cache cannot flatter
 it."""
 
+import math
 import os
 import time
 
@@ -27,10 +28,11 @@ def _best_seconds(fn, repeats: int) -> float:
   return best
 
 
-def measure(device_memory: float, host_memory: float, disk_memory: float, disk_dir: str,
+def measure(device_memory: float, host_memory: float, disk_memory: float, disk_dir: str | None,
             nbytes: int = 64 << 20, repeats: int = 3) -> policy.Hardware:
   """The Hardware of this machine under the given budgets (bytes), each bandwidth measured on
-  `nbytes` (a file of that size is written in disk_dir, read `repeats` times and removed)."""
+  `nbytes` (a file of that size is written in disk_dir, read `repeats` times and removed). With
+  no disk_dir there is no disk tier: its budget must be 0, and its links count as free."""
   host = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
   device = jax.device_put(host)
   to_device = nbytes / _best_seconds(lambda: jax.device_put(host).block_until_ready(), repeats)
@@ -38,14 +40,18 @@ def measure(device_memory: float, host_memory: float, disk_memory: float, disk_d
   copy = jax.jit(lambda x: x + jnp.uint8(1))
   device_bandwidth = 2 * nbytes / _best_seconds(lambda: copy(device).block_until_ready(), repeats)
   host_bandwidth = 2 * nbytes / _best_seconds(lambda: np.add(host, 1, dtype=np.uint8), repeats)
-  store = disk.DiskStore(disk_dir)
-  group = f'bandwidth_probe_{os.getpid()}'
-  start = time.perf_counter()
-  store.write(group, {'data': host})
-  os.sync()
-  to_disk = nbytes / (time.perf_counter() - start)
-  from_disk = nbytes / _best_seconds(lambda: store.read(group), repeats)
-  store.remove(group)
+  to_disk = from_disk = math.inf
+  if disk_dir is not None:
+    store = disk.DiskStore(disk_dir)
+    group = f'bandwidth_probe_{os.getpid()}'
+    start = time.perf_counter()
+    store.write(group, {'data': host})
+    os.sync()
+    to_disk = nbytes / (time.perf_counter() - start)
+    from_disk = nbytes / _best_seconds(lambda: store.read(group), repeats)
+    store.remove(group)
+  else:
+    assert not disk_memory, 'a disk budget needs a disk_dir'
   peak = flops.device_peak_flops()
   return policy.Hardware(device_memory, host_memory, disk_memory, peak, peak, device_bandwidth,
                          host_bandwidth, to_device, to_host, from_disk, to_disk)

@@ -211,9 +211,19 @@ def _memory(w: Workload, batch_size: int, bls: int, attention_on_host: bool
   return [device, host, disk]
 
 
+def _bounds(fixed: dict) -> list[tuple]:
+  bounds = [(0, 1)] * 9 + [(0, None)] * 2
+  for name, fractions in fixed.items():
+    base = {'weights': _W, 'cache': _C, 'activations': _A}[name]
+    bounds[base:base + 3] = [(f, f) for f in fractions]
+  return bounds
+
+
 def solve(w: Workload, hw: Hardware, batch_size: int, num_batches: int,
-          attention_on_host: bool) -> Policy | None:
-  """The best fractions for one block shape (the linear program), or None if nothing fits."""
+          attention_on_host: bool, fixed: dict | None = None) -> Policy | None:
+  """The best fractions for one block shape (the linear program), or None if nothing fits.
+  fixed: fractions (device, host, disk) the program must keep, by name ('weights', 'cache',
+  'activations'): e.g. activations=(1, 0, 0) for an executor that keeps them on the device."""
   bls = batch_size * num_batches
   rows = _Rows()
   for variable, prefill in ((_PREFILL, True), (_DECODE, False)):
@@ -233,7 +243,7 @@ def solve(w: Workload, hw: Hardware, batch_size: int, num_batches: int,
   cost[_PREFILL], cost[_DECODE] = w.n_layer, w.n_layer * (w.gen_len - 1)
   result = scipy.optimize.linprog(cost, A_ub=np.array(rows.a), b_ub=np.array(rows.b),
                                   A_eq=equalities, b_eq=np.ones(3),
-                                  bounds=[(0, 1)] * 9 + [(0, None)] * 2, method='highs')
+                                  bounds=_bounds(fixed or {}), method='highs')
   if result.status != 0:
     return None
   x = np.clip(result.x, 0.0, 1.0)
@@ -244,13 +254,17 @@ def solve(w: Workload, hw: Hardware, batch_size: int, num_batches: int,
 
 
 def search(w: Workload, hw: Hardware, batch_sizes=(1, 2, 4, 8, 16, 32, 64),
-           num_batches=(1, 2, 4, 8, 16, 32)) -> Policy:
-  """The policy of highest predicted throughput over the block shapes and attention placements
-  given (FlexGen's search), each solved by `solve`. UserError, naming the budget to raise, when
-  no block fits."""
+           num_batches=(1, 2, 4, 8, 16, 32), attention_on_host=(False, True),
+           fixed: dict | None = None, max_block: int | None = None) -> Policy:
+  """The policy of highest predicted throughput over the block shapes (up to max_block
+  sequences) and attention placements given (FlexGen's search), each solved by `solve` (with
+  `fixed`). UserError, naming the budget to raise, when no block fits."""
   best = None
-  for batch_size, count, on_host in itertools.product(batch_sizes, num_batches, (False, True)):
-    policy = solve(w, hw, batch_size, count, on_host)
+  for batch_size, count, on_host in itertools.product(batch_sizes, num_batches,
+                                                      attention_on_host):
+    if max_block and batch_size * count > max_block:
+      continue
+    policy = solve(w, hw, batch_size, count, on_host, fixed)
     if policy and (best is None or policy.tokens_per_s > best.tokens_per_s):
       best = policy
   if best is None:

@@ -1,0 +1,262 @@
+"""Throughput-oriented generation for a model larger than memory (FlexGen, Sheng et al. 2023).
+
+`python -m gpt_jax.generate --workdir=RUN --prompts=IN.jsonl --out=OUT.jsonl [options]`
+
+Each line of IN.jsonl is a JSON object with a "prompt" string; OUT.jsonl gets the same objects,
+in the same order, with a "completion" added. The model's weights and KV cache are spread over
+the device, host memory and a disk directory within the budgets given (--device_gib, --host_gib,
+--disk_gib with --disk_dir), as the policy says: `auto` (FlexGen's linear program over this
+machine's measured rates: offload.policy, offload.hardware) or a block shape and fractions of
+your own; the zig-zag block schedule (offload.zigzag) runs it. The run is resumable: OUT.jsonl
+gets whole blocks of lines, each written and synced at once, and a rerun with the same arguments
+continues after the last complete line.
+
+Loading reads the run's checkpoint once into host memory (runs.load); the budgets hold from the
+placement on.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+import tqdm
+
+from gpt_jax import cli, files, runs, sample
+from gpt_jax.errors import UserError
+from gpt_jax.offload import hardware, policy as policy_lib, zigzag
+from gpt_jax.offload.disk import DiskStore
+
+GIB = 2**30
+# The executor keeps the hidden states between layers on the device (as FlexGen's own policies
+# do: they are a few rows per sequence); the program places the weights and the cache.
+EXECUTOR = {'activations': (1.0, 0.0, 0.0)}
+
+
+def read_prompts(path: str) -> list[dict]:
+  """The records of a prompts file: JSON objects, each with a non-empty "prompt" string and no
+  "completion" yet. One-line UserError naming the first bad line."""
+  fix = 'make each line a JSON object with a "prompt" string'
+  records = []
+  for _, where, record in files.read_json_lines(path, f'--prompts={path}', fix):
+    if not isinstance(record, dict) or not isinstance(record.get('prompt'), str):
+      raise UserError(f'{where} has no "prompt" string; {fix}')
+    if not record['prompt']:
+      raise UserError(f'{where} has an empty "prompt"; give text to continue')
+    if 'completion' in record:
+      raise UserError(f'{where} already has a "completion"; remove it (the output adds one)')
+    records.append(record)
+  if not records:
+    raise UserError(f'--prompts={path} holds no prompts; {fix}')
+  return records
+
+
+def completed_lines(path: str, records: list[dict]) -> int:
+  """How many prompts `path` (an earlier run's --out) already holds, after dropping a last line
+  cut short (atomically). UserError if its lines are not these prompts' results."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, 'rb') as f:
+    data = f.read()
+  whole = data[:data.rfind(b'\n') + 1]
+  if whole != data:
+    with files.atomic_path(path) as tmp, open(tmp, 'wb') as f:
+      f.write(whole)
+  lines = whole.decode('utf-8', 'replace').splitlines()
+  if len(lines) > len(records):
+    raise UserError(f'--out={path} holds {len(lines)} results but there are {len(records)} '
+                    'prompts; pass a new --out')
+  for number, (line, record) in enumerate(zip(lines, records), 1):
+    try:
+      done = json.loads(line)
+    except json.JSONDecodeError:
+      done = None
+    if not isinstance(done, dict) or done.get('prompt') != record['prompt']:
+      raise UserError(f'--out={path} line {number} is not the result of prompt {number}; pass a '
+                      'new --out (or the --prompts it was made from)')
+  return len(lines)
+
+
+def parse_policy(text: str) -> dict | None:
+  """None for 'auto'; else {batch_size, num_batches[, weights, cache]} from
+  'BATCH,NUM[,W_DEVICE,W_HOST,C_DEVICE,C_HOST]' (percentages; the disk takes the rest)."""
+  if text == 'auto':
+    return None
+  fix = ("give --policy=auto or BATCH,NUM[,W_DEVICE,W_HOST,C_DEVICE,C_HOST] (sizes, then "
+         "percentages of the weights and cache on the device and host), e.g. 8,4,20,80,100,0")
+  try:
+    values = [float(v) for v in text.split(',')]
+  except ValueError:
+    raise UserError(f'--policy={text!r} is not a list of numbers; {fix}') from None
+  if len(values) not in (2, 6) or values[0] < 1 or values[1] < 1 or values[0] % 1 or \
+      values[1] % 1:
+    raise UserError(f'--policy={text!r} is not BATCH,NUM[,...] with two positive integers; {fix}')
+  out = {'batch_size': int(values[0]), 'num_batches': int(values[1])}
+  if len(values) == 6:
+    for name, (device, host) in (('weights', values[2:4]), ('cache', values[4:6])):
+      if min(device, host) < 0 or device + host > 100:
+        raise UserError(f'--policy={text!r}: the {name} percentages must be >= 0 and sum to at '
+                        f'most 100; {fix}')
+      out[name] = (device / 100, host / 100, 1 - (device + host) / 100)
+  return out
+
+
+def choose_policy(workload, machine, requested: dict | None,
+                  num_prompts: int) -> policy_lib.Policy:
+  """The policy to run: the program's best for a block of up to num_prompts (rounded up to a
+  power of 2) sequences (requested None), or the requested block shape with the best fractions
+  for it (or the requested fractions, checked against the budgets)."""
+  if requested is None:
+    return policy_lib.search(workload, machine, attention_on_host=(False,), fixed=EXECUTOR,
+                             max_block=1 << (num_prompts - 1).bit_length())
+  fixed = dict(EXECUTOR, **{k: requested[k] for k in ('weights', 'cache') if k in requested})
+  chosen = policy_lib.solve(workload, machine, requested['batch_size'],
+                            requested['num_batches'], False, fixed)
+  if chosen is None:
+    raise UserError(f'--policy does not fit the budgets (device {machine.device_memory / GIB:.2f}'
+                    f', host {machine.host_memory / GIB:.2f}, disk {machine.disk_memory / GIB:.2f}'
+                    ' GiB): lower the block or move more to the host or disk, raise a budget, or '
+                    'pass --policy=auto')
+  return chosen
+
+
+def physical_memory() -> int:
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+
+def device_memory() -> int:
+  """The device's memory (bytes): its allocator's limit, or on a CPU half the machine's RAM."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('bytes_limit') or physical_memory() // 2
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = cli.ArgumentParser(prog='python -m gpt_jax.generate',
+                              description='Generate for a file of prompts with the weights and '
+                              'cache offloaded (FlexGen).')
+  parser.add_argument('--workdir', required=True, help='a run directory (training, hf import, '
+                      'quantize)')
+  parser.add_argument('--prompts', required=True, help='JSON lines, each with a "prompt"')
+  parser.add_argument('--out', required=True, help='JSON lines written: each prompt\'s object '
+                      'with its "completion"; a rerun resumes it')
+  parser.add_argument('--max_tokens', type=int, default=100, help='new tokens per prompt')
+  parser.add_argument('--temperature', type=float, default=0.0, help='0 = greedy')
+  parser.add_argument('--top_k', type=int, default=0, help='sample among the k likeliest; 0 = off')
+  parser.add_argument('--top_p', type=float, default=1.0, help='nucleus sampling mass; 1 = off')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--device_gib', type=float, default=0.0,
+                      help="the device tier's budget; 0 = the device's memory (CPU: half the RAM)")
+  parser.add_argument('--host_gib', type=float, default=0.0,
+                      help="the host tier's budget; 0 = half the machine's RAM")
+  parser.add_argument('--disk_dir', default='', help='a folder for the disk tier; empty = none')
+  parser.add_argument('--disk_gib', type=float, default=0.0,
+                      help="the disk tier's budget; 0 = the free space of --disk_dir")
+  parser.add_argument('--policy', default='auto',
+                      help='auto (the linear program) or BATCH,NUM[,W_DEVICE,W_HOST,C_DEVICE,'
+                      'C_HOST] (percentages)')
+  args = parser.parse_args(argv)
+  sample.check_sampling(args.temperature, args.top_k, args.top_p)
+  if args.max_tokens < 1:
+    raise UserError(f'--max_tokens={args.max_tokens} must be >= 1')
+  for name in ('device_gib', 'host_gib', 'disk_gib'):
+    if not getattr(args, name) >= 0:
+      raise UserError(f'--{name}={getattr(args, name)} must be >= 0 (0 = the default)')
+  if args.disk_gib and not args.disk_dir:
+    raise UserError('--disk_gib needs --disk_dir (the folder of the disk tier)')
+  args.requested = parse_policy(args.policy)
+  return args
+
+
+def _tokenize(run, records: list[dict], max_tokens: int) -> list[list[int]]:
+  """Each prompt as sample.complete reads it (after EOS); UserError naming the first prompt
+  that leaves no room for max_tokens new tokens."""
+  context = sample.context_length(run.gpt.config)
+  prompts = [[run.tokenizer.eos_id] + ids
+             for ids in run.tokenizer.encode_batch([r['prompt'] for r in records])]
+  for number, prompt in enumerate(prompts, 1):
+    if len(prompt) + max_tokens > context:
+      raise UserError(f'prompt {number} is {len(prompt)} tokens; with --max_tokens={max_tokens} '
+                      f'that exceeds the model\'s context of {context}: shorten it or lower '
+                      '--max_tokens')
+  return prompts
+
+
+def _bytes_per_value(run, prompts) -> dict:
+  c = run.config.model
+  layer = zigzag.layer_params(run.params, c, 0)
+  stored = sum(np.dtype(a.dtype).itemsize * a.size for a in jax.tree.leaves(layer))
+  count = sum(a.size for a in jax.tree.leaves(layer))
+  activation = np.dtype(c.dtype).itemsize
+  return dict(weight_bytes=stored / count, cache_bytes=activation, activation_bytes=activation)
+
+
+def generate(args: argparse.Namespace, log=print) -> None:
+  records = read_prompts(args.prompts)
+  done = completed_lines(args.out, records)
+  store_dir = None
+  if args.disk_dir:
+    DiskStore(args.disk_dir)  # UserError now if the folder cannot be made or written
+    store_dir = tempfile.mkdtemp(prefix='gpt_jax_offload_', dir=args.disk_dir)
+  try:
+    _generate(args, records, done, store_dir, log)
+  finally:
+    if store_dir:
+      shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def _generate(args, records, done, store_dir, log) -> None:
+  run = runs.load(args.workdir)
+  prompts = _tokenize(run, records, args.max_tokens)
+  if done == len(records):
+    log(f'{args.out} already holds all {done} results')
+    return
+  disk_budget = args.disk_gib * GIB or (shutil.disk_usage(store_dir).free if store_dir else 0)
+  workload = policy_lib.Workload.of(run.config.model, max(map(len, prompts)), args.max_tokens,
+                                    **_bytes_per_value(run, prompts))
+  machine = hardware.measure(args.device_gib * GIB or device_memory(),
+                             args.host_gib * GIB or physical_memory() // 2, disk_budget,
+                             store_dir)
+  chosen = choose_policy(workload, machine, args.requested, len(prompts) - done)
+  log(f'policy: {chosen.describe()}')
+  store = DiskStore(store_dir) if store_dir else None
+  c, tokenizer = run.config.model, run.tokenizer
+  off = zigzag.Offloaded.place(run.gpt, zigzag.resident_params(run.params),
+                               lambda j: zigzag.layer_params(run.params, c, j), chosen.weights,
+                               store)
+  run = None  # the placed copies are all that is kept: the budgets hold from here
+  blocks = zigzag.generate_blocks(
+      off, chosen.cache, prompts[done:], batch_size=chosen.batch_size,
+      num_batches=chosen.num_batches, max_new_tokens=args.max_tokens,
+      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+      eos_id=tokenizer.eos_id, seed=args.seed, num_tokens=tokenizer.vocab_size, store=store,
+      first_row=done)
+  bar = tqdm.tqdm(total=len(records), initial=done, unit='prompt', file=sys.stderr,
+                  dynamic_ncols=True)
+  start, generated = time.perf_counter(), 0
+  with open(args.out, 'ab') as out:
+    for rows in blocks:
+      lines = [json.dumps({**records[done + i], 'completion': tokenizer.decode(row)},
+                          ensure_ascii=False) + '\n' for i, row in enumerate(rows)]
+      out.write(''.join(lines).encode('utf-8'))  # a whole block of lines, then synced
+      out.flush()
+      os.fsync(out.fileno())
+      done += len(rows)
+      generated += sum(map(len, rows))
+      bar.update(len(rows))
+      bar.set_postfix_str(f'{generated / (time.perf_counter() - start):.1f} tokens/s')
+  bar.close()
+  log(f'wrote {args.out}: {len(records)} results')
+
+
+def main(argv=None) -> None:
+  cli.run(lambda: generate(parse_args(sys.argv[1:] if argv is None else argv)))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,189 @@
+"""FlexGen's zig-zag block schedule: generation a layer at a time over a block of batches, with
+each layer's weights loaded once per step for the whole block (Sheng et al. 2023, §4.1, Alg. 1).
+
+For each new token (the prompt's prefill first), for each layer j, for each batch k of the
+block: run layer j on batch k's hidden states with batch k's KV cache of layer j. While batch k
+computes, one I/O thread brings layer j + 1's weights to the device and another moves caches:
+batch k + 1's cache in, batch k's new token slots out (offload.tiers), so the device holds two
+layers' weights and two batches' caches beyond what the policy keeps there. The row-by-row
+schedule (every layer reloaded for every batch: what Hugging Face Accelerate's offloading does)
+is this one with a block of a single batch.
+
+The embedding and the head stay on the device (the policy counts them as resident); the blocks
+are model.Block, applied one at a time, so the tokens are the model's own: greedy tokens equal
+gpt_jax.sample's for the same prompts whatever the placement.
+
+Shape suffixes as in model.py, plus P prompt length (the block's longest, left-padded) and T new
+tokens.
+"""
+
+import concurrent.futures
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt_jax import model, sample
+from gpt_jax.offload import tiers
+from gpt_jax.offload.disk import DiskStore
+
+
+def layer_params(params, config, j: int):
+  """Layer j's parameters from a whole model's (either layout: 'h_j', or nn.scan's 'layers')."""
+  if config.scan_layers:
+    return jax.tree.map(lambda a: a[j], params['layers'])
+  return params[f'h_{j}']
+
+
+def resident_params(params) -> dict:
+  """The parameters outside the blocks: embeddings, final norm, head."""
+  return {name: value for name, value in params.items()
+          if name != 'layers' and not name.startswith('h_')}
+
+
+@dataclasses.dataclass
+class Offloaded:
+  """A GPT split for offloaded generation: the embedding and head's parameters on the device, a
+  model.Block per layer, and each layer's weights on the tier the policy gives it."""
+  gpt: model.GPT
+  resident: dict
+  blocks: list
+  weights: tiers.LayerWeights
+
+  @classmethod
+  def place(cls, gpt: model.GPT, resident: dict, layer: Callable[[int], dict],
+            weight_fractions: tuple[float, float, float], store: DiskStore | None
+            ) -> 'Offloaded':
+    """Places each layer's weights (layer(j): a tree of arrays, asked for one at a time so the
+    whole model is never needed at once) by the fractions (device, host, disk)."""
+    c = gpt.config
+    weights = tiers.LayerWeights(tiers.layer_tiers(weight_fractions, c.n_layer), store)
+    for j in range(c.n_layer):
+      weights.put(j, layer(j))
+    blocks = [model.Block(c, model.layer_window(c, j), gpt.plan) for j in range(c.n_layer)]
+    return cls(gpt, tiers.to_device(resident), blocks, weights)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _embed(gpt, resident, tokens_BL, positions_BL):
+  return gpt.apply({'params': resident}, tokens_BL, positions_BL, method='embed')
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _layer(block, params, cache, x_ND, positions_BL):
+  """One layer over one batch: the new hidden states, the whole new cache and the slots this
+  call wrote (cached_key, cached_value, cached_positions at the old write index)."""
+  x_ND, variables = block.apply({'params': params, 'cache': cache}, x_ND, positions_BL, None,
+                                True, True, mutable=['cache'])
+  new = variables['cache']
+  start, L = cache['attn']['index'], positions_BL.shape[1]
+  slots = {name: jax.lax.dynamic_slice_in_dim(new['attn'][name], start, L, axis=1)
+           for name in ('cached_key', 'cached_value', 'cached_positions')}
+  return x_ND, new, slots
+
+
+@functools.partial(jax.jit, static_argnames=('gpt', 'length', 'temperature', 'top_k', 'top_p',
+                                             'num_tokens'))
+def _next_token(gpt, resident, x_ND, rng, rows_B, t, *, length, temperature, top_k, top_p,
+                num_tokens):
+  """The next token (B,) after each row's last position of x_ND (B rows of `length`), drawn
+  with a key of its own (rng, row, t): a prompt's samples do not depend on the block it is in."""
+  last_BD = x_ND.reshape(-1, length, x_ND.shape[-1])[:, -1]
+  logits_BV = gpt.apply({'params': resident}, last_BD, method='head').astype(jnp.float32)
+  keys_B = jax.vmap(lambda row: jax.random.fold_in(jax.random.fold_in(rng, row), t))(rows_B)
+  choose = lambda logits_V, key: sample.next_token(
+      logits_V[None], key, temperature=temperature, top_k=top_k, top_p=top_p,
+      num_tokens=num_tokens)[0]
+  return jax.vmap(choose)(logits_BV, keys_B)
+
+
+def _pad_block(prompts: Sequence[Sequence[int]], rows: int) -> list:
+  """The prompts, the last one repeated up to `rows` (a final block that is not full)."""
+  return list(prompts) + [prompts[-1]] * (rows - len(prompts))
+
+
+def generate_blocks(off: Offloaded, cache_fractions: tuple[float, float, float],
+                    prompts: Sequence[Sequence[int]], *, batch_size: int, num_batches: int,
+                    max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                    top_p: float = 1.0, eos_id: int = -1, seed: int = 0,
+                    num_tokens: int | None = None, store: DiskStore | None = None,
+                    first_row: int = 0) -> Iterator[list[list[int]]]:
+  """The continuations of each block of batch_size · num_batches prompts, block after block:
+  each up to max_new_tokens or its first EOS (not included), chosen as sample.next_token
+  chooses (greedy at temperature 0). Prompt i draws with key (seed, first_row + i), so a run
+  resumed at prompt first_row samples what the whole run would have. UserError as
+  sample.pad_prompts raises it, before any work."""
+  sample.check_sampling(temperature, top_k, top_p)
+  bls = batch_size * num_batches
+  context = sample.context_length(off.gpt.config)
+  sample.pad_prompts(prompts, max_new_tokens, context)
+  settings = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                  num_tokens=num_tokens)
+  for first in range(0, len(prompts), bls):
+    block = prompts[first:first + bls]
+    rows_R = first_row + first + np.arange(bls, dtype=np.int32)
+    out_RT = _generate_block(off, cache_fractions, _pad_block(block, bls), rows_R, batch_size,
+                             num_batches, max_new_tokens, eos_id, jax.random.key(seed), store,
+                             settings)
+    yield sample.strip(out_RT[:len(block)], eos_id)
+
+
+def _generate_block(off, cache_fractions, prompts, rows_R, batch_size, num_batches,
+                    max_new_tokens, eos_id, rng, store, settings) -> np.ndarray:
+  c = off.gpt.config
+  tokens_RP, positions_RP = sample.pad_prompts(prompts, max_new_tokens,
+                                               sample.context_length(c))
+  P, T = tokens_RP.shape[1], max_new_tokens
+  batches = [slice(k * batch_size, (k + 1) * batch_size) for k in range(num_batches)]
+  empty = tiers.empty_block_cache(off.blocks[0], batch_size, P + T, c.n_embd, c.dtype)
+  cache = tiers.LayerCache(tiers.layer_tiers(cache_fractions, c.n_layer), empty, num_batches,
+                           store)
+  out_RT = np.zeros((len(prompts), T), np.int32)
+  done_R = np.zeros(len(prompts), bool)
+  next_position_R = positions_RP[:, -1] + 1
+  with concurrent.futures.ThreadPoolExecutor(1) as weight_io, \
+       concurrent.futures.ThreadPoolExecutor(1) as cache_io:
+    for t in range(T):
+      if t == 0:
+        tokens_RL, positions_RL, start = tokens_RP, positions_RP, 0
+      else:
+        tokens_RL, positions_RL = out_RT[:, t - 1:t], (next_position_R + t - 1)[:, None]
+        start = P + t - 1
+      x = [_embed(off.gpt, off.resident, tokens_RL[b], positions_RL[b]) for b in batches]
+      _run_layers(off, cache, x, [positions_RL[b] for b in batches], start, weight_io,
+                  cache_io)
+      for k, b in enumerate(batches):
+        token_B = np.asarray(_next_token(off.gpt, off.resident, x[k], rng, rows_R[b], t,
+                                         length=tokens_RL.shape[1], **settings))
+        out_RT[b, t] = np.where(done_R[b], eos_id, token_B)
+      done_R |= out_RT[:, t] == eos_id
+      if done_R.all():
+        out_RT[:, t + 1:] = eos_id
+        break
+  return out_RT
+
+
+def _run_layers(off, cache, x, positions, start, weight_io, cache_io) -> None:
+  """Every layer over every batch of the block (x: each batch's hidden states, updated in
+  place), in the zig-zag order, with the next weights and caches loading meanwhile."""
+  n_layer, num_batches = len(off.blocks), len(x)
+  order = [(j, k) for j in range(n_layer) for k in range(num_batches)]
+  weights = weight_io.submit(off.weights.load, 0)
+  loading = cache_io.submit(cache.load, 0, 0)
+  stores = []
+  for i, (j, k) in enumerate(order):
+    if k == 0:
+      params = weights.result()
+      if j + 1 < n_layer:
+        weights = weight_io.submit(off.weights.load, j + 1)
+    layer_cache = loading.result()
+    if i + 1 < len(order):
+      loading = cache_io.submit(cache.load, *order[i + 1])
+    x[k], new, slots = _layer(off.blocks[j], params, layer_cache, x[k], positions[k])
+    kept = new if cache.tiers[j] == 'device' else None
+    stores.append(cache_io.submit(cache.store_step, j, k, kept, slots, start))
+  for store in stores:  # every slot written (or its error raised) before the next step
+    store.result()
