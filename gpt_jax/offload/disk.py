@@ -14,6 +14,7 @@ import json
 import mmap
 import os
 
+import ml_dtypes
 import numpy as np
 
 from gpt_jax import files
@@ -21,6 +22,11 @@ from gpt_jax.errors import UserError
 
 ALIGN = 4096  # O_DIRECT needs offsets, sizes and memory aligned to the logical block size
 _INDEX = 'index.json'
+
+
+def _dtype(name: str) -> np.dtype:
+  """The dtype of a name numpy's or ml_dtypes' (bfloat16, float8_e4m3fn, ...)."""
+  return np.dtype(getattr(ml_dtypes, name) if hasattr(ml_dtypes, name) else name)
 
 
 def _aligned(n: int) -> int:
@@ -57,7 +63,7 @@ class DiskStore:
     layout, offset = {}, 0
     for name, array in arrays.items():
       array = np.asarray(array)  # not ascontiguousarray, which makes a 0-d array 1-d
-      layout[name] = {'offset': offset, 'shape': list(array.shape), 'dtype': array.dtype.str}
+      layout[name] = {'offset': offset, 'shape': list(array.shape), 'dtype': array.dtype.name}
       offset = _aligned(offset + array.nbytes)
     path = os.path.join(self.directory, f'{group}.bin')
     try:
@@ -108,7 +114,7 @@ class DiskStore:
       raise UserError(f'{path} is shorter than its index says ({read} of {entry["size"]} bytes); '
                       'delete the disk directory and run again')
     self.bytes_read += read
-    return {name: np.frombuffer(buffer, np.dtype(spec['dtype']), int(np.prod(spec['shape'])),
+    return {name: np.frombuffer(buffer, _dtype(spec['dtype']), int(np.prod(spec['shape'])),
                                 spec['offset']).reshape(spec['shape'])
             for name, spec in entry['arrays'].items()}
 
@@ -117,8 +123,8 @@ class DiskStore:
     values.shape[1]) of an array of two or more axes, or the whole array if start is None. The
     KV cache's new tokens each step; not atomic (a cache is scratch, rebuilt by a rerun)."""
     spec = self.index[group]['arrays'][name]
-    shape, itemsize = spec['shape'], np.dtype(spec['dtype']).itemsize
-    values = np.ascontiguousarray(values, np.dtype(spec['dtype']))
+    shape, itemsize = spec['shape'], _dtype(spec['dtype']).itemsize
+    values = np.ascontiguousarray(values, _dtype(spec['dtype']))
     path = os.path.join(self.directory, f'{group}.bin')
     fd = os.open(path, os.O_WRONLY)
     try:

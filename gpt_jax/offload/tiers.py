@@ -48,12 +48,12 @@ def to_device(tree):
   return jax.device_put(tree, _memory('device'))
 
 
-def _flat(tree) -> dict:
+def flat(tree) -> dict:
   return {name: np.asarray(value) for name, value in
           traverse_util.flatten_dict(tree, sep='/').items()}
 
 
-def _nested(flat: dict) -> dict:
+def nested(flat: dict) -> dict:
   return traverse_util.unflatten_dict(flat, sep='/')
 
 
@@ -73,11 +73,15 @@ class LayerWeights:
     elif tier == 'host':
       self.resident[j] = to_host(params)
     else:
-      self.store.write(f'{self.prefix}_{j}', _flat(params))
+      self.store.write(self.group(j), flat(params))
+
+  def group(self, j: int) -> str:
+    """The disk store's name for layer j's weights."""
+    return f'{self.prefix}_{j}'
 
   def load(self, j: int):
     if self.tiers[j] == 'disk':
-      return to_device(_nested(self.store.read(f'{self.prefix}_{j}')))
+      return to_device(nested(self.store.read(self.group(j))))
     return to_device(self.resident[j])
 
 
@@ -102,14 +106,14 @@ class LayerCache:
           # numpy: slots are written in place; device_put reads it as it is at load time.
           self.caches[j, k] = jax.tree.map(np.array, empty)
         else:
-          store.write(self._group(j, k), _flat(empty))
+          store.write(self._group(j, k), flat(empty))
 
   def _group(self, j: int, k: int) -> str:
     return f'cache_{j}_{k}'
 
   def load(self, j: int, k: int):
     if self.tiers[j] == 'disk':
-      return to_device(_nested(self.store.read(self._group(j, k))))
+      return to_device(nested(self.store.read(self._group(j, k))))
     return to_device(self.caches[j, k])
 
   def store_step(self, j: int, k: int, cache, slots: dict, start: int) -> None:

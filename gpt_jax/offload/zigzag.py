@@ -58,11 +58,13 @@ class Offloaded:
             weight_fractions: tuple[float, float, float], store: DiskStore | None
             ) -> 'Offloaded':
     """Places each layer's weights (layer(j): a tree of arrays, asked for one at a time so the
-    whole model is never needed at once) by the fractions (device, host, disk)."""
+    whole model is never needed at once) by the fractions (device, host, disk). A layer bound
+    for the disk that `store` already holds (tiers.LayerWeights' group) is used as it is."""
     c = gpt.config
     weights = tiers.LayerWeights(tiers.layer_tiers(weight_fractions, c.n_layer), store)
     for j in range(c.n_layer):
-      weights.put(j, layer(j))
+      if weights.tiers[j] != 'disk' or weights.group(j) not in store:
+        weights.put(j, layer(j))
     blocks = [model.Block(c, model.layer_window(c, j), gpt.plan) for j in range(c.n_layer)]
     return cls(gpt, tiers.to_device(resident), blocks, weights)
 
@@ -98,6 +100,23 @@ def _next_token(gpt, resident, x_ND, rng, rows_B, t, *, length, temperature, top
       logits_V[None], key, temperature=temperature, top_k=top_k, top_p=top_p,
       num_tokens=num_tokens)[0]
   return jax.vmap(choose)(logits_BV, keys_B)
+
+
+def compile_steps(off: Offloaded, batch_size: int, prompt_len: int, max_new_tokens: int,
+                  **settings) -> None:
+  """Compiles what generation at these sizes runs (the prefill's and a decode step's shapes),
+  on layer 0 and zeros, so that a timed run measures generation alone. settings: sampling's."""
+  c = off.gpt.config
+  empty = tiers.empty_block_cache(off.blocks[0], batch_size, prompt_len + max_new_tokens,
+                                  c.n_embd, c.dtype)
+  params = off.weights.load(0)
+  for length in (prompt_len, 1):
+    tokens_BL = np.zeros((batch_size, length), np.int32)
+    x_ND = _embed(off.gpt, off.resident, tokens_BL, tokens_BL)
+    x_ND, _, _ = _layer(off.blocks[0], params, tiers.to_device(empty), x_ND, tokens_BL)
+    rows_B = np.arange(batch_size, dtype=np.int32)
+    np.asarray(_next_token(off.gpt, off.resident, x_ND, jax.random.key(0), rows_B, 0,
+                           length=length, **settings))
 
 
 def _pad_block(prompts: Sequence[Sequence[int]], rows: int) -> list:

@@ -1,0 +1,239 @@
+"""Offloaded generation's throughput (FlexGen, Sheng et al. 2023, §6), a benchmark that prints
+figures, not a test:
+
+`python -m gpt_jax.bench_generate --disk_dir=DIR [--shape=gpt2-xl] [--prompt_len=16]
+ [--gen_len=8] [--num_prompts=32] [--device_gib=0.5] [--host_gib=0.5] [--rows=a,c,d,e]`
+
+A model of a GPT-2 (or OPT) shape with random weights (bfloat16, computing in float32) is
+written to DIR once, a layer at a time, and reused; every row then generates gen_len greedy
+tokens for num_prompts random prompts of prompt_len tokens under the same budgets, each in a
+process of its own (so that its peak resident memory is its own):
+  a  row by row, as Hugging Face Accelerate's offloading runs: one batch at a time, its KV cache
+     on the device, the weights on the device as far as the budget allows after it, then host
+     memory, then disk (the best such batch size by the cost model)
+  c  gpt_jax's policy: the linear program's block and placement, the zig-zag schedule
+  d  c with the weights in 4 bits (int4, groups of 64 inputs with a zero point: FlexGen's
+     min/max group-wise numerics, gpt_jax.quant), dequantized before each matmul
+  e  everything in the device's memory (gpt_jax.sample over all prompts), when the model fits
+     the device budget
+Compiling is done before the clock starts (zigzag.compile_steps); a row's tokens/s is the new
+tokens over the wall time of prefill and decoding, as the paper counts it. On a CPU the device
+tier is host memory under the device budget (JAX's memory kinds are the same RAM) and the disk
+is read with O_DIRECT, so neither tier is flattered by the page cache.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from gpt_jax import cli, config as config_lib, flops, model, network, quant, sample
+from gpt_jax.errors import UserError
+from gpt_jax.generate import EXECUTOR, GIB
+from gpt_jax.offload import disk, hardware, policy as policy_lib, tiers, zigzag
+
+SHAPES = {  # n_layer, n_embd, n_head (GPT-2: Radford et al. 2019; OPT: Zhang et al. 2022)
+    'gpt2': (12, 768, 12), 'gpt2-medium': (24, 1024, 16), 'gpt2-large': (36, 1280, 20),
+    'gpt2-xl': (48, 1600, 25), 'opt-6.7b': (32, 4096, 32), 'opt-30b': (48, 7168, 56),
+}
+ROWS = {'a': 'row by row (Accelerate\'s schedule)', 'c': 'gpt_jax policy (LP, zig-zag)',
+        'd': 'gpt_jax policy, 4-bit weights', 'e': 'all in device memory'}
+INT4 = quant.QuantSpec('int4', 64, True, 'none', False)
+
+
+def model_config(shape: str, quantized: bool = False) -> ml_collections.ConfigDict:
+  m = config_lib.base_config().model
+  n_layer, n_embd, n_head = SHAPES[shape]
+  m.update(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_head, vocab_size=50304,
+           block_size=2048, position='learned', norm='layernorm', mlp='gelu', bias=True,
+           tie_embeddings=True, dtype='float32', param_dtype='bfloat16', dropout=0.0)
+  if quantized:
+    m.quant.update(format=INT4.format, group_size=INT4.group_size, zero_point=True,
+                   activations='none', embeddings=False)
+  return m
+
+
+def weights_store(args) -> disk.DiskStore:
+  """DIR's store of the shape's random weights, written now where missing (a layer at a time):
+  float layers as 'weights_j', their 4-bit form as 'int4_j', the rest as 'resident'."""
+  store = disk.DiskStore(os.path.join(args.disk_dir, f'weights_{args.shape}'))
+  m = model_config(args.shape)
+  block = model.Block(ml_collections.FrozenConfigDict(m.to_dict()))
+  init = jax.jit(lambda rng: nn.meta.unbox(block.init(
+      rng, np.zeros((1, m.n_embd), np.float32), np.zeros((1, 1), np.int32), None, True,
+      False)['params']))
+  one_layer = model_config(args.shape).copy_and_resolve_references()
+  one_layer.n_layer = 1
+  for j in range(m.n_layer):
+    if f'weights_{j}' not in store:
+      store.write(f'weights_{j}', tiers.flat(init(jax.random.key(j + 1))))
+    if 'd' in args.rows and f'int4_{j}' not in store:
+      layer = tiers.nested(store.read(f'weights_{j}'))
+      store.write(f'int4_{j}', tiers.flat(
+          quant.quantize_params({'h_0': layer}, one_layer, INT4)['h_0']))
+  if 'resident' not in store:
+    empty = m.copy_and_resolve_references()
+    empty.n_layer = 0
+    store.write('resident', tiers.flat(jax.jit(
+        lambda: model.init_params(network.build(empty), jax.random.key(0), 1))()))
+  return store
+
+
+def _prompts(args) -> list[list[int]]:
+  return np.random.default_rng(0).integers(0, 50257, (args.num_prompts, args.prompt_len)).tolist()
+
+
+def run_row(args) -> dict:
+  """One row, in this process: its policy, tokens/s, seconds, peak RSS and disk bytes read."""
+  store = weights_store(args)
+  quantized = args.row == 'd'
+  m = model_config(args.shape, quantized)
+  gpt = network.build(m)
+  prefix = 'int4' if quantized else 'weights'
+  layer_bytes = sum(np.asarray(a).nbytes for a in store.read(f'{prefix}_0').values())
+  workload = policy_lib.Workload.of(m, args.prompt_len, args.gen_len,
+                                    weight_bytes=layer_bytes / policy_lib.Workload.of(
+                                        m, 1, 1).layer_params, cache_bytes=4,
+                                    activation_bytes=4)
+  prompts = _prompts(args)
+  if args.row == 'e':
+    return _all_in_memory(args, gpt, m, store, workload, prompts)
+  machine = hardware.measure(args.device_gib * GIB, args.host_gib * GIB,
+                             disk_budget(args), args.disk_dir)
+  common = dict(attention_on_host=(False,), max_block=args.num_prompts)
+  if args.row == 'a':
+    chosen = policy_lib.search(workload, machine, num_batches=(1,),
+                               fixed=dict(EXECUTOR, cache=(1.0, 0.0, 0.0)), **common)
+  else:
+    chosen = policy_lib.search(workload, machine, fixed=EXECUTOR, **common)
+  off = zigzag.Offloaded.place(gpt, tiers.nested(store.read('resident')),
+                               lambda j: tiers.nested(store.read(f'{prefix}_{j}')),
+                               chosen.weights, _Prefixed(store, prefix))
+  settings = dict(temperature=0.0, top_k=0, top_p=1.0, num_tokens=None)
+  zigzag.compile_steps(off, chosen.batch_size, args.prompt_len, args.gen_len, **settings)
+  store.bytes_read = 0
+  start = time.perf_counter()
+  rows = [row for block in zigzag.generate_blocks(
+      off, chosen.cache, prompts, batch_size=chosen.batch_size, num_batches=chosen.num_batches,
+      max_new_tokens=args.gen_len, store=store) for row in block]
+  seconds = time.perf_counter() - start
+  for group in [g for g in store.index if g.startswith('cache_')]:
+    store.remove(group)
+  return _result(args, chosen.describe(), sum(map(len, rows)), seconds, store.bytes_read)
+
+
+class _Prefixed:
+  """The weights store seen by tiers.LayerWeights (which names layer j 'weights_j') with
+  another prefix's groups ('int4_j') in their place."""
+
+  def __init__(self, store: disk.DiskStore, prefix: str):
+    self.store, self.prefix = store, prefix
+
+  def _name(self, group: str) -> str:
+    return group.replace('weights_', f'{self.prefix}_', 1)
+
+  def __contains__(self, group: str) -> bool:
+    return self._name(group) in self.store
+
+  def read(self, group: str) -> dict:
+    return self.store.read(self._name(group))
+
+
+def _all_in_memory(args, gpt, m, store, workload, prompts) -> dict:
+  size = workload.n_layer * workload.layer_params * workload.weight_bytes + \
+      workload.other_params * workload.weight_bytes
+  if size > args.device_gib * GIB:
+    return {'row': 'e', 'skipped': f'{size / GIB:.2f} GiB of weights exceed the device budget'}
+  params = dict(tiers.nested(store.read('resident')))
+  params.update({f'h_{j}': tiers.nested(store.read(f'weights_{j}')) for j in range(m.n_layer)})
+  params = tiers.to_device(params)
+  sample.generate(gpt, params, prompts[:1] * len(prompts), max_new_tokens=args.gen_len)  # compile
+  start = time.perf_counter()
+  rows = sample.generate(gpt, params, prompts, max_new_tokens=args.gen_len)
+  seconds = time.perf_counter() - start
+  return _result(args, f'one batch of {len(prompts)}', sum(map(len, rows)), seconds, 0)
+
+
+def _result(args, policy: str, tokens: int, seconds: float, disk_bytes: int) -> dict:
+  return {'row': args.row, 'policy': policy, 'tokens': tokens, 'seconds': round(seconds, 2),
+          'tokens_per_s': tokens / seconds,
+          'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
+          'disk_read_gib': disk_bytes / GIB}
+
+
+def disk_budget(args) -> float:
+  return args.disk_gib * GIB or float(os.statvfs(args.disk_dir).f_bavail *
+                                      os.statvfs(args.disk_dir).f_frsize)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = cli.ArgumentParser(prog='python -m gpt_jax.bench_generate',
+                              description='Throughput of offloaded generation (FlexGen).')
+  parser.add_argument('--disk_dir', required=True, help='the disk tier (random weights too)')
+  parser.add_argument('--shape', default='gpt2-xl', help=f'one of {", ".join(SHAPES)}')
+  parser.add_argument('--prompt_len', type=int, default=16)
+  parser.add_argument('--gen_len', type=int, default=8)
+  parser.add_argument('--num_prompts', type=int, default=32)
+  parser.add_argument('--device_gib', type=float, default=0.5)
+  parser.add_argument('--host_gib', type=float, default=0.5)
+  parser.add_argument('--disk_gib', type=float, default=0.0, help='0 = the free space')
+  parser.add_argument('--rows', default='a,c,d,e', help=f'some of {",".join(ROWS)}')
+  parser.add_argument('--row', default='', help=argparse.SUPPRESS)  # one row, in this process
+  args = parser.parse_args(argv)
+  if args.shape not in SHAPES:
+    raise UserError(f'--shape={args.shape} is not one of {", ".join(SHAPES)}')
+  args.rows = args.rows.split(',')
+  if not args.rows or any(row not in ROWS for row in args.rows):
+    raise UserError(f'--rows={",".join(args.rows)} must name some of {",".join(ROWS)}')
+  for name in ('prompt_len', 'gen_len', 'num_prompts'):
+    if getattr(args, name) < 1:
+      raise UserError(f'--{name}={getattr(args, name)} must be >= 1')
+  if not args.device_gib > 0 or not args.host_gib >= 0:
+    raise UserError('--device_gib must be > 0 and --host_gib >= 0')
+  return args
+
+
+def main(argv=None) -> None:
+  argv = sys.argv[1:] if argv is None else argv
+
+  def bench():
+    args = parse_args(argv)
+    if args.row:
+      print(json.dumps(run_row(args)))
+      return
+    weights_store(args)
+    m = model_config(args.shape)
+    print(f'{args.shape}: {flops.param_count(m) / 1e9:.2f}B parameters, bfloat16 weights, '
+          f'float32 compute; {args.num_prompts} prompts of {args.prompt_len} tokens, '
+          f'{args.gen_len} new (the paper: 512 and 32, scaled down to run in minutes here); '
+          f'budgets: device {args.device_gib} GiB, host {args.host_gib} GiB, disk {args.disk_dir}'
+          f'\nmachine: {flops.cpu_key()}')
+    print('| row | policy | tokens/s | seconds | peak RSS GiB | disk read GiB |\n'
+          '|---|---|---|---|---|---|')
+    for row in args.rows:
+      child = subprocess.run([sys.executable, '-m', 'gpt_jax.bench_generate', *argv,
+                              f'--row={row}'], capture_output=True, text=True)
+      if child.returncode:
+        raise UserError(f'row {row} failed: {child.stderr.strip().splitlines()[-1]}')
+      r = json.loads(child.stdout.strip().splitlines()[-1])
+      if 'skipped' in r:
+        print(f'| {row}: {ROWS[row]} | skipped: {r["skipped"]} | | | | |')
+      else:
+        print(f'| {row}: {ROWS[row]} | {r["policy"]} | {r["tokens_per_s"]:.2f} | '
+              f'{r["seconds"]} | {r["peak_rss_gib"]:.2f} | {r["disk_read_gib"]:.2f} |',
+              flush=True)
+
+  cli.run(bench)
+
+
+if __name__ == '__main__':
+  main()
