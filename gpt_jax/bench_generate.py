@@ -2,7 +2,7 @@
 figures, not a test:
 
 `python -m gpt_jax.bench_generate --disk_dir=DIR [--shape=gpt2-xl] [--prompt_len=16]
- [--gen_len=8] [--num_prompts=32] [--device_gib=0.5] [--host_gib=0.5] [--rows=a,c,d,e]`
+ [--gen_len=8] [--num_prompts=32] [--device_gib=1] [--host_gib=0.5] [--rows=a,b,c,d,e]`
 
 A model of a GPT-2 (or OPT) shape with random weights (bfloat16, computing in float32) is
 written to DIR once, a layer at a time, and reused; every row then generates gen_len greedy
@@ -11,9 +11,12 @@ process of its own (so that its peak resident memory is its own):
   a  row by row, as Hugging Face Accelerate's offloading runs: one batch at a time, its KV cache
      on the device, the weights on the device as far as the budget allows after it, then host
      memory, then disk (the best such batch size by the cost model)
+  b  Hugging Face transformers' generate on the same weights, Accelerate's offloading under the
+     same budgets (max_memory), at row a's batch size; its offloaded files' cached pages are
+     dropped at every token (when the hf extra and accelerate are installed)
   c  gpt_jax's policy: the linear program's block and placement, the zig-zag schedule
-  d  c with the weights in 4 bits (int4, groups of 64 inputs with a zero point: FlexGen's
-     min/max group-wise numerics, gpt_jax.quant), dequantized before each matmul
+  d  c with the weights and the KV cache in 4 bits (offload.compression: FlexGen's min/max
+     group-wise numerics in groups of 64), decompressed before use
   e  everything in the device's memory (gpt_jax.sample over all prompts), when the model fits
      the device budget
 Compiling is done before the clock starts (zigzag.compile_steps); a row's tokens/s is the new
@@ -25,9 +28,10 @@ is read with O_DIRECT, so neither tier is flattered by the page cache.
 import argparse
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -36,18 +40,19 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt_jax import cli, config as config_lib, flops, model, network, quant, sample
+from gpt_jax import cli, config as config_lib, flops, hf, model, network, quant, sample
 from gpt_jax.errors import UserError
-from gpt_jax.generate import EXECUTOR, GIB
-from gpt_jax.offload import disk, hardware, policy as policy_lib, tiers, zigzag
+from gpt_jax.offload import compression, disk, hardware, policy as policy_lib, tiers, zigzag
+from gpt_jax.offload.policy import GIB
 
 SHAPES = {  # n_layer, n_embd, n_head (GPT-2: Radford et al. 2019; OPT: Zhang et al. 2022)
     'gpt2': (12, 768, 12), 'gpt2-medium': (24, 1024, 16), 'gpt2-large': (36, 1280, 20),
     'gpt2-xl': (48, 1600, 25), 'opt-6.7b': (32, 4096, 32), 'opt-30b': (48, 7168, 56),
 }
-ROWS = {'a': 'row by row (Accelerate\'s schedule)', 'c': 'gpt_jax policy (LP, zig-zag)',
-        'd': 'gpt_jax policy, 4-bit weights', 'e': 'all in device memory'}
-INT4 = quant.QuantSpec('int4', 64, True, 'none', False)
+ROWS = {'a': 'row by row (Accelerate\'s schedule)',
+        'b': 'Hugging Face transformers + Accelerate disk offload',
+        'c': 'gpt_jax policy (LP, zig-zag)', 'd': 'gpt_jax policy, 4-bit weights and cache',
+        'e': 'all in device memory'}
 
 
 def model_config(shape: str, quantized: bool = False) -> ml_collections.ConfigDict:
@@ -56,10 +61,7 @@ def model_config(shape: str, quantized: bool = False) -> ml_collections.ConfigDi
   m.update(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_head, vocab_size=50304,
            block_size=2048, position='learned', norm='layernorm', mlp='gelu', bias=True,
            tie_embeddings=True, dtype='float32', param_dtype='bfloat16', dropout=0.0)
-  if quantized:
-    m.quant.update(format=INT4.format, group_size=INT4.group_size, zero_point=True,
-                   activations='none', embeddings=False)
-  return m
+  return compression.quantized_config(m) if quantized else m
 
 
 def weights_store(args) -> disk.DiskStore:
@@ -79,7 +81,7 @@ def weights_store(args) -> disk.DiskStore:
     if 'd' in args.rows and f'int4_{j}' not in store:
       layer = tiers.nested(store.read(f'weights_{j}'))
       store.write(f'int4_{j}', tiers.flat(
-          quant.quantize_params({'h_0': layer}, one_layer, INT4)['h_0']))
+          quant.quantize_params({'h_0': layer}, one_layer, compression.WEIGHTS)['h_0']))
   if 'resident' not in store:
     empty = m.copy_and_resolve_references()
     empty.n_layer = 0
@@ -100,52 +102,112 @@ def run_row(args) -> dict:
   gpt = network.build(m)
   prefix = 'int4' if quantized else 'weights'
   layer_bytes = sum(np.asarray(a).nbytes for a in store.read(f'{prefix}_0').values())
+  codec = compression.cache_codec(m) if quantized else None
   workload = policy_lib.Workload.of(m, args.prompt_len, args.gen_len,
                                     weight_bytes=layer_bytes / policy_lib.Workload.of(
-                                        m, 1, 1).layer_params, cache_bytes=4,
+                                        m, 1, 1).layer_params,
+                                    cache_bytes=codec.bytes_per_value if codec else 4,
                                     activation_bytes=4)
   prompts = _prompts(args)
   if args.row == 'e':
     return _all_in_memory(args, gpt, m, store, workload, prompts)
   machine = hardware.measure(args.device_gib * GIB, args.host_gib * GIB,
                              disk_budget(args), args.disk_dir)
+  if args.row == 'b':
+    return _hugging_face(args, m, store, workload, prompts, machine)
   common = dict(attention_on_host=(False,), max_block=args.num_prompts)
   if args.row == 'a':
     chosen = policy_lib.search(workload, machine, num_batches=(1,),
-                               fixed=dict(EXECUTOR, cache=(1.0, 0.0, 0.0)), **common)
+                               fixed=dict(zigzag.FIXED_FRACTIONS, cache=(1.0, 0.0, 0.0)), **common)
   else:
-    chosen = policy_lib.search(workload, machine, fixed=EXECUTOR, **common)
+    chosen = policy_lib.search(workload, machine, fixed=zigzag.FIXED_FRACTIONS, **common)
+  runtime = _start_peak()
   off = zigzag.Offloaded.place(gpt, tiers.nested(store.read('resident')),
                                lambda j: tiers.nested(store.read(f'{prefix}_{j}')),
-                               chosen.weights, _Prefixed(store, prefix))
+                               chosen.weights, store, prefix)
   settings = dict(temperature=0.0, top_k=0, top_p=1.0, num_tokens=None)
   zigzag.compile_steps(off, chosen.batch_size, args.prompt_len, args.gen_len, **settings)
   store.bytes_read = 0
   start = time.perf_counter()
   rows = [row for block in zigzag.generate_blocks(
       off, chosen.cache, prompts, batch_size=chosen.batch_size, num_batches=chosen.num_batches,
-      max_new_tokens=args.gen_len, store=store) for row in block]
+      max_new_tokens=args.gen_len, store=store, codec=codec) for row in block]
   seconds = time.perf_counter() - start
   for group in [g for g in store.index if g.startswith('cache_')]:
     store.remove(group)
-  return _result(args, chosen.describe(), sum(map(len, rows)), seconds, store.bytes_read)
+  return _result(args, chosen.describe(), sum(map(len, rows)), seconds, store.bytes_read,
+                 runtime)
 
 
-class _Prefixed:
-  """The weights store seen by tiers.LayerWeights (which names layer j 'weights_j') with
-  another prefix's groups ('int4_j') in their place."""
+def _full_params(store: disk.DiskStore, m) -> dict:
+  params = dict(tiers.nested(store.read('resident')))
+  params.update({f'h_{j}': tiers.nested(store.read(f'weights_{j}')) for j in range(m.n_layer)})
+  return params
 
-  def __init__(self, store: disk.DiskStore, prefix: str):
-    self.store, self.prefix = store, prefix
 
-  def _name(self, group: str) -> str:
-    return group.replace('weights_', f'{self.prefix}_', 1)
+class _DropPageCache:
+  """A transformers logits processor (called once per new token) that drops the page cache of
+  every file under `folder`, so that Accelerate's offloaded weights (numpy memmaps) are read
+  from the disk at each step, as gpt_jax's O_DIRECT tier reads them."""
 
-  def __contains__(self, group: str) -> bool:
-    return self._name(group) in self.store
+  def __init__(self, folder: str):
+    self.folder = folder
 
-  def read(self, group: str) -> dict:
-    return self.store.read(self._name(group))
+  def __call__(self, input_ids, scores):
+    for root, _, names in os.walk(self.folder):
+      for name in names:
+        fd = os.open(os.path.join(root, name), os.O_RDONLY)
+        try:
+          os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+          os.close(fd)
+    return scores
+
+
+def _hugging_face(args, m, store, workload, prompts, machine) -> dict:
+  """Row b: transformers' generate on the same weights (exported by gpt_jax.hf), dispatched by
+  Accelerate under the device and host budgets (its max_memory for the CPU), the rest offloaded
+  to disk, in batches of row a's size (cache in memory, row by row)."""
+  try:
+    import accelerate
+    import torch
+    import transformers
+  except ImportError:
+    return {'row': 'b', 'skipped': 'transformers, torch or accelerate is not installed '
+            '(pip install -e .[hf])'}
+  hf_dir = os.path.join(args.disk_dir, f'hf_{args.shape}')
+  if not os.path.exists(hf_dir):
+    hf.export((m, _full_params(store, m)), hf_dir)
+  batch = policy_lib.search(workload, machine, num_batches=(1,), attention_on_host=(False,),
+                            fixed=dict(zigzag.FIXED_FRACTIONS, cache=(1.0, 0.0, 0.0)),
+                            max_block=args.num_prompts).batch_size
+  runtime = _start_peak()
+  config = transformers.AutoConfig.from_pretrained(hf_dir)
+  with accelerate.init_empty_weights():
+    net = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+  net.tie_weights()
+  budget = int((args.device_gib + args.host_gib) * GIB)
+  device_map = accelerate.infer_auto_device_map(net, max_memory={'cpu': budget},
+                                                no_split_module_classes=['GPT2Block'])
+  offload = tempfile.mkdtemp(prefix='hf_offload_', dir=args.disk_dir)
+  try:
+    net = accelerate.load_checkpoint_and_dispatch(net, hf_dir, device_map=device_map,
+                                                  offload_folder=offload, dtype=torch.bfloat16)
+    drop = transformers.LogitsProcessorList([_DropPageCache(offload)])
+    start, tokens = time.perf_counter(), 0
+    with torch.inference_mode():
+      for first in range(0, len(prompts), batch):
+        ids = torch.tensor(prompts[first:first + batch])
+        out = net.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                           max_new_tokens=args.gen_len, min_new_tokens=args.gen_len,
+                           pad_token_id=0, logits_processor=drop)
+        tokens += out[:, ids.shape[1]:].numel()
+    seconds = time.perf_counter() - start
+  finally:
+    shutil.rmtree(offload, ignore_errors=True)
+  on_disk = sum(1 for place in device_map.values() if place == 'disk')
+  return _result(args, f'batch {batch}; {on_disk} of {len(device_map)} modules on disk',
+                 tokens, seconds, 0, runtime)
 
 
 def _all_in_memory(args, gpt, m, store, workload, prompts) -> dict:
@@ -153,21 +215,37 @@ def _all_in_memory(args, gpt, m, store, workload, prompts) -> dict:
       workload.other_params * workload.weight_bytes
   if size > args.device_gib * GIB:
     return {'row': 'e', 'skipped': f'{size / GIB:.2f} GiB of weights exceed the device budget'}
-  params = dict(tiers.nested(store.read('resident')))
-  params.update({f'h_{j}': tiers.nested(store.read(f'weights_{j}')) for j in range(m.n_layer)})
-  params = tiers.to_device(params)
+  runtime = _start_peak()
+  params = tiers.to_device(_full_params(store, m))
   sample.generate(gpt, params, prompts[:1] * len(prompts), max_new_tokens=args.gen_len)  # compile
   start = time.perf_counter()
   rows = sample.generate(gpt, params, prompts, max_new_tokens=args.gen_len)
   seconds = time.perf_counter() - start
-  return _result(args, f'one batch of {len(prompts)}', sum(map(len, rows)), seconds, 0)
+  return _result(args, f'one batch of {len(prompts)}', sum(map(len, rows)), seconds, 0, runtime)
 
 
-def _result(args, policy: str, tokens: int, seconds: float, disk_bytes: int) -> dict:
+def _status_gib(field: str) -> float:
+  """A memory figure of this process from /proc/self/status (VmRSS now, VmHWM its peak)."""
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith(f'{field}:'):
+        return int(line.split()[1]) * 1024 / GIB
+  raise UserError(f'/proc/self/status has no {field}; run the benchmark on Linux')
+
+
+def _start_peak() -> float:
+  """Restarts the peak resident memory count (Linux's clear_refs 5), after the machine's
+  measurement and before any weight is placed; returns what is resident now (JAX itself)."""
+  with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')
+  return _status_gib('VmRSS')
+
+
+def _result(args, policy: str, tokens: int, seconds: float, disk_bytes: int,
+            runtime_gib: float) -> dict:
   return {'row': args.row, 'policy': policy, 'tokens': tokens, 'seconds': round(seconds, 2),
-          'tokens_per_s': tokens / seconds,
-          'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
-          'disk_read_gib': disk_bytes / GIB}
+          'tokens_per_s': tokens / seconds, 'runtime_gib': runtime_gib,
+          'peak_rss_gib': _status_gib('VmHWM'), 'disk_read_gib': disk_bytes / GIB}
 
 
 def disk_budget(args) -> float:
@@ -183,10 +261,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--prompt_len', type=int, default=16)
   parser.add_argument('--gen_len', type=int, default=8)
   parser.add_argument('--num_prompts', type=int, default=32)
-  parser.add_argument('--device_gib', type=float, default=0.5)
+  parser.add_argument('--device_gib', type=float, default=1.0)
   parser.add_argument('--host_gib', type=float, default=0.5)
   parser.add_argument('--disk_gib', type=float, default=0.0, help='0 = the free space')
-  parser.add_argument('--rows', default='a,c,d,e', help=f'some of {",".join(ROWS)}')
+  parser.add_argument('--rows', default='a,b,c,d,e', help=f'some of {",".join(ROWS)}')
   parser.add_argument('--row', default='', help=argparse.SUPPRESS)  # one row, in this process
   args = parser.parse_args(argv)
   if args.shape not in SHAPES:
@@ -217,7 +295,7 @@ def main(argv=None) -> None:
           f'{args.gen_len} new (the paper: 512 and 32, scaled down to run in minutes here); '
           f'budgets: device {args.device_gib} GiB, host {args.host_gib} GiB, disk {args.disk_dir}'
           f'\nmachine: {flops.cpu_key()}')
-    print('| row | policy | tokens/s | seconds | peak RSS GiB | disk read GiB |\n'
+    print('| row | policy | tokens/s | seconds | peak RSS GiB (JAX alone) | disk read GiB |\n'
           '|---|---|---|---|---|---|')
     for row in args.rows:
       child = subprocess.run([sys.executable, '-m', 'gpt_jax.bench_generate', *argv,
@@ -229,7 +307,8 @@ def main(argv=None) -> None:
         print(f'| {row}: {ROWS[row]} | skipped: {r["skipped"]} | | | | |')
       else:
         print(f'| {row}: {ROWS[row]} | {r["policy"]} | {r["tokens_per_s"]:.2f} | '
-              f'{r["seconds"]} | {r["peak_rss_gib"]:.2f} | {r["disk_read_gib"]:.2f} |',
+              f'{r["seconds"]} | {r["peak_rss_gib"]:.2f} ({r["runtime_gib"]:.2f}) | '
+              f'{r["disk_read_gib"]:.2f} |',
               flush=True)
 
   cli.run(bench)

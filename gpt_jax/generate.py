@@ -32,12 +32,7 @@ from gpt_jax import cli, files, runs, sample
 from gpt_jax.errors import UserError
 from gpt_jax.offload import hardware, policy as policy_lib, zigzag
 from gpt_jax.offload.disk import DiskStore
-
-GIB = 2**30
-# The executor keeps the hidden states between layers on the device (as FlexGen's own policies
-# do: they are a few rows per sequence); the program places the weights and the cache.
-EXECUTOR = {'activations': (1.0, 0.0, 0.0)}
-
+from gpt_jax.offload.policy import GIB
 
 def read_prompts(path: str) -> list[dict]:
   """The records of a prompts file: JSON objects, each with a non-empty "prompt" string and no
@@ -55,7 +50,6 @@ def read_prompts(path: str) -> list[dict]:
   if not records:
     raise UserError(f'--prompts={path} holds no prompts; {fix}')
   return records
-
 
 def completed_lines(path: str, records: list[dict]) -> int:
   """How many prompts `path` (an earlier run's --out) already holds, after dropping a last line
@@ -82,7 +76,6 @@ def completed_lines(path: str, records: list[dict]) -> int:
                       'new --out (or the --prompts it was made from)')
   return len(lines)
 
-
 def parse_policy(text: str) -> dict | None:
   """None for 'auto'; else {batch_size, num_batches[, weights, cache]} from
   'BATCH,NUM[,W_DEVICE,W_HOST,C_DEVICE,C_HOST]' (percentages; the disk takes the rest)."""
@@ -106,16 +99,17 @@ def parse_policy(text: str) -> dict | None:
       out[name] = (device / 100, host / 100, 1 - (device + host) / 100)
   return out
 
-
 def choose_policy(workload, machine, requested: dict | None,
                   num_prompts: int) -> policy_lib.Policy:
   """The policy to run: the program's best for a block of up to num_prompts (rounded up to a
   power of 2) sequences (requested None), or the requested block shape with the best fractions
   for it (or the requested fractions, checked against the budgets)."""
   if requested is None:
-    return policy_lib.search(workload, machine, attention_on_host=(False,), fixed=EXECUTOR,
+    return policy_lib.search(workload, machine, attention_on_host=(False,),
+                             fixed=zigzag.FIXED_FRACTIONS,
                              max_block=1 << (num_prompts - 1).bit_length())
-  fixed = dict(EXECUTOR, **{k: requested[k] for k in ('weights', 'cache') if k in requested})
+  fixed = dict(zigzag.FIXED_FRACTIONS,
+               **{k: requested[k] for k in ('weights', 'cache') if k in requested})
   chosen = policy_lib.solve(workload, machine, requested['batch_size'],
                             requested['num_batches'], False, fixed)
   if chosen is None:
@@ -125,16 +119,13 @@ def choose_policy(workload, machine, requested: dict | None,
                     'pass --policy=auto')
   return chosen
 
-
 def physical_memory() -> int:
   return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-
 
 def device_memory() -> int:
   """The device's memory (bytes): its allocator's limit, or on a CPU half the machine's RAM."""
   stats = jax.devices()[0].memory_stats() or {}
   return stats.get('bytes_limit') or physical_memory() // 2
-
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = cli.ArgumentParser(prog='python -m gpt_jax.generate',
@@ -172,7 +163,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   args.requested = parse_policy(args.policy)
   return args
 
-
 def _tokenize(run, records: list[dict], max_tokens: int) -> list[list[int]]:
   """Each prompt as sample.complete reads it (after EOS); UserError naming the first prompt
   that leaves no room for max_tokens new tokens."""
@@ -186,7 +176,6 @@ def _tokenize(run, records: list[dict], max_tokens: int) -> list[list[int]]:
                       '--max_tokens')
   return prompts
 
-
 def _bytes_per_value(run, prompts) -> dict:
   c = run.config.model
   layer = zigzag.layer_params(run.params, c, 0)
@@ -194,7 +183,6 @@ def _bytes_per_value(run, prompts) -> dict:
   count = sum(a.size for a in jax.tree.leaves(layer))
   activation = np.dtype(c.dtype).itemsize
   return dict(weight_bytes=stored / count, cache_bytes=activation, activation_bytes=activation)
-
 
 def generate(args: argparse.Namespace, log=print) -> None:
   records = read_prompts(args.prompts)
@@ -208,7 +196,6 @@ def generate(args: argparse.Namespace, log=print) -> None:
   finally:
     if store_dir:
       shutil.rmtree(store_dir, ignore_errors=True)
-
 
 def _generate(args, records, done, store_dir, log) -> None:
   run = runs.load(args.workdir)
@@ -253,10 +240,8 @@ def _generate(args, records, done, store_dir, log) -> None:
   bar.close()
   log(f'wrote {args.out}: {len(records)} results')
 
-
 def main(argv=None) -> None:
   cli.run(lambda: generate(parse_args(sys.argv[1:] if argv is None else argv)))
-
 
 if __name__ == '__main__':
   main()

@@ -34,12 +34,15 @@ from gpt_jax import flops
 from gpt_jax.errors import UserError
 from gpt_jax.model import head_size, mlp_hidden_size
 
+GIB = 2**30
+
 
 @dataclasses.dataclass(frozen=True)
 class Hardware:
   """The memory of each tier (bytes; what the run may use, not what the machine has), the
-  compute rate (FLOP/s) and memory bandwidth (bytes/s) of the device and of the host, and each
-  link's bandwidth (bytes/s)."""
+  compute rate (FLOP/s) and memory bandwidth (bytes/s) of the device and of the host, each
+  link's bandwidth (bytes/s), and the fixed costs that make many small batches slower than a few
+  large ones: launching a layer on a batch, and one disk operation (seconds)."""
   device_memory: float
   host_memory: float
   disk_memory: float
@@ -51,6 +54,8 @@ class Hardware:
   device_to_host: float
   disk_to_host: float
   host_to_disk: float
+  call_overhead: float = 0.0  # seconds per layer run on one batch, beyond its FLOPs and bytes
+  disk_latency: float = 0.0  # seconds per read or write of one group on disk, beyond its bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +115,7 @@ class Policy:
     return self.batch_size * self.num_batches
 
   def describe(self) -> str:
-    pct = lambda f: '/'.join(f'{100 * v:.0f}' for v in f)
+    pct = lambda f: '/'.join(f'{abs(100 * v):.0f}' for v in f)  # no '-0' of a rounded -1e-12
     return (f'block {self.num_batches} × {self.batch_size} sequences; weights {pct(self.weights)}, '
             f'cache {pct(self.cache)}, activations {pct(self.activations)} % on device/host/disk'
             f'{"; attention over the host cache on the host" if self.attention_on_host else ""}; '
@@ -138,11 +143,12 @@ class _Rows:
     self.b.append(bound)
 
 
-def _streams(w: Workload, hw: Hardware, bls: int, prefill: bool, attention_on_host: bool
-             ) -> list[dict]:
+def _streams(w: Workload, hw: Hardware, bls: int, prefill: bool, attention_on_host: bool,
+             num_batches: int = 1) -> list[dict]:
   """The per-layer times of one block as {variable: seconds per unit fraction} (plus a
   constant under key None): host→device, device→host, disk→host, host→disk, and the compute's
-  roofline terms (FLOPs, then bytes read from memory)."""
+  roofline terms (FLOPs, then bytes read from memory). Each of the num_batches batches is one
+  launch and, for a cache on disk, one read and one write."""
   s, n = w.prompt_len, w.gen_len
   weights = w.layer_params * w.weight_bytes
   kv_token = 2 * w.kv_features * w.cache_bytes  # a key and a value
@@ -178,9 +184,14 @@ def _streams(w: Workload, hw: Hardware, bls: int, prefill: bool, attention_on_ho
   else:
     compute[None] += attention_flops / hw.device_flops
     memory[None] += cache_read / hw.device_bandwidth
+  compute[None] += num_batches * hw.call_overhead
   scale = lambda terms, rate: {k: v / rate for k, v in terms.items()}
-  return [scale(to_device, hw.host_to_device), scale(to_host, hw.device_to_host),
-          scale(from_disk, hw.disk_to_host), scale(to_disk, hw.host_to_disk), compute, memory]
+  from_disk, to_disk = scale(from_disk, hw.disk_to_host), scale(to_disk, hw.host_to_disk)
+  from_disk[_W + _D] += hw.disk_latency
+  for stream in (from_disk, to_disk):
+    stream[_C + _D] += num_batches * hw.disk_latency
+  return [scale(to_device, hw.host_to_device), scale(to_host, hw.device_to_host), from_disk,
+          to_disk, compute, memory]
 
 
 def _memory(w: Workload, batch_size: int, bls: int, attention_on_host: bool
@@ -198,11 +209,17 @@ def _memory(w: Workload, batch_size: int, bls: int, attention_on_host: bool
   # The prefill's largest temporaries for one batch: scores (H·s·s... in blocks) are bounded by
   # the MLP's hidden rows and the query/key/value rows.
   scratch = batch_size * s * (w.mlp_hidden + 3 * w.attention_features) * 4
-  resident = w.other_params * w.weight_bytes
+  # The executor computes in the activations' dtype: the resident embeddings and head are kept
+  # in it, two layers' weights are in flight in it (the one running, the next one converted or
+  # dequantized), and so are two batches' caches when stored compressed.
+  resident = w.other_params * max(w.weight_bytes, w.activation_bytes)
+  converted = 2 * w.layer_params * w.activation_bytes
+  if w.cache_bytes < w.activation_bytes:
+    converted += 2 * batch_size * (s + n) * 2 * w.kv_features * w.activation_bytes
   device = ({_W + _G: l * weights, _C + _G: l * cache, _A + _G: activations,
              # in flight: the next layer's weights from host and disk, a batch's cache from them
              _W + _H: 2 * weights, _W + _D: 2 * weights},
-            resident + scratch + 2 * batch_size * s * w.n_embd * w.activation_bytes)
+            resident + converted + scratch + 2 * batch_size * s * w.n_embd * w.activation_bytes)
   if not attention_on_host:
     device[0].update({_C + _H: 2 * batch_cache, _C + _D: 2 * batch_cache})
   host = ({_W + _H: l * weights, _C + _H: l * cache, _A + _H: activations,
@@ -227,7 +244,7 @@ def solve(w: Workload, hw: Hardware, batch_size: int, num_batches: int,
   bls = batch_size * num_batches
   rows = _Rows()
   for variable, prefill in ((_PREFILL, True), (_DECODE, False)):
-    for stream in _streams(w, hw, bls, prefill, attention_on_host):
+    for stream in _streams(w, hw, bls, prefill, attention_on_host, num_batches):
       constant = stream.pop(None, 0.0)
       rows.add({**stream, variable: -1.0}, -constant)  # stream <= T
   capacities = (hw.device_memory, hw.host_memory, hw.disk_memory)
@@ -268,11 +285,12 @@ def search(w: Workload, hw: Hardware, batch_sizes=(1, 2, 4, 8, 16, 32, 64),
     if policy and (best is None or policy.tokens_per_s > best.tokens_per_s):
       best = policy
   if best is None:
-    layer_mb = w.layer_params * w.weight_bytes / 2**20
+    mib = lambda params, bytes_per_param: f'{params * bytes_per_param / 2**20:.1f} MiB'
     raise UserError(
-        f'no policy fits: one layer is {layer_mb:.1f} MiB of weights and the run needs them '
-        f'twice in flight besides the resident embeddings and head '
-        f'({w.other_params * w.weight_bytes / 2**20:.1f} MiB) on the device, and every weight '
-        f'and cache byte somewhere; raise the device budget (now '
+        f'no policy fits: one layer is {mib(w.layer_params, w.weight_bytes)} of weights '
+        f'({mib(w.layer_params, w.activation_bytes)} converted for compute) and the run needs '
+        f'two in flight besides the resident embeddings and head '
+        f'({mib(w.other_params, max(w.weight_bytes, w.activation_bytes))}) on the device, and '
+        f'every weight and cache byte somewhere; raise the device budget (now '
         f'{hw.device_memory / 2**20:.0f} MiB), the host or the disk budget')
   return best

@@ -11,6 +11,7 @@ read, on a CPU (where both are the same RAM) a copy within it. The disk tier is 
 read past the page cache.
 """
 
+import functools
 import math
 
 import jax
@@ -19,6 +20,7 @@ import numpy as np
 from flax import traverse_util
 
 from gpt_jax import model
+from gpt_jax.offload import compression
 from gpt_jax.offload.disk import DiskStore
 
 TIERS = ('device', 'host', 'disk')
@@ -86,53 +88,85 @@ class LayerWeights:
 
 
 class LayerCache:
-  """The KV cache of every (layer, batch) of a block, each layer's on its tier.
+  """The KV cache of every (layer, batch) of a block, each layer's on its tier, compressed to 4
+  bits on every tier when a `codec` is given (offload.compression).
 
-  `load(j, k)` gives batch k's cache of layer j on the device (the flax 'cache' collection of a
-  model.Block); `store(j, k, cache, slots, start)` keeps what a step changed: on the device the
-  whole new cache, elsewhere only the new token slots (`slots`: cached_key, cached_value and
-  cached_positions at [start, start + L) of axis 1), written into host memory or in place on disk.
+  `load(j, k)` gives batch k's cache of layer j on the device, as a model.Block reads it (the
+  flax 'cache' collection); `store_step(j, k, cache, slots, start)` keeps what a step changed:
+  uncompressed on the device, the whole new cache; else only the new token slots (`slots`:
+  cached_key, cached_value and cached_positions at [start, start + L) of axis 1), compressed if
+  so, written into the device's or host's arrays or in place on disk.
   """
 
-  def __init__(self, tiers: list[str], empty, num_batches: int, store: DiskStore | None):
-    """empty: one batch's empty cache of one layer (model.init_cache's form for a Block)."""
-    self.tiers, self.store, self.num_batches = tiers, store, num_batches
+  def __init__(self, tiers: list[str], empty, num_batches: int, store: DiskStore | None,
+               codec: compression.CacheCodec | None = None):
+    """empty: one batch's empty cache of one layer (numpy; see empty_block_cache)."""
+    self.tiers, self.store, self.codec = tiers, store, codec
+    key = empty['attn']['cached_key']
+    self.heads, self.dtype = key.shape[2], key.dtype
+    stored = flat(compression.compress_cache(codec, empty) if codec else empty)
     self.caches = {}
     for j, tier in enumerate(tiers):
       for k in range(num_batches):
         if tier == 'device':
-          self.caches[j, k] = to_device(empty)
+          self.caches[j, k] = to_device(nested(stored))
         elif tier == 'host':
           # numpy: slots are written in place; device_put reads it as it is at load time.
-          self.caches[j, k] = jax.tree.map(np.array, empty)
+          self.caches[j, k] = {name: np.array(value) for name, value in stored.items()}
         else:
-          store.write(self._group(j, k), flat(empty))
+          store.write(self._group(j, k), stored)
 
   def _group(self, j: int, k: int) -> str:
     return f'cache_{j}_{k}'
 
   def load(self, j: int, k: int):
-    if self.tiers[j] == 'disk':
-      return to_device(nested(self.store.read(self._group(j, k))))
-    return to_device(self.caches[j, k])
+    tier = self.tiers[j]
+    if tier == 'disk':
+      cache = to_device(nested(self.store.read(self._group(j, k))))
+    elif tier == 'host':
+      cache = to_device(nested(self.caches[j, k]))
+    else:
+      cache = self.caches[j, k]
+    if self.codec:
+      return compression.decompress_cache(self.codec, cache, self.heads, self.dtype)
+    return cache
 
   def store_step(self, j: int, k: int, cache, slots: dict, start: int) -> None:
     tier = self.tiers[j]
-    if tier == 'device':
+    if tier == 'device' and not self.codec:
       self.caches[j, k] = cache
       return
-    index = int(start) + next(iter(slots.values())).shape[1]
+    slots = {'attn': slots}
+    if self.codec:
+      slots = compression.compress_cache(self.codec, slots)
+    if tier == 'device':
+      self.caches[j, k] = _write_slots(self.caches[j, k], slots, start)
+      return
+    values = flat(slots)
+    index = np.asarray(start + next(iter(values.values())).shape[1], np.int32)
     if tier == 'host':
-      attn = self.caches[j, k]['attn']
-      for name, value in slots.items():
-        value = np.asarray(value)
-        attn[name][:, start:start + value.shape[1]] = value
-      attn['index'] = np.asarray(index, np.int32)
+      stored = self.caches[j, k]
+      for name, value in values.items():
+        stored[name][:, start:start + value.shape[1]] = value
+      stored['attn/index'] = index
     else:
       group = self._group(j, k)
-      for name, value in slots.items():
-        self.store.write_slots(group, f'attn/{name}', np.asarray(value), start)
-      self.store.write_slots(group, 'attn/index', np.asarray(index, np.int32), None)
+      for name, value in values.items():
+        self.store.write_slots(group, name, value, start)
+      self.store.write_slots(group, 'attn/index', index, None)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _write_slots(cache, slots, start):
+  """cache (on the device) with slots written at [start, start + L) of axis 1, index moved."""
+  attn = dict(cache['attn'])
+  for name, value in slots['attn'].items():
+    attn[name] = jax.tree.map(
+        lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v.astype(a.dtype), start, axis=1),
+        attn[name], value)
+  length = slots['attn']['cached_positions'].shape[1]
+  attn['index'] = jnp.asarray(start + length, attn['index'].dtype)
+  return {'attn': attn}
 
 
 def empty_block_cache(block, batch_size: int, length: int, n_embd: int, dtype):

@@ -26,9 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import model, sample
-from gpt_jax.offload import tiers
+from gpt_jax import model, quant, sample
+from gpt_jax.offload import compression, tiers
 from gpt_jax.offload.disk import DiskStore
+
+# What this executor keeps in place, for the policy's program (policy.solve's `fixed`): the
+# hidden states between layers stay on the device, as FlexGen's own policies keep them (a few
+# rows per sequence); the program places the weights and the cache.
+FIXED_FRACTIONS = {'activations': (1.0, 0.0, 0.0)}
 
 
 def layer_params(params, config, j: int):
@@ -47,26 +52,48 @@ def resident_params(params) -> dict:
 @dataclasses.dataclass
 class Offloaded:
   """A GPT split for offloaded generation: the embedding and head's parameters on the device, a
-  model.Block per layer, and each layer's weights on the tier the policy gives it."""
+  float model.Block per layer, and each layer's weights on the tier the policy gives it, as
+  stored (e.g. bfloat16, or quantized); `load(j)` brings them to the device in the compute dtype,
+  dequantized, once per layer and step for the whole block (FlexGen decompresses so too)."""
   gpt: model.GPT
   resident: dict
   blocks: list
   weights: tiers.LayerWeights
 
+  def load(self, j: int):
+    return _compute_weights(self.gpt.config, self.weights.load(j))
+
   @classmethod
   def place(cls, gpt: model.GPT, resident: dict, layer: Callable[[int], dict],
-            weight_fractions: tuple[float, float, float], store: DiskStore | None
-            ) -> 'Offloaded':
+            weight_fractions: tuple[float, float, float], store: DiskStore | None,
+            prefix: str = 'weights') -> 'Offloaded':
     """Places each layer's weights (layer(j): a tree of arrays, asked for one at a time so the
     whole model is never needed at once) by the fractions (device, host, disk). A layer bound
-    for the disk that `store` already holds (tiers.LayerWeights' group) is used as it is."""
+    for the disk that `store` already holds (as group f'{prefix}_{j}') is used as it is."""
     c = gpt.config
-    weights = tiers.LayerWeights(tiers.layer_tiers(weight_fractions, c.n_layer), store)
+    weights = tiers.LayerWeights(tiers.layer_tiers(weight_fractions, c.n_layer), store, prefix)
     for j in range(c.n_layer):
       if weights.tiers[j] != 'disk' or weights.group(j) not in store:
         weights.put(j, layer(j))
-    blocks = [model.Block(c, model.layer_window(c, j), gpt.plan) for j in range(c.n_layer)]
+    blocks = [model.Block(c, model.layer_window(c, j)) for j in range(c.n_layer)]
+    spec = quant.spec(c)
+    if not (spec and spec.embeddings):  # float tables: converted once, not at every call
+      resident = _in_compute_dtype(c.dtype, resident)
     return cls(gpt, tiers.to_device(resident), blocks, weights)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _compute_weights(config, params):
+  """One layer's stored weights as its float Block multiplies them: dequantized if the model is
+  quantized (gpt_jax.quant), in the compute dtype."""
+  if quant.spec(config):
+    params = quant.dequantize_params({'h_0': params}, config)['h_0']
+  return _in_compute_dtype(config.dtype, params)
+
+
+def _in_compute_dtype(dtype, params):
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                      params)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -109,7 +136,7 @@ def compile_steps(off: Offloaded, batch_size: int, prompt_len: int, max_new_toke
   c = off.gpt.config
   empty = tiers.empty_block_cache(off.blocks[0], batch_size, prompt_len + max_new_tokens,
                                   c.n_embd, c.dtype)
-  params = off.weights.load(0)
+  params = off.load(0)
   for length in (prompt_len, 1):
     tokens_BL = np.zeros((batch_size, length), np.int32)
     x_ND = _embed(off.gpt, off.resident, tokens_BL, tokens_BL)
@@ -129,12 +156,14 @@ def generate_blocks(off: Offloaded, cache_fractions: tuple[float, float, float],
                     max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
                     top_p: float = 1.0, eos_id: int = -1, seed: int = 0,
                     num_tokens: int | None = None, store: DiskStore | None = None,
-                    first_row: int = 0) -> Iterator[list[list[int]]]:
+                    first_row: int = 0, codec: compression.CacheCodec | None = None
+                    ) -> Iterator[list[list[int]]]:
   """The continuations of each block of batch_size · num_batches prompts, block after block:
   each up to max_new_tokens or its first EOS (not included), chosen as sample.next_token
   chooses (greedy at temperature 0). Prompt i draws with key (seed, first_row + i), so a run
-  resumed at prompt first_row samples what the whole run would have. UserError as
-  sample.pad_prompts raises it, before any work."""
+  resumed at prompt first_row samples what the whole run would have. With a codec the KV cache
+  is kept in 4 bits (offload.compression). UserError as sample.pad_prompts raises it, before
+  any work."""
   sample.check_sampling(temperature, top_k, top_p)
   bls = batch_size * num_batches
   context = sample.context_length(off.gpt.config)
@@ -146,12 +175,12 @@ def generate_blocks(off: Offloaded, cache_fractions: tuple[float, float, float],
     rows_R = first_row + first + np.arange(bls, dtype=np.int32)
     out_RT = _generate_block(off, cache_fractions, _pad_block(block, bls), rows_R, batch_size,
                              num_batches, max_new_tokens, eos_id, jax.random.key(seed), store,
-                             settings)
+                             codec, settings)
     yield sample.strip(out_RT[:len(block)], eos_id)
 
 
 def _generate_block(off, cache_fractions, prompts, rows_R, batch_size, num_batches,
-                    max_new_tokens, eos_id, rng, store, settings) -> np.ndarray:
+                    max_new_tokens, eos_id, rng, store, codec, settings) -> np.ndarray:
   c = off.gpt.config
   tokens_RP, positions_RP = sample.pad_prompts(prompts, max_new_tokens,
                                                sample.context_length(c))
@@ -159,7 +188,7 @@ def _generate_block(off, cache_fractions, prompts, rows_R, batch_size, num_batch
   batches = [slice(k * batch_size, (k + 1) * batch_size) for k in range(num_batches)]
   empty = tiers.empty_block_cache(off.blocks[0], batch_size, P + T, c.n_embd, c.dtype)
   cache = tiers.LayerCache(tiers.layer_tiers(cache_fractions, c.n_layer), empty, num_batches,
-                           store)
+                           store, codec)
   out_RT = np.zeros((len(prompts), T), np.int32)
   done_R = np.zeros(len(prompts), bool)
   next_position_R = positions_RP[:, -1] + 1
@@ -190,14 +219,14 @@ def _run_layers(off, cache, x, positions, start, weight_io, cache_io) -> None:
   place), in the zig-zag order, with the next weights and caches loading meanwhile."""
   n_layer, num_batches = len(off.blocks), len(x)
   order = [(j, k) for j in range(n_layer) for k in range(num_batches)]
-  weights = weight_io.submit(off.weights.load, 0)
+  weights = weight_io.submit(off.load, 0)
   loading = cache_io.submit(cache.load, 0, 0)
   stores = []
   for i, (j, k) in enumerate(order):
     if k == 0:
       params = weights.result()
       if j + 1 < n_layer:
-        weights = weight_io.submit(off.weights.load, j + 1)
+        weights = weight_io.submit(off.load, j + 1)
     layer_cache = loading.result()
     if i + 1 < len(order):
       loading = cache_io.submit(cache.load, *order[i + 1])
