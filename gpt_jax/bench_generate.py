@@ -42,7 +42,7 @@ import numpy as np
 
 from gpt_jax import cli, config as config_lib, flops, hf, model, network, quant, sample
 from gpt_jax.errors import UserError
-from gpt_jax.offload import compression, disk, hardware, policy as policy_lib, tiers, zigzag
+from gpt_jax.offload import compression, disk, policy as policy_lib, tiers, zigzag
 from gpt_jax.offload.policy import GIB
 
 SHAPES = {  # n_layer, n_embd, n_head (GPT-2: Radford et al. 2019; OPT: Zhang et al. 2022)
@@ -111,8 +111,8 @@ def run_row(args) -> dict:
   prompts = _prompts(args)
   if args.row == 'e':
     return _all_in_memory(args, gpt, m, store, workload, prompts)
-  machine = hardware.measure(args.device_gib * GIB, args.host_gib * GIB,
-                             disk_budget(args), args.disk_dir)
+  machine = zigzag.machine(args.device_gib * GIB, args.host_gib * GIB, disk_budget(args),
+                           args.disk_dir)
   if args.row == 'b':
     return _hugging_face(args, m, store, workload, prompts, machine)
   common = dict(attention_on_host=(False,), max_block=args.num_prompts)
@@ -121,13 +121,14 @@ def run_row(args) -> dict:
                                fixed=dict(zigzag.FIXED_FRACTIONS, cache=(1.0, 0.0, 0.0)), **common)
   else:
     chosen = policy_lib.search(workload, machine, fixed=zigzag.FIXED_FRACTIONS, **common)
-  runtime = _start_peak()
+  runtime = _status_gib('VmRSS')  # JAX (or torch) alone
   off = zigzag.Offloaded.place(gpt, tiers.nested(store.read('resident')),
                                lambda j: tiers.nested(store.read(f'{prefix}_{j}')),
                                chosen.weights, store, prefix)
   settings = dict(temperature=0.0, top_k=0, top_p=1.0, num_tokens=None)
   zigzag.compile_steps(off, chosen.batch_size, args.prompt_len, args.gen_len, **settings)
   store.bytes_read = 0
+  _reset_peak()
   start = time.perf_counter()
   rows = [row for block in zigzag.generate_blocks(
       off, chosen.cache, prompts, batch_size=chosen.batch_size, num_batches=chosen.num_batches,
@@ -147,20 +148,22 @@ def _full_params(store: disk.DiskStore, m) -> dict:
 
 class _DropPageCache:
   """A transformers logits processor (called once per new token) that drops the page cache of
-  every file under `folder`, so that Accelerate's offloaded weights (numpy memmaps) are read
-  from the disk at each step, as gpt_jax's O_DIRECT tier reads them."""
+  every file under `folders`, so that Accelerate's offloaded weights (memory-mapped from its
+  offload folder, or from the safetensors checkpoint itself) are read from the disk at each
+  step, as gpt_jax's O_DIRECT tier reads them."""
 
-  def __init__(self, folder: str):
-    self.folder = folder
+  def __init__(self, *folders: str):
+    self.folders = folders
 
   def __call__(self, input_ids, scores):
-    for root, _, names in os.walk(self.folder):
-      for name in names:
-        fd = os.open(os.path.join(root, name), os.O_RDONLY)
-        try:
-          os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-          os.close(fd)
+    for folder in self.folders:
+      for root, _, names in os.walk(folder):
+        for name in names:
+          fd = os.open(os.path.join(root, name), os.O_RDONLY)
+          try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+          finally:
+            os.close(fd)
     return scores
 
 
@@ -181,7 +184,7 @@ def _hugging_face(args, m, store, workload, prompts, machine) -> dict:
   batch = policy_lib.search(workload, machine, num_batches=(1,), attention_on_host=(False,),
                             fixed=dict(zigzag.FIXED_FRACTIONS, cache=(1.0, 0.0, 0.0)),
                             max_block=args.num_prompts).batch_size
-  runtime = _start_peak()
+  runtime = _status_gib('VmRSS')  # JAX (or torch) alone
   config = transformers.AutoConfig.from_pretrained(hf_dir)
   with accelerate.init_empty_weights():
     net = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
@@ -193,7 +196,8 @@ def _hugging_face(args, m, store, workload, prompts, machine) -> dict:
   try:
     net = accelerate.load_checkpoint_and_dispatch(net, hf_dir, device_map=device_map,
                                                   offload_folder=offload, dtype=torch.bfloat16)
-    drop = transformers.LogitsProcessorList([_DropPageCache(offload)])
+    drop = transformers.LogitsProcessorList([_DropPageCache(offload, hf_dir)])
+    _reset_peak()
     start, tokens = time.perf_counter(), 0
     with torch.inference_mode():
       for first in range(0, len(prompts), batch):
@@ -215,9 +219,10 @@ def _all_in_memory(args, gpt, m, store, workload, prompts) -> dict:
       workload.other_params * workload.weight_bytes
   if size > args.device_gib * GIB:
     return {'row': 'e', 'skipped': f'{size / GIB:.2f} GiB of weights exceed the device budget'}
-  runtime = _start_peak()
+  runtime = _status_gib('VmRSS')  # JAX (or torch) alone
   params = tiers.to_device(_full_params(store, m))
   sample.generate(gpt, params, prompts[:1] * len(prompts), max_new_tokens=args.gen_len)  # compile
+  _reset_peak()
   start = time.perf_counter()
   rows = sample.generate(gpt, params, prompts, max_new_tokens=args.gen_len)
   seconds = time.perf_counter() - start
@@ -233,12 +238,11 @@ def _status_gib(field: str) -> float:
   raise UserError(f'/proc/self/status has no {field}; run the benchmark on Linux')
 
 
-def _start_peak() -> float:
-  """Restarts the peak resident memory count (Linux's clear_refs 5), after the machine's
-  measurement and before any weight is placed; returns what is resident now (JAX itself)."""
+def _reset_peak() -> None:
+  """Restarts the count of peak resident memory (Linux's clear_refs 5): generation's peak, not
+  the placement's or the compiler's."""
   with open('/proc/self/clear_refs', 'w') as f:
     f.write('5')
-  return _status_gib('VmRSS')
 
 
 def _result(args, policy: str, tokens: int, seconds: float, disk_bytes: int,
@@ -295,8 +299,8 @@ def main(argv=None) -> None:
           f'{args.gen_len} new (the paper: 512 and 32, scaled down to run in minutes here); '
           f'budgets: device {args.device_gib} GiB, host {args.host_gib} GiB, disk {args.disk_dir}'
           f'\nmachine: {flops.cpu_key()}')
-    print('| row | policy | tokens/s | seconds | peak RSS GiB (JAX alone) | disk read GiB |\n'
-          '|---|---|---|---|---|---|')
+    print('| row | policy | tokens/s | seconds | peak RSS generating (JAX alone), GiB | '
+          'disk read GiB |\n|---|---|---|---|---|---|')
     for row in args.rows:
       child = subprocess.run([sys.executable, '-m', 'gpt_jax.bench_generate', *argv,
                               f'--row={row}'], capture_output=True, text=True)

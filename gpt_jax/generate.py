@@ -7,9 +7,11 @@ in the same order, with a "completion" added. The model's weights and KV cache a
 the device, host memory and a disk directory within the budgets given (--device_gib, --host_gib,
 --disk_gib with --disk_dir), as the policy says: `auto` (FlexGen's linear program over this
 machine's measured rates: offload.policy, offload.hardware) or a block shape and fractions of
-your own; the zig-zag block schedule (offload.zigzag) runs it. The run is resumable: OUT.jsonl
-gets whole blocks of lines, each written and synced at once, and a rerun with the same arguments
-continues after the last complete line.
+your own; the zig-zag block schedule (offload.zigzag) runs it, with the weights and the KV cache
+in 4 bits on request (--compress_weights, --compress_cache: offload.compression, FlexGen's
+group-wise numerics; weights need n_embd and the MLP width divisible by 64). The run is
+resumable: OUT.jsonl gets whole blocks of lines, each written and synced at once, and a rerun
+with the same arguments continues after the last complete line.
 
 Loading reads the run's checkpoint once into host memory (runs.load); the budgets hold from the
 placement on.
@@ -28,9 +30,9 @@ import jax
 import numpy as np
 import tqdm
 
-from gpt_jax import cli, files, runs, sample
+from gpt_jax import cli, files, network, quant, runs, sample
 from gpt_jax.errors import UserError
-from gpt_jax.offload import hardware, policy as policy_lib, zigzag
+from gpt_jax.offload import compression, policy as policy_lib, zigzag
 from gpt_jax.offload.disk import DiskStore
 from gpt_jax.offload.policy import GIB
 
@@ -148,6 +150,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--disk_dir', default='', help='a folder for the disk tier; empty = none')
   parser.add_argument('--disk_gib', type=float, default=0.0,
                       help="the disk tier's budget; 0 = the free space of --disk_dir")
+  parser.add_argument('--compress_weights', action='store_true',
+                      help='4-bit weights (int4 with a zero point, groups of 64 inputs)')
+  parser.add_argument('--compress_cache', action='store_true',
+                      help='a 4-bit KV cache (groups of 64 features, min and scale each)')
   parser.add_argument('--policy', default='auto',
                       help='auto (the linear program) or BATCH,NUM[,W_DEVICE,W_HOST,C_DEVICE,'
                       'C_HOST] (percentages)')
@@ -176,13 +182,15 @@ def _tokenize(run, records: list[dict], max_tokens: int) -> list[list[int]]:
                       '--max_tokens')
   return prompts
 
-def _bytes_per_value(run, prompts) -> dict:
-  c = run.config.model
-  layer = zigzag.layer_params(run.params, c, 0)
-  stored = sum(np.dtype(a.dtype).itemsize * a.size for a in jax.tree.leaves(layer))
-  count = sum(a.size for a in jax.tree.leaves(layer))
-  activation = np.dtype(c.dtype).itemsize
-  return dict(weight_bytes=stored / count, cache_bytes=activation, activation_bytes=activation)
+def _bytes_per_value(model, params, codec) -> dict:
+  """The workload's bytes per weight (as stored: quantized ones with their scales), per cached
+  value and per activation."""
+  layer = jax.tree.leaves(zigzag.layer_params(params, model, 0))
+  activation = np.dtype(model.dtype).itemsize
+  return dict(weight_bytes=sum(a.nbytes for a in layer) / sum(a.size for a in layer),
+              cache_bytes=codec.bytes_per_value if codec else activation,
+              activation_bytes=activation)
+
 
 def generate(args: argparse.Namespace, log=print) -> None:
   records = read_prompts(args.prompts)
@@ -197,32 +205,37 @@ def generate(args: argparse.Namespace, log=print) -> None:
     if store_dir:
       shutil.rmtree(store_dir, ignore_errors=True)
 
+
 def _generate(args, records, done, store_dir, log) -> None:
   run = runs.load(args.workdir)
   prompts = _tokenize(run, records, args.max_tokens)
   if done == len(records):
     log(f'{args.out} already holds all {done} results')
     return
+  c, gpt, params, tokenizer = run.config.model, run.gpt, run.params, run.tokenizer
+  if args.compress_weights:
+    c = compression.quantized_config(run.config.model)
+    params = quant.quantize_params(run.params, run.config.model, compression.WEIGHTS)
+    gpt = network.build(c)
+  run = None  # the parameters in use are all that is kept
+  codec = compression.cache_codec(c) if args.compress_cache else None
   disk_budget = args.disk_gib * GIB or (shutil.disk_usage(store_dir).free if store_dir else 0)
-  workload = policy_lib.Workload.of(run.config.model, max(map(len, prompts)), args.max_tokens,
-                                    **_bytes_per_value(run, prompts))
-  machine = hardware.measure(args.device_gib * GIB or device_memory(),
-                             args.host_gib * GIB or physical_memory() // 2, disk_budget,
-                             store_dir)
+  workload = policy_lib.Workload.of(c, max(map(len, prompts)), args.max_tokens,
+                                    **_bytes_per_value(c, params, codec))
+  machine = zigzag.machine(args.device_gib * GIB or device_memory(),
+                           args.host_gib * GIB or physical_memory() // 2, disk_budget, store_dir)
   chosen = choose_policy(workload, machine, args.requested, len(prompts) - done)
   log(f'policy: {chosen.describe()}')
   store = DiskStore(store_dir) if store_dir else None
-  c, tokenizer = run.config.model, run.tokenizer
-  off = zigzag.Offloaded.place(run.gpt, zigzag.resident_params(run.params),
-                               lambda j: zigzag.layer_params(run.params, c, j), chosen.weights,
-                               store)
-  run = None  # the placed copies are all that is kept: the budgets hold from here
+  off = zigzag.Offloaded.place(gpt, zigzag.resident_params(params),
+                               lambda j: zigzag.layer_params(params, c, j), chosen.weights, store)
+  params = None  # the placed copies are all that is kept: the budgets hold from here
   blocks = zigzag.generate_blocks(
       off, chosen.cache, prompts[done:], batch_size=chosen.batch_size,
       num_batches=chosen.num_batches, max_new_tokens=args.max_tokens,
       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
       eos_id=tokenizer.eos_id, seed=args.seed, num_tokens=tokenizer.vocab_size, store=store,
-      first_row=done)
+      first_row=done, codec=codec)
   bar = tqdm.tqdm(total=len(records), initial=done, unit='prompt', file=sys.stderr,
                   dynamic_ncols=True)
   start, generated = time.perf_counter(), 0

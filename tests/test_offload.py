@@ -338,3 +338,15 @@ def test_a_four_bit_cache_decodes_alike_on_every_tier_and_near_the_float_one(tmp
   exact = decode((1.0, 0.0, 0.0), None)
   matches = np.mean([a == b for x, y in zip(on_device, exact) for a, b in zip(x, y)])
   assert 0.5 < matches < 1.0 or on_device == exact, matches
+
+
+def test_generate_with_four_bit_weights_and_cache(tiny_base, tmp_path):
+  import json
+  prompts = tmp_path / 'prompts.jsonl'
+  prompts.write_text('{"prompt": "ROMEO:"}\n{"prompt": "The king"}\n{"prompt": "O"}\n')
+  out = tmp_path / 'out.jsonl'
+  result = _generate('--workdir', tiny_base, '--prompts', prompts, '--out', out,
+                     '--max_tokens', 4, '--compress_weights', '--compress_cache')
+  assert result.returncode == 0, result.stderr
+  assert [json.loads(line)['prompt'] for line in out.read_text().splitlines()] == [
+      'ROMEO:', 'The king', 'O']

@@ -1,9 +1,9 @@
 """What the policy's cost model needs to know of this machine, measured: the device's matmul
 rate and memory bandwidth, the host's, the bandwidth of each link between the tiers (host to
-device and back, disk to host and back), the fixed cost of a call and of a disk read. On a CPU
-the device and the host are the same memory, so their links are copies within it; the disk is
-measured through the disk tier itself (offload.disk: O_DIRECT), so the page cache cannot
-flatter it."""
+device and back, disk to host and back), the fixed cost of a disk read (an executor's fixed
+cost per call is its own: offload.zigzag.call_overhead). On a CPU the device and the host are
+the same memory, so their links are copies within it; the disk is measured through the disk
+tier itself (offload.disk: O_DIRECT), so the page cache cannot flatter it."""
 
 import math
 import os
@@ -40,9 +40,6 @@ def measure(device_memory: float, host_memory: float, disk_memory: float, disk_d
   copy = jax.jit(lambda x: x + jnp.uint8(1))
   device_bandwidth = 2 * nbytes / _best_seconds(lambda: copy(device).block_until_ready(), repeats)
   host_bandwidth = 2 * nbytes / _best_seconds(lambda: np.add(host, 1, dtype=np.uint8), repeats)
-  tiny = jax.jit(lambda x: x + 1)
-  small = jnp.zeros(8)
-  call_overhead = _best_seconds(lambda: tiny(small).block_until_ready(), 10 * repeats)
   to_disk = from_disk = math.inf
   disk_latency = 0.0
   if disk_dir is not None:
@@ -60,5 +57,5 @@ def measure(device_memory: float, host_memory: float, disk_memory: float, disk_d
     assert not disk_memory, 'a disk budget needs a disk_dir'
   peak = flops.device_peak_flops()
   return policy.Hardware(device_memory, host_memory, disk_memory, peak, peak, device_bandwidth,
-                         host_bandwidth, to_device, to_host, from_disk, to_disk, call_overhead,
-                         disk_latency)
+                         host_bandwidth, to_device, to_host, from_disk, to_disk,
+                         disk_latency=disk_latency)

@@ -20,14 +20,17 @@ tokens.
 import concurrent.futures
 import dataclasses
 import functools
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import model, quant, sample
-from gpt_jax.offload import compression, tiers
+from gpt_jax import config as config_lib, model, network, quant, sample
+from gpt_jax.offload import compression, hardware, policy as policy_lib, tiers
 from gpt_jax.offload.disk import DiskStore
 
 # What this executor keeps in place, for the policy's program (policy.solve's `fixed`): the
@@ -146,6 +149,47 @@ def compile_steps(off: Offloaded, batch_size: int, prompt_len: int, max_new_toke
                            length=length, **settings))
 
 
+def machine(device_memory: float, host_memory: float, disk_memory: float,
+            disk_dir: str | None) -> policy_lib.Hardware:
+  """This machine as the policy sees it for this executor: offload.hardware's measurements
+  under the budgets (bytes), and the schedule's own fixed cost per call."""
+  measured = hardware.measure(device_memory, host_memory, disk_memory, disk_dir)
+  return dataclasses.replace(measured, call_overhead=call_overhead(disk_dir))
+
+
+def call_overhead(disk_dir: str | None, repeats: int = 3) -> float:
+  """Seconds per (layer, batch) step of this schedule beyond its FLOPs and bytes: its dispatch,
+  thread hand-offs and small copies (policy.Hardware.call_overhead), timed on a GPT too small
+  for anything else to count, its weights and cache on the host and, with disk_dir, on disk
+  (files in a folder made and removed there)."""
+  m = config_lib.base_config().model
+  m.update(vocab_size=64, n_layer=4, n_head=2, n_kv_head=2, n_embd=32, block_size=16)
+  gpt = network.build(m)
+  params = jax.jit(model.init_params, static_argnums=(0, 2))(gpt, jax.random.key(0), 1)
+  fractions = (0.0, 0.5, 0.5) if disk_dir else (0.0, 1.0, 0.0)
+  folder = tempfile.mkdtemp(prefix='probe_', dir=disk_dir) if disk_dir else None
+  try:
+    store = DiskStore(folder) if folder else None
+    off = Offloaded.place(gpt, resident_params(params),
+                          lambda j: layer_params(params, gpt.config, j), fractions, store)
+    num_batches, steps = 4, 4
+    decode = lambda: list(generate_blocks(off, fractions, [[1, 2, 3, 4]] * num_batches,
+                                          batch_size=1, num_batches=num_batches,
+                                          max_new_tokens=steps, store=store))
+    decode()  # compiles
+    seconds = min(_seconds(decode) for _ in range(repeats))
+  finally:
+    if folder:
+      shutil.rmtree(folder, ignore_errors=True)
+  return seconds / (m.n_layer * num_batches * steps)
+
+
+def _seconds(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
 def _pad_block(prompts: Sequence[Sequence[int]], rows: int) -> list:
   """The prompts, the last one repeated up to `rows` (a final block that is not full)."""
   return list(prompts) + [prompts[-1]] * (rows - len(prompts))
@@ -224,6 +268,9 @@ def _run_layers(off, cache, x, positions, start, weight_io, cache_io) -> None:
   stores = []
   for i, (j, k) in enumerate(order):
     if k == 0:
+      # JAX dispatches ahead; waiting for layer j - 1 here keeps two layers' weights alive (the
+      # one computing, the one loading), as the policy counts, not every layer queued.
+      jax.block_until_ready(x)
       params = weights.result()
       if j + 1 < n_layer:
         weights = weight_io.submit(off.load, j + 1)
