@@ -19,6 +19,10 @@ process of its own (so that its peak resident memory is its own):
      group-wise numerics in groups of 64), decompressed before use
   e  everything in the device's memory (gpt_jax.sample over all prompts), when the model fits
      the device budget
+`python -m gpt_jax.bench_generate --quality=RUN [--prompt_len --gen_len --num_prompts]` reports
+instead what the 4-bit weights and cache cost a trained run: the perplexity of its validation
+text and the share of greedy tokens that stay the same (see `quality`).
+
 Compiling is done before the clock starts (zigzag.compile_steps); a row's tokens/s is the new
 tokens over the wall time of prefill and decoding, as the paper counts it. On a CPU the device
 tier is host memory under the device budget (JAX's memory kinds are the same RAM) and the disk
@@ -40,7 +44,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt_jax import cli, config as config_lib, flops, hf, model, network, quant, sample
+from gpt_jax import (cli, config as config_lib, flops, hf, model, network, quant, runs, sample,
+                     scoring)
 from gpt_jax.errors import UserError
 from gpt_jax.offload import compression, disk, policy as policy_lib, tiers, zigzag
 from gpt_jax.offload.policy import GIB
@@ -127,17 +132,16 @@ def run_row(args) -> dict:
                                chosen.weights, store, prefix)
   settings = dict(temperature=0.0, top_k=0, top_p=1.0, num_tokens=None)
   zigzag.compile_steps(off, chosen.batch_size, args.prompt_len, args.gen_len, **settings)
-  store.bytes_read = 0
   _reset_peak()
-  start = time.perf_counter()
+  start, read = time.perf_counter(), _storage_read()
   rows = [row for block in zigzag.generate_blocks(
       off, chosen.cache, prompts, batch_size=chosen.batch_size, num_batches=chosen.num_batches,
       max_new_tokens=args.gen_len, store=store, codec=codec) for row in block]
   seconds = time.perf_counter() - start
   for group in [g for g in store.index if g.startswith('cache_')]:
     store.remove(group)
-  return _result(args, chosen.describe(), sum(map(len, rows)), seconds, store.bytes_read,
-                 runtime)
+  return _result(args, chosen.describe(), sum(map(len, rows)), seconds,
+                 _storage_read() - read, runtime)
 
 
 def _full_params(store: disk.DiskStore, m) -> dict:
@@ -198,7 +202,7 @@ def _hugging_face(args, m, store, workload, prompts, machine) -> dict:
                                                   offload_folder=offload, dtype=torch.bfloat16)
     drop = transformers.LogitsProcessorList([_DropPageCache(offload, hf_dir)])
     _reset_peak()
-    start, tokens = time.perf_counter(), 0
+    start, tokens, read = time.perf_counter(), 0, _storage_read()
     with torch.inference_mode():
       for first in range(0, len(prompts), batch):
         ids = torch.tensor(prompts[first:first + batch])
@@ -206,12 +210,12 @@ def _hugging_face(args, m, store, workload, prompts, machine) -> dict:
                            max_new_tokens=args.gen_len, min_new_tokens=args.gen_len,
                            pad_token_id=0, logits_processor=drop)
         tokens += out[:, ids.shape[1]:].numel()
-    seconds = time.perf_counter() - start
+    seconds, read = time.perf_counter() - start, _storage_read() - read
   finally:
     shutil.rmtree(offload, ignore_errors=True)
   on_disk = sum(1 for place in device_map.values() if place == 'disk')
   return _result(args, f'batch {batch}; {on_disk} of {len(device_map)} modules on disk',
-                 tokens, seconds, 0, runtime)
+                 tokens, seconds, read, runtime)
 
 
 def _all_in_memory(args, gpt, m, store, workload, prompts) -> dict:
@@ -223,10 +227,11 @@ def _all_in_memory(args, gpt, m, store, workload, prompts) -> dict:
   params = tiers.to_device(_full_params(store, m))
   sample.generate(gpt, params, prompts[:1] * len(prompts), max_new_tokens=args.gen_len)  # compile
   _reset_peak()
-  start = time.perf_counter()
+  start, read = time.perf_counter(), _storage_read()
   rows = sample.generate(gpt, params, prompts, max_new_tokens=args.gen_len)
   seconds = time.perf_counter() - start
-  return _result(args, f'one batch of {len(prompts)}', sum(map(len, rows)), seconds, 0, runtime)
+  return _result(args, f'one batch of {len(prompts)}', sum(map(len, rows)), seconds,
+                 _storage_read() - read, runtime)
 
 
 def _status_gib(field: str) -> float:
@@ -236,6 +241,13 @@ def _status_gib(field: str) -> float:
       if line.startswith(f'{field}:'):
         return int(line.split()[1]) * 1024 / GIB
   raise UserError(f'/proc/self/status has no {field}; run the benchmark on Linux')
+
+
+def _storage_read() -> int:
+  """Bytes this process has had read from storage (/proc/self/io read_bytes: page-cache
+  misses and O_DIRECT reads, every thread's), whichever library read them."""
+  with open('/proc/self/io') as f:
+    return next(int(line.split()[1]) for line in f if line.startswith('read_bytes:'))
 
 
 def _reset_peak() -> None:
@@ -257,10 +269,54 @@ def disk_budget(args) -> float:
                                       os.statvfs(args.disk_dir).f_frsize)
 
 
+def quality(args) -> None:
+  """What 4-bit weights and cache cost a trained run (--quality=RUN): on windows of its
+  validation split (a prompt of prompt_len tokens, then gen_len more), the perplexity of the
+  continuations under teacher forcing and the share of greedy tokens equal to the float
+  model's, each variant through the same offloaded schedule (all on the device)."""
+  run = runs.load(args.quality, what='--quality')
+  c = run.config.model
+  val = scoring.val_tokens(run)
+  width = args.prompt_len + args.gen_len
+  starts = np.linspace(0, len(val) - width - 1, args.num_prompts).astype(int)
+  prompts = [val[s:s + args.prompt_len].tolist() for s in starts]
+  continuations = [val[s + args.prompt_len:s + width].tolist() for s in starts]
+  variants = {'float': (c, run.gpt, run.params, None)}
+  quantized = compression.quantized_config(c)
+  four_bit = quant.quantize_params(run.params, c, compression.WEIGHTS)
+  codec = compression.cache_codec(c)
+  variants['4-bit weights'] = (quantized, network.build(quantized), four_bit, None)
+  variants['4-bit cache'] = (c, run.gpt, run.params, codec)
+  variants['4-bit weights and cache'] = (quantized, network.build(quantized), four_bit, codec)
+  print(f'{args.quality}: {args.num_prompts} windows of its validation split, {args.prompt_len} '
+        f'prompt tokens, then {args.gen_len} scored and {args.gen_len} generated greedily\n'
+        '| weights, cache | perplexity | change | greedy tokens equal to float\'s |\n'
+        '|---|---|---|---|')
+  everything = (1.0, 0.0, 0.0)
+  shape = dict(batch_size=min(args.num_prompts, 16), num_batches=1, codec=None)
+  base = None
+  for name, (model_config, gpt, params, cache_codec) in variants.items():
+    off = zigzag.Offloaded.place(gpt, zigzag.resident_params(params),
+                                 lambda j, p=params, m=model_config: zigzag.layer_params(p, m, j),
+                                 everything, None)
+    shape['codec'] = cache_codec
+    log_prob = sum(sum(block) for block in zigzag.score_blocks(
+        off, everything, prompts, continuations, num_tokens=run.tokenizer.vocab_size, **shape))
+    greedy = [row for block in zigzag.generate_blocks(
+        off, everything, prompts, max_new_tokens=args.gen_len,
+        num_tokens=run.tokenizer.vocab_size, **shape) for row in block]
+    perplexity = float(np.exp(-log_prob / (args.num_prompts * args.gen_len)))
+    if base is None:
+      base = (perplexity, greedy)
+    equal = np.mean([a == b for x, y in zip(greedy, base[1]) for a, b in zip(x, y)])
+    print(f'| {name} | {perplexity:.3f} | {100 * (perplexity / base[0] - 1):+.2f}% | '
+          f'{100 * equal:.1f}% |', flush=True)
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = cli.ArgumentParser(prog='python -m gpt_jax.bench_generate',
                               description='Throughput of offloaded generation (FlexGen).')
-  parser.add_argument('--disk_dir', required=True, help='the disk tier (random weights too)')
+  parser.add_argument('--disk_dir', default='', help='the disk tier (random weights too)')
   parser.add_argument('--shape', default='gpt2-xl', help=f'one of {", ".join(SHAPES)}')
   parser.add_argument('--prompt_len', type=int, default=16)
   parser.add_argument('--gen_len', type=int, default=8)
@@ -269,8 +325,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--host_gib', type=float, default=0.5)
   parser.add_argument('--disk_gib', type=float, default=0.0, help='0 = the free space')
   parser.add_argument('--rows', default='a,b,c,d,e', help=f'some of {",".join(ROWS)}')
+  parser.add_argument('--quality', default='',
+                      help='a run: report what 4-bit weights and cache cost it instead')
   parser.add_argument('--row', default='', help=argparse.SUPPRESS)  # one row, in this process
   args = parser.parse_args(argv)
+  if not (args.disk_dir or args.quality):
+    raise UserError('--disk_dir is needed (a folder for the disk tier and the random weights)')
   if args.shape not in SHAPES:
     raise UserError(f'--shape={args.shape} is not one of {", ".join(SHAPES)}')
   args.rows = args.rows.split(',')
@@ -289,6 +349,9 @@ def main(argv=None) -> None:
 
   def bench():
     args = parse_args(argv)
+    if args.quality:
+      quality(args)
+      return
     if args.row:
       print(json.dumps(run_row(args)))
       return
@@ -300,7 +363,7 @@ def main(argv=None) -> None:
           f'budgets: device {args.device_gib} GiB, host {args.host_gib} GiB, disk {args.disk_dir}'
           f'\nmachine: {flops.cpu_key()}')
     print('| row | policy | tokens/s | seconds | peak RSS generating (JAX alone), GiB | '
-          'disk read GiB |\n|---|---|---|---|---|---|')
+          'read from storage, GiB |\n|---|---|---|---|---|---|')
     for row in args.rows:
       child = subprocess.run([sys.executable, '-m', 'gpt_jax.bench_generate', *argv,
                               f'--row={row}'], capture_output=True, text=True)

@@ -350,3 +350,39 @@ def test_generate_with_four_bit_weights_and_cache(tiny_base, tmp_path):
   assert result.returncode == 0, result.stderr
   assert [json.loads(line)['prompt'] for line in out.read_text().splitlines()] == [
       'ROMEO:', 'The king', 'O']
+
+
+def test_scored_continuations_are_the_full_forward_s_log_likelihoods(tmp_path):
+  import jax
+  from gpt_jax.offload import disk, zigzag
+  gpt, params = _random_gpt()
+  prompts = PROMPTS[:5]
+  continuations = [[5, 6, 7], [1, 1, 2], [63, 0, 9], [8, 8, 8], [2, 4, 6]]
+  store = disk.DiskStore(str(tmp_path))
+  off = zigzag.Offloaded.place(gpt, zigzag.resident_params(params),
+                               lambda j: zigzag.layer_params(params, gpt.config, j),
+                               (0.25, 0.25, 0.5), store)
+  got = [x for block in zigzag.score_blocks(off, (0.5, 0.0, 0.5), prompts, continuations,
+                                            batch_size=2, num_batches=2, store=store)
+         for x in block]
+  for prompt, continuation, log_likelihood in zip(prompts, continuations, got):
+    tokens = np.array([prompt + continuation])
+    log_p = jax.nn.log_softmax(gpt.apply({'params': params}, tokens)[0].astype(np.float32))
+    want = sum(float(log_p[len(prompt) - 1 + t, token]) for t, token in enumerate(continuation))
+    assert log_likelihood == pytest.approx(want, abs=1e-4)
+
+
+def test_bench_generate_rows_count_every_token(tmp_path, monkeypatch):
+  from gpt_jax import bench_generate
+  monkeypatch.setitem(bench_generate.SHAPES, 'tiny', (2, 64, 2))
+  args = bench_generate.parse_args(['--shape=tiny', f'--disk_dir={tmp_path}', '--rows=c,e',
+                                    '--prompt_len=4', '--gen_len=3', '--num_prompts=4',
+                                    '--device_gib=0.1', '--host_gib=0.01'])
+  for row in ('c', 'e'):
+    args.row = row
+    result = bench_generate.run_row(args)
+    assert result['tokens'] == 12 and result['tokens_per_s'] > 0, result
+    assert result['peak_rss_gib'] > result['runtime_gib'] > 0
+    assert result['policy'].startswith({'c': 'block ', 'e': 'one batch of 4'}[row])
+  with pytest.raises(UserError, match=r'--rows=a,x must name some of a,b,c,d,e'):
+    bench_generate.parse_args(['--disk_dir=d', '--rows=a,x'])

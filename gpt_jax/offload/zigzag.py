@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import config as config_lib, model, network, quant, sample
+from gpt_jax import config as config_lib, losses, model, network, quant, sample
 from gpt_jax.offload import compression, hardware, policy as policy_lib, tiers
 from gpt_jax.offload.disk import DiskStore
 
@@ -217,14 +217,50 @@ def generate_blocks(off: Offloaded, cache_fractions: tuple[float, float, float],
   for first in range(0, len(prompts), bls):
     block = prompts[first:first + bls]
     rows_R = first_row + first + np.arange(bls, dtype=np.int32)
-    out_RT = _generate_block(off, cache_fractions, _pad_block(block, bls), rows_R, batch_size,
-                             num_batches, max_new_tokens, eos_id, jax.random.key(seed), store,
-                             codec, settings)
+    out_RT, _ = _generate_block(off, cache_fractions, _pad_block(block, bls), rows_R,
+                                batch_size, num_batches, max_new_tokens, eos_id,
+                                jax.random.key(seed), store, codec, settings)
     yield sample.strip(out_RT[:len(block)], eos_id)
 
 
+def score_blocks(off: Offloaded, cache_fractions: tuple[float, float, float],
+                 prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], *,
+                 batch_size: int, num_batches: int, store: DiskStore | None = None,
+                 codec: compression.CacheCodec | None = None,
+                 num_tokens: int | None = None) -> Iterator[list[float]]:
+  """The log-likelihood (nats, float) of each continuation (all of one length T) after its
+  prompt, block after block, computed through the same schedule, tiers and cache compression
+  as generate_blocks (teacher forcing: each step reads the continuation's token, not the
+  model's choice); ids >= num_tokens get no probability, as in sampling."""
+  T = len(continuations[0])
+  if any(len(c) != T for c in continuations) or len(continuations) != len(prompts) or not T:
+    raise ValueError('give one continuation per prompt, all of the same positive length')
+  sample.pad_prompts(prompts, T, sample.context_length(off.gpt.config))
+  bls = batch_size * num_batches
+  settings = dict(temperature=0.0, top_k=0, top_p=1.0, num_tokens=num_tokens)
+  for first in range(0, len(prompts), bls):
+    block = prompts[first:first + bls]
+    forced_RT = np.asarray(_pad_block(continuations[first:first + bls], bls), np.int32)
+    _, log_prob_R = _generate_block(off, cache_fractions, _pad_block(block, bls),
+                                    np.zeros(bls, np.int32), batch_size, num_batches, T, -1,
+                                    jax.random.key(0), store, codec, settings, forced_RT)
+    yield log_prob_R[:len(block)].tolist()
+
+
+@functools.partial(jax.jit, static_argnames=('gpt', 'length', 'num_tokens'))
+def _log_prob(gpt, resident, x_ND, targets_B, *, length, num_tokens):
+  """log p(target) (B,) after each row's last position of x_ND (B rows of `length`)."""
+  last_BD = x_ND.reshape(-1, length, x_ND.shape[-1])[:, -1]
+  logits_BV = gpt.apply({'params': resident}, last_BD, method='head').astype(jnp.float32)
+  log_p_BV = jax.nn.log_softmax(losses.mask_padded_vocab(logits_BV, num_tokens))
+  return jnp.take_along_axis(log_p_BV, targets_B[:, None], axis=-1)[:, 0]
+
+
 def _generate_block(off, cache_fractions, prompts, rows_R, batch_size, num_batches,
-                    max_new_tokens, eos_id, rng, store, codec, settings) -> np.ndarray:
+                    max_new_tokens, eos_id, rng, store, codec, settings, forced_RT=None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens (R, T), summed log-probs (R,) of forced_RT's tokens when given: then each step
+  reads those, not the chosen ones)."""
   c = off.gpt.config
   tokens_RP, positions_RP = sample.pad_prompts(prompts, max_new_tokens,
                                                sample.context_length(c))
@@ -234,6 +270,7 @@ def _generate_block(off, cache_fractions, prompts, rows_R, batch_size, num_batch
   cache = tiers.LayerCache(tiers.layer_tiers(cache_fractions, c.n_layer), empty, num_batches,
                            store, codec)
   out_RT = np.zeros((len(prompts), T), np.int32)
+  log_prob_R = np.zeros(len(prompts), np.float64)
   done_R = np.zeros(len(prompts), bool)
   next_position_R = positions_RP[:, -1] + 1
   with concurrent.futures.ThreadPoolExecutor(1) as weight_io, \
@@ -248,6 +285,12 @@ def _generate_block(off, cache_fractions, prompts, rows_R, batch_size, num_batch
       _run_layers(off, cache, x, [positions_RL[b] for b in batches], start, weight_io,
                   cache_io)
       for k, b in enumerate(batches):
+        if forced_RT is not None:
+          log_prob_R[b] += np.asarray(_log_prob(off.gpt, off.resident, x[k], forced_RT[b, t],
+                                                length=tokens_RL.shape[1],
+                                                num_tokens=settings['num_tokens']))
+          out_RT[b, t] = forced_RT[b, t]
+          continue
         token_B = np.asarray(_next_token(off.gpt, off.resident, x[k], rng, rows_R[b], t,
                                          length=tokens_RL.shape[1], **settings))
         out_RT[b, t] = np.where(done_R[b], eos_id, token_B)
@@ -255,7 +298,7 @@ def _generate_block(off, cache_fractions, prompts, rows_R, batch_size, num_batch
       if done_R.all():
         out_RT[:, t + 1:] = eos_id
         break
-  return out_RT
+  return out_RT, log_prob_R
 
 
 def _run_layers(off, cache, x, positions, start, weight_io, cache_io) -> None:
