@@ -36,6 +36,7 @@ from gpt_jax.offload import compression, policy as policy_lib, zigzag
 from gpt_jax.offload.disk import DiskStore
 from gpt_jax.offload.policy import GIB
 
+
 def read_prompts(path: str) -> list[dict]:
   """The records of a prompts file: JSON objects, each with a non-empty "prompt" string and no
   "completion" yet. One-line UserError naming the first bad line."""
@@ -52,6 +53,7 @@ def read_prompts(path: str) -> list[dict]:
   if not records:
     raise UserError(f'--prompts={path} holds no prompts; {fix}')
   return records
+
 
 def completed_lines(path: str, records: list[dict]) -> int:
   """How many prompts `path` (an earlier run's --out) already holds, after dropping a last line
@@ -78,6 +80,7 @@ def completed_lines(path: str, records: list[dict]) -> int:
                       'new --out (or the --prompts it was made from)')
   return len(lines)
 
+
 def parse_policy(text: str) -> dict | None:
   """None for 'auto'; else {batch_size, num_batches[, weights, cache]} from
   'BATCH,NUM[,W_DEVICE,W_HOST,C_DEVICE,C_HOST]' (percentages; the disk takes the rest)."""
@@ -101,6 +104,7 @@ def parse_policy(text: str) -> dict | None:
       out[name] = (device / 100, host / 100, 1 - (device + host) / 100)
   return out
 
+
 def choose_policy(workload, machine, requested: dict | None,
                   num_prompts: int) -> policy_lib.Policy:
   """The policy to run: the program's best for a block of up to num_prompts (rounded up to a
@@ -121,13 +125,16 @@ def choose_policy(workload, machine, requested: dict | None,
                     'pass --policy=auto')
   return chosen
 
+
 def physical_memory() -> int:
   return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
 
 def device_memory() -> int:
   """The device's memory (bytes): its allocator's limit, or on a CPU half the machine's RAM."""
   stats = jax.devices()[0].memory_stats() or {}
   return stats.get('bytes_limit') or physical_memory() // 2
+
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = cli.ArgumentParser(prog='python -m gpt_jax.generate',
@@ -169,6 +176,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   args.requested = parse_policy(args.policy)
   return args
 
+
 def _tokenize(run, records: list[dict], max_tokens: int) -> list[list[int]]:
   """Each prompt as sample.complete reads it (after EOS); UserError naming the first prompt
   that leaves no room for max_tokens new tokens."""
@@ -181,6 +189,7 @@ def _tokenize(run, records: list[dict], max_tokens: int) -> list[list[int]]:
                       f'that exceeds the model\'s context of {context}: shorten it or lower '
                       '--max_tokens')
   return prompts
+
 
 def _bytes_per_value(model, params, codec) -> dict:
   """The workload's bytes per weight (as stored: quantized ones with their scales), per cached
@@ -252,6 +261,7 @@ def _generate(args, records, done, store_dir, log) -> None:
       bar.set_postfix_str(f'{generated / (time.perf_counter() - start):.1f} tokens/s')
   bar.close()
   log(f'wrote {args.out}: {len(records)} results')
+
 
 def main(argv=None) -> None:
   cli.run(lambda: generate(parse_args(sys.argv[1:] if argv is None else argv)))

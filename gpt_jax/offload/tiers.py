@@ -23,8 +23,6 @@ from gpt_jax import model
 from gpt_jax.offload import compression
 from gpt_jax.offload.disk import DiskStore
 
-TIERS = ('device', 'host', 'disk')
-
 
 def layer_tiers(fractions: tuple[float, float, float], n_layer: int) -> list[str]:
   """The tier of each of n_layer layers, from the fractions (device, host, disk)."""

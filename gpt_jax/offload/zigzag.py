@@ -117,14 +117,19 @@ def _layer(block, params, cache, x_ND, positions_BL):
   return x_ND, new, slots
 
 
+def _last_logits(gpt, resident, x_ND, length: int):
+  """The float32 logits (B, V) of each row's last position of x_ND (B rows of `length`)."""
+  last_BD = x_ND.reshape(-1, length, x_ND.shape[-1])[:, -1]
+  return gpt.apply({'params': resident}, last_BD, method='head').astype(jnp.float32)
+
+
 @functools.partial(jax.jit, static_argnames=('gpt', 'length', 'temperature', 'top_k', 'top_p',
                                              'num_tokens'))
 def _next_token(gpt, resident, x_ND, rng, rows_B, t, *, length, temperature, top_k, top_p,
                 num_tokens):
   """The next token (B,) after each row's last position of x_ND (B rows of `length`), drawn
   with a key of its own (rng, row, t): a prompt's samples do not depend on the block it is in."""
-  last_BD = x_ND.reshape(-1, length, x_ND.shape[-1])[:, -1]
-  logits_BV = gpt.apply({'params': resident}, last_BD, method='head').astype(jnp.float32)
+  logits_BV = _last_logits(gpt, resident, x_ND, length)
   keys_B = jax.vmap(lambda row: jax.random.fold_in(jax.random.fold_in(rng, row), t))(rows_B)
   choose = lambda logits_V, key: sample.next_token(
       logits_V[None], key, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -250,8 +255,7 @@ def score_blocks(off: Offloaded, cache_fractions: tuple[float, float, float],
 @functools.partial(jax.jit, static_argnames=('gpt', 'length', 'num_tokens'))
 def _log_prob(gpt, resident, x_ND, targets_B, *, length, num_tokens):
   """log p(target) (B,) after each row's last position of x_ND (B rows of `length`)."""
-  last_BD = x_ND.reshape(-1, length, x_ND.shape[-1])[:, -1]
-  logits_BV = gpt.apply({'params': resident}, last_BD, method='head').astype(jnp.float32)
+  logits_BV = _last_logits(gpt, resident, x_ND, length)
   log_p_BV = jax.nn.log_softmax(losses.mask_padded_vocab(logits_BV, num_tokens))
   return jnp.take_along_axis(log_p_BV, targets_B[:, None], axis=-1)[:, 0]
 
