@@ -4,7 +4,7 @@ figures, not a test:
 `python -m gpt_jax.bench_generate --disk_dir=DIR [--shape=gpt2-xl] [--prompt_len=16]
  [--gen_len=8] [--num_prompts=32] [--device_gib=1] [--host_gib=0.5] [--rows=a,b,c,d,e]`
 
-A model of a GPT-2 (or OPT) shape with random weights (bfloat16, computing in float32) is
+A model of a GPT-2 (or OPT) shape with random weights (bfloat16, computing in --dtype) is
 written to DIR once, a layer at a time, and reused; every row then generates gen_len greedy
 tokens for num_prompts random prompts of prompt_len tokens under the same budgets, each in a
 process of its own (so that its peak resident memory is its own):
@@ -41,6 +41,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -60,12 +61,13 @@ ROWS = {'a': 'row by row (Accelerate\'s schedule)',
         'e': 'all in device memory'}
 
 
-def model_config(shape: str, quantized: bool = False) -> ml_collections.ConfigDict:
+def model_config(shape: str, quantized: bool = False,
+                 dtype: str = 'float32') -> ml_collections.ConfigDict:
   m = config_lib.base_config().model
   n_layer, n_embd, n_head = SHAPES[shape]
   m.update(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_head, vocab_size=50304,
            block_size=2048, position='learned', norm='layernorm', mlp='gelu', bias=True,
-           tie_embeddings=True, dtype='float32', param_dtype='bfloat16', dropout=0.0)
+           tie_embeddings=True, dtype=dtype, param_dtype='bfloat16', dropout=0.0)
   return compression.quantized_config(m) if quantized else m
 
 
@@ -78,15 +80,12 @@ def weights_store(args) -> disk.DiskStore:
   init = jax.jit(lambda rng: nn.meta.unbox(block.init(
       rng, np.zeros((1, m.n_embd), np.float32), np.zeros((1, 1), np.int32), None, True,
       False)['params']))
-  one_layer = model_config(args.shape).copy_and_resolve_references()
-  one_layer.n_layer = 1
   for j in range(m.n_layer):
     if f'weights_{j}' not in store:
       store.write(f'weights_{j}', tiers.flat(init(jax.random.key(j + 1))))
     if 'd' in args.rows and f'int4_{j}' not in store:
       layer = tiers.nested(store.read(f'weights_{j}'))
-      store.write(f'int4_{j}', tiers.flat(
-          quant.quantize_params({'h_0': layer}, one_layer, compression.WEIGHTS)['h_0']))
+      store.write(f'int4_{j}', tiers.flat(compression.quantize_layer(layer, m)))
   if 'resident' not in store:
     empty = m.copy_and_resolve_references()
     empty.n_layer = 0
@@ -103,16 +102,17 @@ def run_row(args) -> dict:
   """One row, in this process: its policy, tokens/s, seconds, peak RSS and disk bytes read."""
   store = weights_store(args)
   quantized = args.row == 'd'
-  m = model_config(args.shape, quantized)
+  m = model_config(args.shape, quantized, args.dtype)
   gpt = network.build(m)
   prefix = 'int4' if quantized else 'weights'
   layer_bytes = sum(np.asarray(a).nbytes for a in store.read(f'{prefix}_0').values())
   codec = compression.cache_codec(m) if quantized else None
+  compute = jnp.dtype(m.dtype).itemsize
   workload = policy_lib.Workload.of(m, args.prompt_len, args.gen_len,
                                     weight_bytes=layer_bytes / policy_lib.Workload.of(
                                         m, 1, 1).layer_params,
-                                    cache_bytes=codec.bytes_per_value if codec else 4,
-                                    activation_bytes=4)
+                                    cache_bytes=codec.bytes_per_value if codec else compute,
+                                    activation_bytes=compute)
   prompts = _prompts(args)
   if args.row == 'e':
     return _all_in_memory(args, gpt, m, store, workload, prompts)
@@ -259,9 +259,11 @@ def _reset_peak() -> None:
 
 def _result(args, policy: str, tokens: int, seconds: float, disk_bytes: int,
             runtime_gib: float) -> dict:
+  stats = jax.devices()[0].memory_stats() or {}  # an accelerator's; none on a CPU
   return {'row': args.row, 'policy': policy, 'tokens': tokens, 'seconds': round(seconds, 2),
           'tokens_per_s': tokens / seconds, 'runtime_gib': runtime_gib,
-          'peak_rss_gib': _status_gib('VmHWM'), 'disk_read_gib': disk_bytes / GIB}
+          'peak_rss_gib': _status_gib('VmHWM'), 'disk_read_gib': disk_bytes / GIB,
+          'device_peak_gib': stats.get('peak_bytes_in_use', 0) / GIB}
 
 
 def disk_budget(args) -> float:
@@ -324,6 +326,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--device_gib', type=float, default=1.0)
   parser.add_argument('--host_gib', type=float, default=0.5)
   parser.add_argument('--disk_gib', type=float, default=0.0, help='0 = the free space')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                      help='the compute dtype (float32 on a CPU, where XLA\'s bfloat16 matmuls '
+                      'are slower; bfloat16 on a GPU)')
   parser.add_argument('--rows', default='a,b,c,d,e', help=f'some of {",".join(ROWS)}')
   parser.add_argument('--quality', default='',
                       help='a run: report what 4-bit weights and cache cost it instead')
@@ -356,9 +361,9 @@ def main(argv=None) -> None:
       print(json.dumps(run_row(args)))
       return
     weights_store(args)
-    m = model_config(args.shape)
+    m = model_config(args.shape, dtype=args.dtype)
     print(f'{args.shape}: {flops.param_count(m) / 1e9:.2f}B parameters, bfloat16 weights, '
-          f'float32 compute; {args.num_prompts} prompts of {args.prompt_len} tokens, '
+          f'{args.dtype} compute; {args.num_prompts} prompts of {args.prompt_len} tokens, '
           f'{args.gen_len} new (the paper: 512 and 32, scaled down to run in minutes here); '
           f'budgets: device {args.device_gib} GiB, host {args.host_gib} GiB, disk {args.disk_dir}'
           f'\nmachine: {flops.cpu_key()}')
@@ -373,8 +378,9 @@ def main(argv=None) -> None:
       if 'skipped' in r:
         print(f'| {row}: {ROWS[row]} | skipped: {r["skipped"]} | | | | |')
       else:
+        device = f'; device peak {r["device_peak_gib"]:.2f}' if r['device_peak_gib'] else ''
         print(f'| {row}: {ROWS[row]} | {r["policy"]} | {r["tokens_per_s"]:.2f} | '
-              f'{r["seconds"]} | {r["peak_rss_gib"]:.2f} ({r["runtime_gib"]:.2f}) | '
+              f'{r["seconds"]} | {r["peak_rss_gib"]:.2f} ({r["runtime_gib"]:.2f}){device} | '
               f'{r["disk_read_gib"]:.2f} |',
               flush=True)
 

@@ -13,8 +13,9 @@ group-wise numerics; weights need n_embd and the MLP width divisible by 64). The
 resumable: OUT.jsonl gets whole blocks of lines, each written and synced at once, and a rerun
 with the same arguments continues after the last complete line.
 
-Loading reads the run's checkpoint once into host memory (runs.load); the budgets hold from the
-placement on.
+The run is read from its checkpoint a layer at a time (runs.layer_reader: orbax reads only that
+layer's arrays), each placed on its tier before the next is read, so the whole model is never in
+memory (a LoRA or scanned run, whose layers cannot be read apart, is loaded whole first).
 """
 
 import argparse
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 import tqdm
 
-from gpt_jax import cli, files, network, quant, runs, sample
+from gpt_jax import cli, files, network, runs, sample
 from gpt_jax.errors import UserError
 from gpt_jax.offload import compression, policy as policy_lib, zigzag
 from gpt_jax.offload.disk import DiskStore
@@ -177,12 +178,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return args
 
 
-def _tokenize(run, records: list[dict], max_tokens: int) -> list[list[int]]:
+def _tokenize(gpt, tokenizer, records: list[dict], max_tokens: int) -> list[list[int]]:
   """Each prompt as sample.complete reads it (after EOS); UserError naming the first prompt
   that leaves no room for max_tokens new tokens."""
-  context = sample.context_length(run.gpt.config)
-  prompts = [[run.tokenizer.eos_id] + ids
-             for ids in run.tokenizer.encode_batch([r['prompt'] for r in records])]
+  context = sample.context_length(gpt.config)
+  prompts = [[tokenizer.eos_id] + ids
+             for ids in tokenizer.encode_batch([r['prompt'] for r in records])]
   for number, prompt in enumerate(prompts, 1):
     if len(prompt) + max_tokens > context:
       raise UserError(f'prompt {number} is {len(prompt)} tokens; with --max_tokens={max_tokens} '
@@ -191,14 +192,34 @@ def _tokenize(run, records: list[dict], max_tokens: int) -> list[list[int]]:
   return prompts
 
 
-def _bytes_per_value(model, params, codec) -> dict:
-  """The workload's bytes per weight (as stored: quantized ones with their scales), per cached
-  value and per activation."""
-  layer = jax.tree.leaves(zigzag.layer_params(params, model, 0))
+def _bytes_per_value(model, layer, codec) -> dict:
+  """The workload's bytes per weight (those of `layer`'s parameters as stored: quantized ones
+  with their scales), per cached value and per activation."""
+  leaves = jax.tree.leaves(layer)
   activation = np.dtype(model.dtype).itemsize
-  return dict(weight_bytes=sum(a.nbytes for a in layer) / sum(a.size for a in layer),
+  return dict(weight_bytes=sum(a.nbytes for a in leaves) / sum(a.size for a in leaves),
               cache_bytes=codec.bytes_per_value if codec else activation,
               activation_bytes=activation)
+
+
+def _weights(workdir: str, compress: bool):
+  """(GPT, model config, tokenizer, resident parameters, layer(j) -> block j's parameters) of
+  the run: read a layer at a time from its checkpoint where it can be (runs.layer_reader), else
+  loaded whole; with `compress`, each layer quantized to 4 bits as it is read."""
+  reader = runs.layer_reader(workdir)
+  if reader is None:
+    run = runs.load(workdir)
+    gpt, c, tokenizer = run.gpt, run.config.model, run.tokenizer
+    resident = zigzag.resident_params(run.params)
+    layer = lambda j: zigzag.layer_params(run.params, c, j)
+  else:
+    gpt, c, tokenizer = reader.gpt, reader.config.model, reader.tokenizer
+    resident, layer = reader.resident, reader.layer
+  if not compress:
+    return gpt, c, tokenizer, resident, layer
+  quantized = compression.quantized_config(c)
+  return (network.build(quantized), quantized, tokenizer, resident,
+          lambda j: compression.quantize_layer(layer(j), c))
 
 
 def generate(args: argparse.Namespace, log=print) -> None:
@@ -216,29 +237,21 @@ def generate(args: argparse.Namespace, log=print) -> None:
 
 
 def _generate(args, records, done, store_dir, log) -> None:
-  run = runs.load(args.workdir)
-  prompts = _tokenize(run, records, args.max_tokens)
+  gpt, c, tokenizer, resident, layer = _weights(args.workdir, args.compress_weights)
+  prompts = _tokenize(gpt, tokenizer, records, args.max_tokens)
   if done == len(records):
     log(f'{args.out} already holds all {done} results')
     return
-  c, gpt, params, tokenizer = run.config.model, run.gpt, run.params, run.tokenizer
-  if args.compress_weights:
-    c = compression.quantized_config(run.config.model)
-    params = quant.quantize_params(run.params, run.config.model, compression.WEIGHTS)
-    gpt = network.build(c)
-  run = None  # the parameters in use are all that is kept
   codec = compression.cache_codec(c) if args.compress_cache else None
   disk_budget = args.disk_gib * GIB or (shutil.disk_usage(store_dir).free if store_dir else 0)
   workload = policy_lib.Workload.of(c, max(map(len, prompts)), args.max_tokens,
-                                    **_bytes_per_value(c, params, codec))
+                                    **_bytes_per_value(c, layer(0), codec))
   machine = zigzag.machine(args.device_gib * GIB or device_memory(),
                            args.host_gib * GIB or physical_memory() // 2, disk_budget, store_dir)
   chosen = choose_policy(workload, machine, args.requested, len(prompts) - done)
   log(f'policy: {chosen.describe()}')
   store = DiskStore(store_dir) if store_dir else None
-  off = zigzag.Offloaded.place(gpt, zigzag.resident_params(params),
-                               lambda j: zigzag.layer_params(params, c, j), chosen.weights, store)
-  params = None  # the placed copies are all that is kept: the budgets hold from here
+  off = zigzag.Offloaded.place(gpt, resident, layer, chosen.weights, store)
   blocks = zigzag.generate_blocks(
       off, chosen.cache, prompts[done:], batch_size=chosen.batch_size,
       num_batches=chosen.num_batches, max_new_tokens=args.max_tokens,

@@ -90,24 +90,7 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
   adapters merged in, W + (alpha/r)·A·B (lora.merge), under the plain model; merge=False, or a
   quantized base (QLoRA: merging would dequantize it), keeps them apart, under the adapted model
   (network.build with config.lora)."""
-  config = read_config(workdir, what)
-  path = tokenizer_lib.find(workdir)
-  if path is None:
-    raise UserError(f'{what}={workdir!r} has no {" or ".join(tokenizer_lib.FILENAMES)}; pass the '
-                    'workdir of a finished run')
-  tokenizer = tokenizer_lib.load(path)
-  if config.data.tokenizer and not os.path.exists(config.data.tokenizer):
-    config.data.tokenizer = path  # a written run (write_params_run) that was moved: its own copy
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, CHECKPOINTS), keep=config.keep_checkpoints)
-  steps = ckpts.committed_steps()
-  ckpts.close()
-  if not steps:
-    raise UserError(f'{what}={workdir!r} has no checkpoint yet; train it first or pass another run')
-  if mesh is None:
-    mesh = sharding.data_parallel_mesh()
-  config.mesh = ml_collections.ConfigDict(dict(zip(mesh.axis_names, mesh.devices.shape)))
-  if dtype:
-    config.model.dtype = dtype
+  config, tokenizer, steps, mesh = _open(workdir, mesh, dtype, what)
   adapted = lora.is_adapted(config)
   base = _lora_base(workdir, mesh, dtype, log) if adapted else None
   gpt = network.build(config.model, config.lora if adapted else None)
@@ -130,6 +113,77 @@ def load(workdir: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
                        out_shardings=shardings)(params)
       gpt = network.build(config.model)
   return Run(gpt, params, config, tokenizer, step)
+
+
+def _open(workdir: str, mesh, dtype: str | None, what: str):
+  """(config, tokenizer, committed checkpoint steps, mesh) of the run in workdir, the config's
+  mesh and model dtype set to those it will be read with. UserError if it cannot be read."""
+  config = read_config(workdir, what)
+  path = tokenizer_lib.find(workdir)
+  if path is None:
+    raise UserError(f'{what}={workdir!r} has no {" or ".join(tokenizer_lib.FILENAMES)}; pass the '
+                    'workdir of a finished run')
+  tokenizer = tokenizer_lib.load(path)
+  if config.data.tokenizer and not os.path.exists(config.data.tokenizer):
+    config.data.tokenizer = path  # a written run (write_params_run) that was moved: its own copy
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, CHECKPOINTS), keep=config.keep_checkpoints)
+  steps = ckpts.committed_steps()
+  ckpts.close()
+  if not steps:
+    raise UserError(f'{what}={workdir!r} has no checkpoint yet; train it first or pass another run')
+  if mesh is None:
+    mesh = sharding.data_parallel_mesh()
+  config.mesh = ml_collections.ConfigDict(dict(zip(mesh.axis_names, mesh.devices.shape)))
+  if dtype:
+    config.model.dtype = dtype
+  return config, tokenizer, steps, mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerReader:
+  """A run read a layer at a time, for a model larger than memory (gpt_jax.generate): its
+  GPT, config, tokenizer and checkpoint step, the parameters outside the blocks (`resident`:
+  embeddings, final norm, head), and `layer(j)`, block j's parameters, read from the checkpoint
+  alone (orbax's partial restore: only that layer's arrays leave the disk)."""
+  gpt: model.GPT
+  config: ml_collections.ConfigDict
+  tokenizer: Tokenizer
+  step: int
+  resident: dict
+  directory: str
+  abstract: dict
+  key: str | None
+
+  def layer(self, j: int) -> dict:
+    return self._read(self.step, [f'h_{j}'])[f'h_{j}']
+
+  def _read(self, step: int, names: list[str]) -> dict:
+    wanted = {name: self.abstract[name] for name in names}
+    params = checkpoint.restore_params(self.directory, step,
+                                       wanted if self.key is None else {self.key: wanted})
+    return params if self.key is None else params[self.key]
+
+
+def layer_reader(workdir: str, what: str = 'workdir',
+                 log: Callable[[str], None] = _to_stderr) -> LayerReader | None:
+  """The run in workdir as a LayerReader (its newest readable checkpoint, on one device), or
+  None where its layers cannot be read apart: a LoRA run (its weights are its base's with the
+  adapters merged) or a scanned one (nn.scan stacks every layer's weights in one array each);
+  load those whole."""
+  config, tokenizer, steps, mesh = _open(workdir, sharding.single_device_mesh(), None, what)
+  if lora.is_adapted(config) or config.model.scan_layers:
+    return None
+  gpt = network.build(config.model)
+  abstract = state.abstract_params(functools.partial(model.init_params, gpt,
+                                                     seq_len=config.seq_len),
+                                   model.logical_axes(gpt, config.seq_len), mesh)
+  directory = os.path.join(workdir, CHECKPOINTS)
+  reader = LayerReader(gpt, config, tokenizer, 0, {}, directory, abstract,
+                       MODEL_KEY.get(config.get('objective')))
+  outside = [name for name in abstract if not name.startswith('h_')]
+  step, resident = checkpoint.newest_readable(steps, lambda step: reader._read(step, outside),
+                                              directory, log)
+  return dataclasses.replace(reader, step=step, resident=resident)
 
 
 def _lora_base(workdir: str, mesh, dtype: str | None, log) -> Run:

@@ -65,6 +65,12 @@ def data_parallel_mesh() -> jax.sharding.Mesh:
   return make_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1}))
 
 
+def single_device_mesh() -> jax.sharding.Mesh:
+  """The first device alone: for work that places arrays itself (offloaded generation)."""
+  return jax.make_mesh((1,) * len(MESH_AXES), MESH_AXES, devices=jax.devices()[:1],
+                       axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
 def logical_sharding(logical_spec: PartitionSpec, mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, nn.logical_to_mesh_axes(tuple(logical_spec), RULES))
 

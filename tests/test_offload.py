@@ -386,3 +386,15 @@ def test_bench_generate_rows_count_every_token(tmp_path, monkeypatch):
     assert result['policy'].startswith({'c': 'block ', 'e': 'one batch of 4'}[row])
   with pytest.raises(UserError, match=r'--rows=a,x must name some of a,b,c,d,e'):
     bench_generate.parse_args(['--disk_dir=d', '--rows=a,x'])
+
+
+def test_a_run_read_a_layer_at_a_time_is_the_run_loaded_whole(tiny_base):
+  import jax
+  from gpt_jax import runs
+  reader, run = runs.layer_reader(tiny_base), runs.load(tiny_base)
+  assert reader.step == run.step and reader.config.model == run.config.model
+  parts = {**reader.resident, **{f'h_{j}': reader.layer(j)
+                                 for j in range(run.config.model.n_layer)}}
+  assert jax.tree.structure(parts) == jax.tree.structure(run.params)
+  for got, want in zip(jax.tree.leaves(parts), jax.tree.leaves(run.params)):
+    np.testing.assert_array_equal(got, want)

