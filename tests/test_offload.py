@@ -198,8 +198,8 @@ def _random_gpt(**options):
   import jax
   from gpt_jax import model, network
   m = config_lib.base_config().model
-  m.update(vocab_size=64, n_layer=4, n_head=2, n_kv_head=1, n_embd=32, block_size=64,
-           init_std=0.3, **options)
+  m.update({**dict(vocab_size=64, n_layer=4, n_head=2, n_kv_head=1, n_embd=32, block_size=64,
+                  init_std=0.3), **options})
   gpt = network.build(m)
   return gpt, jax.jit(model.init_params, static_argnums=(0, 2))(gpt, jax.random.key(1), 8)
 
@@ -398,3 +398,22 @@ def test_a_run_read_a_layer_at_a_time_is_the_run_loaded_whole(tiny_base):
   assert jax.tree.structure(parts) == jax.tree.structure(run.params)
   for got, want in zip(jax.tree.leaves(parts), jax.tree.leaves(run.params)):
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_quantized_model_decodes_as_sample_decodes_it():
+  from gpt_jax import network, quant, sample
+  from gpt_jax.offload import zigzag
+  gpt, params = _random_gpt(n_embd=64)
+  spec = quant.QuantSpec('int8', 32, False, 'none', True)  # the token table quantized too
+  m = gpt.config.as_configdict()
+  m.quant.update(format='int8', group_size=32, embeddings=True)
+  gpt_q = network.build(m)
+  params_q = quant.quantize_params(params, gpt.config.as_configdict(), spec)
+  want = sample.generate(gpt_q, params_q, PROMPTS, max_new_tokens=5)
+  off = zigzag.Offloaded.place(gpt_q, zigzag.resident_params(params_q),
+                               lambda j: zigzag.layer_params(params_q, m, j), (0.5, 0.5, 0.0),
+                               None)
+  got = [row for block in zigzag.generate_blocks(off, (1.0, 0.0, 0.0), PROMPTS, batch_size=3,
+                                                 num_batches=2, max_new_tokens=5)
+         for row in block]
+  assert got == want
