@@ -278,8 +278,19 @@ def quality(args) -> None:
   model's, each variant through the same offloaded schedule (all on the device)."""
   run = runs.load(args.quality, what='--quality')
   c = run.config.model
-  val = scoring.val_tokens(run)
+  if args.data:
+    val = scoring.file_tokens(scoring.read_texts(args.data, 'text'), run.tokenizer)
+  else:
+    try:
+      val = scoring.val_tokens(run)
+    except UserError:
+      raise UserError(f'--quality={args.quality}: its validation split cannot be prepared again '
+                      '(its corpus moved, or now gives another tokenizer); pass --data=FILE, a '
+                      '.txt or .jsonl ("text" field) to score instead') from None
   width = args.prompt_len + args.gen_len
+  if len(val) <= width:
+    raise UserError(f'the text to score is {len(val)} tokens, not more than --prompt_len + '
+                    f'--gen_len = {width}; lower them or give more text')
   starts = np.linspace(0, len(val) - width - 1, args.num_prompts).astype(int)
   prompts = [val[s:s + args.prompt_len].tolist() for s in starts]
   continuations = [val[s + args.prompt_len:s + width].tolist() for s in starts]
@@ -317,7 +328,8 @@ def quality(args) -> None:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = cli.ArgumentParser(prog='python -m gpt_jax.bench_generate',
-                              description='Throughput of offloaded generation (FlexGen).')
+                              description='Throughput of offloaded generation (FlexGen).',
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--disk_dir', default='', help='the disk tier (random weights too)')
   parser.add_argument('--shape', default='gpt2-xl', help=f'one of {", ".join(SHAPES)}')
   parser.add_argument('--prompt_len', type=int, default=16)
@@ -332,6 +344,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--rows', default='a,b,c,d,e', help=f'some of {",".join(ROWS)}')
   parser.add_argument('--quality', default='',
                       help='a run: report what 4-bit weights and cache cost it instead')
+  parser.add_argument('--data', default='',
+                      help='with --quality: a .txt or .jsonl file to score instead of the run\'s '
+                      'validation split')
   parser.add_argument('--row', default='', help=argparse.SUPPRESS)  # one row, in this process
   args = parser.parse_args(argv)
   if not (args.disk_dir or args.quality):

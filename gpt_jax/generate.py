@@ -38,11 +38,12 @@ from gpt_jax.offload.disk import DiskStore
 from gpt_jax.offload.policy import GIB
 
 
-def read_prompts(path: str) -> list[dict]:
+def read_prompts(path: str) -> tuple[list[dict], list[str]]:
   """The records of a prompts file: JSON objects, each with a non-empty "prompt" string and no
-  "completion" yet. One-line UserError naming the first bad line."""
+  "completion" yet, and where each is ('--prompts=PATH line N'). One-line UserError naming the
+  first bad line."""
   fix = 'make each line a JSON object with a "prompt" string'
-  records = []
+  records, wheres = [], []
   for _, where, record in files.read_json_lines(path, f'--prompts={path}', fix):
     if not isinstance(record, dict) or not isinstance(record.get('prompt'), str):
       raise UserError(f'{where} has no "prompt" string; {fix}')
@@ -51,9 +52,10 @@ def read_prompts(path: str) -> list[dict]:
     if 'completion' in record:
       raise UserError(f'{where} already has a "completion"; remove it (the output adds one)')
     records.append(record)
+    wheres.append(where)
   if not records:
     raise UserError(f'--prompts={path} holds no prompts; {fix}')
-  return records
+  return records, wheres
 
 
 def completed_lines(path: str, records: list[dict]) -> int:
@@ -69,8 +71,8 @@ def completed_lines(path: str, records: list[dict]) -> int:
       f.write(whole)
   lines = whole.decode('utf-8', 'replace').splitlines()
   if len(lines) > len(records):
-    raise UserError(f'--out={path} holds {len(lines)} results but there are {len(records)} '
-                    'prompts; pass a new --out')
+    raise UserError(f'--out={path} holds {len(lines)} results, more than the {len(records)} '
+                    'prompts of --prompts; pass a new --out')
   for number, (line, record) in enumerate(zip(lines, records), 1):
     try:
       done = json.loads(line)
@@ -93,9 +95,10 @@ def parse_policy(text: str) -> dict | None:
     values = [float(v) for v in text.split(',')]
   except ValueError:
     raise UserError(f'--policy={text!r} is not a list of numbers; {fix}') from None
-  if len(values) not in (2, 6) or values[0] < 1 or values[1] < 1 or values[0] % 1 or \
-      values[1] % 1:
-    raise UserError(f'--policy={text!r} is not BATCH,NUM[,...] with two positive integers; {fix}')
+  if len(values) not in (2, 6):
+    raise UserError(f'--policy={text!r} has {len(values)} numbers, not 2 or 6; {fix}')
+  if values[0] < 1 or values[1] < 1 or values[0] % 1 or values[1] % 1:
+    raise UserError(f'--policy={text!r}: BATCH and NUM must be positive integers; {fix}')
   out = {'batch_size': int(values[0]), 'num_batches': int(values[1])}
   if len(values) == 6:
     for name, (device, host) in (('weights', values[2:4]), ('cache', values[4:6])):
@@ -120,10 +123,11 @@ def choose_policy(workload, machine, requested: dict | None,
   chosen = policy_lib.solve(workload, machine, requested['batch_size'],
                             requested['num_batches'], False, fixed)
   if chosen is None:
-    raise UserError(f'--policy does not fit the budgets (device {machine.device_memory / GIB:.2f}'
-                    f', host {machine.host_memory / GIB:.2f}, disk {machine.disk_memory / GIB:.2f}'
-                    ' GiB): lower the block or move more to the host or disk, raise a budget, or '
-                    'pass --policy=auto')
+    gib = lambda b: f'{b / GIB:.3g}'
+    raise UserError(f'--policy does not fit the budgets (device {gib(machine.device_memory)}, '
+                    f'host {gib(machine.host_memory)}, disk {gib(machine.disk_memory)} GiB): '
+                    'lower the block or move more to the host or disk, raise a budget, or pass '
+                    '--policy=auto')
   return chosen
 
 
@@ -140,7 +144,8 @@ def device_memory() -> int:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = cli.ArgumentParser(prog='python -m gpt_jax.generate',
                               description='Generate for a file of prompts with the weights and '
-                              'cache offloaded (FlexGen).')
+                              'cache offloaded (FlexGen).',
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--workdir', required=True, help='a run directory (training, hf import, '
                       'quantize)')
   parser.add_argument('--prompts', required=True, help='JSON lines, each with a "prompt"')
@@ -178,17 +183,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return args
 
 
-def _tokenize(gpt, tokenizer, records: list[dict], max_tokens: int) -> list[list[int]]:
+def _tokenize(gpt, tokenizer, records: list[dict], wheres: list[str],
+              max_tokens: int) -> list[list[int]]:
   """Each prompt as sample.complete reads it (after EOS); UserError naming the first prompt
   that leaves no room for max_tokens new tokens."""
   context = sample.context_length(gpt.config)
   prompts = [[tokenizer.eos_id] + ids
              for ids in tokenizer.encode_batch([r['prompt'] for r in records])]
-  for number, prompt in enumerate(prompts, 1):
+  for where, prompt in zip(wheres, prompts):
     if len(prompt) + max_tokens > context:
-      raise UserError(f'prompt {number} is {len(prompt)} tokens; with --max_tokens={max_tokens} '
-                      f'that exceeds the model\'s context of {context}: shorten it or lower '
-                      '--max_tokens')
+      raise UserError(f'{where}: the prompt is {len(prompt)} tokens; with --max_tokens='
+                      f'{max_tokens} that exceeds the model\'s context of {context}: shorten it '
+                      'or lower --max_tokens')
   return prompts
 
 
@@ -223,22 +229,22 @@ def _weights(workdir: str, compress: bool):
 
 
 def generate(args: argparse.Namespace, log=print) -> None:
-  records = read_prompts(args.prompts)
+  records, wheres = read_prompts(args.prompts)
   done = completed_lines(args.out, records)
   store_dir = None
   if args.disk_dir:
     DiskStore(args.disk_dir)  # UserError now if the folder cannot be made or written
     store_dir = tempfile.mkdtemp(prefix='gpt_jax_offload_', dir=args.disk_dir)
   try:
-    _generate(args, records, done, store_dir, log)
+    _generate(args, records, wheres, done, store_dir, log)
   finally:
     if store_dir:
       shutil.rmtree(store_dir, ignore_errors=True)
 
 
-def _generate(args, records, done, store_dir, log) -> None:
+def _generate(args, records, wheres, done, store_dir, log) -> None:
   gpt, c, tokenizer, resident, layer = _weights(args.workdir, args.compress_weights)
-  prompts = _tokenize(gpt, tokenizer, records, args.max_tokens)
+  prompts = _tokenize(gpt, tokenizer, records, wheres, args.max_tokens)
   if done == len(records):
     log(f'{args.out} already holds all {done} results')
     return

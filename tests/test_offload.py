@@ -93,9 +93,9 @@ def test_a_policy_reads_as_one_line():
   p = policy_lib.Policy(8, 4, (0.25, 0.75, 0.0), (0.0, 0.5, 0.5), (1.0, 0.0, 0.0), True, 0.5,
                         0.01, 123.4)
   assert p.block_size == 32
-  assert p.describe() == ('block 4 × 8 sequences; weights 25/75/0, cache 0/50/50, activations '
-                          '100/0/0 % on device/host/disk; attention over the host cache on the '
-                          'host; predicted 123 tokens/s')
+  assert p.describe() == ('blocks of 4 batches × 8 sequences; weights 25/75/0, cache 0/50/50, '
+                          'activations 100/0/0 % on device/host/disk; attention over the host '
+                          'cache on the host; predicted 123 tokens/s')
 
 
 def test_a_budget_too_small_for_one_layer_is_one_line():
@@ -260,10 +260,11 @@ def test_generate_writes_sample_s_greedy_completions_and_resumes(tiny_base, tmp_
   out = tmp_path / 'out.jsonl'
   args = ('--workdir', tiny_base, '--prompts', prompts, '--out', out, '--max_tokens', 5,
           '--disk_dir', tmp_path / 'disk', '--device_gib', 0.01, '--host_gib', 0.01,
-          '--policy', '2,2,0,50,0,50')
+          '--policy', '2,3,0,50,0,50')
   result = _generate(*args)
   assert result.returncode == 0, result.stderr
-  assert 'policy: block 2 × 2 sequences; weights 0/50/50, cache 0/50/50' in result.stdout
+  assert ('policy: blocks of 3 batches × 2 sequences; weights 0/50/50, cache 0/50/50'
+          in result.stdout)
   run = runs.load(tiny_base)
   want = sample.complete(run.gpt, run.params, run.tokenizer, texts, max_new_tokens=5)
   records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -284,11 +285,14 @@ def test_generate_s_bad_inputs_are_one_line_before_any_work(tiny_base, tmp_path)
   cases = [
       ('{"prompt": "a"}\n{"text": "b"}\n', (), r'line 2 has no "prompt" string'),
       ('{"prompt": "a"}\nnot json\n', (), r'line 2 is not JSON'),
-      ('{"prompt": "' + 'word ' * 400 + '"}\n', (), r'^error: prompt 1 is \d+ tokens; with '
-       r'--max_tokens=100 that exceeds the model\'s context of 64'),
+      ('{"prompt": "a"}\n{"prompt": "' + 'word ' * 400 + '"}\n', ('--max_tokens', 8),
+       r'^error: --prompts=.* line 2: the prompt is \d+ tokens; with --max_tokens=8 that '
+       r'exceeds the model\'s context of 64'),
       ('{"prompt": "a"}\n', ('--disk_dir', tmp_path / 'prompts.jsonl' / 'd'),
        r'^error: cannot make the disk directory'),
       ('{"prompt": "a"}\n', ('--policy', '2,x'), r'--policy=\'2,x\' is not a list of numbers'),
+      ('{"prompt": "a"}\n', ('--policy', '2,2,50'),
+       r'--policy=\'2,2,50\' has 3 numbers, not 2 or 6'),
       ('{"prompt": "a"}\n', ('--policy', '1,1,90,20,0,0'), r'percentages must be >= 0 and sum'),
       ('{"prompt": "a"}\n', ('--device_gib', 1e-6, '--host_gib', 1e-6, '--max_tokens', 5),
        r'^error: no policy fits: .* raise the device budget'),
@@ -383,7 +387,7 @@ def test_bench_generate_rows_count_every_token(tmp_path, monkeypatch):
     result = bench_generate.run_row(args)
     assert result['tokens'] == 12 and result['tokens_per_s'] > 0, result
     assert result['peak_rss_gib'] > result['runtime_gib'] > 0
-    assert result['policy'].startswith({'c': 'block ', 'e': 'one batch of 4'}[row])
+    assert result['policy'].startswith({'c': 'blocks of ', 'e': 'one batch of 4'}[row])
   with pytest.raises(UserError, match=r'--rows=a,x must name some of a,b,c,d,e'):
     bench_generate.parse_args(['--disk_dir=d', '--rows=a,x'])
 

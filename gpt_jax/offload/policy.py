@@ -116,7 +116,8 @@ class Policy:
 
   def describe(self) -> str:
     pct = lambda f: '/'.join(f'{abs(100 * v):.0f}' for v in f)  # no '-0' of a rounded -1e-12
-    return (f'block {self.num_batches} × {self.batch_size} sequences; weights {pct(self.weights)}, '
+    return (f'blocks of {self.num_batches} batches × {self.batch_size} sequences; '
+            f'weights {pct(self.weights)}, '
             f'cache {pct(self.cache)}, activations {pct(self.activations)} % on device/host/disk'
             f'{"; attention over the host cache on the host" if self.attention_on_host else ""}; '
             f'predicted {self.tokens_per_s:.3g} tokens/s')
