@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import tqdm
 
-from gpt_jax import cli, files, network, runs, sample
+from gpt_jax import cli, files, network, runs, sample, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.offload import compression, policy as policy_lib, zigzag
 from gpt_jax.offload.disk import DiskStore
@@ -131,14 +131,11 @@ def choose_policy(workload, machine, requested: dict | None,
   return chosen
 
 
-def physical_memory() -> int:
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-
-
-def device_memory() -> int:
-  """The device's memory (bytes): its allocator's limit, or on a CPU half the machine's RAM."""
-  stats = jax.devices()[0].memory_stats() or {}
-  return stats.get('bytes_limit') or physical_memory() // 2
+def default_budgets() -> tuple[int, int]:
+  """The device and host budgets (bytes) when none is given: the device's memory and half the
+  RAM; on a CPU, where the two are the same RAM, half of it each."""
+  half = sharding.host_memory() // 2
+  return (half if jax.devices()[0].platform == 'cpu' else sharding.device_memory()), half
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -252,8 +249,9 @@ def _generate(args, records, wheres, done, store_dir, log) -> None:
   disk_budget = args.disk_gib * GIB or (shutil.disk_usage(store_dir).free if store_dir else 0)
   workload = policy_lib.Workload.of(c, max(map(len, prompts)), args.max_tokens,
                                     **_bytes_per_value(c, layer(0), codec))
-  machine = zigzag.machine(args.device_gib * GIB or device_memory(),
-                           args.host_gib * GIB or physical_memory() // 2, disk_budget, store_dir)
+  device, host = default_budgets()
+  machine = zigzag.machine(args.device_gib * GIB or device, args.host_gib * GIB or host,
+                           disk_budget, store_dir)
   chosen = choose_policy(workload, machine, args.requested, len(prompts) - done)
   log(f'policy: {chosen.describe()}')
   store = DiskStore(store_dir) if store_dir else None

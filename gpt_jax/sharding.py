@@ -122,7 +122,12 @@ def device_memory() -> int:
   stats = device.memory_stats() if device.platform != 'cpu' else None
   if stats and 'bytes_limit' in stats:
     return stats['bytes_limit']
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // jax.local_device_count()
+  return host_memory() // jax.local_device_count()
+
+
+def host_memory() -> int:
+  """Bytes of this machine's memory (RAM)."""
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
 
 
 def bytes_per_device(abstract_tree, shardings) -> int:
