@@ -41,7 +41,6 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -105,14 +104,8 @@ def run_row(args) -> dict:
   m = model_config(args.shape, quantized, args.dtype)
   gpt = network.build(m)
   prefix = 'int4' if quantized else 'weights'
-  layer_bytes = sum(np.asarray(a).nbytes for a in store.read(f'{prefix}_0').values())
   codec = compression.cache_codec(m) if quantized else None
-  compute = jnp.dtype(m.dtype).itemsize
-  workload = policy_lib.Workload.of(m, args.prompt_len, args.gen_len,
-                                    weight_bytes=layer_bytes / policy_lib.Workload.of(
-                                        m, 1, 1).layer_params,
-                                    cache_bytes=codec.bytes_per_value if codec else compute,
-                                    activation_bytes=compute)
+  workload = zigzag.workload(m, args.prompt_len, args.gen_len, store.read(f'{prefix}_0'), codec)
   prompts = _prompts(args)
   if args.row == 'e':
     return _all_in_memory(args, gpt, m, store, workload, prompts)

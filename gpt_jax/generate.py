@@ -28,7 +28,6 @@ import time
 from collections.abc import Sequence
 
 import jax
-import numpy as np
 import tqdm
 
 from gpt_jax import cli, files, network, runs, sample, sharding
@@ -195,16 +194,6 @@ def _tokenize(gpt, tokenizer, records: list[dict], wheres: list[str],
   return prompts
 
 
-def _bytes_per_value(model, layer, codec) -> dict:
-  """The workload's bytes per weight (those of `layer`'s parameters as stored: quantized ones
-  with their scales), per cached value and per activation."""
-  leaves = jax.tree.leaves(layer)
-  activation = np.dtype(model.dtype).itemsize
-  return dict(weight_bytes=sum(a.nbytes for a in leaves) / sum(a.size for a in leaves),
-              cache_bytes=codec.bytes_per_value if codec else activation,
-              activation_bytes=activation)
-
-
 def _weights(workdir: str, compress: bool):
   """(GPT, model config, tokenizer, resident parameters, layer(j) -> block j's parameters) of
   the run: read a layer at a time from its checkpoint where it can be (runs.layer_reader), else
@@ -247,8 +236,7 @@ def _generate(args, records, wheres, done, store_dir, log) -> None:
     return
   codec = compression.cache_codec(c) if args.compress_cache else None
   disk_budget = args.disk_gib * GIB or (shutil.disk_usage(store_dir).free if store_dir else 0)
-  workload = policy_lib.Workload.of(c, max(map(len, prompts)), args.max_tokens,
-                                    **_bytes_per_value(c, layer(0), codec))
+  workload = zigzag.workload(c, max(map(len, prompts)), args.max_tokens, layer(0), codec)
   device, host = default_budgets()
   machine = zigzag.machine(args.device_gib * GIB or device, args.host_gib * GIB or host,
                            disk_budget, store_dir)

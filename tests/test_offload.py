@@ -421,3 +421,14 @@ def test_a_quantized_model_decodes_as_sample_decodes_it():
                                                  num_batches=2, max_new_tokens=5)
          for row in block]
   assert got == want
+
+
+def test_the_workload_counts_bytes_per_parameter_as_stored():
+  from gpt_jax.offload import compression, zigzag
+  gpt, params = _random_gpt(n_embd=64)
+  m = gpt.config.as_configdict()
+  layer = zigzag.layer_params(params, m, 0)
+  assert zigzag.workload(m, 8, 4, layer).weight_bytes == 4.0  # float32
+  packed = compression.quantize_layer(layer, m)  # two 4-bit codes a byte, a scale per 64
+  w = zigzag.workload(compression.quantized_config(m), 8, 4, packed, compression.cache_codec(m))
+  assert 0.5 < w.weight_bytes < 0.7 and w.cache_bytes == 0.5 + 4 / 32  # K·E = 32: groups of 32

@@ -39,6 +39,18 @@ from gpt_jax.offload.disk import DiskStore
 FIXED_FRACTIONS = {'activations': (1.0, 0.0, 0.0)}
 
 
+def workload(model, prompt_len: int, gen_len: int, layer,
+             codec: compression.CacheCodec | None = None) -> policy_lib.Workload:
+  """What the policy plans for, as this executor stores and computes it: bytes per parameter
+  those of `layer` (one block's parameters as stored: quantized ones with their scales), the
+  activations in the compute dtype (model.dtype), the cache in it too or in the codec's bytes."""
+  w = policy_lib.Workload.of(model, prompt_len, gen_len)
+  compute = jnp.dtype(model.dtype).itemsize
+  stored = sum(np.asarray(a).nbytes for a in jax.tree.leaves(layer))
+  return dataclasses.replace(w, weight_bytes=stored / w.layer_params, activation_bytes=compute,
+                             cache_bytes=codec.bytes_per_value if codec else compute)
+
+
 def layer_params(params, config, j: int):
   """Layer j's parameters from a whole model's (either layout: 'h_j', or nn.scan's 'layers')."""
   if config.scan_layers:
