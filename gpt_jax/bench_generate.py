@@ -113,12 +113,11 @@ def run_row(args) -> dict:
                            args.disk_dir)
   if args.row == 'b':
     return _hugging_face(args, m, store, workload, prompts, machine)
-  common = dict(attention_on_host=(False,), max_block=args.num_prompts)
   if args.row == 'a':
-    chosen = policy_lib.search(workload, machine, num_batches=(1,),
-                               fixed=dict(zigzag.FIXED_FRACTIONS, cache=(1.0, 0.0, 0.0)), **common)
+    chosen = _row_by_row(args, workload, machine)
   else:
-    chosen = policy_lib.search(workload, machine, fixed=zigzag.FIXED_FRACTIONS, **common)
+    chosen = policy_lib.search(workload, machine, fixed=zigzag.FIXED_FRACTIONS,
+                               attention_on_host=(False,), max_block=args.num_prompts)
   runtime = _status_gib('VmRSS')  # JAX (or torch) alone
   off = zigzag.Offloaded.place(gpt, tiers.nested(store.read('resident')),
                                lambda j: tiers.nested(store.read(f'{prefix}_{j}')),
@@ -135,6 +134,14 @@ def run_row(args) -> dict:
     store.remove(group)
   return _result(args, chosen.describe(), sum(map(len, rows)), seconds,
                  _storage_read() - read, runtime)
+
+
+def _row_by_row(args, workload, machine) -> policy_lib.Policy:
+  """Row a's policy (row b runs at its batch size): one batch at a time, its cache on the
+  device, the best batch size and weight placement for that by the cost model."""
+  return policy_lib.search(workload, machine, num_batches=(1,), attention_on_host=(False,),
+                           fixed=dict(zigzag.FIXED_FRACTIONS, cache=(1.0, 0.0, 0.0)),
+                           max_block=args.num_prompts)
 
 
 def _full_params(store: disk.DiskStore, m) -> dict:
@@ -178,9 +185,7 @@ def _hugging_face(args, m, store, workload, prompts, machine) -> dict:
   hf_dir = os.path.join(args.disk_dir, f'hf_{args.shape}')
   if not os.path.exists(hf_dir):
     hf.export((m, _full_params(store, m)), hf_dir)
-  batch = policy_lib.search(workload, machine, num_batches=(1,), attention_on_host=(False,),
-                            fixed=dict(zigzag.FIXED_FRACTIONS, cache=(1.0, 0.0, 0.0)),
-                            max_block=args.num_prompts).batch_size
+  batch = _row_by_row(args, workload, machine).batch_size
   runtime = _status_gib('VmRSS')  # JAX (or torch) alone
   config = transformers.AutoConfig.from_pretrained(hf_dir)
   with accelerate.init_empty_weights():
@@ -212,8 +217,7 @@ def _hugging_face(args, m, store, workload, prompts, machine) -> dict:
 
 
 def _all_in_memory(args, gpt, m, store, workload, prompts) -> dict:
-  size = workload.n_layer * workload.layer_params * workload.weight_bytes + \
-      workload.other_params * workload.weight_bytes
+  size = (workload.n_layer * workload.layer_params + workload.other_params) * workload.weight_bytes
   if size > args.device_gib * GIB:
     return {'row': 'e', 'skipped': f'{size / GIB:.2f} GiB of weights exceed the device budget'}
   runtime = _status_gib('VmRSS')  # JAX (or torch) alone
