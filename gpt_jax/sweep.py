@@ -53,7 +53,6 @@ RUN_COLUMNS = ('name', 'role', 'budget', 'seed', 'lr_multiplier', 'n_layer', 'n_
                'seq_len', 'batch_size', 'steps', 'lr', 'params', 'params_nonembed', 'tokens',
                'unique_tokens', 'flops', 'flops_6nd', 'model_flops', 'loss', 'train_loss',
                'val_bpb', 'trunk', 'branch_step', 'wall_seconds', 'step_seconds')
-CURVE_COLUMNS = ('name', 'params', 'tokens', 'flops', 'loss')
 MIN_FITTED_BUDGETS = 3  # below the held-out top budget: a law through fewer says nothing
 
 
@@ -338,9 +337,9 @@ def _add_row(workdir: str, row: dict) -> None:
   killed sweep never leaves half a row, and a point finished twice is listed once."""
   runs_csv = os.path.join(workdir, 'runs.csv')
   rows = [r for r in _read_csv(runs_csv) if r['name'] != row['name']] + [row]
-  curves = sorted(({'name': f'd{r["n_embd"]}_L{r["n_layer"]}', **r} for r in rows
+  curves = sorted(({**r, 'name': f'd{r["n_embd"]}_L{r["n_layer"]}'} for r in rows
                    if r['role'] == 'sweep'), key=lambda r: (int(r['n_embd']), float(r['tokens'])))
-  _write_rows(os.path.join(workdir, 'curves.csv'), CURVE_COLUMNS, curves)
+  _write_rows(os.path.join(workdir, 'curves.csv'), scaling.CURVE_COLUMNS, curves)
   _write_rows(runs_csv, RUN_COLUMNS, rows)  # last: its row is what marks the run finished
 
 

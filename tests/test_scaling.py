@@ -225,6 +225,10 @@ def test_envelope_of_degenerate_curves_is_refused():
     scaling.fit_envelope(table)
   with pytest.raises(UserError, match='^every run has the same loss 3, so there is nothing to fit'):
     scaling.fit_envelope({**table, 'loss': np.full(10, 3.0)})
+  one_point_each = {**table, 'name': np.array([f'run{i}' for i in range(10)])}
+  with pytest.raises(UserError, match='^each of the 10 curves has one point, so there is no loss '
+                     'curve'):
+    scaling.fit_envelope(one_point_each)
 
 
 # --- bootstrap ------------------------------------------------------------------------------

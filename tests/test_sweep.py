@@ -186,6 +186,22 @@ def micro(small_corpus):
   return config
 
 
+def test_curves_join_the_final_losses_of_one_model_size_across_budgets(tmp_path):
+  """curves.csv is approach 1's input: one curve per size, through its points' final losses."""
+  def row(name, budget, width, loss, role='sweep'):
+    tokens = budget / (6 * 1000 * width)
+    return {**dict.fromkeys(sweep.RUN_COLUMNS, ''), 'name': name, 'role': role,
+            'budget': budget, 'n_layer': 2, 'n_embd': width, 'params': 1000 * width,
+            'tokens': tokens, 'flops': budget, 'loss': loss}
+  for args in (('C2e11_d16_L2', 2e11, 16, 2.0), ('C1e11_d16_L2', 1e11, 16, 2.2),
+               ('C1e11_d32_L2', 1e11, 32, 2.3), ('C1e11_d16_L2_seed1', 1e11, 16, 2.1, 'seed')):
+    sweep._add_row(str(tmp_path), row(*args))
+  curves = read_rows(tmp_path / 'curves.csv')
+  assert [(c['name'], float(c['flops']), float(c['loss'])) for c in curves] == [
+      ('d16_L2', 1e11, 2.2), ('d16_L2', 2e11, 2.0), ('d32_L2', 1e11, 2.3)]
+  assert len(read_rows(tmp_path / 'runs.csv')) == 4
+
+
 def read_rows(path):
   with open(path, newline='') as f:
     return list(csv.DictReader(f))

@@ -90,6 +90,11 @@ def fit_envelope(curves: Table, points: int = ENVELOPE_POINTS) -> EnvelopeFit:
     raise UserError(f'the envelope needs the curves of 2 or more runs, got {len(names)}; '
                     'pass the curves.csv of a sweep')
   _check_loss_varies(curves['loss'])
+  if len(names) == len(curves['name']):
+    # One point per name is no curve: the interpolated envelope would exist only at the ends.
+    raise UserError(f'each of the {len(names)} curves has one point, so there is no loss curve '
+                    'to take the envelope of; give the points of one run (or one model size) '
+                    'the same name')
   log_flops = np.log(curves['flops'])
   ends = np.array([log_flops[curves['name'] == name].max() for name in names])
   if np.isclose(ends.min(), ends.max()):
