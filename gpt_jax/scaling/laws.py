@@ -39,7 +39,8 @@ def fit_power_law(x: ArrayLike, y: ArrayLike) -> PowerLaw:
     raise UserError(f'a power law needs points at 2 or more different x, got {len(np.unique(x))}; '
                     'add runs of other sizes or budgets')
   exponent, log_coef = np.polyfit(np.log(x), np.log(y), 1)
-  return PowerLaw(float(np.exp(log_coef)), float(exponent))
+  with np.errstate(over='ignore'):  # a degenerate bootstrap resample's law: inf, then refused
+    return PowerLaw(float(np.exp(log_coef)), float(exponent))
 
 
 def _check_loss_varies(loss: np.ndarray) -> None:
