@@ -102,16 +102,23 @@ def parse_train_args(argv: list[str]):
 
 
 def _join_processes(flag_values: flags.FlagValues) -> None:
+  join_processes(flag_values.coordinator_address, flag_values.num_processes,
+                 flag_values.process_id, flag_values.distributed)
+
+
+def join_processes(coordinator_address: str = '', num_processes: int = 1, process_id: int = -1,
+                   distributed: bool = False) -> None:
+  """Joins the other processes of a multi-host job (jax.distributed.initialize): the ones at
+  coordinator_address (host:port) with num_processes and this process_id, or with distributed
+  those the cluster names (TPU VM slices, SLURM, Open MPI); neither: nothing to join."""
   import jax  # here, not at the top: gpt_jax.scaling uses this module and needs no jax
-  if flag_values.coordinator_address:
-    if flag_values.num_processes < 1 or not 0 <= flag_values.process_id < flag_values.num_processes:
+  if coordinator_address:
+    if num_processes < 1 or not 0 <= process_id < num_processes:
       raise UserError(f'--coordinator_address needs --num_processes >= 1 and --process_id in '
-                      f'[0, num_processes), got {flag_values.num_processes} and '
-                      f'{flag_values.process_id}')
+                      f'[0, num_processes), got {num_processes} and {process_id}')
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # collectives across CPU hosts
-    jax.distributed.initialize(flag_values.coordinator_address, flag_values.num_processes,
-                               flag_values.process_id)
-  elif flag_values.distributed:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif distributed:
     jax.distributed.initialize()
 
 

@@ -26,9 +26,11 @@ def context_length(model_config) -> int:
   return model_config.block_size
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                context: int) -> tuple[np.ndarray, np.ndarray]:
-  """Left-padded tokens and positions (B, P), P the longest prompt; padding has position -1."""
+def pad_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, context: int,
+                prompt_length: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded tokens and positions (B, P), P = prompt_length, or the longest prompt where that
+  is 0 or shorter (a fixed P keeps one compiled shape for prompts of many lengths); padding has
+  position -1."""
   if not prompts:
     raise UserError('no prompts given; pass at least one prompt')
   for prompt in prompts:
@@ -37,7 +39,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int,
     if len(prompt) >= context:
       raise UserError(f'a prompt is {len(prompt)} tokens, longer than the model\'s context of '
                       f'{context} less one to generate; shorten the prompt')
-  P = max(len(p) for p in prompts)
+  P = max(prompt_length, *(len(p) for p in prompts))
   if P + max_new_tokens > context:
     raise UserError(f'{P} prompt tokens + {max_new_tokens} new tokens exceed the model\'s context '
                     f'of {context}; lower the number of new tokens to {context - P} or less')
@@ -164,14 +166,17 @@ def strip(rows: np.ndarray, eos_id: int) -> list[list[int]]:
 
 def generate(gpt: model.GPT, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, eos_id: int = -1,
-             seed: int = 0, num_tokens: int | None = None) -> list[list[int]]:
+             seed: int = 0, num_tokens: int | None = None,
+             prompt_length: int = 0) -> list[list[int]]:
   """The continuation of each prompt (token lists), up to max_new_tokens or the first EOS (not
   included). temperature 0 is greedy; the same seed gives the same samples. Only ids below
-  num_tokens (the tokenizer's vocabulary size; None: all of the model's) are ever generated."""
+  num_tokens (the tokenizer's vocabulary size; None: all of the model's) are ever generated.
+  Prompts are left-padded to prompt_length tokens (pad_prompts)."""
   check_sampling(temperature, top_k, top_p)
   if max_new_tokens < 1:
     raise UserError(f'max_new_tokens={max_new_tokens} must be >= 1')
-  tokens_BP, positions_BP = pad_prompts(prompts, max_new_tokens, context_length(gpt.config))
+  tokens_BP, positions_BP = pad_prompts(prompts, max_new_tokens, context_length(gpt.config),
+                                        prompt_length)
   out_BN = sample_tokens(gpt, params, tokens_BP, positions_BP, jax.random.key(seed),
                          max_new_tokens=max_new_tokens, temperature=float(temperature),
                          top_k=int(top_k), top_p=float(top_p), eos_id=int(eos_id),

@@ -36,13 +36,19 @@ from gpt_jax.errors import UserError
 
 
 def score_fn(gpt, num_tokens: int | None = None):
-  """(params, tokens_BL1, mask_BL) -> summed NLL (nats) of each row's unmasked targets, (B,),
-  under the model's distribution over the first num_tokens ids (None: all of them): the ids a
-  padded vocabulary adds beyond the tokenizer's are not tokens (losses.mask_padded_vocab)."""
+  """(params, tokens_BL1, mask_BL) -> (nll_B, greedy_B): the summed NLL (nats, float32) of each
+  row's unmasked targets and whether every one of them is the model's argmax (lm-eval's
+  is_greedy), under the model's distribution over the first num_tokens ids (None: all of them):
+  the ids a padded vocabulary adds beyond the tokenizer's are not tokens
+  (losses.mask_padded_vocab)."""
 
   def score(params, tokens_BL1, mask_BL):
     logits_BLV = gpt.apply({'params': params}, tokens_BL1[:, :-1])
-    return (losses.token_nll(logits_BLV, tokens_BL1[:, 1:], num_tokens) * mask_BL).sum(-1)
+    targets_BL = tokens_BL1[:, 1:]
+    nll_B = (losses.token_nll(logits_BLV, targets_BL, num_tokens) * mask_BL).sum(-1)
+    argmax_BL = jnp.argmax(losses.mask_padded_vocab(logits_BLV, num_tokens), axis=-1)
+    greedy_B = jnp.all((argmax_BL == targets_BL) | (mask_BL == 0), axis=-1)
+    return nll_B, greedy_B
 
   return score
 
@@ -65,13 +71,15 @@ class Scorer:
                             out_shardings=sharding.replicated(mesh)
                             ).lower(run.params, tokens, mask).compile()
 
-  def __call__(self, tokens_BL1: np.ndarray, mask_BL: np.ndarray) -> np.ndarray:
+  def __call__(self, tokens_BL1: np.ndarray, mask_BL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tokens_BL1, mask_BL = jax.device_put((tokens_BL1, mask_BL), self.sharding)
-    return np.asarray(self._score(self.params, tokens_BL1, mask_BL), np.float64)
+    nll_B, greedy_B = self._score(self.params, tokens_BL1, mask_BL)
+    return np.asarray(nll_B, np.float64), np.asarray(greedy_B)
 
-  def score_rows(self, rows: Iterable[tuple[Sequence[int], int]]) -> np.ndarray:
-    """Summed NLL of each row (tokens, n): the last n of its len(tokens) - 1 targets."""
-    rows, nll = list(rows), []
+  def score(self, rows: Iterable[tuple[Sequence[int], int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Of each row (tokens, n), n <= len(tokens) - 1 <= seq_len: the summed NLL of its last n
+    targets and whether each of them is the model's argmax."""
+    rows, nll, greedy = list(rows), [np.zeros(0)], [np.zeros(0, bool)]
     for start in range(0, len(rows), self.batch_size):
       tokens_BL1 = np.zeros((self.batch_size, self.seq_len + 1), np.int32)
       mask_BL = np.zeros((self.batch_size, self.seq_len), np.float32)
@@ -79,8 +87,21 @@ class Scorer:
       for r, (tokens, n) in enumerate(chunk):
         tokens_BL1[r, :len(tokens)] = tokens  # padding after the row: causal, so it changes nothing
         mask_BL[r, len(tokens) - 1 - n:len(tokens) - 1] = 1
-      nll.append(self(tokens_BL1, mask_BL)[:len(chunk)])
-    return np.concatenate(nll) if nll else np.zeros(0)
+      nll_B, greedy_B = self(tokens_BL1, mask_BL)
+      nll.append(nll_B[:len(chunk)])
+      greedy.append(greedy_B[:len(chunk)])
+    return np.concatenate(nll), np.concatenate(greedy)
+
+  def score_rows(self, rows: Iterable[tuple[Sequence[int], int]]) -> np.ndarray:
+    """Summed NLL of each row (tokens, n): the last n of its len(tokens) - 1 targets."""
+    return self.score(rows)[0]
+
+
+def windows(tokens: Sequence[int], seq_len: int) -> list[np.ndarray]:
+  """Rows of at most seq_len + 1 tokens in which every token after the first is a target once:
+  window i starts at token i·seq_len (data.Windows) and the last one may be short."""
+  return [np.asarray(tokens[i * seq_len:(i + 1) * seq_len + 1], np.int32)
+          for i in range(-(-(len(tokens) - 1) // seq_len))]
 
 
 # --- language-model metrics ------------------------------------------------------------------
@@ -90,13 +111,11 @@ def lm_metrics(scorer: Scorer, tokens: np.ndarray, tokenizer, max_batches: int =
   """Loss, perplexity and bits per byte of a token stream in windows of scorer.seq_len: window i
   starts at token i·seq_len (data.Windows) and the last one may be short, so every token after
   the first is scored once; max_batches > 0 scores the first so many batches only."""
-  L = scorer.seq_len
-  num_rows = -(-(len(tokens) - 1) // L)
+  rows = windows(tokens, scorer.seq_len)
   if max_batches:
-    num_rows = min(num_rows, max_batches * scorer.batch_size)
-  windows = (np.asarray(tokens[i * L:(i + 1) * L + 1], np.int32) for i in range(num_rows))
-  nll = scorer.score_rows((w, len(w) - 1) for w in windows).sum()
-  targets = min(num_rows * L, len(tokens) - 1)
+    rows = rows[:max_batches * scorer.batch_size]
+  nll = scorer.score_rows((w, len(w) - 1) for w in rows).sum()
+  targets = sum(len(w) - 1 for w in rows)
   if not targets:
     raise UserError('nothing to score: the text is a single token; pass more text')
   # the scored text is the contiguous run of target tokens
