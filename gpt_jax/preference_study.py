@@ -207,18 +207,6 @@ def answer_text(tokenizer, answer: Sequence[int]) -> str:
   return tokenizer.decode(list(answer)).removeprefix(' ')
 
 
-def answer_logprobs(scorer: scoring.Scorer, rows: Sequence[Sequence[int]],
-                    answers: Sequence[Sequence[int]], eos_id: int, max_new_tokens: int
-                    ) -> np.ndarray:
-  """(R,) float64: log π(answer | prompt row) in nats under the scorer's model, summed over the
-  answer's tokens and its EOS when it ended with one (an answer shorter than max_new_tokens)."""
-  scored = []
-  for row, answer in zip(rows, answers):
-    continuation = [*answer, eos_id] if len(answer) < max_new_tokens else list(answer)
-    scored.append(([*row, *continuation], len(continuation)))
-  return -scorer.score_rows(scored)
-
-
 def kl_estimate(logp: np.ndarray, logp_start: np.ndarray) -> tuple[float, float]:
   """(mean, standard error) of log π(y|x) − log π_start(y|x) over answers y sampled from π: the
   Monte Carlo estimate of KL(π ‖ π_start) in nats per answer (unbiased when the answers were
@@ -264,9 +252,9 @@ def evaluate_models(models: dict[str, runs.Run], start: str, prompts: Sequence[s
     if name == start:
       start_texts = texts
     own = start_scorer if name == start else scorer(run)
-    logp = answer_logprobs(own, rows, answers, tokenizer.eos_id, settings.max_new_tokens)
+    logp = scoring.answer_logprobs(own, rows, answers, tokenizer.eos_id, settings.max_new_tokens)
     logp_start = (logp if name == start else
-                  answer_logprobs(start_scorer, rows, answers, tokenizer.eos_id,
+                  scoring.answer_logprobs(start_scorer, rows, answers, tokenizer.eos_id,
                                   settings.max_new_tokens))
     distances = np.array([judge.distance(t) for t in texts])
     rate, rate_se = win_rate(texts, start_texts)

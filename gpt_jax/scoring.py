@@ -104,6 +104,18 @@ def windows(tokens: Sequence[int], seq_len: int) -> list[np.ndarray]:
           for i in range(-(-(len(tokens) - 1) // seq_len))]
 
 
+def answer_logprobs(scorer: Scorer, rows: Sequence[Sequence[int]],
+                    answers: Sequence[Sequence[int]], eos_id: int, max_new_tokens: int
+                    ) -> np.ndarray:
+  """(R,) float64: log π(answer | prompt row) in nats under the scorer's model, summed over the
+  answer's tokens and its EOS when it ended with one (an answer shorter than max_new_tokens)."""
+  scored = []
+  for row, answer in zip(rows, answers):
+    continuation = [*answer, eos_id] if len(answer) < max_new_tokens else list(answer)
+    scored.append(([*row, *continuation], len(continuation)))
+  return -scorer.score_rows(scored)
+
+
 # --- language-model metrics ------------------------------------------------------------------
 
 

@@ -48,7 +48,9 @@ def run_main(*args, module: str = 'gpt_jax.train') -> subprocess.CompletedProces
   import importlib
   import io
   argv = [*map(str, args)]
-  main = importlib.import_module(module).main
+  # a package's command is its __main__, as `python -m` runs it
+  main = getattr(importlib.import_module(module), 'main', None) or importlib.import_module(
+      f'{module}.__main__').main
   out, err, status = io.StringIO(), io.StringIO(), 0
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     try:

@@ -55,7 +55,7 @@ def test_answer_logprobs_sum_the_answer_and_its_eos(tiny_runs):
   scorer = scoring.Scorer(run, sharding.data_parallel_mesh(), 4, 32)
   eos = run.tokenizer.eos_id
   rows, answers = [[eos, 5, 6, 7], [eos, 9]], [[11, 12], [13, 14, 15]]
-  got = study.answer_logprobs(scorer, rows, answers, eos, max_new_tokens=3)
+  got = scoring.answer_logprobs(scorer, rows, answers, eos, max_new_tokens=3)
   for row, answer, continuation, value in zip(rows, answers, ([11, 12, eos], [13, 14, 15]), got):
     tokens = np.array(row + continuation)  # the second answer is max_new_tokens long: no EOS
     logits = np.asarray(run.gpt.apply({'params': run.params}, tokens[None, :-1]), np.float64)[0]

@@ -2,6 +2,7 @@
 against the dequantized weight, quantized models against float ones, and the quantize command."""
 
 import functools
+import importlib
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from gpt_jax import config as config_lib, evaluate, hf, model, network, objectives, quant, quantize
-from gpt_jax import runs, sample, scoring, trainer
+from gpt_jax import runs, scoring, trainer
 from gpt_jax.errors import UserError
 
 # QLoRA (Dettmers et al. 2023), App. E: the NormalFloat4 data type.
@@ -237,7 +238,8 @@ def test_hf_export_refuses_quantized_weights(int4_run, tmp_path):
 
 
 def test_sample_and_evaluate_read_the_quantized_run(trained, int4_run, capsys):
-  sample.main([f'--workdir={int4_run}', '--prompt=KING', '--max_tokens=4', '--temperature=0'])
+  importlib.import_module('gpt_jax.sample.__main__').main(
+      [f'--workdir={int4_run}', '--prompt=KING', '--max_tokens=4', '--temperature=0'])
   assert capsys.readouterr().out.startswith('--- sample 1 ---\nKING')
   loss = lambda workdir: evaluate.run(evaluate.parse_args(
       [f'--workdir={workdir}', '--max_batches=2']), log=lambda *_: None)['lm']['loss']

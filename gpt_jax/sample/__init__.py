@@ -1,22 +1,21 @@
 """Decoding with a KV cache: greedy, temperature / top-k / top-p sampling, and beam search.
 
-`python -m gpt_jax.sample --workdir=DIR --prompt=TEXT [--prompt=TEXT ...] [options]`
+`python -m gpt_jax.sample --workdir=DIR --prompt=TEXT [--prompt=TEXT ...] [options]` is the command
+(gpt_jax/sample/__main__.py).
 
 A batch of prompts of different lengths is left-padded (padding gets position -1, which no token
 attends to), read once into the cache (prefill), and then continued one token per step inside one
 jitted `lax.while_loop` that stops early once every row has produced EOS.
 """
 
-import argparse
 import functools
-import sys
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import cli, losses, model, runs
+from gpt_jax import losses, model
 from gpt_jax.errors import UserError
 
 
@@ -293,50 +292,3 @@ def complete(gpt: model.GPT, params, tokenizer, texts: Sequence[str], *, max_new
                     top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id, seed=seed,
                     num_tokens=tokenizer.vocab_size)
   return [text + tokenizer.decode(row) for text, row in zip(texts, rows)]
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = cli.ArgumentParser(prog='python -m gpt_jax.sample',
-                              description='Continue prompts with a trained or imported model.')
-  parser.add_argument('--workdir', required=True, help='a run directory (training or hf import)')
-  parser.add_argument('--prompt', action='append', required=True,
-                      help='text to continue; repeat for a batch of prompts')
-  parser.add_argument('--max_tokens', type=int, default=100, help='new tokens per prompt')
-  parser.add_argument('--num_samples', type=int, default=1, help='samples per prompt')
-  parser.add_argument('--temperature', type=float, default=0.8, help='0 = greedy')
-  parser.add_argument('--top_k', type=int, default=0, help='sample among the k likeliest; 0 = off')
-  parser.add_argument('--top_p', type=float, default=1.0, help='nucleus sampling mass; 1 = off')
-  parser.add_argument('--beam_width', type=int, default=0, help='> 0: beam search, one result')
-  parser.add_argument('--length_penalty', type=float, default=1.0,
-                      help='beam score = log-prob / length ** length_penalty')
-  parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
-  check_sampling(args.temperature, args.top_k, args.top_p)
-  if args.max_tokens < 1:
-    raise UserError(f'--max_tokens={args.max_tokens} must be >= 1')
-  if args.num_samples < 1:
-    raise UserError(f'--num_samples={args.num_samples} must be >= 1')
-  if args.beam_width < 0:
-    raise UserError(f'--beam_width={args.beam_width} must be >= 0 (0 = sampling)')
-  if not all(args.prompt):
-    raise UserError('--prompt is empty; give text to continue (the start of a document is added '
-                    'for you)')
-  return args
-
-
-def main(argv=None) -> None:
-  def sample():
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    run = runs.load(args.workdir)
-    texts = complete(run.gpt, run.params, run.tokenizer, args.prompt,
-                     max_new_tokens=args.max_tokens,
-                     num_samples=args.num_samples, temperature=args.temperature,
-                     top_k=args.top_k, top_p=args.top_p, beam_width=args.beam_width,
-                     length_penalty=args.length_penalty, seed=args.seed)
-    for i, text in enumerate(texts):
-      print(f'--- sample {i + 1} ---\n{text}')
-  cli.run(sample)
-
-
-if __name__ == '__main__':
-  main()
