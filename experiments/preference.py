@@ -54,4 +54,8 @@ def get_config():
   chain.temperature = 1.0  # 1: the policy's own samples, on which the KL estimate is unbiased
   chain.batch_size = 64  # rows sampled and scored at once
   chain.val_batches = 0  # validation batches scored for bits/byte; 0 = the whole split
+  # best-of-N of the SFT model's samples by the reward model, N answers per prompt (empty: off),
+  # and the further samples per prompt that measure its KL (gpt_jax.preference_study.best_of_n)
+  chain.best_of = (1, 2, 4, 8, 16, 32, 64)
+  chain.best_of_pool = 128
   return c

@@ -3,6 +3,8 @@
   python -m gpt_jax.evaluate --workdir=DIR [--data=FILE] [--seq_len=N] [--max_batches=N]
   python -m gpt_jax.evaluate --workdir=DIR --task=FILE.json|FILE.jsonl|NAME [--shots=0,1,5]
       [--max_instances=N] [--scoring=auto|choice|generation]  (FILE.jsonl: instruction lines)
+      [--samples=N --vote=majority|best [--scorer=S] [--temperature=T]]  (generation: choose
+      among N sampled answers; gpt_jax.inference_scaling)
   python -m gpt_jax.evaluate --workdir=DIR --task=FILE.jsonl [--max_instances=N]  (DIR a run of
       objective classify: the accuracy of its task head on FILE's labelled examples)
   python -m gpt_jax.evaluate --write_play_task[=PATH]  (rebuilds the shipped shakespeare_play task;
@@ -17,7 +19,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gpt_jax import cli, files, instructions, runs, sample, scoring as scoring_lib, sharding
+from gpt_jax import cli, files, inference_scaling, instructions, runs, sample
+from gpt_jax import scoring as scoring_lib, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import classify
 from gpt_jax.tasks import build
@@ -68,6 +71,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--scoring', choices=('auto', 'choice', 'generation'), default='auto',
                       help='multiple choice or greedy generation; auto: by the task '
                       '(scoring.auto_scoring)')
+  parser.add_argument('--samples', type=int, default=1,
+                      help='generation: answers sampled per prompt for --vote (1 = greedy '
+                      'without --vote)')
+  parser.add_argument('--vote', choices=inference_scaling.VOTES,
+                      help='generation: keep the most frequent of the sampled answers '
+                      '(self-consistency) or the best by --scorer (best-of-N)')
+  parser.add_argument('--scorer', default='logprob',
+                      help=f'--vote=best: {", ".join(inference_scaling.SCORERS)}')
+  parser.add_argument('--temperature', type=float, default=0.7, help='of the --vote samples')
+  parser.add_argument('--seed', type=int, default=0, help='of the --vote samples')
   parser.add_argument('--max_instances', type=int, default=0, help='0 = all')
   parser.add_argument('--seq_len', type=int, default=0,
                       help="0 = the run's (with --task: the model's context), at most the context")
@@ -82,6 +95,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
       raise UserError(f'--{key}={getattr(args, key)} is negative; pass 0 (the default) or more')
   if args.shots and min(args.shots) < 0:
     raise UserError(f'--shots={",".join(map(str, args.shots))} has a negative number of shots')
+  inference_scaling.check_n(args.samples, '--samples')
+  inference_scaling.check_scorer(args.scorer)
+  if args.samples > 1 and not args.vote:
+    raise UserError(f'--samples={args.samples} needs --vote=majority or --vote=best to choose '
+                    'among them')
+  if args.vote and not args.temperature > 0:
+    raise UserError(f'--vote samples answers: --temperature={args.temperature} must be > 0')
   if not args.workdir and not args.write_play_task:
     raise UserError('missing --workdir=DIR, the run to evaluate')
   return args
@@ -113,6 +133,11 @@ def run(args: argparse.Namespace, log=print) -> dict:
     scoring = scoring_lib.auto_scoring(task) if args.scoring == 'auto' else args.scoring
     if scoring == 'choice':
       scoring_lib.task_options(task)  # a UserError if it has fewer than two
+      if args.vote:
+        raise UserError(f'--vote chooses among generated answers, but task {task.name} is scored '
+                        'as multiple choice; pass --scoring=generation or drop --vote')
+  elif args.vote:
+    raise UserError('--vote chooses among the generated answers of a task; pass --task')
   texts = scoring_lib.read_texts(args.data, args.text_field) if args.data else None
 
   mesh = sharding.data_parallel_mesh()
@@ -132,9 +157,16 @@ def run(args: argparse.Namespace, log=print) -> dict:
       metrics = scoring_lib.choice_metrics(scoring_lib.Scorer(run, mesh, batch_size, seq_len),
                                            run.tokenizer, task, shots, args.max_instances)
     else:
+      answerer = (inference_scaling.voting_answerer(
+          args.samples, args.vote, temperature=args.temperature, seed=args.seed,
+          scorer=args.scorer, mesh=mesh) if args.vote else scoring_lib.generate_answers)
       metrics = scoring_lib.generation_metrics(run, task, shots, seq_len=seq_len,
                                                batch_size=batch_size,
-                                               max_instances=args.max_instances)
+                                               max_instances=args.max_instances,
+                                               answerer=answerer)
+      if args.vote:
+        metrics['vote'] = {'samples': args.samples, 'vote': args.vote, 'scorer': args.scorer,
+                           'temperature': args.temperature, 'seed': args.seed}
     results['task'] = {'name': task.name, 'scoring': scoring, **metrics}
     log(task_table(results['task'], args.workdir, run.step))
   else:
@@ -158,7 +190,11 @@ def task_table(metrics: dict, workdir: str, step: int) -> str:
     how = f'{len(metrics["options"])} options (chance {metrics["chance"]:.1%})'
     columns = ['acc', 'acc_norm']
   else:
-    how = f'greedy answers of up to {metrics["max_new_tokens"]} tokens'
+    vote = metrics.get('vote')
+    how = (f'greedy answers of up to {metrics["max_new_tokens"]} tokens' if not vote else
+           f'of {vote["samples"]} answers sampled at temperature {vote["temperature"]} (up to '
+           f'{metrics["max_new_tokens"]} tokens) the ' + (
+               'majority\'s' if vote['vote'] == 'majority' else f'best by {vote["scorer"]}'))
     columns = ['exact_match', 'rouge_l']
   lines = [f'task {metrics["name"]}: {metrics["instances"]} instances, {how}; {workdir} at step '
            f'{step}', '| shots | ' + ' | '.join(columns) + ' |', '|---:' * (len(columns) + 1) + '|']

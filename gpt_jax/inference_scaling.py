@@ -103,18 +103,23 @@ def reward_scorer(model: reward.RewardModel, tokenizer, seq_len: int, batch_size
   return score
 
 
+def check_scorer(spec: str) -> None:
+  """UserError unless `spec` names a scorer (SCORERS); before anything loads."""
+  if spec not in ('logprob', 'judge') and not (spec.startswith('reward:') and spec[7:]):
+    raise UserError(f'--scorer={spec!r} is not a scorer; pass one of {", ".join(SCORERS)}')
+
+
 def make_scorer(spec: str, run: runs.Run, *, mesh, batch_size: int, seq_len: int) -> Scorer:
   """The scorer a command line names (SCORERS) for answers sampled from `run`; a reward model
   must read `run`'s tokenizer (UserError)."""
+  check_scorer(spec)
   if spec == 'logprob':
     return logprob_scorer(scoring.Scorer(run, mesh, batch_size, seq_len), run.tokenizer.eos_id)
   if spec == 'judge':
     return judge_scorer
-  if spec.startswith('reward:') and spec[len('reward:'):]:
-    model = reward.load_reward_model(spec[len('reward:'):], '--scorer', run.config,
-                                     run.tokenizer, mesh=mesh)
-    return reward_scorer(model, run.tokenizer, seq_len, batch_size)
-  raise UserError(f'--scorer={spec!r} is not a scorer; pass one of {", ".join(SCORERS)}')
+  model = reward.load_reward_model(spec[len('reward:'):], '--scorer', run.config, run.tokenizer,
+                                   mesh=mesh)
+  return reward_scorer(model, run.tokenizer, seq_len, batch_size)
 
 
 # --- choosing ------------------------------------------------------------------------------
@@ -138,6 +143,36 @@ def majority_vote(texts_PN: Sequence[Sequence[str]],
     top = max(counts.values())
     chosen.append((next(i for i, f in enumerate(forms) if counts[f] == top), top))
   return chosen
+
+
+VOTES = ('majority', 'best')
+
+
+def voting_answerer(n: int, vote: str, *, temperature: float, seed: int = 0,
+                    scorer: str = 'logprob', mesh=None) -> scoring.Answerer:
+  """A scoring.Answerer (what generation_metrics answers prompts with) that samples n answers to
+  each prompt at `temperature`, the samples of batch_size prompts in one decoding call, and keeps
+  the majority's answer (vote 'majority': majority_vote of the answers' first lines) or the best
+  by `scorer` (vote 'best': make_scorer)."""
+  check_n(n, '--samples')
+  if vote not in VOTES:
+    raise UserError(f'--vote={vote!r}: pass one of {", ".join(VOTES)}')
+
+  def answer(run, prompts, max_new_tokens, seq_len, batch_size):
+    rows, cut = scoring.answer_rows(run.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                    seq_len=seq_len)
+    c = sample_candidates(run, prompts, rows, n, max_new_tokens=max_new_tokens,
+                          temperature=temperature, seed=seed, batch_size=batch_size * n,
+                          text=lambda ids: scoring.answer_text(run.tokenizer, ids))
+    texts = c.by_prompt(c.texts)
+    if vote == 'majority':
+      chosen = [i for i, _ in majority_vote(texts)]
+    else:
+      score = make_scorer(scorer, run, mesh=mesh, batch_size=batch_size, seq_len=seq_len)
+      chosen = best_of_n(np.array(c.by_prompt(score(c))))
+    return [t[i] for t, i in zip(texts, chosen)], cut
+
+  return answer
 
 
 # --- best-of-N's distance from its policy --------------------------------------------------

@@ -27,12 +27,17 @@ import json
 import os
 from collections.abc import Callable, Sequence
 
+import matplotlib
 import numpy as np
 
-from gpt_jax import checkpoint, cli, files, preferences, runs, sample, scoring, sharding, trainer
+from gpt_jax import checkpoint, cli, files, inference_scaling, preferences, runs, sample, scoring
+from gpt_jax import sharding, trainer
 from gpt_jax.errors import UserError
 from gpt_jax.objectives import reward
 from gpt_jax.tasks import judge
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 RUNS = ('sft', 'reward', 'dpo', 'ppo')  # each run's name is its objective
 START = 'sft'  # the model DPO and PPO start from, and the one they are measured against
@@ -149,7 +154,8 @@ def run_study(config, workdir: str, log=print) -> dict:
   settings = Settings(samples=c.samples, max_new_tokens=c.max_new_tokens,
                       temperature=c.temperature, seed=config.seed,
                       batch_size=c.batch_size, seq_len=config.seq_len,
-                      val_batches=c.val_batches)
+                      val_batches=c.val_batches, best_of=tuple(c.best_of),
+                      best_of_pool=c.best_of_pool)
   reward_dir = chain['reward'][1]
   rm = reward.load_reward_model(reward_dir, 'the chain\'s reward model',
                                 runs.read_config(reward_dir), models[START].tokenizer, mesh=mesh)
@@ -160,6 +166,10 @@ def run_study(config, workdir: str, log=print) -> dict:
   results = {'prompts': len(prompts), 'settings': dataclasses.asdict(settings), 'start': START,
              'models': evaluate_models(models, START, prompts, settings, mesh=mesh, score=score,
                                        val_tokens=scoring.val_tokens(models['base']), log=log)}
+  if settings.best_of:
+    log(f'best-of-N of {START} with the reward model, N = '
+        f'{", ".join(map(str, settings.best_of))}')
+    results['best_of_n'] = best_of_n(models[START], prompts, settings, score)
   write_report(results, workdir)
   log(f'report: {os.path.join(workdir, REPORT + ".md")}')
   return results
@@ -177,6 +187,8 @@ class Settings:
   batch_size: int  # rows sampled and scored at once
   seq_len: int  # tokens of a scored row; of the validation windows too
   val_batches: int = 0  # validation batches for bits/byte; 0 = the whole split
+  best_of: tuple[int, ...] = ()  # N of best-of-N with the reward model over the start's samples
+  best_of_pool: int = 0  # further samples per prompt: the reward's CDF for best-of-N's KL
 
 
 def sample_answers(run: runs.Run, prompts: Sequence[str], settings: Settings
@@ -275,6 +287,49 @@ def evaluate_models(models: dict[str, runs.Run], start: str, prompts: Sequence[s
   return {name: results[name] for name in models}
 
 
+BEST_OF_SEED = 1_000_003  # added to the seed: best-of-N's samples are not the start's own
+
+
+def best_of_n(run: runs.Run, prompts: Sequence[str], settings: Settings, score: Score
+              ) -> list[dict]:
+  """Best-of-N with the reward model over `run`'s samples (inference_scaling), for each N of
+  settings.best_of: the judge's win rate of the chosen answer over the run's own answers to the
+  same prompt (sample_answers with settings.seed: the start's row of the report), its reward and
+  judge distance, and its KL from `run`: the closed form log N − (N−1)/N beside a measurement,
+  log N + (N−1)·log F(r) averaged over the chosen answers, F the share of best_of_pool further
+  samples of the prompt that the reward model scores below the chosen one (ties half; on
+  continuous rewards exactly the closed form's terms, read low by the pool's finite size)."""
+  n_max, pool = max(settings.best_of), settings.best_of_pool
+  drawn = dataclasses.replace(settings, samples=n_max + pool, seed=settings.seed + BEST_OF_SEED)
+  tokenizer = run.tokenizer
+  _, answers = sample_answers(run, prompts, drawn)
+  texts = [answer_text(tokenizer, a) for a in answers]
+  rewards_PK = score([p for p in prompts for _ in range(n_max + pool)], texts).reshape(
+      len(prompts), n_max + pool)
+  texts_PK = np.array(texts, dtype=object).reshape(len(prompts), n_max + pool)
+  _, own = sample_answers(run, prompts, settings)
+  own_PS = np.array([answer_text(tokenizer, a) for a in own], dtype=object).reshape(
+      len(prompts), settings.samples)
+  pool_PM = rewards_PK[:, n_max:]
+  rows = []
+  for n in settings.best_of:
+    pick = inference_scaling.best_of_n(rewards_PK[:, :n])
+    chosen = texts_PK[np.arange(len(prompts)), pick]
+    reward_P = rewards_PK[np.arange(len(prompts)), pick]
+    wins = [np.mean([(judge.prefers(c, o) + 1) / 2 for o in others])
+            for c, others in zip(chosen, own_PS)]
+    rate, rate_se = _mean_se(wins)
+    below = (pool_PM < reward_P[:, None]).sum(1) + 0.5 * (pool_PM == reward_P[:, None]).sum(1)
+    kl = _mean_se(np.log(n) + (n - 1) * np.log((below + 0.5) / (pool + 1))) if pool else (
+        None, None)
+    rows.append({'n': n, 'win_rate': rate, 'win_rate_se': rate_se,
+                 'reward': float(reward_P.mean()),
+                 'distance': float(np.mean([judge.distance(c) for c in chosen])),
+                 'kl': kl[0], 'kl_se': kl[1],
+                 'kl_closed_form': float(inference_scaling.best_of_n_kl(n))})
+  return rows
+
+
 # --- the report ------------------------------------------------------------------------------
 
 
@@ -320,10 +375,60 @@ def report_text(results: dict) -> str:
       'tokens | ended | reward | KL to start (nats) | val bits/byte |',
       '|---|---|---|---|---|---|---|---|---|', *rows, '',
       *[verdict(name, m, start) for name, m in models.items() if name != start], '',
-      'The first answer of each model to the first prompt:', '', *examples, ''])
+      'The first answer of each model to the first prompt:', '', *examples, '',
+      *best_of_n_text(results)])
+
+
+def best_of_n_text(results: dict) -> list[str]:
+  """The report's best-of-N section (lines), empty without one."""
+  rows, start = results.get('best_of_n'), results['start']
+  if not rows:
+    return []
+  s = results['settings']
+  table = [f'| {r["n"]} | {r["win_rate"]:.1%} ± {r["win_rate_se"]:.1%} | {r["reward"]:.3f} | '
+           f'{r["distance"]:.2f} | {_number(r["kl"], ".2f")} ± {_number(r["kl_se"], ".2f")} | '
+           f'{r["kl_closed_form"]:.2f} |' for r in rows]
+  return [
+      f'## Best-of-N: {start}\'s samples chosen by the reward model', '',
+      f'N answers of {start} per prompt (temperature {s["temperature"]}, other random numbers '
+      f'than its row above), the one the reward model scores highest kept; the judge compares it '
+      f'with each of {start}\'s {s["samples"]} answers to the prompt (win rate: mean ± standard '
+      f'error over prompts). KL from {start} in nats per answer: log N − (N−1)/N (Stiennon et al. '
+      f'2020), and measured as log N + (N−1)·log F(r), F the share of {s["best_of_pool"]} further '
+      'samples of the prompt scored below the chosen answer (a finite pool reads it low at large '
+      'N). `preference_win_rate_kl.png` plots the win rate against KL beside DPO and PPO.', '',
+      f'| N | judge win rate vs {start} | reward | distance from 10 syllables | KL measured | '
+      'KL log N − (N−1)/N |', '|---|---|---|---|---|---|', *table, '']
+
+
+def plot_win_rate_kl(results: dict, path: str) -> None:
+  """The judge's win rate over the start against KL to it: best-of-N (closed-form KL) as a line,
+  the tuned models as points with their standard errors; PNG, written atomically."""
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  rows = results['best_of_n']
+  ax.errorbar([r['kl_closed_form'] for r in rows], [r['win_rate'] for r in rows],
+              yerr=[r['win_rate_se'] for r in rows], fmt='o-', label='best-of-N (reward model)')
+  for r in rows:
+    ax.annotate(f'N={r["n"]}', (r['kl_closed_form'], r['win_rate']), textcoords='offset points',
+                xytext=(4, -10), fontsize=8)
+  for name, m in results['models'].items():
+    if name not in ('base', results['start']):
+      ax.errorbar([m['kl']], [m['win_rate']], xerr=[m['kl_se']], yerr=[m['win_rate_se']],
+                  fmt='s', label=name.upper())
+  ax.axhline(0.5, color='grey', lw=0.8)
+  ax.set_xlabel(f'KL to {results["start"]} (nats per answer)')
+  ax.set_ylabel(f'judge win rate over {results["start"]}')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  with files.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120)
+  plt.close(fig)
 
 
 def write_report(results: dict, workdir: str) -> None:
   """DIR/preference_report.json and DIR/preference_report.md, each written atomically."""
   files.write_json(os.path.join(workdir, REPORT + '.json'), results)
+  if results.get('best_of_n'):
+    plot_win_rate_kl(results, os.path.join(workdir, 'preference_win_rate_kl.png'))
   files.write_text(os.path.join(workdir, REPORT + '.md'), report_text(results))

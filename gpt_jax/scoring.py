@@ -21,7 +21,7 @@ import functools
 import math
 import os
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import flax.linen as nn
 import jax
@@ -297,33 +297,50 @@ def answer_scores(answers: Sequence[str], references: Sequence[Sequence[str]]) -
   return {'exact_match': float(np.mean(exact)), 'rouge_l': float(np.mean(rouge))}
 
 
-def generate_answers(run: runs.Run, prompts: Sequence[str], *, max_new_tokens: int, seq_len: int,
-                     batch_size: int) -> tuple[list[str], int]:
-  """The greedy answer to each prompt (sample.generate, batch_size prompts at a time): its
-  continuation up to the first newline or EOS, without surrounding spaces; and the number of
-  prompts cut. A prompt starts as a document does, after EOS, and loses tokens on the left so
-  that it and max_new_tokens fit in seq_len tokens."""
-  tokenizer = run.tokenizer
+def answer_rows(tokenizer, prompts: Sequence[str], *, max_new_tokens: int, seq_len: int
+                ) -> tuple[list[list[int]], int]:
+  """Each prompt as a row to continue: it starts as a document does, after EOS, and loses tokens
+  on the left so that it and max_new_tokens fit in seq_len tokens; and the number of prompts cut."""
   keep = seq_len - max_new_tokens
   if keep < 1:
     raise UserError(f'{max_new_tokens} new tokens leave no room for a prompt in {seq_len} tokens; '
                     'raise --seq_len')
   documents = [[tokenizer.eos_id, *ids] for ids in tokenizer.encode_batch(prompts)]
-  rows = [document[-keep:] for document in documents]
+  return [document[-keep:] for document in documents], sum(len(d) > keep for d in documents)
+
+
+def answer_text(tokenizer, ids: Sequence[int]) -> str:
+  """A generated answer: the continuation's text up to its first newline, without surrounding
+  spaces."""
+  return tokenizer.decode(list(ids)).split('\n', 1)[0].strip()
+
+
+# (run, prompts, max_new_tokens, seq_len, batch_size) -> (an answer per prompt, prompts cut)
+Answerer = Callable[[runs.Run, Sequence[str], int, int, int], tuple[list[str], int]]
+
+
+def generate_answers(run: runs.Run, prompts: Sequence[str], max_new_tokens: int, seq_len: int,
+                     batch_size: int) -> tuple[list[str], int]:
+  """The greedy answer to each prompt (sample.generate, batch_size prompts at a time; answer_rows,
+  answer_text) and the number of prompts cut."""
+  tokenizer = run.tokenizer
+  rows, cut = answer_rows(tokenizer, prompts, max_new_tokens=max_new_tokens, seq_len=seq_len)
   answers = []
   for start in range(0, len(rows), batch_size):
     continuations = sample.generate(run.gpt, run.params, rows[start:start + batch_size],
                                     max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
                                     num_tokens=tokenizer.vocab_size)
-    answers += [tokenizer.decode(ids).split('\n', 1)[0].strip() for ids in continuations]
-  return answers, sum(len(document) > keep for document in documents)
+    answers += [answer_text(tokenizer, ids) for ids in continuations]
+  return answers, cut
 
 
 def generation_metrics(run: runs.Run, task: instructions.Task, shots: Sequence[int], *,
-                       seq_len: int, batch_size: int, max_instances: int = 0) -> dict:
-  """exact_match and rouge_l (answer_scores) of the greedy answers after each k-shot prompt, as
-  Super-NaturalInstructions scores its tasks; the number of instances and max_new_tokens: the
-  longest acceptable answer's tokens + GENERATION_MARGIN, at most seq_len - 1."""
+                       seq_len: int, batch_size: int, max_instances: int = 0,
+                       answerer: Answerer = generate_answers) -> dict:
+  """exact_match and rouge_l (answer_scores) of the answers after each k-shot prompt (greedy ones
+  by default; `answerer` gives others: a vote over samples), as Super-NaturalInstructions scores
+  its tasks; the number of instances and max_new_tokens: the longest acceptable answer's tokens +
+  GENERATION_MARGIN, at most seq_len - 1."""
   instances = task.instances[:max_instances or None]
   references = [i.outputs for i in instances]
   longest = max(map(len, run.tokenizer.encode_batch([f' {r}' for refs in references
@@ -335,7 +352,6 @@ def generation_metrics(run: runs.Run, task: instructions.Task, shots: Sequence[i
   results = {}
   for k in shots:
     prompts = [instructions.format_prompt(task, k, i.input) for i in instances]
-    answers, cut = generate_answers(run, prompts, max_new_tokens=max_new_tokens, seq_len=seq_len,
-                                    batch_size=batch_size)
+    answers, cut = answerer(run, prompts, max_new_tokens, seq_len, batch_size)
     results[str(k)] = {**answer_scores(answers, references), 'cut_prompts': cut}
   return {'instances': len(instances), 'max_new_tokens': max_new_tokens, 'shots': results}

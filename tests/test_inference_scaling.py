@@ -116,3 +116,27 @@ def test_the_sample_command_keeps_the_judges_best_of_the_samples_it_prints(tiny_
     distances = [judge.distance(s[len(prompt):]) for s in mine]
     assert best[p].split('\n--- ')[0].rstrip('\n') == mine[int(np.argmin(distances))]
   assert sample.context_length(run.config.model) == 64
+
+
+def test_a_vote_over_near_greedy_samples_gives_the_greedy_answers(run):
+  prompts = ['KING', 'My lord, the', 'Good morrow']
+  greedy, cut = scoring.generate_answers(run, prompts, max_new_tokens=8, seq_len=32, batch_size=2)
+  for vote in ('majority', 'best'):
+    answer = scaling.voting_answerer(3, vote, temperature=1e-6, seed=5,
+                                     mesh=sharding.data_parallel_mesh())
+    assert answer(run, prompts, 8, 32, 2) == (greedy, cut)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--samples=4'], '--samples=4 needs --vote=majority or --vote=best'),
+    (['--samples=0', '--vote=majority'], '--samples=0: the answers sampled per prompt'),
+    (['--vote=majority', '--temperature=0'], '--temperature=0.0 must be > 0'),
+    (['--vote=majority', '--task=shakespeare_play'], 'is scored as multiple choice'),
+    (['--vote=best', '--scorer=length', '--task=shakespeare_play', '--scoring=generation',
+      '--max_instances=1', '--shots=0'], "--scorer='length' is not a scorer"),
+])
+def test_evaluate_refuses_votes_it_cannot_take(tiny_base, args, message):
+  from conftest import run_main
+  out = run_main(f'--workdir={tiny_base}', *args, module='gpt_jax.evaluate')
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr

@@ -1,6 +1,7 @@
 """The preference chain's evaluation: win rates, the KL estimate, the report, and the runs'
 wiring (the training itself needs the reward, dpo and ppo objectives)."""
 
+import dataclasses
 import json
 import os
 
@@ -12,7 +13,7 @@ import scipy.special
 from conftest import ROOT, TINY
 from gpt_jax import checkpoint, cli, files, model, network, preference_study as study, runs, scoring
 from gpt_jax import sharding, tokenizer as tokenizer_lib
-from gpt_jax.tasks import build
+from gpt_jax.tasks import build, judge
 
 PENTAMETER, SHORT = "Shall I compare thee to a summer's day?", 'My lord.'
 SETTINGS = study.Settings(samples=2, max_new_tokens=8, temperature=1.0, seed=0, batch_size=4,
@@ -48,6 +49,22 @@ def test_kl_estimate_is_the_mean_log_ratio():
   assert mean == pytest.approx(4 / 3) and se == pytest.approx(np.std([1, 0, 3], ddof=1) / 3 ** .5)
   logp = np.array([-3.5, -0.25])
   assert study.kl_estimate(logp, logp) == (0.0, 0.0)
+
+
+def test_best_of_n_keeps_the_highest_reward_of_growing_draws(tiny_runs, pair_rows):
+  """The first N of one draw of samples: a larger N chooses among a superset, so the reward
+  (here the judge's, minus the distance) can only rise and the distance only fall."""
+  prompts = [row['prompt'] for row in pair_rows[:6]]
+  score = lambda prompts, answers: -np.array([judge.distance(a) for a in answers], float)
+  settings = dataclasses.replace(SETTINGS, best_of=(1, 2, 8), best_of_pool=16)
+  rows = study.best_of_n(tiny_runs[0], prompts, settings, score)
+  assert [r['n'] for r in rows] == [1, 2, 8]
+  rewards, distances = [r['reward'] for r in rows], [r['distance'] for r in rows]
+  assert rewards == sorted(rewards) and rewards[-1] > rewards[0]
+  assert distances == [-r for r in rewards]
+  assert rows[0]['kl'] == 0.0 and rows[0]['kl_closed_form'] == 0.0
+  assert rows[2]['kl_closed_form'] == pytest.approx(np.log(8) - 7 / 8)
+  assert all(0 <= r['win_rate'] <= 1 for r in rows) and rows[2]['win_rate'] > rows[0]['win_rate']
 
 
 def test_answer_logprobs_sum_the_answer_and_its_eos(tiny_runs):
@@ -195,11 +212,15 @@ def test_a_tiny_chain_trains_evaluates_and_resumes(small_corpus, tiny_base, tmp_
   config.ppo.update(max_new_tokens=8, minibatches=2)
   for name in study.RUNS:
     config.chain.runs[name].steps = 4
-  config.chain.update(samples=1, prompts=4, max_new_tokens=8, batch_size=4, val_batches=2)
+  config.chain.update(samples=1, prompts=4, max_new_tokens=8, batch_size=4, val_batches=2,
+                      best_of=(1, 2), best_of_pool=4)
   logs = []
   results = study.run_study(config, str(tmp_path / 'chain'), log=logs.append)
   assert list(results['models']) == ['base', 'sft', 'dpo', 'ppo']
   assert results['models']['sft']['kl'] == 0.0 and results['prompts'] == 4
   assert (tmp_path / 'chain' / 'preference_report.md').exists()
+  assert [r['n'] for r in results['best_of_n']] == [1, 2]
+  assert (tmp_path / 'chain' / 'preference_win_rate_kl.png').stat().st_size > 1000
+  assert '## Best-of-N' in (tmp_path / 'chain' / 'preference_report.md').read_text()
   again = study.run_study(config, str(tmp_path / 'chain'), log=logs.append)
   assert sum(': finished in ' in line for line in logs) == 4 and again == results

@@ -41,6 +41,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   if args.max_tokens < 1:
     raise UserError(f'--max_tokens={args.max_tokens} must be >= 1')
   inference_scaling.check_n(args.num_samples, '--num_samples')
+  inference_scaling.check_scorer(args.scorer)
   if args.batch_size < 1:
     raise UserError(f'--batch_size={args.batch_size} must be >= 1')
   if args.beam_width < 0:
