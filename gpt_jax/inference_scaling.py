@@ -4,8 +4,9 @@ them in the same decoding calls, then one chosen.
 
 - Best-of-N: the answer a scorer rates highest (ties: the first drawn). Scorers (`make_scorer`):
   'logprob' (the policy's own log-probability of the answer, its EOS included), 'judge' (the
-  preference demo's programmatic judge, gpt_jax.tasks.judge: nearer ten syllables is better) and
-  'reward:DIR' (a reward model run, objective reward).
+  preference demo's programmatic judge, gpt_jax.tasks.judge: nearer ten syllables is better),
+  'reward:DIR' (a reward model run, objective reward) and 'classifier:DIR:LABEL' (the
+  log-probability of LABEL under a GPT-1 task head, objective classify).
 - Majority voting, or self-consistency (Wang et al. 2023): the most frequent answer after
   normalisation (scoring.normalize_answer: case, punctuation and spacing), for tasks whose answers
   are short; ties go to the answer reached first.
@@ -24,13 +25,14 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import scipy.special
 
-from gpt_jax import runs, sample, scoring
+from gpt_jax import runs, sample, scoring, task_inputs
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import reward
+from gpt_jax.objectives import classify, reward
 from gpt_jax.tasks import judge
 
-SCORERS = ('logprob', 'judge', 'reward:DIR')
+SCORERS = ('logprob', 'judge', 'reward:DIR', 'classifier:DIR:LABEL')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +105,30 @@ def reward_scorer(model: reward.RewardModel, tokenizer, seq_len: int, batch_size
   return score
 
 
+def classifier_scorer(objective: classify.TaskFineTuning, params: dict, label: str,
+                      batch_size: int) -> Scorer:
+  """log p(label | answer) of a GPT-1 task head (objective classify): a classification run reads
+  the answer, an entailment or similarity run the prompt and the answer."""
+  task = objective.config.task
+  index = list(task.labels).index(label)
+
+  def score(c: Candidates) -> np.ndarray:
+    prompts = [p for p in c.prompts for _ in range(c.n)]
+    examples = tuple(task_inputs.LabelledExample((t,) if task.kind == 'classification' else (p, t),
+                                                 (), index) for p, t in zip(prompts, c.texts))
+    answers = task_inputs.LabelledTask('answers', task.kind, tuple(task.labels), examples,
+                                       'the sampled answers')
+    logits = objective.logits(params, objective.encode(answers), batch_size)
+    return scipy.special.log_softmax(np.asarray(logits, np.float64), axis=-1)[:, index]
+
+  return score
+
+
 def check_scorer(spec: str) -> None:
   """UserError unless `spec` names a scorer (SCORERS); before anything loads."""
-  if spec not in ('logprob', 'judge') and not (spec.startswith('reward:') and spec[7:]):
+  kind, _, rest = spec.partition(':')
+  if not (spec in ('logprob', 'judge') or (kind == 'reward' and rest) or
+          (kind == 'classifier' and rest.rpartition(':')[0] and rest.rpartition(':')[2])):
     raise UserError(f'--scorer={spec!r} is not a scorer; pass one of {", ".join(SCORERS)}')
 
 
@@ -117,9 +140,23 @@ def make_scorer(spec: str, run: runs.Run, *, mesh, batch_size: int, seq_len: int
     return logprob_scorer(scoring.Scorer(run, mesh, batch_size, seq_len), run.tokenizer.eos_id)
   if spec == 'judge':
     return judge_scorer
-  model = reward.load_reward_model(spec[len('reward:'):], '--scorer', run.config, run.tokenizer,
-                                   mesh=mesh)
-  return reward_scorer(model, run.tokenizer, seq_len, batch_size)
+  kind, _, rest = spec.partition(':')
+  if kind == 'reward':
+    model = reward.load_reward_model(rest, '--scorer', run.config, run.tokenizer, mesh=mesh)
+    return reward_scorer(model, run.tokenizer, seq_len, batch_size)
+  workdir, _, label = rest.rpartition(':')
+  config = runs.read_config(workdir, '--scorer')
+  if config.get('objective') != 'classify' or config.task.kind == 'multiple_choice':
+    raise UserError(f'--scorer={spec}: {workdir!r} is not a classify run of a classification, '
+                    'entailment or similarity task; pass one (objective classify)')
+  if label not in config.task.labels:
+    raise UserError(f'--scorer={spec}: the classifier has no label {label!r}; its labels are '
+                    f'{", ".join(config.task.labels)}')
+  objective, params, classifier = classify.load_classifier(workdir, mesh=mesh, log=lambda _: None)
+  if classifier.tokenizer.sha256 != run.tokenizer.sha256:
+    raise UserError(f'--scorer={spec}: the classifier reads another tokenizer than the sampled '
+                    'run; train it from the same base')
+  return classifier_scorer(objective, params, label, batch_size)
 
 
 # --- choosing ------------------------------------------------------------------------------

@@ -2,15 +2,18 @@
 scorers, and the sample command's choices."""
 
 import importlib
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import inference_scaling as scaling, losses, runs, sample, scoring, sharding
+from conftest import ROOT, run_main
+from gpt_jax import cli, inference_scaling as scaling, losses, runs, sample, scoring, sharding
+from gpt_jax import task_inputs, trainer
 from gpt_jax.errors import UserError
-from gpt_jax.objectives import reward
+from gpt_jax.objectives import classify, reward
 from gpt_jax.tasks import judge
 
 sample_command = importlib.import_module('gpt_jax.sample.__main__')
@@ -136,7 +139,37 @@ def test_a_vote_over_near_greedy_samples_gives_the_greedy_answers(run):
       '--max_instances=1', '--shots=0'], "--scorer='length' is not a scorer"),
 ])
 def test_evaluate_refuses_votes_it_cannot_take(tiny_base, args, message):
-  from conftest import run_main
   out = run_main(f'--workdir={tiny_base}', *args, module='gpt_jax.evaluate')
   lines = out.stderr.strip().splitlines()
   assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
+
+
+@pytest.mark.slow
+def test_a_classifier_head_scores_the_log_probability_of_its_label(run, tiny_base, tmp_path):
+  """A GPT-1 entailment head (the shipped 'follows' task) rates each (prompt, answer); best-of-N
+  keeps the answer it finds likeliest to follow."""
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'classify.py:follows'))
+  config.update(init_from=tiny_base, steps=4, batch_size=8, seq_len=32, eval_every=4,
+                log_every=4)
+  config.task.update(eval_instances=8, shots=(0,))
+  workdir = str(tmp_path / 'follows')
+  trainer.train(config, workdir, log=lambda _: None)
+  prompts = ['Now is the winter of our discontent', 'My lord']
+  rows = [[run.tokenizer.eos_id, *run.tokenizer.encode(p)] for p in prompts]
+  c = scaling.sample_candidates(run, prompts, rows, 4, max_new_tokens=8, seed=1)
+  mesh = sharding.data_parallel_mesh()
+  scores = scaling.make_scorer(f'classifier:{workdir}:follows', run, mesh=mesh, batch_size=8,
+                               seq_len=32)(c)
+  objective, params, _ = classify.load_classifier(workdir, mesh=mesh, log=lambda _: None)
+  task = task_inputs.LabelledTask('t', 'entailment', tuple(config.task.labels), tuple(
+      task_inputs.LabelledExample((p, t), (), 0)
+      for p, t in zip([p for p in prompts for _ in range(4)], c.texts)), 'test')
+  logits = objective.logits(params, objective.encode(task), 8).astype(np.float64)
+  follows = list(config.task.labels).index('follows')
+  expected = logits[:, follows] - np.log(np.exp(logits).sum(-1))
+  np.testing.assert_allclose(scores, expected, rtol=1e-6)
+  with pytest.raises(UserError, match="the classifier has no label 'maybe'; its labels are"):
+    scaling.make_scorer(f'classifier:{workdir}:maybe', run, mesh=mesh, batch_size=8, seq_len=32)
+  with pytest.raises(UserError, match='is not a classify run'):
+    scaling.make_scorer(f'classifier:{tiny_base}:follows', run, mesh=mesh, batch_size=8,
+                        seq_len=32)

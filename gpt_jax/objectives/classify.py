@@ -232,12 +232,12 @@ class TaskFineTuning(Objective):
 
   # --- after training -------------------------------------------------------------------------
 
-  def predict(self, params, arrays: dict, batch_size: int) -> np.ndarray:
-    """The predicted label (multiple choice: choice) of each row of encode's `arrays`, batch_size
-    rows at a time, (R,) int."""
+  def logits(self, params, arrays: dict, batch_size: int) -> np.ndarray:
+    """The head's logits (R, labels or choices) float32 of each row of encode's `arrays`,
+    batch_size rows at a time."""
     logits = jax.jit(lambda params, batch: self.forward(params, batch)[0])
     batch_sharding = sharding.batch_sharding(self.mesh)
-    rows, predictions = len(arrays['label']), []
+    rows, out = len(arrays['label']), []
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
       for start in range(0, rows, batch_size):
         n = min(batch_size, rows - start)
@@ -245,9 +245,14 @@ class TaskFineTuning(Objective):
                                     np.zeros((batch_size - n, *arrays[k].shape[1:]),
                                              arrays[k].dtype)])
                  for k in ('tokens', 'extract', 'choice_mask')}
-        batch_logits = logits(params, jax.device_put(batch, batch_sharding))
-        predictions.append(np.argmax(np.asarray(batch_logits), -1)[:n])
-    return np.concatenate(predictions) if predictions else np.zeros(0, int)
+        out.append(np.asarray(logits(params, jax.device_put(batch, batch_sharding)))[:n])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+  def predict(self, params, arrays: dict, batch_size: int) -> np.ndarray:
+    """The predicted label (multiple choice: choice) of each row of encode's `arrays`, batch_size
+    rows at a time, (R,) int."""
+    logits = self.logits(params, arrays, batch_size)
+    return np.argmax(logits, -1) if len(logits) else np.zeros(0, int)
 
   def finish(self, params, workdir, log):
     """Writes finetune_report.md and finetune_report.json (see the module docstring)."""
