@@ -9,12 +9,8 @@ DIR/distill_report.md and DIR/distill_curves.png.
 import copy
 import os
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
-
-from gpt_jax import files, flops, metrics, trainer  # noqa: E402
+from gpt_jax import files, flops, metrics, trainer
+from gpt_jax.figures import plt, save
 
 
 def _quiet(_):
@@ -66,10 +62,7 @@ def _write_report(config, runs, results, workdir: str) -> None:
   ax.set_title('Distillation: the same student with and without a teacher')
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  with files.atomic_path(os.path.join(workdir, 'distill_curves.png')) as tmp:
-    fig.savefig(tmp, dpi=120)
-  plt.close(fig)
+  save(fig, os.path.join(workdir, 'distill_curves.png'))
 
   d = config.distill
   rows = []

@@ -4,13 +4,10 @@ import json
 import math
 import os
 
-import matplotlib
+import tensorboardX
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
-import tensorboardX  # noqa: E402
-
-from gpt_jax import files  # noqa: E402
+from gpt_jax import files
+from gpt_jax.figures import plt, save
 
 
 METRICS = 'metrics.jsonl'
@@ -67,7 +64,4 @@ def plot_losses(records: list[dict], path: str, title: str) -> None:
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  with files.atomic_path(path) as tmp:
-    fig.savefig(tmp, dpi=120)
-  plt.close(fig)
+  save(fig, path)

@@ -27,17 +27,14 @@ import json
 import os
 from collections.abc import Callable, Sequence
 
-import matplotlib
 import numpy as np
 
 from gpt_jax import checkpoint, cli, files, inference_scaling, preferences, runs, sample, scoring
 from gpt_jax import sharding, trainer
 from gpt_jax.errors import UserError
+from gpt_jax.figures import plt, save
 from gpt_jax.objectives import reward
 from gpt_jax.tasks import judge
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 RUNS = ('sft', 'reward', 'dpo', 'ppo')  # each run's name is its objective
 START = 'sft'  # the model DPO and PPO start from, and the one they are measured against
@@ -420,10 +417,7 @@ def plot_win_rate_kl(results: dict, path: str) -> None:
   ax.set_ylabel(f'judge win rate over {results["start"]}')
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  with files.atomic_path(path) as tmp:
-    fig.savefig(tmp, dpi=120)
-  plt.close(fig)
+  save(fig, path)
 
 
 def write_report(results: dict, workdir: str) -> None:

@@ -4,17 +4,14 @@ the compute-optimal N and D against C, the isoLoss contours of L(N, D), and the 
 
 from typing import Sequence
 
-import matplotlib
 import numpy as np
 
-from gpt_jax import files
+from gpt_jax.figures import plt, save
 from gpt_jax.errors import UserError
 from gpt_jax.scaling.fit import APPROACHES, CHINCHILLA, SweepFit
 from gpt_jax.scaling.laws import fit_minimum_loss_law
 from gpt_jax.scaling.tables import compute
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 
 def _save_loss_plot(fig: plt.Figure, ax: plt.Axes, xlabel: str, title: str, path: str) -> None:
@@ -25,14 +22,7 @@ def _save_loss_plot(fig: plt.Figure, ax: plt.Axes, xlabel: str, title: str, path
   ax.set_title(title)
   ax.grid(alpha=0.3, which='both')
   ax.legend(fontsize=8)
-  _save(fig, path)
-
-
-def _save(fig: plt.Figure, path: str) -> None:
-  fig.tight_layout()
-  with files.atomic_path(path) as tmp:
-    fig.savefig(tmp, dpi=120)
-  plt.close(fig)
+  save(fig, path)
 
 
 def plot_isoflop(fit: SweepFit, path: str) -> None:
@@ -79,7 +69,7 @@ def plot_optimal(fit: SweepFit, predict: Sequence[float], path: str) -> None:
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=8)
   fig.suptitle('Compute-optimal model size and data')
-  _save(fig, path)
+  save(fig, path)
 
 
 def plot_contours(fit: SweepFit, path: str) -> None:
@@ -106,7 +96,7 @@ def plot_contours(fit: SweepFit, path: str) -> None:
   ax.set_ylabel('parameters N')
   ax.set_title('IsoLoss contours of L(N, D) = E + A/N^α + B/D^β')
   ax.legend(fontsize=8, loc='lower right', framealpha=0.9)
-  _save(fig, path)
+  save(fig, path)
 
 
 def plot_verification(fit: SweepFit, v: dict, path: str) -> None:
