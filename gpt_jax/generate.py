@@ -236,14 +236,17 @@ def _generate(args, records, wheres, done, store_dir, log) -> None:
     return
   codec = compression.cache_codec(c) if args.compress_cache else None
   disk_budget = args.disk_gib * GIB or (shutil.disk_usage(store_dir).free if store_dir else 0)
-  workload = zigzag.workload(c, max(map(len, prompts)), args.max_tokens, layer(0), codec)
+  # layer 0 sizes the workload, then is placed from the same read (dropped once placed)
+  first = {0: layer(0)}
+  workload = zigzag.workload(c, max(map(len, prompts)), args.max_tokens, first[0], codec)
   device, host = default_budgets()
   machine = zigzag.machine(args.device_gib * GIB or device, args.host_gib * GIB or host,
                            disk_budget, store_dir)
   chosen = choose_policy(workload, machine, args.requested, len(prompts) - done)
   log(f'policy: {chosen.describe()}')
   store = DiskStore(store_dir) if store_dir else None
-  off = zigzag.Offloaded.place(gpt, resident, layer, chosen.weights, store)
+  off = zigzag.Offloaded.place(gpt, resident, lambda j: first.pop(j) if j in first else layer(j),
+                               chosen.weights, store)
   blocks = zigzag.generate_blocks(
       off, chosen.cache, prompts[done:], batch_size=chosen.batch_size,
       num_batches=chosen.num_batches, max_new_tokens=args.max_tokens,
