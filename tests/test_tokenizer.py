@@ -1,7 +1,12 @@
 """The BPE tokenizer: exact round trips, special ids, deterministic training, errors; and the
 Hugging Face tokenizer.json behind the same interface."""
 
+import glob
+import os
+import sysconfig
+
 import pytest
+from sentencepiece import sentencepiece_model_pb2 as pb
 
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
@@ -135,3 +140,52 @@ def test_a_tokenizer_json_with_a_byte_order_mark_loads(hf_tokenizer, tmp_path):
   loaded = tokenizer_lib.load(str(path))
   assert (loaded.eos_id, loaded.vocab_size) == (hf_tokenizer.eos_id, hf_tokenizer.vocab_size)
   assert loaded.encode(SPELLS_SPECIALS) == hf_tokenizer.encode(SPELLS_SPECIALS)
+
+
+# --- extending a tokenizer to a new domain (Swallow) -------------------------------------------
+
+
+def stdlib_code(count: int) -> list[str]:
+  """Python's own standard library sources: a domain every machine has and Shakespeare lacks."""
+  paths = sorted(glob.glob(os.path.join(sysconfig.get_paths()['stdlib'], '*.py')))
+  return [open(p, encoding='utf-8').read() for p in paths[:count]]
+
+
+@pytest.fixture(scope='module')
+def extended(tokenizer):
+  return tokenizer_lib.extend(tokenizer, stdlib_code(10), 64)
+
+
+def test_extension_appends_the_new_domains_pieces_and_keeps_every_old_id(tokenizer, extended):
+  ext, new = extended
+  assert len(new) == 64 and ext.vocab_size == VOCAB + 64 and '▁▁▁▁' in new
+  old, grown = pb.ModelProto(), pb.ModelProto()
+  old.ParseFromString(tokenizer._proto)
+  grown.ParseFromString(ext._proto)
+  assert list(grown.pieces)[:VOCAB] == list(old.pieces)  # piece, score and type of every old id
+  assert [p.piece for p in list(grown.pieces)[VOCAB:]] == new
+  assert max(p.score for p in list(grown.pieces)[VOCAB:]) < min(
+      p.score for p in old.pieces if p.type == pb.ModelProto.SentencePiece.NORMAL)
+  assert (ext.eos_id, ext.bos_id) == (tokenizer.eos_id, tokenizer.bos_id)
+
+
+def test_an_extended_tokenizer_round_trips_and_shortens_the_new_domain(tokenizer, extended,
+                                                                       shakespeare):
+  ext, _ = extended
+  held_out = stdlib_code(14)[10:]
+  for text in [*held_out, TRICKY, shakespeare[100].text, '▁▁x', '']:
+    assert ext.decode(ext.encode(text)) == text
+  per_byte = lambda tok: sum(len(tok.encode(t)) for t in held_out) / sum(
+      len(t.encode()) for t in held_out)
+  assert per_byte(ext) < 0.8 * per_byte(tokenizer)
+
+
+def test_bad_extensions_are_one_line(tokenizer, hf_tokenizer):
+  with pytest.raises(UserError, match='^--pieces=0: the pieces to add must be >= 1'):
+    tokenizer_lib.extend(tokenizer, ['x'], 0)
+  with pytest.raises(UserError, match="^the new domain's corpus has no text"):
+    tokenizer_lib.extend(tokenizer, [' \n'], 8)
+  with pytest.raises(UserError, match="^the new domain's text has no piece the base lacks"):
+    tokenizer_lib.extend(tokenizer, ['a a a a'], 8)
+  with pytest.raises(UserError, match='^the base has a Hugging Face tokenizer.json'):
+    tokenizer_lib.extend(hf_tokenizer, ['x'], 8)
