@@ -1,0 +1,69 @@
+"""python -m gpt_jax.expand_vocab --base=RUN --corpus=FILES --pieces=N --out=DIR: a run whose
+tokenizer is RUN's extended with up to N pieces of the corpus's text (tokenizer.extend) and whose
+model has rows for them (vocab_expansion), at step 0, to continue pretraining from:
+
+  python -m gpt_jax.train --config=... --config.init_from=DIR --config.data.corpus=FILES \\
+      --config.data.tokenizer=DIR/tokenizer.model --config.model.vocab_size=<DIR's>
+
+Options: --init=mean|random (the new rows), --vocab_size (0: the tokenizer's size rounded up to a
+multiple of 64), --text_field (of .jsonl corpora), --seed (random init).
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gpt_jax import cli, corpus, runs, tokenizer as tokenizer_lib, vocab_expansion
+from gpt_jax.errors import UserError
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = cli.ArgumentParser(prog='python -m gpt_jax.expand_vocab',
+                              description=__doc__.split('\n\n')[0])
+  parser.add_argument('--base', required=True, help='the run to extend (trained or imported)')
+  parser.add_argument('--corpus', required=True,
+                      help="the new domain's text: files, directories or globs, as data.corpus")
+  parser.add_argument('--pieces', type=int, required=True, help='new pieces to add, at most')
+  parser.add_argument('--out', required=True, help='the extended run (a new directory)')
+  parser.add_argument('--init', choices=vocab_expansion.INITS, default='mean',
+                      help="new rows: the mean of the base's rows of the piece's parts, or random")
+  parser.add_argument('--vocab_size', type=int, default=0,
+                      help='the model vocabulary; 0: the tokenizer\'s size rounded up to 64')
+  parser.add_argument('--text_field', default='text', help='the text field of .jsonl records')
+  parser.add_argument('--seed', type=int, default=0, help='of --init=random')
+  args = parser.parse_args(argv)
+  if args.pieces <= 0:
+    raise UserError(f'--pieces={args.pieces}: the pieces to add must be >= 1')
+  if args.vocab_size < 0:
+    raise UserError(f'--vocab_size={args.vocab_size} is negative; pass 0 (the default) or more')
+  return args
+
+
+def expand(args: argparse.Namespace, log=print) -> str:
+  """Writes the extended run; returns its directory."""
+  runs.read_config(args.base, '--base')  # a UserError now if it is not a run
+  texts = [doc.text for doc in corpus.load_documents(args.corpus, args.text_field)[0]]
+  base = runs.load(args.base, what='--base', log=log)
+  extended, pieces = tokenizer_lib.extend(base.tokenizer, texts, args.pieces)
+  vocab = vocab_expansion.model_vocab_size(extended.vocab_size, args.vocab_size)
+  params = vocab_expansion.expand_params(
+      base.params, base.config.model, base.tokenizer.vocab_size,
+      vocab_expansion.piece_parts(base.tokenizer, pieces), vocab, args.init, args.seed)
+  config = base.config
+  config.model.vocab_size = vocab
+  out = runs.write_params_run(args.out, config, extended, params, 0, '--out')
+  num_bytes = sum(len(t.encode()) for t in texts)
+  per_byte = lambda tok: sum(map(len, tok.encode_batch(texts))) / max(num_bytes, 1)
+  log(f'{out}: {len(pieces)} new pieces (ids {base.tokenizer.vocab_size}..'
+      f'{extended.vocab_size - 1}, rows by {args.init}), model.vocab_size {vocab}; the corpus '
+      f'takes {per_byte(base.tokenizer):.3f} tokens per byte with the base tokenizer, '
+      f'{per_byte(extended):.3f} extended')
+  return out
+
+
+def main(argv=None) -> None:
+  cli.run(lambda: expand(parse_args(sys.argv[1:] if argv is None else argv)))
+
+
+if __name__ == '__main__':
+  main()

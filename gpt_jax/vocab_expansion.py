@@ -1,0 +1,72 @@
+"""Vocabulary expansion for continued pretraining on a new domain (Swallow, Fujii et al. 2024):
+a run's tokenizer extended with the new domain's pieces (tokenizer.extend) and its model given
+rows for them, so that `--config.init_from` of the extended run continues pretraining with any
+objective.
+
+New rows of the token embedding (and of an untied head) start as the mean of the base's rows for
+the pieces the base tokenizer splits the new piece's text into (the usual choice: Hewitt 2021;
+Swallow), or, with init='random', as draws of the model's init (normal, std init_std). Every old
+row is copied bit for bit, so the extended model at step 0 gives the base's logits on text made
+only of old pieces. The model vocabulary is the tokenizer's rounded up to a multiple of
+VOCAB_MULTIPLE; the padding ids are never tokens (losses.mask_padded_vocab) and their rows are 0.
+
+Shapes: V the old model vocabulary, W the new one, D n_embd.
+"""
+
+import jax
+import numpy as np
+
+from gpt_jax import quant
+from gpt_jax.errors import UserError
+from gpt_jax.tokenizer import Tokenizer
+
+VOCAB_MULTIPLE = 64  # rows a model vocabulary is padded to: shards evenly, multiplies fast
+INITS = ('mean', 'random')
+_SPACE = '\u2581'
+
+
+def model_vocab_size(tokenizer_size: int, requested: int = 0) -> int:
+  """The model vocabulary for a tokenizer of `tokenizer_size` ids: `requested`, else the size
+  rounded up to VOCAB_MULTIPLE; UserError if `requested` cannot hold the tokenizer."""
+  if requested and requested < tokenizer_size:
+    raise UserError(f'--vocab_size={requested} would overflow: the extended tokenizer has '
+                    f'{tokenizer_size} ids; pass at least {tokenizer_size} (or 0: rounded up to a '
+                    f'multiple of {VOCAB_MULTIPLE})')
+  return requested or -(-tokenizer_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def piece_parts(base: Tokenizer, pieces: list[str]) -> list[list[int]]:
+  """The base's ids for each new piece's text ('▁' read as the space it stands for)."""
+  return base.encode_batch([piece.replace(_SPACE, ' ') for piece in pieces])
+
+
+def grow_rows(table: np.ndarray, first: int, parts: list[list[int]], rows: int, init: str,
+              init_std: float, rng: np.random.Generator) -> np.ndarray:
+  """`table`'s first `first` rows (the old tokens'; (V, D) with V >= first) in a (rows, D) table
+  whose row first + i, of new piece i, is the mean of the table's rows `parts[i]` (init 'mean')
+  or a normal draw of std init_std ('random'); the padding rows after them 0."""
+  grown = np.zeros((rows, table.shape[1]), table.dtype)
+  grown[:first] = table[:first]
+  for i, ids in enumerate(parts):
+    grown[first + i] = (table[ids].astype(np.float64).mean(0) if init == 'mean' else
+                        rng.normal(0.0, init_std, table.shape[1]))
+  return grown
+
+
+def expand_params(params: dict, model_config, first: int, parts: list[list[int]],
+                  new_vocab: int, init: str, seed: int = 0) -> dict:
+  """The parameters with W = new_vocab rows of the token embedding (and columns of an untied
+  head): the old tokens' `first` rows unchanged, new piece i at id first + i (grow_rows); as
+  numpy arrays. UserError for a quantized model (extend the float run) or an init not in INITS."""
+  if init not in INITS:
+    raise UserError(f'--init={init!r}: pass one of {", ".join(INITS)}')
+  if quant.spec(model_config):
+    raise UserError('the base run holds quantized weights; extend the float run it was quantized '
+                    'from, then quantize the extended one')
+  params = jax.tree.map(np.asarray, params)
+  rng = np.random.default_rng(seed)
+  grow = lambda table: grow_rows(table, first, parts, new_vocab, init, model_config.init_std, rng)
+  grown = {**params, 'wte': {**params['wte'], 'embedding': grow(params['wte']['embedding'])}}
+  if not model_config.tie_embeddings:
+    grown['lm_head'] = {**params['lm_head'], 'kernel': grow(params['lm_head']['kernel'].T).T}
+  return grown

@@ -1,0 +1,101 @@
+"""Vocabulary expansion (Swallow): the extended run keeps every old row bit for bit, gives the
+base's logits on old pieces at step 0, starts new rows as the mean of their parts, and continues
+pretraining through init_from."""
+
+import glob
+import os
+import sysconfig
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TINY, run_main
+from gpt_jax import cli, expand_vocab, runs, trainer, vocab_expansion
+
+PIECES = 40  # 512 + 40 ids: the model vocabulary rounds up to 576
+
+
+@pytest.fixture(scope='module')
+def code_corpus(tmp_path_factory) -> str:
+  """Six of Python's standard library modules as .txt files: a domain Shakespeare lacks."""
+  directory = tmp_path_factory.mktemp('code')
+  paths = sorted(glob.glob(os.path.join(sysconfig.get_paths()['stdlib'], '*.py')))[:6]
+  for path in paths:
+    (directory / (os.path.basename(path) + '.txt')).write_text(
+        open(path, encoding='utf-8').read(), encoding='utf-8')
+  return str(directory)
+
+
+@pytest.fixture(scope='module')
+def expanded(tiny_base, code_corpus, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp('expanded') / 'run')
+  expand_vocab.expand(expand_vocab.parse_args([
+      f'--base={tiny_base}', f'--corpus={code_corpus}', f'--pieces={PIECES}', f'--out={out}']),
+      log=lambda _: None)
+  return runs.load(tiny_base), runs.load(out), out
+
+
+def test_old_rows_are_kept_and_new_rows_are_the_mean_of_their_parts(expanded):
+  base, ext, _ = expanded
+  old = np.asarray(base.params['wte']['embedding'])
+  new = np.asarray(ext.params['wte']['embedding'])
+  assert (ext.tokenizer.vocab_size, ext.config.model.vocab_size, new.shape[0]) == (
+      512 + PIECES, 576, 576)
+  np.testing.assert_array_equal(new[:512], old)
+  pieces = [ext.tokenizer._sp.id_to_piece(i) for i in range(512, 512 + PIECES)]
+  parts = vocab_expansion.piece_parts(base.tokenizer, pieces)
+  for i, ids in enumerate(parts):
+    assert len(ids) >= 1
+    np.testing.assert_allclose(new[512 + i], old[ids].mean(0), rtol=1e-6, atol=1e-7)
+  assert not new[512 + PIECES:].any()  # padding ids: never tokens
+
+
+def test_step_0_gives_the_bases_logits_on_text_of_old_pieces(expanded):
+  base, ext, _ = expanded
+  tokens = jnp.asarray([[base.tokenizer.eos_id, *base.tokenizer.encode('KING HENRY. My lord.')]])
+  old = np.asarray(base.gpt.apply({'params': base.params}, tokens))
+  new = np.asarray(ext.gpt.apply({'params': ext.params}, tokens))
+  assert new.shape[-1] == 576
+  np.testing.assert_allclose(new[..., :512], old, rtol=1e-6, atol=1e-6)
+
+
+def test_random_rows_are_the_models_init(tiny_base, code_corpus, tmp_path):
+  out = str(tmp_path / 'random')
+  expand_vocab.expand(expand_vocab.parse_args([
+      f'--base={tiny_base}', f'--corpus={code_corpus}', '--pieces=32', f'--out={out}',
+      '--init=random', '--vocab_size=600']), log=lambda _: None)
+  ext = runs.load(out)
+  rows = np.asarray(ext.params['wte']['embedding'])
+  assert rows.shape[0] == 600
+  assert np.std(rows[512:544]) == pytest.approx(ext.config.model.init_std, rel=0.15)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--pieces=0'], '--pieces=0: the pieces to add must be >= 1'),
+    (['--pieces=40', '--vocab_size=520'], '--vocab_size=520 would overflow: the extended '
+     'tokenizer has 552 ids'),
+    (['--pieces=8', '--init=zero'], "argument --init: invalid choice: 'zero'"),
+])
+def test_bad_input_is_one_line(tiny_base, code_corpus, tmp_path, args, message):
+  out = run_main(f'--base={tiny_base}', f'--corpus={code_corpus}', f'--out={tmp_path / "x"}',
+                 *args, module='gpt_jax.expand_vocab')
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
+  assert not os.path.exists(tmp_path / 'x')
+
+
+@pytest.mark.slow
+def test_continued_pretraining_starts_from_the_extended_run(expanded, code_corpus, tmp_path):
+  _, ext, out = expanded
+  config = cli.load_experiment(TINY)
+  config.update(init_from=out, steps=4, eval_every=4, checkpoint_every=4, log_every=2)
+  config.data.update(corpus=code_corpus, tokenizer=os.path.join(out, 'tokenizer.model'),
+                     val_fraction=0.34)
+  config.model.vocab_size = ext.config.model.vocab_size
+  config.sample.num = 0
+  final = trainer.train(config, str(tmp_path / 'continued'), log=lambda _: None)
+  assert np.isfinite(final['val_loss'])
+  trained = runs.load(str(tmp_path / 'continued'))
+  assert not np.array_equal(np.asarray(trained.params['wte']['embedding'])[512:512 + PIECES],
+                            np.asarray(ext.params['wte']['embedding'])[512:512 + PIECES])
