@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gpt_jax import cli, corpus, runs, tokenizer as tokenizer_lib, vocab_expansion
+from gpt_jax import cli, corpus, runs, vocab_expansion
 from gpt_jax.errors import UserError
 
 
@@ -43,22 +43,8 @@ def expand(args: argparse.Namespace, log=print) -> str:
   """Writes the extended run; returns its directory."""
   runs.read_config(args.base, '--base')  # a UserError now if it is not a run
   texts = [doc.text for doc in corpus.load_documents(args.corpus, args.text_field)[0]]
-  base = runs.load(args.base, what='--base', log=log)
-  extended, pieces = tokenizer_lib.extend(base.tokenizer, texts, args.pieces)
-  vocab = vocab_expansion.model_vocab_size(extended.vocab_size, args.vocab_size)
-  params = vocab_expansion.expand_params(
-      base.params, base.config.model, base.tokenizer.vocab_size,
-      vocab_expansion.piece_parts(base.tokenizer, pieces), vocab, args.init, args.seed)
-  config = base.config
-  config.model.vocab_size = vocab
-  out = runs.write_params_run(args.out, config, extended, params, 0, '--out')
-  num_bytes = sum(len(t.encode()) for t in texts)
-  per_byte = lambda tok: sum(map(len, tok.encode_batch(texts))) / max(num_bytes, 1)
-  log(f'{out}: {len(pieces)} new pieces (ids {base.tokenizer.vocab_size}..'
-      f'{extended.vocab_size - 1}, rows by {args.init}), model.vocab_size {vocab}; the corpus '
-      f'takes {per_byte(base.tokenizer):.3f} tokens per byte with the base tokenizer, '
-      f'{per_byte(extended):.3f} extended')
-  return out
+  return vocab_expansion.expand_run(args.base, texts, args.pieces, args.out, init=args.init,
+                                    vocab_size=args.vocab_size, seed=args.seed, log=log)
 
 
 def main(argv=None) -> None:

@@ -166,6 +166,13 @@ def val_tokens(run: runs.Run) -> np.ndarray:
   return prepared.tokens('val')
 
 
+def val_texts(run: runs.Run) -> list[str]:
+  """The documents of the run's validation split as text: val_tokens cut at each EOS."""
+  tokens, eos = val_tokens(run), run.tokenizer.eos_id
+  documents = np.split(tokens, np.flatnonzero(tokens == eos))
+  return [text for text in (run.tokenizer.decode(d[d != eos]) for d in documents) if text]
+
+
 # --- Natural Instructions tasks --------------------------------------------------------------
 
 

@@ -3,8 +3,9 @@
 A config with a `sweep` section runs a scaling-law sweep (gpt_jax.sweep), one with a `study`
 section the distillation study (gpt_jax.distill_study), one with a `chain` section the
 preference-tuning chain (gpt_jax.preference_study), one with an `ablation` section the ablation
-study at equal wall time (gpt_jax.ablation_study); any other trains one model with the
-objective it names (gpt_jax.trainer). Nothing imports this module.
+study at equal wall time (gpt_jax.ablation_study), one with a `domain` section the
+continued-pretraining study with vocabulary expansion (gpt_jax.domain_study); any other trains
+one model with the objective it names (gpt_jax.trainer). Nothing imports this module.
 """
 
 import sys
@@ -17,7 +18,7 @@ from gpt_jax import cli
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Imported here, not at the top: data preparation's worker processes import this module (they
   # are spawned and load the main module) and need none of JAX.
-  from gpt_jax import ablation_study, distill_study, preference_study, sweep, trainer
+  from gpt_jax import ablation_study, distill_study, domain_study, preference_study, sweep, trainer
   if 'sweep' in config:
     return sweep.run_sweep(config, workdir)
   if 'study' in config:
@@ -26,6 +27,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return preference_study.run_study(config, workdir)
   if 'ablation' in config:
     return ablation_study.run_study(config, workdir)
+  if 'domain' in config:
+    return domain_study.run_study(config, workdir)
   return trainer.train(config, workdir)
 
 

@@ -414,7 +414,7 @@ def measure_step_seconds(objective: Objective, config, mesh, train_ds, seconds: 
   that compiles and warms up, calls of as many steps as training's first call runs
   (next_event) are timed until `seconds` have passed (at least three), and the median call
   counts, so that a moment when the machine was busy elsewhere does not. The steps train a fresh
-  state that is then dropped, on batches from a fresh pass over train_ds; the schedule is the
+  state that is then dropped, on batches from fresh passes over train_ds; the schedule is the
   one of config.steps, which changes no step's cost."""
   tx = training_optimizer(objective, config)
   abstract_train_state = abstract(objective, tx, config, mesh)
@@ -422,7 +422,7 @@ def measure_step_seconds(objective: Objective, config, mesh, train_ds, seconds: 
                                    config.steps_per_call)
   state = fresh_state(objective, tx, config, abstract_train_state)
   frozen = () if objective.frozen is None else (objective.frozen,)
-  data_iterator = iter(train_ds.to_iter_dataset())
+  data_iterator = _passes(train_ds)  # a small split may end before the time does: start again
   stacked = stacked_batch_shardings(objective, mesh)
   count = min(config.steps_per_call, next_event(0, config))
   state, _ = train_steps(state, next_batches(data_iterator, 1, config.steps_per_call, stacked),
@@ -436,6 +436,12 @@ def measure_step_seconds(objective: Objective, config, mesh, train_ds, seconds: 
     jax.block_until_ready(state)
     times.append(time.perf_counter() - call_start)
   return statistics.median(times) / count
+
+
+def _passes(train_ds):
+  """The batches of train_ds, pass after pass."""
+  while True:
+    yield from train_ds.to_iter_dataset()
 
 
 def next_batches(data_iterator, count: int, per_call: int, stacked: dict) -> dict:

@@ -13,10 +13,12 @@ VOCAB_MULTIPLE; the padding ids are never tokens (losses.mask_padded_vocab) and 
 Shapes: V the old model vocabulary, W the new one, D n_embd.
 """
 
+from collections.abc import Callable, Sequence
+
 import jax
 import numpy as np
 
-from gpt_jax import quant
+from gpt_jax import quant, runs, tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.tokenizer import Tokenizer
 
@@ -70,3 +72,28 @@ def expand_params(params: dict, model_config, first: int, parts: list[list[int]]
   if not model_config.tie_embeddings:
     grown['lm_head'] = {**params['lm_head'], 'kernel': grow(params['lm_head']['kernel'].T).T}
   return grown
+
+
+def tokens_per_byte(tokenizer, texts: Sequence[str]) -> float:
+  """Tokens of `texts` over their UTF-8 bytes."""
+  return sum(map(len, tokenizer.encode_batch(texts))) / max(sum(len(t.encode()) for t in texts), 1)
+
+
+def expand_run(base_dir: str, texts: Sequence[str], pieces: int, out: str, *, init: str = 'mean',
+               vocab_size: int = 0, seed: int = 0, log: Callable[[str], None] = print) -> str:
+  """Writes `out`: the run in base_dir with its tokenizer extended by up to `pieces` pieces of
+  `texts` (tokenizer.extend) and rows for them (expand_params), model.vocab_size
+  model_vocab_size(…, vocab_size), at step 0. Returns out's absolute path."""
+  base = runs.load(base_dir, what='--base', log=log)
+  extended, new = tokenizer_lib.extend(base.tokenizer, texts, pieces)
+  vocab = model_vocab_size(extended.vocab_size, vocab_size)
+  params = expand_params(base.params, base.config.model, base.tokenizer.vocab_size,
+                         piece_parts(base.tokenizer, new), vocab, init, seed)
+  config = base.config
+  config.model.vocab_size = vocab
+  out = runs.write_params_run(out, config, extended, params, 0, '--out')
+  log(f'{out}: {len(new)} new pieces (ids {base.tokenizer.vocab_size}..'
+      f'{extended.vocab_size - 1}, rows by {init}), model.vocab_size {vocab}; the corpus takes '
+      f'{tokens_per_byte(base.tokenizer, texts):.3f} tokens per byte with the base tokenizer, '
+      f'{tokens_per_byte(extended, texts):.3f} extended')
+  return out

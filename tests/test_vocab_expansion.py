@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY, run_main
-from gpt_jax import cli, expand_vocab, runs, trainer, vocab_expansion
+from conftest import ROOT, TINY, run_main
+from gpt_jax import cli, domain_study, expand_vocab, runs, trainer, vocab_expansion
 
 PIECES = 40  # 512 + 40 ids: the model vocabulary rounds up to 576
 
@@ -99,3 +99,21 @@ def test_continued_pretraining_starts_from_the_extended_run(expanded, code_corpu
   trained = runs.load(str(tmp_path / 'continued'))
   assert not np.array_equal(np.asarray(trained.params['wte']['embedding'])[512:512 + PIECES],
                             np.asarray(ext.params['wte']['embedding'])[512:512 + PIECES])
+
+
+@pytest.mark.slow
+def test_the_domain_study_trains_and_measures_every_run(tiny_base, code_corpus, tmp_path):
+  config = cli.load_experiment(os.path.join(ROOT, 'experiments', 'swallow.py'))
+  config.update(init_from=tiny_base, steps=2, batch_size=8, seq_len=32, eval_every=2,
+                checkpoint_every=2, log_every=2, eval_batches=1)
+  config.data.update(corpus=code_corpus, val_fraction=0.34)
+  config.domain.update(pieces=32, time_budget_s=1.0)
+  results = domain_study.run_study(config, str(tmp_path / 'study'), log=lambda _: None)
+  measured = results['runs']
+  assert len(measured) == 8 and all(m['steps'] >= 1 for m in measured.values())
+  assert all(m['steps'] == 2 for k, m in measured.items() if k.endswith('| steps'))
+  base, mean = measured['base tokenizer | steps'], measured['extended, mean | steps']
+  assert mean['tokens_per_byte'] < base['tokens_per_byte']
+  assert all(0 < m['domain_bpb'] < 10 and 0 < m['base_bpb'] < 10 for m in measured.values())
+  report = (tmp_path / 'study' / 'domain_report.md').read_text()
+  assert '| extended, random | equal time |' in report
