@@ -71,14 +71,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--scoring', choices=('auto', 'choice', 'generation'), default='auto',
                       help='multiple choice or greedy generation; auto: by the task '
                       '(scoring.auto_scoring)')
-  parser.add_argument('--samples', type=int, default=1,
-                      help='generation: answers sampled per prompt for --vote (1 = greedy '
-                      'without --vote)')
+  parser.add_argument('--samples', type=int, default=0,
+                      help='generation: answers sampled per prompt for --vote (0: greedy)')
   parser.add_argument('--vote', choices=inference_scaling.VOTES,
                       help='generation: keep the most frequent of the sampled answers '
                       '(self-consistency) or the best by --scorer (best-of-N)')
-  parser.add_argument('--scorer', default='logprob',
-                      help=f'--vote=best: {", ".join(inference_scaling.SCORERS)}')
+  parser.add_argument('--scorer', help=f'--vote=best (default logprob): '
+                      f'{", ".join(inference_scaling.SCORERS)}')
   parser.add_argument('--temperature', type=float, default=0.7, help='of the --vote samples')
   parser.add_argument('--seed', type=int, default=0, help='of the --vote samples')
   parser.add_argument('--max_instances', type=int, default=0, help='0 = all')
@@ -95,11 +94,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
       raise UserError(f'--{key}={getattr(args, key)} is negative; pass 0 (the default) or more')
   if args.shots and min(args.shots) < 0:
     raise UserError(f'--shots={",".join(map(str, args.shots))} has a negative number of shots')
-  inference_scaling.check_n(args.samples, '--samples')
-  inference_scaling.check_scorer(args.scorer)
-  if args.samples > 1 and not args.vote:
+  if args.samples and not args.vote:
     raise UserError(f'--samples={args.samples} needs --vote=majority or --vote=best to choose '
                     'among them')
+  if args.vote:
+    if not args.samples:
+      raise UserError(f'--vote={args.vote} chooses among sampled answers; pass --samples=N')
+    inference_scaling.check_n(args.samples, '--samples')
+  if args.scorer and args.vote != 'best':
+    raise UserError('--scorer rates answers for --vote=best; drop it or pass --vote=best')
+  args.scorer = args.scorer or 'logprob'
+  inference_scaling.check_scorer(args.scorer)
   if args.vote and not args.temperature > 0:
     raise UserError(f'--vote samples answers: --temperature={args.temperature} must be > 0')
   if not args.workdir and not args.write_play_task:
@@ -192,7 +197,8 @@ def task_table(metrics: dict, workdir: str, step: int) -> str:
   else:
     vote = metrics.get('vote')
     how = (f'greedy answers of up to {metrics["max_new_tokens"]} tokens' if not vote else
-           f'of {vote["samples"]} answers sampled at temperature {vote["temperature"]} (up to '
+           f'of {vote["samples"]} answer{"s" * (vote["samples"] != 1)} sampled at '
+           f'temperature {vote["temperature"]} (up to '
            f'{metrics["max_new_tokens"]} tokens) the ' + (
                'majority\'s' if vote['vote'] == 'majority' else f'best by {vote["scorer"]}'))
     columns = ['exact_match', 'rouge_l']

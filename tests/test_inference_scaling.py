@@ -102,6 +102,8 @@ def test_bad_scorers_and_counts_are_one_line(run, tiny_base):
     scaling.sample_candidates(run, ['a'], [[1]], 0, max_new_tokens=2)
   with pytest.raises(UserError, match='^--choose=best chooses among samples; beam search'):
     sample_command.parse_args(['--workdir=x', '--prompt=a', '--choose=best', '--beam_width=2'])
+  with pytest.raises(UserError, match='^--scorer rates samples for --choose=best'):
+    sample_command.parse_args(['--workdir=x', '--prompt=a', '--choose=majority', '--scorer=judge'])
 
 
 def test_the_sample_command_keeps_the_judges_best_of_the_samples_it_prints(tiny_base, run,
@@ -132,11 +134,15 @@ def test_a_vote_over_near_greedy_samples_gives_the_greedy_answers(run):
 
 @pytest.mark.parametrize('args, message', [
     (['--samples=4'], '--samples=4 needs --vote=majority or --vote=best'),
-    (['--samples=0', '--vote=majority'], '--samples=0: the answers sampled per prompt'),
-    (['--vote=majority', '--temperature=0'], '--temperature=0.0 must be > 0'),
-    (['--vote=majority', '--task=shakespeare_play'], 'is scored as multiple choice'),
-    (['--vote=best', '--scorer=length', '--task=shakespeare_play', '--scoring=generation',
-      '--max_instances=1', '--shots=0'], "--scorer='length' is not a scorer"),
+    (['--vote=majority'], '--vote=majority chooses among sampled answers; pass --samples=N'),
+    (['--samples=-1', '--vote=majority'], '--samples=-1: the answers sampled per prompt'),
+    (['--samples=2', '--vote=majority', '--scorer=judge'],
+     '--scorer rates answers for --vote=best'),
+    (['--samples=2', '--vote=majority', '--temperature=0'], '--temperature=0.0 must be > 0'),
+    (['--samples=2', '--vote=majority', '--task=shakespeare_play'], 'is scored as multiple choice'),
+    (['--samples=2', '--vote=best', '--scorer=length', '--task=shakespeare_play',
+      '--scoring=generation', '--max_instances=1', '--shots=0'],
+     "--scorer='length' is not a scorer"),
 ])
 def test_evaluate_refuses_votes_it_cannot_take(tiny_base, args, message):
   out = run_main(f'--workdir={tiny_base}', *args, module='gpt_jax.evaluate')

@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
       cli_evaluate()
     except (FileNotFoundError, ConnectionError) as e:
-      raise UserError(f'the data of task {_task_name(sys.argv)} cannot be read here ({e}); '
-                      'download it where the Hub can be reached (HF_DATASETS_CACHE), or point '
-                      'the task\'s dataset_kwargs at local files and pass --include_path'
-                      ) from None
+      raise UserError(f'the data of task {_task_name(sys.argv)} cannot be read here ({e}); run '
+                      'where the Hugging Face Hub can be reached, or copy a datasets cache made '
+                      'there (HF_DATASETS_CACHE, with HF_DATASETS_OFFLINE=1), or point the '
+                      'task\'s dataset_kwargs at local files and pass --include_path') from None
   cli.run(evaluate)
 
 

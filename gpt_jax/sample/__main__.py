@@ -25,8 +25,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--choose', choices=CHOICES, default='all',
                       help='all: print every sample; best: the one --scorer rates highest '
                            '(best-of-N); majority: the most frequent first line (self-consistency)')
-  parser.add_argument('--scorer', default='logprob',
-                      help=f'--choose=best: {", ".join(inference_scaling.SCORERS)}')
+  parser.add_argument('--scorer', help=f'--choose=best (default logprob): '
+                      f'{", ".join(inference_scaling.SCORERS)}')
   parser.add_argument('--batch_size', type=int, default=64,
                       help='rows sampled (and scored) at once')
   parser.add_argument('--temperature', type=float, default=0.8, help='0 = greedy')
@@ -41,6 +41,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   if args.max_tokens < 1:
     raise UserError(f'--max_tokens={args.max_tokens} must be >= 1')
   inference_scaling.check_n(args.num_samples, '--num_samples')
+  if args.scorer and args.choose != 'best':
+    raise UserError('--scorer rates samples for --choose=best; drop it or pass --choose=best')
+  args.scorer = args.scorer or 'logprob'
   inference_scaling.check_scorer(args.scorer)
   if args.batch_size < 1:
     raise UserError(f'--batch_size={args.batch_size} must be >= 1')
@@ -87,8 +90,8 @@ def choose(args: argparse.Namespace, run: runs.Run) -> list[str]:
     lines = [[first_line(t) for t in answers] for answers in texts]
     for prompt, answers, (i, votes) in zip(args.prompt, lines,
                                            inference_scaling.majority_vote(lines)):
-      blocks.append(f'--- majority of {args.num_samples} ({votes} votes) ---\n{prompt} '
-                    f'{answers[i]}')
+      blocks.append(f'--- majority of {args.num_samples} ({votes} vote{"s" * (votes != 1)}) '
+                    f'---\n{prompt} {answers[i]}')
   return blocks
 
 
