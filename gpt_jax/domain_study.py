@@ -26,6 +26,7 @@ import time
 
 from gpt_jax import corpus, files, runs, sample, scoring, sharding, tokenizer as tokenizer_lib
 from gpt_jax import trainer, vocab_expansion
+from gpt_jax.errors import UserError
 
 REPORT = 'domain_report'
 RUNS = ('base tokenizer', 'extended, mean', 'extended, random', 'from scratch')
@@ -67,6 +68,9 @@ def run_configs(config, workdir: str, extended: dict[str, str]) -> dict[str, tup
 
 def run_study(config, workdir: str, log=print) -> dict:
   """Makes what is missing in `workdir`, measures every run and writes the report."""
+  if not config.init_from:
+    raise UserError('the domain study continues a pretrained model: pass --config.init_from=DIR '
+                    '(e.g. runs/shakespeare)')
   texts = [d.text for d in corpus.load_documents(config.data.corpus, config.data.text_field)[0]]
   extended = {}
   for init in ('mean', 'random'):
