@@ -101,10 +101,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if not args.samples:
       raise UserError(f'--vote={args.vote} chooses among sampled answers; pass --samples=N')
     inference_scaling.check_n(args.samples, '--samples')
-  if args.scorer and args.vote != 'best':
-    raise UserError('--scorer rates answers for --vote=best; drop it or pass --vote=best')
-  args.scorer = args.scorer or 'logprob'
-  inference_scaling.check_scorer(args.scorer)
+  args.scorer = inference_scaling.scorer_setting(args.scorer, args.vote == 'best', '--vote=best',
+                                                 'answers')
   if args.vote and not args.temperature > 0:
     raise UserError(f'--vote samples answers: --temperature={args.temperature} must be > 0')
   if not args.workdir and not args.write_play_task:

@@ -132,6 +132,15 @@ def check_scorer(spec: str) -> None:
     raise UserError(f'--scorer={spec!r} is not a scorer; pass one of {", ".join(SCORERS)}')
 
 
+def scorer_setting(spec: str | None, best: bool, choice: str, rated: str) -> str:
+  """The --scorer a command uses: `spec` (checked, check_scorer) or 'logprob' when it names none;
+  UserError for a scorer given when `best` (the choice `choice`, e.g. --vote=best) is not made."""
+  if spec and not best:
+    raise UserError(f'--scorer rates {rated} for {choice}; drop it or pass {choice}')
+  check_scorer(spec or 'logprob')
+  return spec or 'logprob'
+
+
 def make_scorer(spec: str, run: runs.Run, *, mesh, batch_size: int, seq_len: int) -> Scorer:
   """The scorer a command line names (SCORERS) for answers sampled from `run`; a reward model
   must read `run`'s tokenizer (UserError)."""

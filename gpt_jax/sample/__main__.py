@@ -41,10 +41,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   if args.max_tokens < 1:
     raise UserError(f'--max_tokens={args.max_tokens} must be >= 1')
   inference_scaling.check_n(args.num_samples, '--num_samples')
-  if args.scorer and args.choose != 'best':
-    raise UserError('--scorer rates samples for --choose=best; drop it or pass --choose=best')
-  args.scorer = args.scorer or 'logprob'
-  inference_scaling.check_scorer(args.scorer)
+  args.scorer = inference_scaling.scorer_setting(args.scorer, args.choose == 'best',
+                                                 '--choose=best', 'samples')
   if args.batch_size < 1:
     raise UserError(f'--batch_size={args.batch_size} must be >= 1')
   if args.beam_width < 0:
