@@ -95,6 +95,11 @@ def base_config() -> ml_collections.ConfigDict:
   lora.dropout = 0.0  # on the adapters' input
   lora.targets = 'attn'  # 'attn' (query, key, value, out), 'mlp', 'all' or layer names,
   # e.g. 'query,value'
+  # Token ids >= this train their embedding rows (and untied head columns) in full beside the
+  # adapters (PEFT's trainable_token_indices): how a vocabulary expansion's new pieces learn
+  # under LoRA. -1: the new pieces of a base made by gpt_jax.expand_vocab, none for other bases;
+  # 0: none.
+  lora.trainable_tokens_from = -1
 
   c.distill = distill = ml_collections.ConfigDict()
   distill.teacher = ''  # a finished run's workdir: train against its outputs (same tokenizer)

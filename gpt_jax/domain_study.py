@@ -16,7 +16,8 @@ models, once for config.steps steps and once for domain.time_budget_s seconds ea
 and writes DIR/domain_report.md and .json: per run, tokens per byte of the domain's held-out text,
 bits per byte there (comparable across tokenizers), bits per byte on the base's validation text
 (what was forgotten), and generation speed in tokens and bytes per second. Finished runs are
-reused; the extended bases are made once (DIR/extended_mean, DIR/extended_random).
+reused; the extended bases are made once (DIR/extended_mean, DIR/extended_random), their pieces
+learned from the corpus cleaned by config.data's stages, as the training runs clean it.
 """
 
 import copy
@@ -24,7 +25,7 @@ import os
 import time
 
 
-from gpt_jax import corpus, files, runs, sample, scoring, sharding, tokenizer as tokenizer_lib
+from gpt_jax import files, runs, sample, scoring, sharding, tokenizer as tokenizer_lib
 from gpt_jax import trainer, vocab_expansion
 from gpt_jax.errors import UserError
 
@@ -71,11 +72,12 @@ def run_study(config, workdir: str, log=print) -> dict:
   if not config.init_from:
     raise UserError('the domain study continues a pretrained model: pass --config.init_from=DIR '
                     '(e.g. runs/shakespeare)')
-  texts = [d.text for d in corpus.load_documents(config.data.corpus, config.data.text_field)[0]]
   extended = {}
+  texts = None
   for init in ('mean', 'random'):
     extended[init] = os.path.join(workdir, f'extended_{init}')
     if not os.path.exists(os.path.join(extended[init], runs.CONFIG)):
+      texts = texts or vocab_expansion.domain_texts(config.data, log)
       vocab_expansion.expand_run(config.init_from, texts, config.domain.pieces, extended[init],
                                  init=init, seed=config.seed, log=log)
   chain = run_configs(config, workdir, extended)

@@ -1,19 +1,20 @@
 """python -m gpt_jax.expand_vocab --base=RUN --corpus=FILES --pieces=N --out=DIR: a run whose
-tokenizer is RUN's extended with up to N pieces of the corpus's text (tokenizer.extend) and whose
+tokenizer is RUN's extended with up to N pieces of the corpus's text (tokenizer_extension) and whose
 model has rows for them (vocab_expansion), at step 0, to continue pretraining from:
 
   python -m gpt_jax.train --config=... --config.init_from=DIR --config.data.corpus=FILES \\
       --config.data.tokenizer=DIR/tokenizer.model --config.model.vocab_size=<DIR's>
 
 Options: --init=mean|random (the new rows), --vocab_size (0: the tokenizer's size rounded up to a
-multiple of 64), --text_field (of .jsonl corpora), --seed (random init).
+multiple of 64), --text_field (of .jsonl corpora), --seed (random init), --no-clean (learn from
+the corpus as it is; by default it is cleaned by the default data.* stages, as `prepare` does).
 """
 
 import argparse
 import sys
 from collections.abc import Sequence
 
-from gpt_jax import cli, corpus, runs, vocab_expansion
+from gpt_jax import cli, config as config_lib, runs, vocab_expansion
 from gpt_jax.errors import UserError
 
 
@@ -31,6 +32,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help='the model vocabulary; 0: the tokenizer\'s size rounded up to 64')
   parser.add_argument('--text_field', default='text', help='the text field of .jsonl records')
   parser.add_argument('--seed', type=int, default=0, help='of --init=random')
+  parser.add_argument('--clean', action=argparse.BooleanOptionalAction, default=True,
+                      help="clean the corpus with the default data.* stages (quality, exact "
+                      "de-duplication, PII) before learning pieces from it, as prepare would")
   args = parser.parse_args(argv)
   if args.pieces <= 0:
     raise UserError(f'--pieces={args.pieces}: the pieces to add must be >= 1')
@@ -42,7 +46,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def expand(args: argparse.Namespace, log=print) -> str:
   """Writes the extended run; returns its directory."""
   runs.read_config(args.base, '--base')  # a UserError now if it is not a run
-  texts = [doc.text for doc in corpus.load_documents(args.corpus, args.text_field)[0]]
+  data = config_lib.base_config().data
+  data.update(corpus=args.corpus, text_field=args.text_field)
+  if not args.clean:
+    data.update(min_chars=0, min_letter_fraction=0.0, exact_dedup=False, scrub_pii=False)
+  texts = vocab_expansion.domain_texts(data, log)
   return vocab_expansion.expand_run(args.base, texts, args.pieces, args.out, init=args.init,
                                     vocab_size=args.vocab_size, seed=args.seed, log=log)
 

@@ -31,11 +31,15 @@ def build(model: ml_collections.ConfigDict,
 
 def head_weight(params, model: ml_collections.ConfigDict) -> jax.Array:
   """The output head as (vocab, n_embd): logits = hidden · head_weightᵀ (dequantized if the
-  model's is quantized, gpt_jax.quant)."""
+  model's is quantized, gpt_jax.quant; with a LoRA run's trainable tokens in their rows,
+  gpt_jax.lora)."""
   quant = quant_lib.spec(model)
+  module, name = ('wte', 'embedding') if model.tie_embeddings else ('lm_head', 'kernel')
   if quant and quant.embeddings:
-    module, prefix = ('wte', 'embedding') if model.tie_embeddings else ('lm_head', 'kernel')
-    return quant_lib.dequantize(quant_lib.parts(params[module], prefix), quant).T
-  if model.tie_embeddings:
-    return params['wte']['embedding']
-  return params['lm_head']['kernel'].T
+    weight = quant_lib.dequantize(quant_lib.parts(params[module], name), quant).T
+  else:
+    weight = params[module][name] if model.tie_embeddings else params[module][name].T
+  tokens = params[module].get(lora_lib.TRAINABLE_TOKENS)  # (V - F, D), or (D, V - F) of lm_head
+  if tokens is not None:
+    weight = lora_lib.with_trainable_tokens(weight, tokens if model.tie_embeddings else tokens.T, 0)
+  return weight

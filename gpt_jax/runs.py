@@ -208,11 +208,12 @@ def _lora_base(workdir: str, mesh, dtype: str | None, log) -> Run:
 
 
 def write_params_run(workdir: str, config: ml_collections.ConfigDict, tokenizer: Tokenizer, params,
-                     step: int, flag: str, copy: tuple[str, ...] | list[str] = ()) -> str:
+                     step: int, flag: str, copy: tuple[str, ...] | list[str] = (),
+                     records: dict[str, dict] | None = None) -> str:
   """Makes `workdir` (new or empty; `flag` names the setting that gave it) a run of parameters
   alone, whole or not at all: config.json (its data.tokenizer the copy beside it), the tokenizer,
-  a params-only checkpoint at `step` and a copy of each file in `copy`. Returns the absolute
-  workdir."""
+  a params-only checkpoint at `step`, a copy of each file in `copy` and each of `records` (file
+  name -> JSON object). Returns the absolute workdir."""
   workdir = os.path.abspath(workdir)
   config.data.tokenizer = os.path.join(workdir, tokenizer.filename)
   with files.new_directory(workdir, flag) as tmp:
@@ -221,6 +222,8 @@ def write_params_run(workdir: str, config: ml_collections.ConfigDict, tokenizer:
     checkpoint.save_params(os.path.join(tmp, CHECKPOINTS), step, params)
     for path in copy:
       shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
+    for name, record in (records or {}).items():
+      files.write_json(os.path.join(tmp, name), record)
   return workdir
 
 

@@ -234,50 +234,6 @@ def train(texts: Iterable[str], vocab_size: int, sentences: int = 2_000_000) -> 
   return Tokenizer(model.getvalue())
 
 
-def extend(base: 'Tokenizer | HFTokenizer', texts: Sequence[str], pieces: int
-           ) -> tuple[Tokenizer, list[str]]:
-  """The base tokenizer with up to `pieces` pieces of a new domain's text appended, as Swallow
-  extended Llama 2's (Fujii et al. 2024): a BPE tokenizer trained on `texts` with this module's
-  settings proposes its pieces, and those the base lacks join it most frequent first (BPE's merge
-  order) after every base piece, scored below them. Every old id keeps its piece and score, the
-  base's merges still come first (a new piece forms where they leave its parts side by side), and
-  any text still round-trips exactly (byte fallback). Returns the tokenizer and its new pieces in
-  id order. UserError for pieces <= 0, a Hugging Face tokenizer.json, no text, or a text with
-  nothing the base lacks."""
-  from sentencepiece import sentencepiece_model_pb2  # protobuf: only extension edits a model
-  if pieces <= 0:
-    raise UserError(f'--pieces={pieces}: the pieces to add must be >= 1')
-  if not isinstance(base, Tokenizer):
-    raise UserError('the base has a Hugging Face tokenizer.json; extending one is not supported '
-                    'yet: extend a run with a sentencepiece tokenizer.model')
-  if not any(t.strip() for t in texts):
-    raise UserError('the new domain\'s corpus has no text; pass files with text')
-  proposal = _train_up_to(texts, base.vocab_size + pieces)
-  normal = sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL
-  extended, proposed = (sentencepiece_model_pb2.ModelProto() for _ in range(2))
-  extended.ParseFromString(base._proto)
-  proposed.ParseFromString(proposal._proto)
-  have = {p.piece for p in extended.pieces}
-  new = [p.piece for p in proposed.pieces if p.type == normal and p.piece not in have][:pieces]
-  if not new:
-    raise UserError('the new domain\'s text has no piece the base lacks: nothing to add; pass a '
-                    'corpus of the new domain')
-  lowest = min(p.score for p in extended.pieces if p.type == normal)
-  for i, piece in enumerate(new, 1):
-    extended.pieces.add(piece=piece, score=lowest - i, type=normal)
-  return Tokenizer(extended.SerializeToString()), new
-
-
-def _train_up_to(texts: Sequence[str], vocab_size: int) -> Tokenizer:
-  """train(texts, vocab_size), or the largest vocabulary BPE finds in the texts if smaller."""
-  try:
-    return train(texts, vocab_size)
-  except UserError as e:
-    if m := re.search(r'BPE finds at most (\d+) tokens', str(e)):
-      return train(texts, int(m[1]))
-    raise
-
-
 def _raise_if_vocab_size_error(message: str, vocab_size: int) -> None:
   """Turns sentencepiece's complaint about the vocab size into a UserError."""
   if m := re.search(r'smaller than required_chars\. \d+ vs (\d+)', message):

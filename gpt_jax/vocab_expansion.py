@@ -1,30 +1,34 @@
 """Vocabulary expansion for continued pretraining on a new domain (Swallow, Fujii et al. 2024):
-a run's tokenizer extended with the new domain's pieces (tokenizer.extend) and its model given
-rows for them, so that `--config.init_from` of the extended run continues pretraining with any
-objective.
+a run's tokenizer extended with the new domain's pieces (tokenizer_extension) and its model
+given rows for them, so that `--config.init_from` of the extended run continues pretraining with
+any objective (with LoRA, the new rows train in full: lora.trainable_tokens_from, read from the
+run's RECORD).
 
 New rows of the token embedding (and of an untied head) start as the mean of the base's rows for
-the pieces the base tokenizer splits the new piece's text into (the usual choice: Hewitt 2021;
-Swallow), or, with init='random', as draws of the model's init (normal, std init_std). Every old
-row is copied bit for bit, so the extended model at step 0 gives the base's logits on text made
-only of old pieces. The model vocabulary is the tokenizer's rounded up to a multiple of
-VOCAB_MULTIPLE; the padding ids are never tokens (losses.mask_padded_vocab) and their rows are 0.
+the base pieces the new piece is made of (tokenizer_extension.Extension.parts; the usual choice:
+Hewitt 2021; Swallow), or, with init='random', as draws of the model's init (normal, std
+init_std). Every old row is copied bit for bit, so the extended model at step 0 gives the
+base's logits on text made only of old pieces. The model vocabulary is the tokenizer's rounded
+up to a multiple of VOCAB_MULTIPLE; the padding ids are never tokens (losses.mask_padded_vocab)
+and their rows are 0.
 
 Shapes: V the old model vocabulary, W the new one, D n_embd.
 """
 
 from collections.abc import Callable, Sequence
 
+import json
+import os
+
 import jax
 import numpy as np
 
-from gpt_jax import quant, runs, tokenizer as tokenizer_lib
+from gpt_jax import clean, corpus, quant, runs, tokenizer_extension
 from gpt_jax.errors import UserError
-from gpt_jax.tokenizer import Tokenizer
 
+RECORD = 'vocab_expansion.json'  # in an extended run: its base and its first new id
 VOCAB_MULTIPLE = 64  # rows a model vocabulary is padded to: shards evenly, multiplies fast
 INITS = ('mean', 'random')
-_SPACE = '\u2581'
 
 
 def model_vocab_size(tokenizer_size: int, requested: int = 0) -> int:
@@ -35,11 +39,6 @@ def model_vocab_size(tokenizer_size: int, requested: int = 0) -> int:
                     f'{tokenizer_size} ids; pass at least {tokenizer_size} (or 0: rounded up to a '
                     f'multiple of {VOCAB_MULTIPLE})')
   return requested or -(-tokenizer_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-
-
-def piece_parts(base: Tokenizer, pieces: list[str]) -> list[list[int]]:
-  """The base's ids for each new piece's text ('▁' read as the space it stands for)."""
-  return base.encode_batch([piece.replace(_SPACE, ' ') for piece in pieces])
 
 
 def grow_rows(table: np.ndarray, first: int, parts: list[list[int]], rows: int, init: str,
@@ -74,6 +73,27 @@ def expand_params(params: dict, model_config, first: int, parts: list[list[int]]
   return grown
 
 
+def first_new_id(run_dir: str) -> int:
+  """The first new token id of a run made by expand_run (its RECORD), 0 for any other run."""
+  path = os.path.join(run_dir, RECORD)
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return int(json.load(f)['first_new_id'])
+
+
+def domain_texts(data_cfg, log: Callable[[str], None] = print) -> list[str]:
+  """The texts of data_cfg.corpus cleaned by data_cfg's stages as `prepare` cleans a corpus
+  (quality, hosts, de-duplication, PII: gpt_jax.clean), as Swallow cleaned its corpus before
+  extending the vocabulary; one line of what was removed to `log`."""
+  docs, loaded = corpus.load_documents(data_cfg.corpus, data_cfg.text_field, data_cfg.bad_lines,
+                                       data_cfg.url_field)
+  settings = clean.Settings.from_config(data_cfg)
+  kept, report = clean.clean_documents(docs, settings, loaded)
+  log(f'new domain\'s corpus: {report.summary(settings)}')
+  return [doc.text for doc in kept]
+
+
 def tokens_per_byte(tokenizer, texts: Sequence[str]) -> float:
   """Tokens of `texts` over their UTF-8 bytes."""
   return sum(map(len, tokenizer.encode_batch(texts))) / max(sum(len(t.encode()) for t in texts), 1)
@@ -82,16 +102,19 @@ def tokens_per_byte(tokenizer, texts: Sequence[str]) -> float:
 def expand_run(base_dir: str, texts: Sequence[str], pieces: int, out: str, *, init: str = 'mean',
                vocab_size: int = 0, seed: int = 0, log: Callable[[str], None] = print) -> str:
   """Writes `out`: the run in base_dir with its tokenizer extended by up to `pieces` pieces of
-  `texts` (tokenizer.extend) and rows for them (expand_params), model.vocab_size
-  model_vocab_size(…, vocab_size), at step 0. Returns out's absolute path."""
+  `texts` (tokenizer_extension.extend) and rows for them (expand_params), model.vocab_size
+  model_vocab_size(…, vocab_size), at step 0, and its RECORD. Returns out's absolute path."""
   base = runs.load(base_dir, what='--base', log=log)
-  extended, new = tokenizer_lib.extend(base.tokenizer, texts, pieces)
+  extension = tokenizer_extension.extend(base.tokenizer, texts, pieces)
+  extended, new = extension.tokenizer, extension.pieces
   vocab = model_vocab_size(extended.vocab_size, vocab_size)
   params = expand_params(base.params, base.config.model, base.tokenizer.vocab_size,
-                         piece_parts(base.tokenizer, new), vocab, init, seed)
+                         extension.parts, vocab, init, seed)
   config = base.config
   config.model.vocab_size = vocab
-  out = runs.write_params_run(out, config, extended, params, 0, '--out')
+  record = {'base': os.path.abspath(base_dir), 'base_step': base.step,
+            'first_new_id': base.tokenizer.vocab_size, 'pieces': len(new), 'init': init}
+  out = runs.write_params_run(out, config, extended, params, 0, '--out', records={RECORD: record})
   log(f'{out}: {len(new)} new pieces (ids {base.tokenizer.vocab_size}..'
       f'{extended.vocab_size - 1}, rows by {init}), model.vocab_size {vocab}; the corpus takes '
       f'{tokens_per_byte(base.tokenizer, texts):.3f} tokens per byte with the base tokenizer, '

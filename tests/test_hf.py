@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import TINY, run_cli, run_main
-from gpt_jax import cli, corpus, hf, runs, trainer
+from gpt_jax import cli, corpus, expand_vocab, hf, runs, trainer
 from gpt_jax.config import base_config
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
-from test_tokenizer import byte_level_bpe
+from test_tokenizer import byte_level_bpe, stdlib_code
 
 transformers = pytest.importorskip(
     'transformers', reason='needs transformers and torch: pip install -e .[hf]')
@@ -265,6 +265,27 @@ def test_cli_import_is_a_run_to_fine_tune(llama_dir, sp_model, small_corpus, tmp
   assert record['step'] == 2 and np.isfinite(record['val_loss'])
   with pytest.raises(UserError, match='holds imported weights, not a training run to resume'):
     trainer.train(config, workdir, log=quiet)
+
+
+def test_an_imported_gpt2_extends_its_tokenizer_json_and_keeps_its_logits(gpt2_dir, tmp_path):
+  """expand_vocab on an imported run: the byte-level BPE gains merges for Python code, the model
+  rows for them, and text of old pieces gets the imported model's logits."""
+  imported = hf.import_checkpoint(gpt2_dir, str(tmp_path / 'imported'))
+  (tmp_path / 'code.txt').write_text(''.join(stdlib_code(4)))
+  out = expand_vocab.expand(expand_vocab.parse_args([
+      f'--base={imported}', f'--corpus={tmp_path / "code.txt"}', '--pieces=32',
+      f'--out={tmp_path / "extended"}']), log=quiet)
+  base, ext = runs.load(imported), runs.load(out)
+  assert isinstance(ext.tokenizer, tokenizer_lib.HFTokenizer)
+  assert (ext.tokenizer.vocab_size, ext.config.model.vocab_size) == (GPT2_VOCAB + 32, 384)
+  code = stdlib_code(5)[4]
+  assert ext.tokenizer.decode(ext.tokenizer.encode(code)) == code
+  assert len(ext.tokenizer.encode(code)) < 0.9 * len(base.tokenizer.encode(code))
+  np.testing.assert_array_equal(np.asarray(ext.params['wte']['embedding'])[:GPT2_VOCAB],
+                                np.asarray(base.params['wte']['embedding']))
+  tokens = jnp.asarray([base.tokenizer.encode('To be, or not to be')])
+  np.testing.assert_allclose(ext.gpt.apply({'params': ext.params}, tokens)[..., :GPT2_VOCAB],
+                             base.gpt.apply({'params': base.params}, tokens), rtol=1e-6, atol=1e-6)
 
 
 def test_imported_gpt2_teaches_with_its_tokenizer_json(gpt2_dir, small_corpus, tmp_path):

@@ -106,6 +106,40 @@ def test_scanned_layers_merge_layer_by_layer():
                              atol=1e-5)
 
 
+@pytest.mark.parametrize('tie', [True, False])
+def test_trainable_tokens_start_as_the_base_rows_train_and_merge_into_them(tie):
+  """lora.trainable_tokens_from=F: rows F.. of the token table (columns of an untied head) are
+  trained in full: start_from copies the base's, a step moves them and the adapters, and merging
+  writes them into the table, rows 0..F-1 bit for bit the base's."""
+  config = tiny(targets='query', trainable_tokens_from=500)
+  config.model.tie_embeddings = tie
+  objective, base = adapted_lm(config)
+  params = objective.start_from(objective.init_params(jax.random.PRNGKey(0)), None, quiet)
+  table = ('wte', 'embedding') if tie else ('lm_head', 'kernel')
+  expected = [table] if tie else [('wte', 'embedding'), table]
+  tokens_of = lambda tree, path: tree[path[0]][lora.TRAINABLE_TOKENS]
+  for path in expected:
+    base_rows = base[path[0]][path[1]]
+    np.testing.assert_array_equal(tokens_of(params, path),
+                                  base_rows[500:] if path[1] == 'embedding' else base_rows[:, 500:])
+  plain = network.build(config.model).apply
+  adapted = objective.gpt.apply({'params': objective.combine(params, base)}, tokens())
+  np.testing.assert_allclose(adapted, plain({'params': base}, tokens()), rtol=1e-6, atol=1e-6)
+
+  batch = {'tokens': jnp.concatenate([tokens(8, 33)[:, :30], jnp.full((8, 3), 505)], axis=1)}
+  objective.start_from = lambda params, mesh, log: params  # train() starts from init_params
+  before, state = train(objective, batch)
+  for path in expected:
+    assert not np.array_equal(tokens_of(before[0], path), tokens_of(state.params, path)), path
+  merged = lora.merge(objective.combine(state.params, base), config.lora)
+  assert jax.tree.structure(merged) == jax.tree.structure(base)
+  np.testing.assert_array_equal(merged['wte']['embedding'][:500], base['wte']['embedding'][:500])
+  np.testing.assert_array_equal(merged['wte']['embedding'][500:],
+                                state.params['wte'][lora.TRAINABLE_TOKENS])
+  unmerged = objective.gpt.apply({'params': objective.combine(state.params, base)}, tokens())
+  np.testing.assert_allclose(plain({'params': merged}, tokens()), unmerged, atol=1e-5)
+
+
 # --- a train step -------------------------------------------------------------------------------
 
 

@@ -2,13 +2,14 @@
 Hugging Face tokenizer.json behind the same interface."""
 
 import glob
+import json
 import os
 import sysconfig
 
 import pytest
 from sentencepiece import sentencepiece_model_pb2 as pb
 
-from gpt_jax import tokenizer as tokenizer_lib
+from gpt_jax import tokenizer as tokenizer_lib, tokenizer_extension
 from gpt_jax.errors import UserError
 from gpt_jax.tokenizer import HFTokenizer, Tokenizer
 
@@ -153,11 +154,11 @@ def stdlib_code(count: int) -> list[str]:
 
 @pytest.fixture(scope='module')
 def extended(tokenizer):
-  return tokenizer_lib.extend(tokenizer, stdlib_code(10), 64)
+  return tokenizer_extension.extend(tokenizer, stdlib_code(10), 64)
 
 
 def test_extension_appends_the_new_domains_pieces_and_keeps_every_old_id(tokenizer, extended):
-  ext, new = extended
+  ext, new = extended.tokenizer, extended.pieces
   assert len(new) == 64 and ext.vocab_size == VOCAB + 64 and '▁▁▁▁' in new
   old, grown = pb.ModelProto(), pb.ModelProto()
   old.ParseFromString(tokenizer._proto)
@@ -167,25 +168,75 @@ def test_extension_appends_the_new_domains_pieces_and_keeps_every_old_id(tokeniz
   assert max(p.score for p in list(grown.pieces)[VOCAB:]) < min(
       p.score for p in old.pieces if p.type == pb.ModelProto.SentencePiece.NORMAL)
   assert (ext.eos_id, ext.bos_id) == (tokenizer.eos_id, tokenizer.bos_id)
+  assert [tokenizer.decode(ids) for ids in extended.parts] == [
+      p.replace('▁', ' ') for p in new]
+
+
+def shortens_and_round_trips(base, ext, also=()) -> float:
+  """ext's tokens per byte of held-out code over base's, after checking that ext round-trips
+  that code, TRICKY and `also` wherever base does."""
+  held_out = stdlib_code(14)[10:]
+  for text in [*held_out, TRICKY, '▁▁x', '', *also]:
+    if base.decode(base.encode(text)) == text:
+      assert ext.decode(ext.encode(text)) == text, text[:80]
+  per_byte = lambda tok: sum(len(tok.encode(t)) for t in held_out) / sum(
+      len(t.encode()) for t in held_out)
+  return per_byte(ext) / per_byte(base)
 
 
 def test_an_extended_tokenizer_round_trips_and_shortens_the_new_domain(tokenizer, extended,
                                                                        shakespeare):
-  ext, _ = extended
-  held_out = stdlib_code(14)[10:]
-  for text in [*held_out, TRICKY, shakespeare[100].text, '▁▁x', '']:
-    assert ext.decode(ext.encode(text)) == text
-  per_byte = lambda tok: sum(len(tok.encode(t)) for t in held_out) / sum(
-      len(t.encode()) for t in held_out)
-  assert per_byte(ext) < 0.8 * per_byte(tokenizer)
+  ext = extended.tokenizer
+  assert ext.decode(ext.encode(TRICKY)) == TRICKY
+  assert shortens_and_round_trips(tokenizer, ext, [shakespeare[100].text]) < 0.8
+
+
+def byte_fallback_bpe(texts, vocab_size: int) -> str:
+  """A tokenizer.json as LLaMA 2 and Mistral bring: BPE over whole texts with spaces as '▁', a
+  dummy prefix, and byte fallback through the 256 byte tokens <0x00>..<0xFF>."""
+  tokenizers = pytest.importorskip('tokenizers', reason='needs tokenizers: pip install -e .[hf]')
+  from tokenizers import decoders, models, normalizers, trainers
+  tok = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token='<unk>', fuse_unk=True))
+  tok.normalizer = normalizers.Sequence([normalizers.Prepend('▁'), normalizers.Replace(' ', '▁')])
+  tok.decoder = decoders.Sequence([decoders.Replace('▁', ' '), decoders.ByteFallback(),
+                                   decoders.Fuse(), decoders.Strip(' ', 1, 0)])
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(prepend_scheme='never')
+  specials = ['<unk>', '<s>', '</s>'] + [f'<0x{b:02X}>' for b in range(256)]
+  tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size,
+                                                     special_tokens=specials, limit_alphabet=80))
+  spec = json.loads(tok.to_str())
+  spec['pre_tokenizer'] = None  # LLaMA 2's has none: the model sees whole texts
+  return json.dumps(spec)
+
+
+@pytest.mark.parametrize('kind', ['byte-level', 'byte-fallback'])
+def test_a_hugging_face_bpe_extends_with_merges_after_the_bases(texts, kind):
+  make = byte_level_bpe if kind == 'byte-level' else byte_fallback_bpe
+  base = HFTokenizer(make(texts, VOCAB).encode())
+  extension = tokenizer_extension.extend(base, stdlib_code(10), 64)
+  ext, new = extension.tokenizer, extension.pieces
+  assert ext.vocab_size == VOCAB + len(new) and 48 <= len(new) <= 64
+  old, grown = (json.loads(t._data)['model'] for t in (base, ext))
+  assert all(grown['vocab'][token] == i for token, i in old['vocab'].items())
+  assert [grown['vocab'][token] for token in new] == list(range(VOCAB, ext.vocab_size))
+  assert grown['merges'][:len(old['merges'])] == old['merges']
+  # A merge makes each new piece but the characters a byte-fallback base spelled in bytes.
+  assert len(grown['merges']) == len(old['merges']) + sum(len(token) > 1 for token in new)
+  for token, ids in zip(new, extension.parts):
+    assert max(ids) < VOCAB and base.decode(ids) == ext.decode([grown['vocab'][token]])
+  assert (ext.eos_id, ext.bos_id) == (base.eos_id, base.bos_id)
+  # The byte-fallback base has 253 pieces beside its bytes: 64 buy less than on the byte-level one.
+  assert shortens_and_round_trips(base, ext, texts[:3]) < (0.85 if kind == 'byte-level' else 0.95)
 
 
 def test_bad_extensions_are_one_line(tokenizer, hf_tokenizer):
   with pytest.raises(UserError, match='^--pieces=0: the pieces to add must be >= 1'):
-    tokenizer_lib.extend(tokenizer, ['x'], 0)
+    tokenizer_extension.extend(tokenizer, ['x'], 0)
   with pytest.raises(UserError, match="^the new domain's corpus has no text"):
-    tokenizer_lib.extend(tokenizer, [' \n'], 8)
+    tokenizer_extension.extend(tokenizer, [' \n'], 8)
   with pytest.raises(UserError, match="^the new domain's text has no piece the base lacks"):
-    tokenizer_lib.extend(tokenizer, ['a a a a'], 8)
-  with pytest.raises(UserError, match='^the base has a Hugging Face tokenizer.json'):
-    tokenizer_lib.extend(hf_tokenizer, ['x'], 8)
+    tokenizer_extension.extend(tokenizer, ['a a a a'], 8)
+  spec = json.loads(hf_tokenizer._data)
+  spec['model'] = {'type': 'WordLevel', 'vocab': spec['model']['vocab'], 'unk_token': '!'}
+  with pytest.raises(UserError, match="^the base's tokenizer.json is a WordLevel model"):
+    tokenizer_extension.extend(HFTokenizer(json.dumps(spec).encode()), ['x'], 8)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY, run_main
-from gpt_jax import cli, domain_study, expand_vocab, runs, trainer, vocab_expansion
+from gpt_jax import cli, corpus, domain_study, expand_vocab, runs, tokenizer_extension, trainer
 
 PIECES = 40  # 512 + 40 ids: the model vocabulary rounds up to 576
 
@@ -36,15 +36,17 @@ def expanded(tiny_base, code_corpus, tmp_path_factory):
   return runs.load(tiny_base), runs.load(out), out
 
 
-def test_old_rows_are_kept_and_new_rows_are_the_mean_of_their_parts(expanded):
+def test_old_rows_are_kept_and_new_rows_are_the_mean_of_their_parts(expanded, code_corpus):
   base, ext, _ = expanded
   old = np.asarray(base.params['wte']['embedding'])
   new = np.asarray(ext.params['wte']['embedding'])
   assert (ext.tokenizer.vocab_size, ext.config.model.vocab_size, new.shape[0]) == (
       512 + PIECES, 576, 576)
   np.testing.assert_array_equal(new[:512], old)
-  pieces = [ext.tokenizer._sp.id_to_piece(i) for i in range(512, 512 + PIECES)]
-  parts = vocab_expansion.piece_parts(base.tokenizer, pieces)
+  texts = [doc.text for doc in corpus.load_documents(code_corpus)[0]]
+  extension = tokenizer_extension.extend(base.tokenizer, texts, PIECES)  # deterministic
+  assert extension.tokenizer.sha256 == ext.tokenizer.sha256
+  parts = extension.parts
   for i, ids in enumerate(parts):
     assert len(ids) >= 1
     np.testing.assert_allclose(new[512 + i], old[ids].mean(0), rtol=1e-6, atol=1e-7)
@@ -117,3 +119,24 @@ def test_the_domain_study_trains_and_measures_every_run(tiny_base, code_corpus, 
   assert all(0 < m['domain_bpb'] < 10 and 0 < m['base_bpb'] < 10 for m in measured.values())
   report = (tmp_path / 'study' / 'domain_report.md').read_text()
   assert '| extended, random | equal time |' in report
+
+
+@pytest.mark.slow
+def test_lora_on_the_extended_run_trains_its_new_rows_and_freezes_the_old(expanded, code_corpus,
+                                                                          tmp_path):
+  _, ext, out = expanded
+  config = cli.load_experiment(TINY)
+  config.update(init_from=out, steps=3, eval_every=3, checkpoint_every=3, log_every=3)
+  config.data.update(corpus=code_corpus, tokenizer=os.path.join(out, 'tokenizer.model'),
+                     val_fraction=0.34)
+  config.model.vocab_size = ext.config.model.vocab_size
+  config.lora.update(rank=2, targets='query')
+  config.sample.num = 0
+  lines = []
+  trainer.train(config, str(tmp_path / 'lora'), log=lines.append)
+  assert any('token ids 512..575 train in full' in line for line in lines), lines
+  assert runs.read_config(str(tmp_path / 'lora')).lora.trainable_tokens_from == 512
+  merged = np.asarray(runs.load(str(tmp_path / 'lora')).params['wte']['embedding'])
+  before = np.asarray(ext.params['wte']['embedding'])
+  np.testing.assert_array_equal(merged[:512], before[:512])
+  assert not np.array_equal(merged[512:512 + PIECES], before[512:512 + PIECES])

@@ -7,13 +7,20 @@ model equals its base at step 0. A carries the input axes' logical names and B t
 axes', so the adapters shard with the weight they adapt (sharding.RULES).
 
 A LoRA run (config.lora.rank > 0, objectives.lora) trains and checkpoints the adapters alone
-(and a task head, if its objective has one); its base, config.init_from, stays frozen and is
-named in DIR/lora.json (by its path, absolute and relative to DIR) with a fingerprint of its
-parameters, which every load checks. runs.load gives such a run merged, W + (alpha/r)·A·B, so
-sampling, evaluation, export, init_from and distillation read it like any run (on a quantized
-base, QLoRA, with the adapters apart), and
+(and a task head, if its objective has one, and the trainable tokens below); its base,
+config.init_from, stays frozen and is named in DIR/lora.json (by its path, absolute and relative
+to DIR) with a fingerprint of its parameters, which every load checks. runs.load gives such a run
+merged, W + (alpha/r)·A·B, so sampling, evaluation, export, init_from and distillation read it
+like any run (on a quantized base, QLoRA, with the adapters apart), and
 `python -m gpt_jax.lora merge --workdir=DIR --out=DIR2` (gpt_jax/lora/__main__.py) writes that
 merged model as an ordinary run.
+
+Trainable tokens (PEFT's `trainable_token_indices`): with lora.trainable_tokens_from = F > 0, the
+rows of token ids F.. of the embedding table (and the same columns of an untied head) are a
+parameter of their own, `trainable_tokens`, trained in full beside the adapters while rows 0..F-1
+stay frozen. This is how the new pieces of a vocabulary expansion (gpt_jax.vocab_expansion) learn
+under LoRA: a low-rank update of the Dense layers never reaches a token's embedding. Merging
+writes them into the table.
 
 In the network, an adapted model is its base's plan (float, or quantized: QLoRA) wrapped in a
 LoraPlan (gpt_jax.layers, gpt_jax.network): the model never names LoRA.
@@ -38,6 +45,8 @@ ATTENTION_LAYERS = ('query', 'key', 'value', 'out')
 MLP_LAYERS = ('fc', 'gate', 'up', 'proj')
 TARGETS = {'attn': ATTENTION_LAYERS, 'mlp': MLP_LAYERS, 'all': ATTENTION_LAYERS + MLP_LAYERS}
 ADAPTERS = ('lora_a', 'lora_b')  # the parameter names of a Dense layer's adapter
+TRAINABLE_TOKENS = 'trainable_tokens'  # the trained rows (columns of a head) of ids F..
+TRAINED = ADAPTERS + (TRAINABLE_TOKENS,)  # what a LoRA run trains of the model
 BASE_FILE = 'lora.json'  # in a LoRA run's workdir: its base run and the base's fingerprint
 
 
@@ -46,6 +55,7 @@ class LoraSpec:
   rank: int
   alpha: float
   dropout: float
+  trainable_tokens_from: int = 0  # F > 0: ids F.. train in full (module docstring); 0: none
 
 
 def target_layers(targets: str) -> tuple[str, ...]:
@@ -80,9 +90,50 @@ class LoraMatmul:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainableTokensMatmul:
+  """The untied head's matmul (layers.Matmul, x · W with W (D, V)) whose output columns F.. come
+  from `trainable_tokens` (D, V - F) instead of the inner matmul's kernel (float or quantized)."""
+  inner: layers.Matmul
+  first: int
+
+  def __call__(self, module: layers.Dense, x, shape: tuple, names: tuple, deterministic: bool):
+    y = self.inner(module, x, shape, names, deterministic)
+    n_in = len(module.in_names)
+    tokens = module.param(TRAINABLE_TOKENS, nn.with_logical_partitioning(
+        nn.initializers.zeros, names[:-1] + (None,)), shape[:-1] + (shape[-1] - self.first,),
+        module.param_dtype)
+    return jnp.concatenate([y[..., :self.first], layers.contract(x, tokens, n_in, module.dtype)],
+                           axis=-1)
+
+
+class TrainableTokensEmbed(nn.Embed):
+  """nn.Embed (ids -> rows, and the tied head `attend`) whose rows F.. (`first`) come from
+  `trainable_tokens` (V - F, D) instead of `embedding`. Both start at zero here; the LoRA
+  objective copies the base's rows into the trainable ones before the first step."""
+  first: int = 0
+
+  def setup(self):
+    super().setup()
+    self.trainable_tokens = self.param(
+        TRAINABLE_TOKENS, nn.with_logical_partitioning(nn.initializers.zeros, (None, 'embed')),
+        (self.num_embeddings - self.first, self.features), self.param_dtype)
+
+  def __call__(self, inputs):
+    rows = super().__call__(inputs)
+    trained = jnp.take(self.trainable_tokens, jnp.maximum(inputs - self.first, 0), axis=0)
+    return jnp.where((inputs >= self.first)[..., None], trained.astype(rows.dtype), rows)
+
+  def attend(self, query):
+    logits = super().attend(query)
+    query, tokens = nn.dtypes.promote_dtype(query, self.trainable_tokens, dtype=self.dtype)
+    return jnp.concatenate([logits[..., :self.first], query @ tokens.T], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
 class LoraPlan(layers.Plan):
   """`inner` (a float or quantized network) with LoraMatmul around the Dense layers named in
-  `targets`; the head and the token table stay inner's."""
+  `targets`; the head and the token table stay inner's, but for their trainable tokens, if
+  lora.trainable_tokens_from > 0."""
   inner: layers.Plan
   lora: LoraSpec
   targets: tuple[str, ...]
@@ -92,16 +143,30 @@ class LoraPlan(layers.Plan):
     return LoraMatmul(matmul, self.lora) if layer in self.targets else matmul
 
   def head(self) -> layers.Matmul:
-    return self.inner.head()
+    first = self.lora.trainable_tokens_from
+    return TrainableTokensMatmul(self.inner.head(), first) if first > 0 else self.inner.head()
 
   def embed(self, num_embeddings: int, features: int, std: float, dtype: str, param_dtype: str,
             name: str) -> nn.Module:
-    return self.inner.embed(num_embeddings, features, std, dtype, param_dtype, name)
+    first = self.lora.trainable_tokens_from
+    if first <= 0:
+      return self.inner.embed(num_embeddings, features, std, dtype, param_dtype, name)
+    if not 0 < first < num_embeddings:
+      raise UserError(f'lora.trainable_tokens_from={first} is beyond the model\'s '
+                      f'{num_embeddings}-token vocabulary; pass an id below it (or 0: none)')
+    if type(self.inner).embed is not layers.Plan.embed:
+      raise UserError('lora.trainable_tokens_from needs a float token table, and the base stores '
+                      'its embeddings quantized; quantize the base without its embeddings, or '
+                      'pass --config.lora.trainable_tokens_from=0')
+    return TrainableTokensEmbed(num_embeddings, features, dtype=dtype, param_dtype=param_dtype,
+                                embedding_init=layers.logical_normal(std, ('vocab', 'embed')),
+                                first=first, name=name)
 
 
 def plan(lora: ml_collections.ConfigDict, inner: layers.Plan) -> LoraPlan:
   """The LoraPlan of config.lora (rank > 0) around `inner`."""
-  return LoraPlan(inner, LoraSpec(lora.rank, lora.alpha, lora.dropout),
+  return LoraPlan(inner, LoraSpec(lora.rank, lora.alpha, lora.dropout,
+                                  max(lora.get('trainable_tokens_from', 0), 0)),
                   target_layers(lora.targets))
 
 
@@ -144,11 +209,12 @@ def targeted_layers(targets: str, mlp: str) -> tuple[str, ...]:
 
 
 def split(params) -> tuple[dict, dict]:
-  """(adapters, the rest) of a model's parameter tree (nested dicts; also of trees of shapes or
-  PartitionSpecs): two trees of the same nesting with no leaf in common."""
+  """(what a LoRA run trains: adapters and trainable tokens, the rest) of a model's parameter
+  tree (nested dicts; also of trees of shapes or PartitionSpecs): two trees of the same nesting
+  with no leaf in common."""
   flat = traverse_util.flatten_dict(params)
   part = lambda adapters: traverse_util.unflatten_dict(
-      {path: leaf for path, leaf in flat.items() if (path[-1] in ADAPTERS) == adapters})
+      {path: leaf for path, leaf in flat.items() if (path[-1] in TRAINED) == adapters})
   return part(True), part(False)
 
 
@@ -156,6 +222,13 @@ def join(adapters, rest) -> dict:
   """The one tree of two with no leaf in common (split's inverse)."""
   return traverse_util.unflatten_dict({**traverse_util.flatten_dict(rest),
                                        **traverse_util.flatten_dict(adapters)})
+
+
+def with_trainable_tokens(table, tokens, axis: int) -> jax.Array:
+  """`table` (V rows on `axis`) with its last tokens.shape[axis] rows replaced by `tokens`."""
+  first = table.shape[axis] - tokens.shape[axis]
+  return jnp.concatenate([jax.lax.slice_in_dim(table, 0, first, axis=axis),
+                          tokens.astype(table.dtype)], axis=axis)
 
 
 def low_rank_product(a, b, kernel_ndim: int) -> jax.Array:
@@ -170,20 +243,27 @@ def low_rank_product(a, b, kernel_ndim: int) -> jax.Array:
 def merge(params, lora: ml_collections.ConfigDict) -> dict:
   """The model's parameters with each adapted kernel W replaced by W + (alpha/r)·A·B (the paper's
   B·A, in this (in, out) layout; summed in float32, stored in W's dtype) and the adapters
-  dropped: the plain model, computing what the adapted one does up to float rounding. UserError
+  dropped, and trainable tokens written into their table (the token rows, or the head's
+  columns): the plain model, computing what the adapted one does up to float rounding. UserError
   for an adapted layer without a float kernel (a quantized base), onto which merging is
   refused."""
   adapters, rest = split(params)
   flat, flat_adapters = traverse_util.flatten_dict(rest), traverse_util.flatten_dict(adapters)
   for layer in sorted({path[:-1] for path in flat_adapters}):
-    kernel = flat.get(layer + ('kernel',))
+    tokens = flat_adapters.get(layer + (TRAINABLE_TOKENS,))
+    name = 'embedding' if tokens is not None and layer + ('embedding',) in flat else 'kernel'
+    kernel = flat.get(layer + (name,))
     if kernel is None:
       raise UserError(f'layer {"/".join(layer)} has no float kernel (a quantized base): merging '
                       'adapters onto it is refused; use the LoRA run unmerged')
-    delta = low_rank_product(flat_adapters[layer + ('lora_a',)], flat_adapters[layer + ('lora_b',)],
-                             kernel.ndim)
-    flat[layer + ('kernel',)] = (kernel.astype(jnp.float32) + lora.alpha / lora.rank * delta
-                                 ).astype(kernel.dtype)
+    if tokens is not None:
+      axis = 0 if name == 'embedding' else -1
+      flat[layer + (name,)] = with_trainable_tokens(kernel, tokens, axis)
+    if layer + ('lora_a',) in flat_adapters:
+      delta = low_rank_product(flat_adapters[layer + ('lora_a',)],
+                               flat_adapters[layer + ('lora_b',)], kernel.ndim)
+      flat[layer + ('kernel',)] = (kernel.astype(jnp.float32) + lora.alpha / lora.rank * delta
+                                   ).astype(kernel.dtype)
   return traverse_util.unflatten_dict(flat)
 
 

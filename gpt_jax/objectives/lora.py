@@ -4,7 +4,9 @@ adapters on a frozen base model instead of the model's weights (gpt_jax.lora has
 The inner objective (language modelling, distillation, instruction tuning, a task head) is built
 as without LoRA, then given the adapted model (network.build with config.lora). What this wrapper
 trains is the adapters (the `lora_a`, `lora_b` leaves of the model's parameters) and whatever the
-inner objective trains beside the model (classify's head and special tokens, runs.MODEL_KEY);
+inner objective trains beside the model (classify's head and special tokens, runs.MODEL_KEY),
+and the trainable tokens (lora.trainable_tokens_from; by default a vocabulary expansion's new
+pieces, read from the base's vocab_expansion.json);
 the rest of the model's parameters, config.init_from's, are frozen: passed to the step in
 `frozen` beside the inner objective's own frozen tree (a teacher) and never in the optimizer, so
 the train state, the optimizer's moments and the checkpoints hold the trained part alone. The
@@ -16,8 +18,9 @@ import dataclasses
 import os
 
 import jax
+from flax import traverse_util
 
-from gpt_jax import lora, network, runs
+from gpt_jax import lora, network, runs, vocab_expansion
 from gpt_jax.errors import UserError
 from gpt_jax.objectives.base import Objective, load_base
 
@@ -37,6 +40,8 @@ class LoraTuning(Objective):
                       '--config.init_from=DIR (a finished run, or a model imported by gpt_jax.hf)')
     layers = lora.targeted_layers(config.lora.targets,
                                   runs.read_config(config.init_from, 'init_from').model.mlp)
+    if config.lora.trainable_tokens_from < 0:  # recorded in config.json as resolved
+      config.lora.trainable_tokens_from = vocab_expansion.first_new_id(config.init_from)
     # sft and classify adopt the base's model and load it (base.load_base); so does 'lm' here.
     base = load_base(config, mesh, log) if config.objective == 'lm' else None
     inner = build_inner()
@@ -46,8 +51,11 @@ class LoraTuning(Objective):
       runs.check_compatible(base, config.init_from, 'init_from', config, inner.tokenizer)
     objective = cls.wrap(inner, base.params)
     objective.base_record = lora.base_record(config.init_from, base.step, base.params)
-    log(f'LoRA: rank {config.lora.rank}, alpha {config.lora.alpha} on {", ".join(layers)}; '
-        'the base stays frozen')
+    first = config.lora.trainable_tokens_from
+    tokens = (f'; token ids {first}..{config.model.vocab_size - 1} train in full' if first > 0
+              else '')
+    log(f'LoRA: rank {config.lora.rank}, alpha {config.lora.alpha} on {", ".join(layers)}'
+        f'{tokens}; the base stays frozen')
     return objective
 
   @classmethod
@@ -85,7 +93,20 @@ class LoraTuning(Objective):
     return self.trained(self.inner.param_axes())
 
   def start_from(self, params, mesh, log):
-    return params  # fresh adapters (B = 0: the base's function) and a fresh head, if any
+    """Fresh adapters (B = 0: the base's function) and a fresh head, if any; trainable tokens
+    start as the base's rows (columns of a head)."""
+    key = runs.MODEL_KEY.get(self.config.objective)
+    model_params = params if key is None else params[key]
+    flat = traverse_util.flatten_dict(model_params)
+    base = traverse_util.flatten_dict(self.frozen['base'])
+    for path, tokens in flat.items():
+      if path[-1] == lora.TRAINABLE_TOKENS:
+        table = base.get(path[:-1] + ('embedding',))
+        rows = (table[-tokens.shape[0]:] if table is not None
+                else base[path[:-1] + ('kernel',)][..., -tokens.shape[-1]:])
+        flat[path] = jax.device_put(rows.astype(tokens.dtype), tokens.sharding)
+    model_params = traverse_util.unflatten_dict(flat)
+    return model_params if key is None else {**params, key: model_params}
 
   def check_workdir(self, workdir):
     """Writes lora.json at the start of a run; on a resume checks the base against it first, and
