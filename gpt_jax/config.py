@@ -111,8 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = data = ml_collections.ConfigDict()
   data.corpus = 'shakespeare'  # 'shakespeare' or paths/dirs/globs (comma-separated) of
-  # .txt/.md/.jsonl[.gz]
-  data.text_field = 'text'  # the field holding the text in .jsonl files
+  # .txt/.md/.jsonl[.gz] and .parquet
+  data.text_field = 'text'  # the field (column) holding the text in .jsonl (.parquet) files
   data.tokenizer = ''  # '' = train a BPE tokenizer on the training split; or a .model file
   data.val_fraction = 0.05
   data.max_document_chars = 65536  # longer documents (a book, a one-file corpus) are cut ...

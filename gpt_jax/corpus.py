@@ -5,9 +5,14 @@ package (one document per scene, the markup stripped to plain text like tiny-sha
 comma-separated list of files, directories and globs:
   .txt, .md and any other named file  one document per file
   .jsonl, .json                       JSON Lines: one document per line, the text in `text_field`
-  any of these + .gz                  decompressed on the fly
-Directories are searched recursively for .txt/.md/.jsonl/.json files, gzipped or not. A byte-order
-mark is not text, at the start of a file or of any line (files saved with one, joined by `cat`).
+  .parquet                            one document per row, the text in column `text_field`
+                                      (pyarrow, extra '.[data]'; datatrove's ParquetWriter output)
+  any of these but .parquet + .gz     decompressed on the fly
+  .ds (+ .ds.index)                   tokens, not text: datatrove's tokenized files, which
+                                      training reads in place (gpt_jax.token_files)
+Directories are searched recursively for .txt/.md/.jsonl/.json/.parquet files, gzipped or not. A
+byte-order mark is not text, at the start of a file or of any line (files saved with one, joined
+by `cat`).
 Line ends become '\\n': Windows' '\\r\\n' and old Macs' '\\r' are read as Python's universal
 newlines read them, so a text is cut, de-duplicated and tokenized alike whichever system wrote it.
 
@@ -31,7 +36,9 @@ from collections.abc import Iterable, Iterator
 from gpt_jax import files
 from gpt_jax.errors import UserError
 
-TEXT_EXTENSIONS = ('.txt', '.md', '.jsonl', '.json')
+TEXT_EXTENSIONS = ('.txt', '.md', '.jsonl', '.json', '.parquet')
+_PARQUET_BATCH = 1024  # rows read at a time from a Parquet file
+TOKEN_EXTENSION = '.ds'  # datatrove's tokenized files: tokens, not text (gpt_jax.token_files)
 _FIX_PATHS = "pass 'shakespeare' or existing files, directories or globs in --config.data.corpus"
 
 
@@ -114,8 +121,9 @@ def input_files(corpus: str) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-  """A unit of reading that `documents` turns into documents: a .jsonl line (`line`, its bytes)
-  or the text of one document or piece (`text`, decoded, its invalid bytes counted)."""
+  """A unit of reading that `documents` turns into documents: a .jsonl line (`line`, its bytes),
+  a Parquet row (`row`, its columns) or the text of one document or piece (`text`, decoded, its
+  invalid bytes counted)."""
   path: str
   source: str
   size: int  # bytes of the file it stands for, for progress
@@ -123,6 +131,7 @@ class Record:
   line: bytes | None = None
   invalid_bytes: int = 0
   piece: int = 0  # i > 0: piece i of a text file cut while it was read
+  row: dict | None = None
 
 
 def records(path: str, *, shakespeare: bool, max_chars: int, piece_chars: int
@@ -135,13 +144,18 @@ def records(path: str, *, shakespeare: bool, max_chars: int, piece_chars: int
       yield from _scene_records(path)
     elif _is_json_lines(path):
       yield from _line_records(path)
+    elif path.endswith('.parquet'):
+      yield from _parquet_records(path)
+    elif path.endswith(TOKEN_EXTENSION):
+      raise UserError(f"'{path}' holds tokens (a datatrove .ds file), not text: only training "
+                      'reads it (data.corpus of .ds files alone, with --config.data.tokenizer)')
     else:
       yield from _text_records(path, max_chars, piece_chars)
   except FileNotFoundError:
     raise UserError(f"corpus file '{path}' vanished while the corpus was read; restore it (or "
                     'leave it out of --config.data.corpus) and run again: nothing was written'
                     ) from None
-  except (OSError, EOFError) as e:  # gzip raises these for a corrupt file
+  except (OSError, EOFError, ValueError) as e:  # gzip and pyarrow raise these for a corrupt file
     raise UserError(f"cannot read corpus file '{path}': {e}; fix or remove it") from None
 
 
@@ -158,6 +172,8 @@ def documents(record: Record, report: LoadReport, *, text_field: str = 'text',
     docs = [Document(record.source, record.text)]
     report.cut_documents += record.piece == 1
     report.pieces += record.piece > 0
+  elif record.row is not None:
+    docs = _row_document(record, record.row, report, text_field, url_field)
   else:
     docs = _json_document(record, report, text_field, url_field, bad_lines)
   if docs and record.piece == 0:
@@ -187,6 +203,13 @@ def _json_document(record: Record, report: LoadReport, text_field: str, url_fiel
     report.bad_lines += 1
     report.first_bad_line = report.first_bad_line or f'{record.source} ({e.msg})'
     return []
+  return _row_document(record, row, report, text_field, url_field)
+
+
+def _row_document(record: Record, row, report: LoadReport, text_field: str,
+                  url_field: str) -> list[Document]:
+  """The document of a parsed .jsonl line or a Parquet row: its string `text_field`, else none
+  (counted in report.missing_text)."""
   if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
     report.missing_text += 1
     report.first_missing_text = report.first_missing_text or record.source
@@ -350,7 +373,8 @@ def _scene_records(path: str) -> Iterator[Record]:
 
 def _text_files(directory: str) -> list[str]:
   found = sorted(path for path in glob.glob(os.path.join(directory, '**', '*'), recursive=True)
-                 if path.removesuffix('.gz').endswith(TEXT_EXTENSIONS) and os.path.isfile(path))
+                 if path.removesuffix('.gz').endswith(TEXT_EXTENSIONS + (TOKEN_EXTENSION,))
+                 and os.path.isfile(path))
   if not found:
     raise UserError(f"corpus directory '{directory}' holds no {'/'.join(TEXT_EXTENSIONS)} files "
                     f'(gzipped or not); {_FIX_PATHS}')
@@ -374,6 +398,21 @@ def _line_records(path: str) -> Iterator[Record]:
   with _open_binary(path) as f:
     for number, line in enumerate(f, 1):  # lines end at b'\n' only: JSON allows U+2028
       yield Record(path, f'{path}:{number}', len(line), line=line)
+
+
+def _parquet_records(path: str) -> Iterator[Record]:
+  """A Parquet file's rows, _PARQUET_BATCH at a time; each row's size is its share of the file."""
+  try:
+    import pyarrow.parquet as pq  # only Parquet corpora need it
+  except ImportError:
+    raise UserError(f"reading '{path}' needs pyarrow: pip install -e '.[data]'") from None
+  parquet = pq.ParquetFile(path)
+  size = os.path.getsize(path) // max(parquet.metadata.num_rows, 1)
+  number = 0
+  for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH):
+    for row in batch.to_pylist():
+      number += 1
+      yield Record(path, f'{path}:row{number}', size, row=row)
 
 
 def _text_records(path: str, max_chars: int, piece_chars: int) -> Iterator[Record]:
@@ -416,7 +455,7 @@ def read_text(path: str) -> tuple[str, int]:
   try:
     with _open_binary(path) as f:
       data = f.read()
-  except (OSError, EOFError) as e:  # gzip raises these for a corrupt file
+  except (OSError, EOFError, ValueError) as e:  # gzip and pyarrow raise these for a corrupt file
     raise UserError(f"cannot read corpus file '{path}': {e}; fix or remove it") from None
   return _text(_decoder().decode(data, final=True))
 

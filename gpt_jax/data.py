@@ -1,7 +1,8 @@
 """Prepared data, and the grain pipelines that cut it into training and evaluation batches.
 
 `prepare` gives the corpus of config.data cleaned, split into train and val, tokenized and kept
-in the cache as .npy shards (gpt_jax.prepare builds it: streamed, on every core, in parts);
+in the cache as .npy shards (gpt_jax.prepare builds it: streamed, on every core, in parts), or
+a corpus tokenized by datatrove, read in place (gpt_jax.token_files);
 `Prepared.tokens(split)` reads a split's shards as one memory-mapped sequence of tokens.
 """
 
@@ -34,7 +35,8 @@ class Prepared:
 
   def tokens(self, split: str) -> 'TokenShards':
     """The split's tokens, read from its shards as they are asked for."""
-    return TokenShards([os.path.join(self.directory, shard['file'])
+    return TokenShards([os.path.join(self.directory, shard['file']) if 'start' not in shard else
+                        (shard['file'], shard['start'], shard['tokens'], shard['dtype'])
                         for shard in self.manifest['splits'][split]['shards']])
 
   def bytes_per_token(self, split: str) -> float:
@@ -53,20 +55,27 @@ def prepare(data_cfg: ml_collections.ConfigDict, vocab_size: int,
 
 
 class TokenShards:
-  """.npy files of tokens read as their concatenation: len(), slices [start:stop] (step 1, a
-  window may span two files) and np.asarray. A slice is one positional read of just its tokens:
-  no memory map, whose pages would count in the process's resident memory (random windows under
-  the kernel's readahead touch far more pages than they use; measured, README)."""
+  """Shards of tokens read as their concatenation: len(), slices [start:stop] (step 1, a window
+  may span two shards) and np.asarray. A shard is a .npy file (its path), or a range of a raw
+  token file (path, first token, tokens, dtype: gpt_jax.token_files). A slice is one positional
+  read of just its tokens: no memory map, whose pages would count in the process's resident
+  memory (random windows under the kernel's readahead touch far more pages than they use;
+  measured, README)."""
 
-  def __init__(self, paths: Sequence[str]):
-    self._files = []  # (path, offset of the data, number of tokens)
-    for path in paths:
-      with open(path, 'rb') as f:
-        fmt = np.lib.format
-        read_header = (fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0)
-                       else fmt.read_array_header_2_0)
-        shape, _, dtype = read_header(f)
-        self._files.append((path, f.tell(), shape[0]))
+  def __init__(self, shards: Sequence):
+    self._files = []  # (path, byte offset of the data, number of tokens)
+    dtype = None
+    for shard in shards:
+      if isinstance(shard, str):
+        with open(shard, 'rb') as f:
+          fmt = np.lib.format
+          read_header = (fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0)
+                         else fmt.read_array_header_2_0)
+          shape, _, dtype = read_header(f)
+          self._files.append((shard, f.tell(), shape[0]))
+      else:
+        path, start, tokens, dtype = shard[0], shard[1], shard[2], np.dtype(shard[3])
+        self._files.append((path, start * dtype.itemsize, tokens))
     self.dtype = dtype
     self._starts = np.cumsum([0] + [n for _, _, n in self._files])
 

@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from gpt_jax import clean, cli, corpus, files, workers
+from gpt_jax import clean, cli, corpus, files, token_files, workers
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
@@ -67,6 +67,8 @@ def prepare_directory(data_cfg: ml_collections.ConfigDict, vocab_size: int,
   cleaning = clean.Settings.from_config(data_cfg)
   given = _load_tokenizer(data_cfg.tokenizer, vocab_size) if data_cfg.tokenizer else None
   paths = corpus.input_files(data_cfg.corpus)
+  if any(map(token_files.is_token_file, paths)):
+    return _prepare_token_files(paths, data_cfg, given, log)
   settings = {
       'format': FORMAT_VERSION,
       'files': [_file_stamp(path) for path in paths],
@@ -110,11 +112,30 @@ def prepare_directory(data_cfg: ml_collections.ConfigDict, vocab_size: int,
       log(f'  {line}')
     return directory
   if os.path.isdir(directory) and _parts(directory):
-    return _merge(directory, settings, log)
+    return _merge(directory, settings, data_cfg, cleaning, log)
   if os.path.isdir(directory) and os.listdir(directory):
     raise UserError(f'{directory} holds unfinished parts only (being prepared, or left by a killed '
                     'run); wait for the python -m gpt_jax.prepare runs of its parts, or remove it')
   return build(directory, paths, settings)
+
+
+def _prepare_token_files(paths: list[str], data_cfg, tokenizer, log) -> str:
+  """The prepared directory of a corpus of datatrove .ds token files (gpt_jax.token_files)."""
+  if not all(map(token_files.is_token_file, paths)):
+    raise UserError(f'data.corpus={data_cfg.corpus!r} mixes .ds token files with text files; '
+                    'name only one kind')
+  if tokenizer is None:
+    raise UserError(f'data.corpus={data_cfg.corpus!r} is already tokenized (.ds files): pass the '
+                    'tokenizer it was made with as --config.data.tokenizer')
+  if data_cfg.shard:
+    raise UserError(f'data.shard={data_cfg.shard}: .ds token files are read in place, not '
+                    'prepared in parts; drop --config.data.shard')
+  key = token_files.settings_key(paths, tokenizer, data_cfg.val_fraction)
+  directory = os.path.join(files.cache_root(data_cfg.cache_dir), 'data', key)
+  if _exists(directory):
+    log(f'reusing prepared data at {directory}')
+    return directory
+  return token_files.prepare(paths, tokenizer, data_cfg.val_fraction, directory, log)
 
 
 def parse_shard(spec: str) -> tuple[int, int] | None:
@@ -194,7 +215,8 @@ def _build(directory: str, paths: list[str], settings: dict, *, data_cfg, vocab_
     build = os.path.join(tmp, 'build')
     os.mkdir(texts)
     os.mkdir(build)
-    lines, counts, cleaned, loaded = _clean_pass(pool, paths, data_cfg, cleaning, texts, log)
+    lines, counts, cleaned, loaded = _clean_pass(pool, paths, data_cfg, cleaning, texts, log,
+                                                 whole='part' not in settings)
     if given:
       tokenizer = given
     else:
@@ -226,7 +248,7 @@ def _build(directory: str, paths: list[str], settings: dict, *, data_cfg, vocab_
 
 def _split_line(split: str, counts: dict) -> str:
   return (f'{split}: {counts["documents"]:,} documents, {counts["tokens"]:,} tokens, '
-          f'{counts["chars"] / counts["tokens"]:.2f} characters per token')
+          f'{counts["chars"] / max(counts["tokens"], 1):.2f} characters per token')
 
 
 def _chunks(paths: list[str], data_cfg, progress) -> Iterator[list[corpus.Record]]:
@@ -263,10 +285,11 @@ def _inspect_chunk(records: list[corpus.Record], *, read: dict,
 
 
 def _clean_pass(pool: workers.Workers, paths: list[str], data_cfg, cleaning: clean.Settings,
-                texts: str, log
+                texts: str, log, whole: bool
                 ) -> tuple[list[str], dict, clean.CleanReport, corpus.LoadReport]:
   """Pass 1: the kept documents of each split into texts/<split>; the log lines, the splits'
-  counts, the cleaning report and what was read."""
+  counts, the cleaning report and what was read. `whole`: the corpus, not a part of it, whose
+  text and splits are checked (check_prepared)."""
   loaded = corpus.LoadReport(data_cfg.corpus, len(paths))
   cleaned, dedup = clean.CleanReport(), clean.Deduplicator(cleaning)
   read = dict(text_field=data_cfg.text_field, url_field=data_cfg.url_field,
@@ -293,6 +316,23 @@ def _clean_pass(pool: workers.Workers, paths: list[str], data_cfg, cleaning: cle
       progress.set_postfix_str(f'{loaded.num_documents / (time.perf_counter() - start):,.0f} '
                                'documents/s', refresh=False)
   seconds = time.perf_counter() - start
+  if whole:  # a part may be empty, or hold one split only: the merge checks the whole corpus
+    check_prepared(loaded, cleaned, cleaning, counts, data_cfg)
+  lines = [loaded.summary(),
+           loaded.cut_summary(data_cfg.max_document_chars, data_cfg.piece_chars),
+           cleaned.summary(cleaning),
+           f'read and cleaned {input_bytes / 1e6:,.1f} MB in {seconds:.1f}s with {pool.count} '
+           f'worker{"s" * (pool.count > 1)}: {input_bytes / 1e6 / seconds:,.1f} MB/s, '
+           f'{loaded.num_documents / seconds:,.0f} documents/s']
+  for line in lines:
+    log(line)
+  return lines, counts, cleaned, loaded
+
+
+def check_prepared(loaded: corpus.LoadReport, cleaned: clean.CleanReport,
+                   cleaning: clean.Settings, counts: dict, data_cfg) -> None:
+  """UserError for a corpus that gave no text, no document to keep or an empty split; `counts`
+  per split hold 'documents'."""
   if not loaded.num_chars:
     raise corpus.empty_corpus_error(loaded, data_cfg.text_field)
   if cleaning.blocked_hosts and not loaded.urls:
@@ -305,15 +345,6 @@ def _clean_pass(pool: workers.Workers, paths: list[str], data_cfg, cleaning: cle
                       f'val_fraction {data_cfg.val_fraction}; use a larger corpus, a different '
                       '--config.data.val_fraction, or cut long documents into smaller pieces '
                       '(--config.data.max_document_chars, --config.data.piece_chars)')
-  lines = [loaded.summary(),
-           loaded.cut_summary(data_cfg.max_document_chars, data_cfg.piece_chars),
-           cleaned.summary(cleaning),
-           f'read and cleaned {input_bytes / 1e6:,.1f} MB in {seconds:.1f}s with {pool.count} '
-           f'worker{"s" * (pool.count > 1)}: {input_bytes / 1e6 / seconds:,.1f} MB/s, '
-           f'{loaded.num_documents / seconds:,.0f} documents/s']
-  for line in lines:
-    log(line)
-  return lines, counts, cleaned, loaded
 
 
 def _encode_chunk(texts: list[str], *, tokenizer_path: str, dtype: str,
@@ -435,8 +466,9 @@ class _ShardWriter:
     self._filled = 0
 
 
-def _merge(directory: str, settings: dict, log) -> str:
-  """Writes the manifest of a corpus prepared in parts, from the parts' manifests."""
+def _merge(directory: str, settings: dict, data_cfg, cleaning: clean.Settings, log) -> str:
+  """Writes the manifest of a corpus prepared in parts, from the parts' manifests; UserError if
+  the whole has no text or an empty split (check_prepared), whatever its parts hold."""
   finished = [name for name in _parts(directory) if _exists(os.path.join(directory, name))]
   counts = sorted({int(name.rsplit('-', 1)[1]) for name in _parts(directory)})
   missing = {n: [i for i in range(n) if _part_name(i, n) not in finished] for n in counts}
@@ -451,25 +483,30 @@ def _merge(directory: str, settings: dict, log) -> str:
   if len({part['tokenizer_sha256'] for part in parts}) > 1:
     raise UserError(f'the parts in {directory} were tokenized with different tokenizers; prepare '
                     'every part with the same --config.data.tokenizer')
-  cleaning = clean.CleanReport()
+  cleaned = clean.CleanReport()
   read = {name: sum(part['read'][name] for part in parts) for name in parts[0]['read']}
   names = ('documents', 'chars', 'bytes', 'lines', 'tokens')
   splits = {split: {**dict.fromkeys(names, 0), 'shards': []} for split in SPLITS}
   for i, part in enumerate(parts):
-    cleaning.add(clean.CleanReport.from_json(part['cleaning_counts']))
+    cleaned.add(clean.CleanReport.from_json(part['cleaning_counts']))
     for split in SPLITS:
       for name in names:
         splits[split][name] += part['splits'][split][name]
       splits[split]['shards'] += [{**shard, 'file': f'{_part_name(i, n)}/{shard["file"]}'}
-                                  for shard in part['splits'][split]['shards']]
+                                  for shard in part['splits'][split]['shards'] if shard['tokens']]
+  loaded = corpus.LoadReport(data_cfg.corpus, len(settings['files']),
+                             num_documents=read['documents'], num_chars=read['chars'],
+                             bad_lines=read['bad_lines'], missing_text=read['missing_text'],
+                             urls=read['urls'])
+  check_prepared(loaded, cleaned, cleaning, splits, data_cfg)
   tokenizer_file = tokenizer_lib.find(os.path.join(directory, _part_name(0, n)))
   with files.atomic_path(os.path.join(directory, os.path.basename(tokenizer_file))) as tmp:
     shutil.copyfile(tokenizer_file, tmp)
-  summary = cleaning.summary(clean.Settings.from_key(settings['stages']))
+  summary = cleaned.summary(cleaning)
   lines = [f'merged {n} parts in {directory} (each de-duplicated on its own)', summary]
   lines += [_split_line(split, s) for split, s in splits.items()]
   manifest = {**settings, 'files': len(settings['files']), 'parts': n, 'corpus': parts[0]['corpus'],
-              'read': read, 'cleaning': summary, 'cleaning_counts': cleaning.to_json(),
+              'read': read, 'cleaning': summary, 'cleaning_counts': cleaned.to_json(),
               'log': lines,
               'tokenizer_sha256': parts[0]['tokenizer_sha256'],
               'vocab_size': parts[0]['vocab_size'], 'splits': splits}

@@ -146,7 +146,8 @@ def test_invalid_utf8_bytes_are_replaced_and_counted(tmp_path):
 @pytest.mark.parametrize('spec, message', [
     ('{d}/nope.txt', "corpus path '{d}/nope.txt' does not exist; pass 'shakespeare' or"),
     ('{d}/*.nope', "corpus glob '{d}/*.nope' matches nothing; pass"),
-    ('{d}/empty_dir', "corpus directory '{d}/empty_dir' holds no .txt/.md/.jsonl/.json files"),
+    ('{d}/empty_dir',
+     "corpus directory '{d}/empty_dir' holds no .txt/.md/.jsonl/.json/.parquet files"),
     ('{d}/blank.txt', 'corpus {d}/blank.txt is empty'),
     (' , ', "corpus=' , ' names no file"),
     ('{d}/bad.jsonl', '{d}/bad.jsonl:2 is not valid JSON'),
@@ -228,6 +229,28 @@ def test_rows_without_text_and_lines_that_are_not_json_are_counted_when_skipped(
       f'skipped 2 non-JSON lines (data.bad_lines=skip), the first {tmp_path}/mixed.jsonl:2'
       f' (Expecting value); skipped 1 row without the text field, the first '
       f'{tmp_path}/mixed.jsonl:3')
+
+
+def test_parquet_rows_read_as_the_same_jsonl_lines_do(tmp_path, monkeypatch):
+  """A .parquet corpus (datatrove's ParquetWriter output: text, id, metadata columns) gives the
+  documents of the same rows as JSON Lines, a row without a string text counted and skipped,
+  across batches; without the text column, one line names data.text_field."""
+  pq = pytest.importorskip('pyarrow.parquet', reason="needs pyarrow: pip install -e '.[data]'")
+  import pyarrow as pa
+  rows = [{'text': f'document {i}\r\nline two', 'id': str(i), 'url': f'https://h{i % 3}.org/x'}
+          for i in range(5)] + [{'text': None, 'id': 'none', 'url': None}]
+  os.makedirs(tmp_path / 'pq')
+  pq.write_table(pa.Table.from_pylist(rows), tmp_path / 'pq' / 'part.parquet', row_group_size=4)
+  _write(f'{tmp_path}/rows.jsonl', '\n'.join(map(json.dumps, rows)).encode())
+  monkeypatch.setattr(corpus, '_PARQUET_BATCH', 2)
+  docs, report = corpus.load_documents(str(tmp_path / 'pq'))
+  expected, _ = corpus.load_documents(f'{tmp_path}/rows.jsonl')
+  assert [(d.text, d.url) for d in docs] == [(d.text, d.url) for d in expected]
+  assert docs[0].text == 'document 0\nline two' and docs[4].source.endswith('part.parquet:row5')
+  assert (report.num_documents, report.missing_text, report.urls) == (5, 1, 5)
+  with pytest.raises(UserError, match="no row has a string field 'body' .* set "
+                     "--config.data.text_field"):
+    corpus.load_documents(str(tmp_path / 'pq'), text_field='body')
 
 
 @pytest.mark.parametrize('block', [5, 64, 1 << 20])

@@ -350,6 +350,39 @@ def test_parts_prepared_apart_merge_into_one_pass(prepared, small_corpus, tmp_pa
   assert data.prepare(cfg, VOCAB, log=logs.append).manifest == merged.manifest  # reused
 
 
+def test_an_empty_part_and_parts_without_validation_merge(prepared, small_corpus, tmp_path):
+  """Parts hold what their files give, an empty or train-only part included; only the merged
+  corpus must have both splits."""
+  tokenizer = os.path.join(prepared.directory, 'tokenizer.model')
+  docs = corpus.load_documents(small_corpus)[0]
+  val = [d.text for d in docs if prepare_lib.is_validation(d.text, 0.1)][:1]
+  train = [d.text for d in docs if not prepare_lib.is_validation(d.text, 0.1)][:30]
+  rows = lambda texts: '\n'.join(json.dumps({'text': t}) for t in texts)
+  for name, texts in (('a', val + train[:10]), ('b', train[10:20]), ('c', train[20:])):
+    (tmp_path / f'{name}.jsonl').write_text(rows(texts))
+  (tmp_path / 'd.txt').write_text('')
+  spec = ','.join(str(tmp_path / name) for name in ('a.jsonl', 'b.jsonl', 'c.jsonl', 'd.txt'))
+  whole = data.prepare(data_config(spec, str(tmp_path / 'whole'), tokenizer=tokenizer), VOCAB,
+                       log=lambda _: None)
+  for i in range(4):  # b and c have no validation document, d no document at all
+    prepare_lib.prepare_directory(data_config(spec, str(tmp_path / 'parts'), tokenizer=tokenizer,
+                                              shard=f'{i}/4'), VOCAB, log=lambda _: None)
+  merged = data.prepare(data_config(spec, str(tmp_path / 'parts'), tokenizer=tokenizer), VOCAB,
+                        log=lambda _: None)
+  for split in data.SPLITS:
+    np.testing.assert_array_equal(merged.tokens(split)[0:len(merged.tokens(split))],
+                                  whole.tokens(split))
+  assert merged.manifest['splits']['val']['documents'] == 1
+
+  spec = ','.join(str(tmp_path / name) for name in ('b.jsonl', 'c.jsonl'))
+  for i in range(2):
+    prepare_lib.prepare_directory(data_config(spec, str(tmp_path / 'parts'), tokenizer=tokenizer,
+                                              shard=f'{i}/2'), VOCAB, log=lambda _: None)
+  with pytest.raises(UserError, match=r'^the val split is empty: 20 documents with val_fraction'):
+    data.prepare(data_config(spec, str(tmp_path / 'parts'), tokenizer=tokenizer), VOCAB,
+                 log=lambda _: None)
+
+
 @pytest.mark.parametrize('overrides, message', [
     (dict(shard='3/3'), r"^data.shard='3/3' is not 'i/N' with 0 <= i < N; pass e.g."),
     (dict(shard='a/b'), r"^data.shard='a/b' is not 'i/N'"),

@@ -80,10 +80,6 @@ class Settings:
                         f'data.near_dedup_num_perm={self.near_dedup_num_perm} >= 2; fix them')
       dedup.NearDuplicates(self.near_dedup_threshold, self.near_dedup_num_perm)  # datasketch?
 
-  @classmethod
-  def from_key(cls, key: dict) -> 'Settings':
-    return cls(**{**key, 'blocked_hosts': frozenset(key['blocked_hosts'])})
-
   def key(self) -> dict:
     """The settings as JSON, for the prepared data's cache key and manifest; those of a stage
     that is off take their defaults, so they do not make another key for the same data."""
