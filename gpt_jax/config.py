@@ -137,6 +137,16 @@ def base_config() -> ml_collections.ConfigDict:
   data.cache_dir = ''  # where prepared data is kept; '' = ~/.cache/gpt_jax
   # Preparation at scale (gpt_jax.prepare)
   data.workers = 0  # processes that clean and tokenize; 0 = one per core (one per 16 MB of input)
+  # Preparation on datatrove's executors (python -m gpt_jax.cluster_prepare), de-duplicating
+  # across the whole corpus; training reads what it prepared like prepare's own.
+  data.cluster = cluster = ml_collections.ConfigDict()
+  cluster.executor = 'local'  # 'local' (this machine, or several: local_tasks), 'slurm', 'ray'
+  cluster.tasks = 4  # tasks that read and tokenize, each a run of the sorted corpus files
+  cluster.workers = 0  # tasks at once (local, ray); 0 = all of them
+  cluster.local_tasks = -1  # local on several machines: this one runs tasks local_rank_offset ..
+  cluster.local_rank_offset = 0  # .. local_rank_offset + local_tasks - 1 (-1: all tasks)
+  cluster.slurm_partition = ''
+  cluster.slurm_time = '2:00:00'  # each task's time limit on SLURM
   data.tokenizer_sentences = 2_000_000  # lines the tokenizer trains on, sampled from train
   data.shard_tokens = 1 << 24  # tokens per .npy file of a prepared split
   data.shard = ''  # 'i/N': prepare part i of N of the corpus files (python -m gpt_jax.prepare)

@@ -35,8 +35,9 @@ class Prepared:
 
   def tokens(self, split: str) -> 'TokenShards':
     """The split's tokens, read from its shards as they are asked for."""
-    return TokenShards([os.path.join(self.directory, shard['file']) if 'start' not in shard else
-                        (shard['file'], shard['start'], shard['tokens'], shard['dtype'])
+    path = lambda shard: os.path.join(self.directory, shard['file'])  # or absolute
+    return TokenShards([path(shard) if 'start' not in shard else
+                        (path(shard), shard['start'], shard['tokens'], shard['dtype'])
                         for shard in self.manifest['splits'][split]['shards']])
 
   def bytes_per_token(self, split: str) -> float:

@@ -57,35 +57,10 @@ def prepare_directory(data_cfg: ml_collections.ConfigDict, vocab_size: int,
   """The prepared data directory of `data_cfg` (config.data), from the cache, merged from parts,
   or built; with data.shard, the directory of that part."""
   shard = parse_shard(data_cfg.shard)
-  corpus.check_cut_settings(data_cfg.max_document_chars, data_cfg.piece_chars)
-  if data_cfg.bad_lines not in ('stop', 'skip'):
-    raise UserError(f"data.bad_lines={data_cfg.bad_lines!r} is not 'stop' or 'skip'; fix "
-                    '--config.data.bad_lines')
-  if data_cfg.tokenizer_sentences < 1 or data_cfg.shard_tokens < 1:
-    raise UserError(f'data.tokenizer_sentences={data_cfg.tokenizer_sentences} and '
-                    f'data.shard_tokens={data_cfg.shard_tokens} must be >= 1; fix --config.data')
-  cleaning = clean.Settings.from_config(data_cfg)
-  given = _load_tokenizer(data_cfg.tokenizer, vocab_size) if data_cfg.tokenizer else None
-  paths = corpus.input_files(data_cfg.corpus)
+  cleaning, given, paths = inputs(data_cfg, vocab_size)
   if any(map(token_files.is_token_file, paths)):
     return _prepare_token_files(paths, data_cfg, given, log)
-  settings = {
-      'format': FORMAT_VERSION,
-      'files': [_file_stamp(path) for path in paths],
-      'text_field': data_cfg.text_field, 'bad_lines': data_cfg.bad_lines,
-      # the url field is read only for the host block list
-      'url_field': data_cfg.url_field if cleaning.blocked_hosts else '',
-      'max_document_chars': data_cfg.max_document_chars, 'piece_chars': data_cfg.piece_chars,
-      'stages': cleaning.key(),
-      'val_fraction': data_cfg.val_fraction,
-      'shard_tokens': data_cfg.shard_tokens,
-      # a given tokenizer fixes the tokens; a trained one depends on its vocab size and sample
-      'tokenizer': given.sha256 if given else (
-          f'trained to {vocab_size} tokens on {data_cfg.tokenizer_sentences} lines'),
-  }
-  key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-  settings['key'] = key
-  directory = os.path.join(files.cache_root(data_cfg.cache_dir), 'data', key)
+  settings, directory = keyed_settings(data_cfg, vocab_size, cleaning, given, paths)
   build = functools.partial(_build, data_cfg=data_cfg, vocab_size=vocab_size, cleaning=cleaning,
                             given=given, log=log)
   if shard:
@@ -117,6 +92,44 @@ def prepare_directory(data_cfg: ml_collections.ConfigDict, vocab_size: int,
     raise UserError(f'{directory} holds unfinished parts only (being prepared, or left by a killed '
                     'run); wait for the python -m gpt_jax.prepare runs of its parts, or remove it')
   return build(directory, paths, settings)
+
+
+def inputs(data_cfg, vocab_size: int) -> tuple[clean.Settings, object, list[str]]:
+  """(the cleaning settings, the given tokenizer or None, the corpus files) of config.data,
+  checked: UserError naming the setting to fix."""
+  corpus.check_cut_settings(data_cfg.max_document_chars, data_cfg.piece_chars)
+  if data_cfg.bad_lines not in ('stop', 'skip'):
+    raise UserError(f"data.bad_lines={data_cfg.bad_lines!r} is not 'stop' or 'skip'; fix "
+                    '--config.data.bad_lines')
+  if data_cfg.tokenizer_sentences < 1 or data_cfg.shard_tokens < 1:
+    raise UserError(f'data.tokenizer_sentences={data_cfg.tokenizer_sentences} and '
+                    f'data.shard_tokens={data_cfg.shard_tokens} must be >= 1; fix --config.data')
+  cleaning = clean.Settings.from_config(data_cfg)
+  given = _load_tokenizer(data_cfg.tokenizer, vocab_size) if data_cfg.tokenizer else None
+  return cleaning, given, corpus.input_files(data_cfg.corpus)
+
+
+def keyed_settings(data_cfg, vocab_size: int, cleaning: clean.Settings, given,
+                   paths: list[str]) -> tuple[dict, str]:
+  """(the settings that decide the prepared data, with their 'key'; its directory in the cache):
+  the same settings give the same directory, however it is prepared."""
+  settings = {
+      'format': FORMAT_VERSION,
+      'files': [_file_stamp(path) for path in paths],
+      'text_field': data_cfg.text_field, 'bad_lines': data_cfg.bad_lines,
+      # the url field is read only for the host block list
+      'url_field': data_cfg.url_field if cleaning.blocked_hosts else '',
+      'max_document_chars': data_cfg.max_document_chars, 'piece_chars': data_cfg.piece_chars,
+      'stages': cleaning.key(),
+      'val_fraction': data_cfg.val_fraction,
+      'shard_tokens': data_cfg.shard_tokens,
+      # a given tokenizer fixes the tokens; a trained one depends on its vocab size and sample
+      'tokenizer': given.sha256 if given else (
+          f'trained to {vocab_size} tokens on {data_cfg.tokenizer_sentences} lines'),
+  }
+  key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+  settings['key'] = key
+  return settings, os.path.join(files.cache_root(data_cfg.cache_dir), 'data', key)
 
 
 def _prepare_token_files(paths: list[str], data_cfg, tokenizer, log) -> str:

@@ -231,7 +231,8 @@ def write_params_run(workdir: str, config: ml_collections.ConfigDict, tokenizer:
 # arrays live and which kernel computes, not where the parameters go.
 FREE_TO_CHANGE = ('log_every', 'eval_every', 'eval_batches', 'checkpoint_every', 'checkpoint_steps',
                   'keep_checkpoints', 'steps_per_call', 'allow_config_changes', 'init_from',
-                  'sample', 'mesh', 'data.cache_dir', 'model.attention', 'model.remat')
+                  'sample', 'mesh', 'data.cache_dir', 'data.cluster', 'model.attention',
+                  'model.remat')
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:

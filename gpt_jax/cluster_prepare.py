@@ -1,0 +1,353 @@
+"""Preparing a corpus on several machines: `prepare`'s stages as datatrove pipelines, run by
+datatrove's executors, with de-duplication across the whole corpus.
+
+    python -m gpt_jax.cluster_prepare --config=FILE --config.data.tokenizer=TOKENIZER \\
+        [--config.data.cluster.executor=local|slurm|ray] [--config.data.cluster.tasks=N] ...
+
+Four pipelines, each a datatrove executor over the same logging folder's completion markers, so
+a rerun skips the tasks that finished and redoes the rest (a killed task's outputs are rewritten
+whole):
+  1. inspect (N tasks): task i reads the i-th of N runs of the sorted corpus files (corpus.records)
+     and runs each document's own stages (clean.inspect: quality, Gopher/C4, script, blocked
+     hosts, the de-duplication keys, PII), writing the documents that pass, with their keys, to
+     DOCS/0000i.jsonl.gz (datatrove's JsonlWriter).
+  2. deduplicate (1 task): the keys of every document, in corpus order, through
+     clean.Deduplicator, exactly as one machine de-duplicates: the first copy stays, a
+     near-duplicate of a kept document goes. Only the keys are read (16 bytes, and with
+     near_dedup a MinHash signature, per document), never the text.
+  3. tokenize (N tasks): task i drops its removed documents, splits the rest by text (as
+     prepare does) and writes each split's tokens, every document followed by EOS, as
+     datatrove's .ds/.ds.index files (TokenizedFile).
+  4. merge (1 task): the manifest, which training reads like prepare's (the .ds files in place,
+     data.TokenShards), under the key that prepare would give the same settings: the kept
+     documents and their tokens are the one-machine ones, in the same order (tested).
+
+Datatrove's own readers, quality filters and MinHash stages are not used: its readers shard files
+by stride, not in runs (the corpus order the first-copy rule needs), and do not read this
+project's formats (.md markup, Shakespeare, cut documents); its English word tokenizer for
+MinHash needs spaCy; and its MinHash clusters documents by any band collision (transitive,
+unverified), where prepare removes a document only when its estimated Jaccard similarity to a
+kept one reaches data.near_dedup_threshold. Its executors, completion markers, JSONL writer and
+token files are used as they are.
+
+On several machines without a scheduler (`local` with data.cluster.local_tasks and
+data.cluster.local_rank_offset, the cache on a shared filesystem) each machine runs its tasks of
+1 and 3; the machine at offset 0 runs 2 and 4; each waits for the others' markers between
+stages.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+
+import ml_collections
+
+from gpt_jax import clean, cli, corpus, files, prepare, tokenizer as tokenizer_lib
+from gpt_jax.errors import UserError
+
+EXECUTORS = ('local', 'slurm', 'ray')
+STAGES = ('inspect', 'deduplicate', 'tokenize', 'merge')
+_POLL_S = 1.0  # how often a machine looks for the other machines' completion markers
+
+
+def _require_datatrove() -> None:
+  try:
+    import datatrove  # noqa: F401  (only this command needs it)
+  except ImportError:
+    raise UserError("preparing on datatrove's executors needs datatrove: pip install -e "
+                    "'.[cluster]' (or prepare on this machine: python -m gpt_jax.prepare)"
+                    ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What every stage needs, picklable for datatrove's workers."""
+  paths: tuple[str, ...]
+  corpus: str
+  read: dict  # corpus.documents' settings
+  max_chars: int
+  piece_chars: int
+  cleaning: clean.Settings
+  val_fraction: float
+  tokenizer_path: str
+  work: str  # DIRECTORY.work: the stages' outputs and datatrove's logs
+  directory: str  # the prepared data
+  tasks: int  # of stages 1 and 3
+  settings: dict  # prepare.keyed_settings: the manifest's
+  data: dict  # config.data, for prepare.check_prepared's messages
+
+  def docs(self, rank: int) -> str:
+    return os.path.join(self.work, 'docs', f'{rank:05d}.jsonl.gz')
+
+  def stats(self, stage: str, rank: int) -> str:
+    return os.path.join(self.work, 'stats', stage, f'{rank:05d}.json')
+
+
+def _inspect(plan: Plan, data, rank: int, world_size: int) -> None:
+  """Stage 1 for task `rank`: its run of files through each document's own stages."""
+  from datatrove.data import Document
+  from datatrove.pipeline.writers import JsonlWriter
+  first, end = rank * len(plan.paths) // world_size, (rank + 1) * len(plan.paths) // world_size
+  loaded, cleaned = corpus.LoadReport(plan.corpus, end - first), clean.CleanReport()
+  with JsonlWriter(os.path.dirname(plan.docs(rank)), output_filename='${rank}.jsonl.gz',
+                   compression='gzip', expand_metadata=False) as writer:
+    for path in plan.paths[first:end]:
+      for record in corpus.records(path, shakespeare=plan.corpus == 'shakespeare',
+                                   max_chars=plan.max_chars, piece_chars=plan.piece_chars):
+        for doc in corpus.documents(record, loaded, **plan.read):
+          item = clean.inspect(doc, plan.cleaning)
+          if item.removed_by:
+            cleaned.count(item, item.removed_by)
+            continue
+          metadata = {'chars': item.chars, 'digest': item.digest.hex(), 'pii': item.pii,
+                      'signature': None if item.signature is None else item.signature.tolist()}
+          writer.write(Document(text=item.doc.text, id=item.doc.source, metadata=metadata), rank)
+  files.write_json(plan.stats('inspect', rank),
+                   {'read': dataclasses.asdict(loaded), 'cleaning': cleaned.to_json()})
+
+
+def _read_docs(path: str):
+  """The documents stage 1 wrote to `path`, in order."""
+  from datatrove.pipeline.readers import JsonlReader
+  folder, name = os.path.split(path)
+  return JsonlReader(folder, glob_pattern=name, compression='gzip', doc_progress=False).run()
+
+
+def _deduplicate(plan: Plan, data, rank: int, world_size: int) -> None:
+  """Stage 2: clean.Deduplicator over every kept document's keys in corpus order."""
+  import numpy as np
+  world_size = plan.tasks
+  dedup, cleaned, removed = clean.Deduplicator(plan.cleaning), clean.CleanReport(), {}
+  for rank in range(world_size):
+    removed[rank] = []
+    for i, doc in enumerate(_read_docs(plan.docs(rank))):
+      m = doc.metadata
+      item = clean.Inspected(corpus.Document(doc.id, ''), m['chars'], '',
+                             bytes.fromhex(m['digest']),
+                             None if m['signature'] is None else np.asarray(m['signature'],
+                                                                             np.uint64),
+                             m['pii'])
+      stage = dedup.duplicate_of_earlier(item)
+      cleaned.count(item, stage)
+      if stage:
+        removed[rank].append(i)
+  files.write_json(plan.stats('deduplicate', 0), {'cleaning': cleaned.to_json(),
+                                                   'removed': removed})
+
+
+def _tokenize(plan: Plan, data, rank: int, world_size: int) -> None:
+  """Stage 3 for task `rank`: its kept documents split and tokenized into .ds files."""
+  from datatrove.pipeline.tokens.tokenizer import TokenizedFile
+  with open(plan.stats('deduplicate', 0)) as f:
+    removed = set(json.load(f)['removed'][str(rank)])
+  tokenizer = tokenizer_lib.load(plan.tokenizer_path)
+  token_size = 2 if tokenizer.vocab_size <= 1 << 16 else 4
+  outputs = {split: TokenizedFile(os.path.join(plan.work, 'tokens', split), f'{rank:05d}.ds',
+                                  token_size=token_size) for split in prepare.SPLITS}
+  counts = {split: {'documents': 0, 'chars': 0, 'bytes': 0, 'lines': 0, 'tokens': 0}
+            for split in prepare.SPLITS}
+  texts = [doc.text for i, doc in enumerate(_read_docs(plan.docs(rank))) if i not in removed]
+  for text, ids in zip(texts, tokenizer.encode_batch(texts)):
+    split = 'val' if prepare.is_validation(text, plan.val_fraction) else 'train'
+    outputs[split].write(ids + [tokenizer.eos_id], None)
+    for name, n in (('documents', 1), ('chars', len(text)), ('bytes', len(text.encode())),
+                    ('lines', text.count('\n') + 1), ('tokens', len(ids) + 1)):
+      counts[split][name] += n
+  for output in outputs.values():
+    output.close()
+  files.write_json(plan.stats('tokenize', rank), counts)
+
+
+def _merge(plan: Plan, data, rank: int, world_size: int) -> None:
+  """Stage 4: the prepared directory (manifest, tokenizer, the .ds files), whole or not at all;
+  UserError as prepare gives for no text, nothing kept or an empty split."""
+  world_size, settings = plan.tasks, plan.settings
+  data_cfg = ml_collections.ConfigDict(plan.data)
+  read = lambda path: json.load(open(path))
+  loaded, cleaned = corpus.LoadReport(plan.corpus, len(plan.paths)), clean.CleanReport()
+  splits = {split: {'documents': 0, 'chars': 0, 'bytes': 0, 'lines': 0, 'tokens': 0,
+                    'shards': []} for split in prepare.SPLITS}
+  for rank in range(world_size):
+    stats = read(plan.stats('inspect', rank))
+    loaded.add(corpus.LoadReport(**stats['read']))
+    cleaned.add(clean.CleanReport.from_json(stats['cleaning']))
+    for split, counts in read(plan.stats('tokenize', rank)).items():
+      for name, n in counts.items():
+        splits[split][name] += n
+      if counts['tokens']:
+        splits[split]['shards'].append({
+            'file': f'{split}/{rank:05d}.ds', 'start': 0, 'tokens': counts['tokens'],
+            'documents': counts['documents'],
+            'dtype': '<u2' if _token_size(plan) == 2 else '<u4'})
+  cleaned.add(clean.CleanReport.from_json(read(plan.stats('deduplicate', 0))['cleaning']))
+  prepare.check_prepared(loaded, cleaned, plan.cleaning, splits, data_cfg)
+  tokenizer = tokenizer_lib.load(plan.tokenizer_path)
+  lines = [loaded.summary(), cleaned.summary(plan.cleaning),
+           f'prepared by {world_size} datatrove tasks, de-duplicated across the whole corpus']
+  lines += [f'{split}: {s["documents"]:,} documents, {s["tokens"]:,} tokens'
+            for split, s in splits.items()]
+  manifest = {**settings, 'files': len(plan.paths), 'corpus': plan.corpus,
+              'read': loaded.to_json(), 'cleaning': cleaned.summary(plan.cleaning),
+              'cleaning_counts': cleaned.to_json(), 'log': lines,
+              'tokenizer_sha256': tokenizer.sha256, 'vocab_size': tokenizer.vocab_size,
+              'splits': splits}
+  build = os.path.join(plan.work, 'build')
+  shutil.rmtree(build, ignore_errors=True)
+  # Hard links: the merge copies no token, and a merge killed midway leaves the tokens in place.
+  shutil.copytree(os.path.join(plan.work, 'tokens'), build, copy_function=os.link,
+                  ignore=shutil.ignore_patterns('*.metadata'))
+  tokenizer.save(os.path.join(build, tokenizer.filename))
+  files.write_json(os.path.join(build, 'manifest.json'), manifest)
+  os.rename(build, plan.directory)
+
+
+def _token_size(plan: Plan) -> int:
+  return 2 if tokenizer_lib.load(plan.tokenizer_path).vocab_size <= 1 << 16 else 4
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stage:
+  """A stage as a datatrove pipeline step: a callable of (data, rank, world_size)."""
+  name: str
+  plan: Plan
+
+  def __call__(self, data, rank: int = 0, world_size: int = 1) -> None:
+    globals()[f'_{self.name}'](self.plan, data, rank, world_size)
+
+  def __repr__(self) -> str:  # datatrove logs its pipeline's steps
+    return f'gpt_jax {self.name}'
+
+
+def _executor(cluster, stage: str, plan: Plan, tasks: int, depends=None):
+  """The datatrove executor of `stage` over `tasks` tasks (data.cluster says which and how)."""
+  pipeline = [_Stage(stage, plan)]
+  logs = os.path.join(plan.work, 'logs', stage)
+  if cluster.executor == 'local':
+    from datatrove.executor import LocalPipelineExecutor
+    mine = tasks if tasks == 1 else cluster.local_tasks if cluster.local_tasks > 0 else tasks
+    offset = 0 if tasks == 1 else cluster.local_rank_offset
+    return LocalPipelineExecutor(pipeline, tasks=tasks, workers=cluster.workers or -1,
+                                 logging_dir=logs, local_tasks=mine, local_rank_offset=offset)
+  if cluster.executor == 'slurm':
+    from datatrove.executor import SlurmPipelineExecutor
+    return SlurmPipelineExecutor(pipeline, tasks=tasks, time=cluster.slurm_time,
+                                 partition=cluster.slurm_partition, logging_dir=logs,
+                                 job_name=f'gpt_jax_{stage}', depends=depends)
+  from datatrove.executor import RayPipelineExecutor
+  return RayPipelineExecutor(pipeline, tasks=tasks, workers=cluster.workers or -1,
+                             logging_dir=logs, depends=depends)
+
+
+def _run(executor, stage: str, cluster, work: str) -> None:
+  """Runs this machine's tasks of `stage`; UserError naming the failed ones (a UserError of a
+  task, such as a corpus file that is not JSON, as it is)."""
+  retry = (f'see {work}/logs/{stage}/logs, then run the same command again: it redoes the '
+           'failed tasks alone')
+  try:
+    executor.run()
+  except UserError:
+    raise
+  except Exception as e:  # a task's own exception, re-raised by the executor after logging it
+    raise UserError(f'{stage}: a task failed ({type(e).__name__}: {e}); {retry}') from None
+  if executor.world_size == 1 or cluster.executor == 'ray' or cluster.local_tasks <= 0:
+    mine = range(executor.world_size)
+  else:
+    mine = range(cluster.local_rank_offset, cluster.local_rank_offset + cluster.local_tasks)
+  failed = sorted(set(executor.get_incomplete_ranks()) & set(mine))
+  if failed:
+    raise UserError(f'{stage}: task(s) {", ".join(map(str, failed))} did not finish; {retry}')
+
+
+def _wait(executor, stage: str, log) -> None:
+  """Returns when every task of `executor` has its completion marker (some may run elsewhere)."""
+  said = False
+  while incomplete := executor.get_incomplete_ranks():
+    if not said:
+      log(f'{stage}: waiting for task(s) {", ".join(map(str, incomplete[:8]))} of '
+          f'{executor.world_size} on the other machines')
+      said = True
+    time.sleep(_POLL_S)
+
+
+def check_cluster(cluster, paths: list[str]) -> None:
+  """UserError for data.cluster settings out of range."""
+  if cluster.executor not in EXECUTORS:
+    raise UserError(f'data.cluster.executor={cluster.executor!r}: pass one of '
+                    f'{", ".join(EXECUTORS)} (or prepare on this machine: python -m '
+                    'gpt_jax.prepare)')
+  if not 1 <= cluster.tasks <= len(paths):
+    raise UserError(f'data.cluster.tasks={cluster.tasks}: the corpus has {len(paths)} files; '
+                    f'pass 1 to {len(paths)} tasks (a task reads whole files)')
+  if cluster.local_rank_offset < 0 or cluster.local_rank_offset + max(
+      cluster.local_tasks, 0) > cluster.tasks:
+    raise UserError(f'data.cluster.local_rank_offset={cluster.local_rank_offset} and '
+                    f'local_tasks={cluster.local_tasks} go beyond the {cluster.tasks} tasks; '
+                    'each machine runs tasks offset .. offset + local_tasks - 1')
+
+
+def prepare_on_cluster(data_cfg: ml_collections.ConfigDict, vocab_size: int,
+                       log: Callable[[str], None] = print) -> str:
+  """Prepares config.data's corpus on datatrove's executors (module docstring) into the
+  directory `prepare` would use; returns it (at once when it is prepared already). With the
+  slurm executor, returns once the jobs are queued."""
+  _require_datatrove()
+  cleaning, given, paths = prepare.inputs(data_cfg, vocab_size)
+  cluster = data_cfg.cluster
+  check_cluster(cluster, paths)
+  if given is None:
+    raise UserError('preparing on several machines needs one tokenizer: pass '
+                    '--config.data.tokenizer (e.g. one python -m gpt_jax.prepare trained on a '
+                    'sample of the files)')
+  if data_cfg.shard:
+    raise UserError(f'data.shard={data_cfg.shard} and data.cluster are two ways to prepare in '
+                    'parts; drop --config.data.shard')
+  settings, directory = prepare.keyed_settings(data_cfg, vocab_size, cleaning, given, paths)
+  if os.path.exists(os.path.join(directory, 'manifest.json')):
+    log(f'reusing prepared data at {directory}')
+    return directory
+  work = directory + '.work'
+  os.makedirs(work, exist_ok=True)
+  tokenizer_path = os.path.join(work, given.filename)
+  if not os.path.exists(tokenizer_path):
+    given.save(tokenizer_path)
+  read = dict(text_field=data_cfg.text_field, url_field=data_cfg.url_field,
+              bad_lines=data_cfg.bad_lines)
+  plan = Plan(tuple(paths), data_cfg.corpus, read, data_cfg.max_document_chars,
+              data_cfg.piece_chars, cleaning, data_cfg.val_fraction, tokenizer_path, work,
+              directory, cluster.tasks, settings, data_cfg.to_dict())
+  executors = []
+  for stage in STAGES:
+    tasks = cluster.tasks if stage in ('inspect', 'tokenize') else 1
+    executors.append(_executor(cluster, stage, plan, tasks,
+                               depends=executors[-1] if executors else None))
+  if cluster.executor == 'slurm':
+    executors[-1].run()  # queues the four jobs, each depending on the one before
+    log(f'queued the four stages on SLURM; the prepared data will be {directory}')
+    return directory
+  for stage, executor in zip(STAGES, executors):
+    if cluster.executor == 'ray' or executor.world_size > 1 or cluster.local_rank_offset == 0:
+      _run(executor, stage, cluster, work)
+    _wait(executor, stage, log)
+  if not os.path.exists(os.path.join(directory, 'manifest.json')):
+    raise UserError(f'the merge did not write {directory}: see its log under {work}/logs/merge')
+  for copy in ('docs', 'tokens'):  # the corpus's text, and links to the prepared tokens
+    shutil.rmtree(os.path.join(work, copy), ignore_errors=True)
+  for line in prepare.read_manifest(directory)['log']:
+    log(line)
+  return directory
+
+
+def main(argv=None) -> None:
+  def run():
+    config, _ = cli.parse_train_args(sys.argv if argv is None else argv)
+    print(f'prepared data: {prepare_on_cluster(config.data, config.model.vocab_size)}')
+
+  cli.run(run)
+
+
+if __name__ == '__main__':
+  main()
