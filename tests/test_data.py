@@ -299,18 +299,24 @@ def test_workers_and_shards_give_the_tokens_of_one_process(prepared, sharded):
   assert sharded.manifest['splits']['val']['bytes'] == prepared.manifest['splits']['val']['bytes']
 
 
-def test_grain_batches_and_resume_over_shards_are_bitwise(prepared, sharded):
-  ds = data.train_dataset(sharded, seq_len=64, batch_size=4, seed=3, num_epochs=2)
-  one = data.train_dataset(prepared, seq_len=64, batch_size=4, seed=3, num_epochs=2)
+def assert_resumes_bit_for_bit(ds, first: list) -> None:
+  """`ds` gives the batches `first`, then, restored from its state (through JSON, as a
+  checkpoint keeps it), the same three batches again."""
   it = iter(ds.to_iter_dataset())
-  for i in range(5):
-    np.testing.assert_array_equal(next(it), one[i])
+  for batch in first:
+    np.testing.assert_array_equal(next(it), batch)
   state = json.loads(json.dumps(it.get_state()))
   expected = [next(it) for _ in range(3)]
   resumed = iter(ds.to_iter_dataset())
   resumed.set_state(state)
   for batch in expected:
     np.testing.assert_array_equal(next(resumed), batch)
+
+
+def test_grain_batches_and_resume_over_shards_are_bitwise(prepared, sharded):
+  ds = data.train_dataset(sharded, seq_len=64, batch_size=4, seed=3, num_epochs=2)
+  one = data.train_dataset(prepared, seq_len=64, batch_size=4, seed=3, num_epochs=2)
+  assert_resumes_bit_for_bit(ds, [one[i] for i in range(5)])
   val = data.eval_batches(sharded, 'val', seq_len=64, batch_size=8, max_batches=0)
   np.testing.assert_array_equal(
       np.stack(val), np.stack(data.eval_batches(prepared, 'val', seq_len=64, batch_size=8,

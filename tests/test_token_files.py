@@ -2,6 +2,7 @@
 own DocumentTokenizer writes are prepare's token stream, split by document, batched and resumed
 like prepared shards; files unfinished, without an index or of another tokenizer are refused."""
 
+import itertools
 import json
 import os
 import struct
@@ -12,6 +13,7 @@ import pytest
 from gpt_jax import config, corpus, data, token_files
 from gpt_jax.errors import UserError
 from gpt_jax.tokenizer import HFTokenizer
+from test_data import assert_resumes_bit_for_bit
 from test_tokenizer import byte_level_bpe
 
 VOCAB = 400
@@ -74,15 +76,8 @@ def test_datatroves_tokens_are_prepares_stream_split_by_document(texts, tokenize
   assert all(s['file'].endswith('.ds') for s in prepared.manifest['splits']['train']['shards'])
 
   ds = data.train_dataset(prepared, seq_len=32, batch_size=4, seed=3, num_epochs=2)
-  it = iter(ds.to_iter_dataset())
-  for _ in range(3):
-    next(it)
-  state = json.loads(json.dumps(it.get_state()))
-  expected_batches = [next(it) for _ in range(3)]
-  resumed = iter(ds.to_iter_dataset())
-  resumed.set_state(state)
-  for batch in expected_batches:
-    np.testing.assert_array_equal(next(resumed), batch)
+  first = list(itertools.islice(iter(ds.to_iter_dataset()), 3))
+  assert_resumes_bit_for_bit(ds, first)
   again = data.prepare(data_config(tokenized, str(tmp_path), tokenizer_path), VOCAB,
                        log=lambda _: None)
   assert again.directory == prepared.directory  # reused

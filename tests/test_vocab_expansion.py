@@ -87,15 +87,22 @@ def test_bad_input_is_one_line(tiny_base, code_corpus, tmp_path, args, message):
   assert not os.path.exists(tmp_path / 'x')
 
 
-@pytest.mark.slow
-def test_continued_pretraining_starts_from_the_extended_run(expanded, code_corpus, tmp_path):
-  _, ext, out = expanded
+def continued(ext, out: str, code_corpus: str, steps: int):
+  """The tiny config continuing the extended run `out` on the code for `steps` steps."""
   config = cli.load_experiment(TINY)
-  config.update(init_from=out, steps=4, eval_every=4, checkpoint_every=4, log_every=2)
+  config.update(init_from=out, steps=steps, eval_every=steps, checkpoint_every=steps,
+                log_every=steps)
   config.data.update(corpus=code_corpus, tokenizer=os.path.join(out, 'tokenizer.model'),
                      val_fraction=0.34)
   config.model.vocab_size = ext.config.model.vocab_size
   config.sample.num = 0
+  return config
+
+
+@pytest.mark.slow
+def test_continued_pretraining_starts_from_the_extended_run(expanded, code_corpus, tmp_path):
+  _, ext, out = expanded
+  config = continued(ext, out, code_corpus, steps=4)
   final = trainer.train(config, str(tmp_path / 'continued'), log=lambda _: None)
   assert np.isfinite(final['val_loss'])
   trained = runs.load(str(tmp_path / 'continued'))
@@ -125,13 +132,8 @@ def test_the_domain_study_trains_and_measures_every_run(tiny_base, code_corpus, 
 def test_lora_on_the_extended_run_trains_its_new_rows_and_freezes_the_old(expanded, code_corpus,
                                                                           tmp_path):
   _, ext, out = expanded
-  config = cli.load_experiment(TINY)
-  config.update(init_from=out, steps=3, eval_every=3, checkpoint_every=3, log_every=3)
-  config.data.update(corpus=code_corpus, tokenizer=os.path.join(out, 'tokenizer.model'),
-                     val_fraction=0.34)
-  config.model.vocab_size = ext.config.model.vocab_size
+  config = continued(ext, out, code_corpus, steps=3)
   config.lora.update(rank=2, targets='query')
-  config.sample.num = 0
   lines = []
   trainer.train(config, str(tmp_path / 'lora'), log=lines.append)
   assert any('token ids 512..575 train in full' in line for line in lines), lines
