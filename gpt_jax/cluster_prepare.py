@@ -238,8 +238,25 @@ def _executor(cluster, stage: str, plan: Plan, tasks: int, depends=None):
                                  partition=cluster.slurm_partition, logging_dir=logs,
                                  job_name=f'gpt_jax_{stage}', depends=depends)
   from datatrove.executor import RayPipelineExecutor
+  _connect_ray()
   return RayPipelineExecutor(pipeline, tasks=tasks, workers=cluster.workers or -1,
                              logging_dir=logs, depends=depends)
+
+
+def _connect_ray() -> None:
+  """Joins the running Ray cluster ($RAY_ADDRESS, else the one `ray start` left on this
+  machine); UserError when Ray is not installed or no cluster runs."""
+  try:
+    import ray
+  except ImportError:
+    raise UserError("data.cluster.executor=ray needs Ray: pip install 'ray>=2.40'") from None
+  if ray.is_initialized():
+    return
+  try:
+    ray.init(address=os.environ.get('RAY_ADDRESS', 'auto'), log_to_driver=False)
+  except ConnectionError:
+    raise UserError('data.cluster.executor=ray found no Ray cluster: start one (ray start --head '
+                    'on this machine, or set RAY_ADDRESS) and run again') from None
 
 
 def _run(executor, stage: str, cluster, work: str) -> None:

@@ -140,3 +140,23 @@ def test_bad_cluster_settings_are_one_line(planted, tmp_path, cluster, message):
   cfg.tokenizer = ''
   with pytest.raises(UserError, match=r'^preparing on several machines needs one tokenizer'):
     cluster_prepare.prepare_on_cluster(cfg, VOCAB)
+
+
+@pytest.mark.slow
+def test_the_ray_executor_on_a_local_ray_cluster_gives_the_same(planted, one_machine, tmp_path):
+  pytest.importorskip('ray', reason="needs Ray: pip install 'ray>=2.40'")
+  import ray
+  port = 26379
+  ray_cli = os.path.join(os.path.dirname(sys.executable), 'ray')
+  start = subprocess.run([ray_cli, 'start', '--head', '--node-ip-address=127.0.0.1',
+                          f'--port={port}', '--num-cpus=2', '--include-dashboard=false',
+                          '--disable-usage-stats'], capture_output=True, text=True, timeout=120)
+  assert start.returncode == 0, start.stderr
+  try:
+    ray.init(address=f'127.0.0.1:{port}', log_to_driver=False)
+    directory = cluster_prepare.prepare_on_cluster(
+        data_config(planted, tmp_path, executor='ray'), VOCAB, log=lambda _: None)
+    assert_same_as_one_machine(directory, one_machine)
+  finally:
+    ray.shutdown()
+    subprocess.run([ray_cli, 'stop', '--force'], capture_output=True, timeout=120)
