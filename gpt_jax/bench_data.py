@@ -1,9 +1,9 @@
 """What preparing a large corpus costs, and what cleaning takes out of it (a benchmark that prints
 figures, not a test):
 
-  python -m gpt_jax.bench_data [--size_mb=300[,1200]] [--mode=prepare|train] [--repo=PATH]
+  python -m gpt_jax.bench_data [--size_mb=300[,1200]] [--mode=prepare|cluster|train] [--repo=PATH]
                                [--set=data.KEY=VALUE ...] [--corpus_dir=DIR] [--seed=0]
-                               [--bad_lines=0] [--json=OUT]
+                               [--bad_lines=0] [--files=1] [--json=OUT]
 
 For each size a JSON Lines corpus ({"text", "url"} per line) is generated from the shipped
 Shakespeare (`generate`), or reused from --corpus_dir, with planted documents that cleaning should
@@ -13,7 +13,10 @@ blocked host spam.example; their counts are written beside the corpus (<corpus>.
 
 Mode prepare runs `data.prepare` of experiments/tiny.py on it in a fresh subprocess, with the
 checkout --repo on PYTHONPATH (an old commit's `git worktree` is measured the same way), into a
-fresh cache; mode train runs 5 steps of `python -m gpt_jax.train` instead. Per size it prints the
+fresh cache; mode cluster runs `python -m gpt_jax.cluster_prepare` (datatrove's local executor:
+--set=data.cluster.tasks=N, data.cluster.workers=W; it needs --set=data.tokenizer=FILE, which
+mode prepare takes too, for a like comparison); mode train runs 5 steps of `python -m
+gpt_jax.train` instead. Per size it prints the
 wall time, the throughput (corpus bytes / wall time), the peak resident memory of the process tree
 and of its largest process (`measure`), and the cleaning entry of the prepared manifest as is.
 """
@@ -356,6 +359,22 @@ def corpus_file(directory: str, size_mb: float, seed: int, bad_lines: int) -> tu
   return path, planted
 
 
+def split_corpus(path: str, parts: int) -> str:
+  """The directory of `path` cut into `parts` files of consecutive lines (corpus order kept: the
+  first-copy de-duplication gives the same documents), made once beside it."""
+  directory = f'{path}.parts{parts}'
+  if os.path.isdir(directory):
+    return directory
+  with open(path, 'rb') as f:
+    lines = sum(1 for _ in f)
+  with files.new_directory(directory, '--files') as tmp, open(path, 'rb') as f:
+    for i in range(parts):
+      with open(os.path.join(tmp, f'part-{i:05d}.jsonl'), 'wb') as out:
+        for _ in range((i + 1) * lines // parts - i * lines // parts):
+          out.write(next(f))
+  return directory
+
+
 def parse_override(text: str) -> tuple[str, object]:
   """'data.KEY=VALUE' -> (KEY, VALUE as a Python literal, else the string)."""
   key, eq, value = text.partition('=')
@@ -373,6 +392,10 @@ def command(args, corpus_path: str, tmp: str) -> list[str]:
   if args.mode == 'prepare':
     overrides = dict(parse_override(item) for item in args.set)
     return [sys.executable, '-c', PREPARE, EXPERIMENT, corpus_path, cache, repr(overrides)]
+  if args.mode == 'cluster':
+    return [sys.executable, '-m', 'gpt_jax.cluster_prepare', f'--config={EXPERIMENT}',
+            f'--config.data.corpus={corpus_path}', f'--config.data.cache_dir={cache}',
+            *(f'--config.{item}' for item in args.set)]
   return [sys.executable, '-m', 'gpt_jax.train', f'--config={EXPERIMENT}',
           f'--config.data.corpus={corpus_path}', f'--config.data.cache_dir={cache}',
           '--config.steps=5', f'--workdir={os.path.join(tmp, "run")}',
@@ -392,9 +415,10 @@ def run(args) -> list[dict]:
   rows = []
   for size_mb in args.size_mb:
     path, planted = corpus_file(args.corpus_dir, size_mb, args.seed, args.bad_lines)
+    source = split_corpus(path, args.files) if args.files > 1 else path
     # Beside the corpus, not in /tmp: a tmpfs would hold the prepared data in memory.
     with tempfile.TemporaryDirectory(prefix='.measure', dir=args.corpus_dir) as tmp:
-      result = measure(command(args, os.path.abspath(path), tmp), cwd=args.repo, env=env)
+      result = measure(command(args, os.path.abspath(source), tmp), cwd=args.repo, env=env)
       if result['returncode']:
         tails = '\n'.join(filter(None, (result['stdout_tail'], result['stderr_tail'])))
         print(f'{args.mode} of {path} failed (exit status {result["returncode"]}); the end of its '
@@ -438,13 +462,15 @@ def parse_args(argv):
   parser = cli.ArgumentParser(prog='python -m gpt_jax.bench_data',
                               description=__doc__.split('\n\n')[0])
   parser.add_argument('--size_mb', default='300', help='comma-separated corpus sizes, 10^6 bytes')
-  parser.add_argument('--mode', default='prepare', choices=('prepare', 'train'))
+  parser.add_argument('--mode', default='prepare', choices=('prepare', 'cluster', 'train'))
   parser.add_argument('--repo', default=REPO, help='the gpt_jax checkout to measure')
   parser.add_argument('--set', action='append', default=[], metavar='data.KEY=VALUE',
                       help='a config.data override; repeatable')
   parser.add_argument('--corpus_dir', default='', help='default <cache root>/bench_data')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--bad_lines', type=int, default=0, help='lines that are not documents')
+  parser.add_argument('--files', type=int, default=1,
+                      help='the corpus cut into this many files (a cluster task reads whole files)')
   parser.add_argument('--json', default='runs/bench/data.json')
   args = parser.parse_args(argv)
   text = args.size_mb
@@ -455,8 +481,8 @@ def parse_args(argv):
   if not args.size_mb or min(args.size_mb) <= 0:
     raise UserError(f'--size_mb={text!r}: give a comma-separated list of positive sizes '
                     'in MB, e.g. 300,1200')
-  if args.bad_lines < 0:
-    raise UserError(f'--bad_lines={args.bad_lines} must be >= 0')
+  if args.bad_lines < 0 or args.files < 1:
+    raise UserError(f'--bad_lines={args.bad_lines} must be >= 0 and --files={args.files} >= 1')
   args.repo = os.path.abspath(args.repo)
   if not all(os.path.isfile(os.path.join(args.repo, p)) for p in ('gpt_jax/data.py', EXPERIMENT)):
     raise UserError(f'--repo={args.repo} is not a gpt_jax checkout (no gpt_jax/data.py and '

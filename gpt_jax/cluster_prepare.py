@@ -9,8 +9,8 @@ a rerun skips the tasks that finished and redoes the rest (a killed task's outpu
 whole):
   1. inspect (N tasks): task i reads the i-th of N runs of the sorted corpus files (corpus.records)
      and runs each document's own stages (clean.inspect: quality, Gopher/C4, script, blocked
-     hosts, the de-duplication keys, PII), writing the documents that pass, with their keys, to
-     DOCS/0000i.jsonl.gz (datatrove's JsonlWriter).
+     hosts, the de-duplication keys, PII), writing the documents that pass to
+     docs/0000i.jsonl.gz (datatrove's JsonlWriter) and their keys to keys/0000i.jsonl.gz.
   2. deduplicate (1 task): the keys of every document, in corpus order, through
      clean.Deduplicator, exactly as one machine de-duplicates: the first copy stays, a
      near-duplicate of a kept document goes. Only the keys are read (16 bytes, and with
@@ -37,6 +37,7 @@ stages.
 """
 
 import dataclasses
+import gzip
 import json
 import os
 import shutil
@@ -83,6 +84,9 @@ class Plan:
   def docs(self, rank: int) -> str:
     return os.path.join(self.work, 'docs', f'{rank:05d}.jsonl.gz')
 
+  def keys(self, rank: int) -> str:
+    return os.path.join(self.work, 'keys', f'{rank:05d}.jsonl.gz')
+
   def stats(self, stage: str, rank: int) -> str:
     return os.path.join(self.work, 'stats', stage, f'{rank:05d}.json')
 
@@ -94,7 +98,8 @@ def _inspect(plan: Plan, data, rank: int, world_size: int) -> None:
   first, end = rank * len(plan.paths) // world_size, (rank + 1) * len(plan.paths) // world_size
   loaded, cleaned = corpus.LoadReport(plan.corpus, end - first), clean.CleanReport()
   with JsonlWriter(os.path.dirname(plan.docs(rank)), output_filename='${rank}.jsonl.gz',
-                   compression='gzip', expand_metadata=False) as writer:
+                   compression='gzip') as writer, \
+      files.atomic_path(plan.keys(rank)) as tmp, gzip.open(tmp, 'wt') as keys:
     for path in plan.paths[first:end]:
       for record in corpus.records(path, shakespeare=plan.corpus == 'shakespeare',
                                    max_chars=plan.max_chars, piece_chars=plan.piece_chars):
@@ -103,9 +108,10 @@ def _inspect(plan: Plan, data, rank: int, world_size: int) -> None:
           if item.removed_by:
             cleaned.count(item, item.removed_by)
             continue
-          metadata = {'chars': item.chars, 'digest': item.digest.hex(), 'pii': item.pii,
-                      'signature': None if item.signature is None else item.signature.tolist()}
-          writer.write(Document(text=item.doc.text, id=item.doc.source, metadata=metadata), rank)
+          writer.write(Document(text=item.doc.text, id=item.doc.source), rank)
+          keys.write(json.dumps([item.doc.source, item.chars, item.digest.hex(), item.pii,
+                                 None if item.signature is None else item.signature.tolist()])
+                     + '\n')
   files.write_json(plan.stats('inspect', rank),
                    {'read': dataclasses.asdict(loaded), 'cleaning': cleaned.to_json()})
 
@@ -124,13 +130,11 @@ def _deduplicate(plan: Plan, data, rank: int, world_size: int) -> None:
   dedup, cleaned, removed = clean.Deduplicator(plan.cleaning), clean.CleanReport(), {}
   for rank in range(world_size):
     removed[rank] = []
-    for i, doc in enumerate(_read_docs(plan.docs(rank))):
-      m = doc.metadata
-      item = clean.Inspected(corpus.Document(doc.id, ''), m['chars'], '',
-                             bytes.fromhex(m['digest']),
-                             None if m['signature'] is None else np.asarray(m['signature'],
-                                                                             np.uint64),
-                             m['pii'])
+    with gzip.open(plan.keys(rank), 'rt') as keys:
+      rows = [json.loads(line) for line in keys]
+    for i, (source, chars, digest, pii, signature) in enumerate(rows):
+      item = clean.Inspected(corpus.Document(source, ''), chars, '', bytes.fromhex(digest),
+                             None if signature is None else np.asarray(signature, np.uint64), pii)
       stage = dedup.duplicate_of_earlier(item)
       cleaned.count(item, stage)
       if stage:
@@ -351,7 +355,7 @@ def prepare_on_cluster(data_cfg: ml_collections.ConfigDict, vocab_size: int,
     _wait(executor, stage, log)
   if not os.path.exists(os.path.join(directory, 'manifest.json')):
     raise UserError(f'the merge did not write {directory}: see its log under {work}/logs/merge')
-  for copy in ('docs', 'tokens'):  # the corpus's text, and links to the prepared tokens
+  for copy in ('docs', 'keys', 'tokens'):  # the corpus's text, and links to the tokens
     shutil.rmtree(os.path.join(work, copy), ignore_errors=True)
   for line in prepare.read_manifest(directory)['log']:
     log(line)

@@ -2,6 +2,7 @@
 counts say; measure() sees a subprocess's memory and exit status."""
 
 import json
+import os
 import re
 import sys
 
@@ -104,3 +105,15 @@ def test_each_cleaning_stage_removes_what_was_planted_for_it(two_mb):
       'exact_dedup': planted['exact_duplicate'], 'near_dedup': planted['near_duplicate']}
   assert report.pii == {'email': found['email'], 'phone': found['phone'],
                         'ip_address': found['ipv4']}
+
+
+def test_a_corpus_is_split_into_files_of_consecutive_lines(tmp_path):
+  path = tmp_path / 'c.jsonl'
+  path.write_bytes(b''.join(b'{"text": "%d"}\n' % i for i in range(10)))
+  directory = bench_data.split_corpus(str(path), 3)
+  parts = sorted(os.listdir(directory))
+  assert parts == ['part-00000.jsonl', 'part-00001.jsonl', 'part-00002.jsonl']
+  lines = [open(os.path.join(directory, p), 'rb').read().splitlines() for p in parts]
+  assert [len(part) for part in lines] == [3, 3, 4]
+  assert b'\n'.join(line for part in lines for line in part) + b'\n' == path.read_bytes()
+  assert bench_data.split_corpus(str(path), 3) == directory  # made once
