@@ -38,6 +38,7 @@ stages.
 
 import dataclasses
 import gzip
+import itertools
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ import time
 from collections.abc import Callable
 
 import ml_collections
+import numpy as np
 
 from gpt_jax import clean, cli, corpus, files, prepare, tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
@@ -53,6 +55,7 @@ from gpt_jax.errors import UserError
 EXECUTORS = ('local', 'slurm', 'ray')
 STAGES = ('inspect', 'deduplicate', 'tokenize', 'merge')
 _POLL_S = 1.0  # how often a machine looks for the other machines' completion markers
+_ENCODE_BATCH = 512  # documents a tokenize task holds and encodes at once
 
 
 def _require_datatrove() -> None:
@@ -124,21 +127,21 @@ def _read_docs(path: str):
 
 
 def _deduplicate(plan: Plan, data, rank: int, world_size: int) -> None:
-  """Stage 2: clean.Deduplicator over every kept document's keys in corpus order."""
-  import numpy as np
-  world_size = plan.tasks
+  """Stage 2 (one task): clean.Deduplicator over every kept document's keys in corpus order."""
+  del data, rank, world_size
   dedup, cleaned, removed = clean.Deduplicator(plan.cleaning), clean.CleanReport(), {}
-  for rank in range(world_size):
-    removed[rank] = []
-    with gzip.open(plan.keys(rank), 'rt') as keys:
-      rows = [json.loads(line) for line in keys]
-    for i, (source, chars, digest, pii, signature) in enumerate(rows):
-      item = clean.Inspected(corpus.Document(source, ''), chars, '', bytes.fromhex(digest),
-                             None if signature is None else np.asarray(signature, np.uint64), pii)
-      stage = dedup.duplicate_of_earlier(item)
-      cleaned.count(item, stage)
-      if stage:
-        removed[rank].append(i)
+  for part in range(plan.tasks):
+    removed[part] = []
+    with gzip.open(plan.keys(part), 'rt') as keys:
+      for i, line in enumerate(keys):
+        source, chars, digest, pii, signature = json.loads(line)
+        item = clean.Inspected(corpus.Document(source, ''), chars, '', bytes.fromhex(digest),
+                               None if signature is None else np.asarray(signature, np.uint64),
+                               pii)
+        stage = dedup.duplicate_of_earlier(item)
+        cleaned.count(item, stage)
+        if stage:
+          removed[part].append(i)
   files.write_json(plan.stats('deduplicate', 0), {'cleaning': cleaned.to_json(),
                                                    'removed': removed})
 
@@ -146,21 +149,21 @@ def _deduplicate(plan: Plan, data, rank: int, world_size: int) -> None:
 def _tokenize(plan: Plan, data, rank: int, world_size: int) -> None:
   """Stage 3 for task `rank`: its kept documents split and tokenized into .ds files."""
   from datatrove.pipeline.tokens.tokenizer import TokenizedFile
-  with open(plan.stats('deduplicate', 0)) as f:
-    removed = set(json.load(f)['removed'][str(rank)])
+  removed = set(_read_json(plan.stats('deduplicate', 0))['removed'][str(rank)])
   tokenizer = tokenizer_lib.load(plan.tokenizer_path)
   token_size = 2 if tokenizer.vocab_size <= 1 << 16 else 4
   outputs = {split: TokenizedFile(os.path.join(plan.work, 'tokens', split), f'{rank:05d}.ds',
                                   token_size=token_size) for split in prepare.SPLITS}
   counts = {split: {'documents': 0, 'chars': 0, 'bytes': 0, 'lines': 0, 'tokens': 0}
             for split in prepare.SPLITS}
-  texts = [doc.text for i, doc in enumerate(_read_docs(plan.docs(rank))) if i not in removed]
-  for text, ids in zip(texts, tokenizer.encode_batch(texts)):
-    split = 'val' if prepare.is_validation(text, plan.val_fraction) else 'train'
-    outputs[split].write(ids + [tokenizer.eos_id], None)
-    for name, n in (('documents', 1), ('chars', len(text)), ('bytes', len(text.encode())),
-                    ('lines', text.count('\n') + 1), ('tokens', len(ids) + 1)):
-      counts[split][name] += n
+  kept = (doc.text for i, doc in enumerate(_read_docs(plan.docs(rank))) if i not in removed)
+  while texts := list(itertools.islice(kept, _ENCODE_BATCH)):
+    for text, ids in zip(texts, tokenizer.encode_batch(texts)):
+      split = 'val' if prepare.is_validation(text, plan.val_fraction) else 'train'
+      outputs[split].write(ids + [tokenizer.eos_id], None)
+      for name, n in (('documents', 1), ('chars', len(text)), ('bytes', len(text.encode())),
+                      ('lines', text.count('\n') + 1), ('tokens', len(ids) + 1)):
+        counts[split][name] += n
   for output in outputs.values():
     output.close()
   files.write_json(plan.stats('tokenize', rank), counts)
@@ -169,32 +172,32 @@ def _tokenize(plan: Plan, data, rank: int, world_size: int) -> None:
 def _merge(plan: Plan, data, rank: int, world_size: int) -> None:
   """Stage 4: the prepared directory (manifest, tokenizer, the .ds files), whole or not at all;
   UserError as prepare gives for no text, nothing kept or an empty split."""
-  world_size, settings = plan.tasks, plan.settings
-  data_cfg = ml_collections.ConfigDict(plan.data)
-  read = lambda path: json.load(open(path))
+  del data, rank, world_size
   loaded, cleaned = corpus.LoadReport(plan.corpus, len(plan.paths)), clean.CleanReport()
+  tokenizer = tokenizer_lib.load(plan.tokenizer_path)
+  dtype = '<u2' if tokenizer.vocab_size <= 1 << 16 else '<u4'
   splits = {split: {'documents': 0, 'chars': 0, 'bytes': 0, 'lines': 0, 'tokens': 0,
                     'shards': []} for split in prepare.SPLITS}
-  for rank in range(world_size):
-    stats = read(plan.stats('inspect', rank))
+  for part in range(plan.tasks):
+    stats = _read_json(plan.stats('inspect', part))
     loaded.add(corpus.LoadReport(**stats['read']))
     cleaned.add(clean.CleanReport.from_json(stats['cleaning']))
-    for split, counts in read(plan.stats('tokenize', rank)).items():
+    for split, counts in _read_json(plan.stats('tokenize', part)).items():
       for name, n in counts.items():
         splits[split][name] += n
       if counts['tokens']:
         splits[split]['shards'].append({
-            'file': f'{split}/{rank:05d}.ds', 'start': 0, 'tokens': counts['tokens'],
-            'documents': counts['documents'],
-            'dtype': '<u2' if _token_size(plan) == 2 else '<u4'})
-  cleaned.add(clean.CleanReport.from_json(read(plan.stats('deduplicate', 0))['cleaning']))
-  prepare.check_prepared(loaded, cleaned, plan.cleaning, splits, data_cfg)
-  tokenizer = tokenizer_lib.load(plan.tokenizer_path)
+            'file': f'{split}/{part:05d}.ds', 'start': 0, 'tokens': counts['tokens'],
+            'documents': counts['documents'], 'dtype': dtype})
+  cleaned.add(clean.CleanReport.from_json(
+      _read_json(plan.stats('deduplicate', 0))['cleaning']))
+  prepare.check_prepared(loaded, cleaned, plan.cleaning, splits,
+                         ml_collections.ConfigDict(plan.data))
   lines = [loaded.summary(), cleaned.summary(plan.cleaning),
-           f'prepared by {world_size} datatrove tasks, de-duplicated across the whole corpus']
+           f'prepared by {plan.tasks} datatrove tasks, de-duplicated across the whole corpus']
   lines += [f'{split}: {s["documents"]:,} documents, {s["tokens"]:,} tokens'
             for split, s in splits.items()]
-  manifest = {**settings, 'files': len(plan.paths), 'corpus': plan.corpus,
+  manifest = {**plan.settings, 'files': len(plan.paths), 'corpus': plan.corpus,
               'read': loaded.to_json(), 'cleaning': cleaned.summary(plan.cleaning),
               'cleaning_counts': cleaned.to_json(), 'log': lines,
               'tokenizer_sha256': tokenizer.sha256, 'vocab_size': tokenizer.vocab_size,
@@ -209,8 +212,9 @@ def _merge(plan: Plan, data, rank: int, world_size: int) -> None:
   os.rename(build, plan.directory)
 
 
-def _token_size(plan: Plan) -> int:
-  return 2 if tokenizer_lib.load(plan.tokenizer_path).vocab_size <= 1 << 16 else 4
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
 
 
 @dataclasses.dataclass(frozen=True)
