@@ -25,8 +25,11 @@ bytes per document, and with near_dedup its MinHash signature), never the corpus
 On a cluster, `--config.data.shard=i/N` prepares part i of N (the i-th of N equal runs of the
 corpus files) into <key>/part-0000i-of-0000N/ with a given tokenizer (data.tokenizer); the first
 run without data.shard that finds all N parts merges their manifests (de-duplication is within a
-part). The shards are .npy rather than ArrayRecord: windows of tokens are slices of a memory map,
-no records to decode, and numpy needs no other package.
+part; a part may be empty or lack a split, the merged corpus may not). gpt_jax.cluster_prepare
+runs the same stages on datatrove's executors instead, de-duplicating across the whole corpus,
+into the directory this module would write. A corpus of datatrove's tokenized .ds files is read
+in place (gpt_jax.token_files). The shards are .npy rather than ArrayRecord: windows of tokens
+are slices of a memory map, no records to decode, and numpy needs no other package.
 """
 
 import functools
