@@ -31,9 +31,9 @@ kept one reaches data.near_dedup_threshold. Its executors, completion markers, J
 token files are used as they are.
 
 On several machines without a scheduler (`local` with data.cluster.local_tasks and
-data.cluster.local_rank_offset, the cache on a shared filesystem) each machine runs its tasks of
-1 and 3; the machine at offset 0 runs 2 and 4; each waits for the others' markers between
-stages.
+data.cluster.local_rank_offset, or `python -m gpt_jax.prepare --config.data.shard=i/N`, the cache
+on a shared filesystem) each machine runs its tasks of 1 and 3; the machine at offset 0 runs 2
+and 4; each waits for the others' markers between stages.
 """
 
 import dataclasses
@@ -120,8 +120,11 @@ def _inspect(plan: Plan, data, rank: int, world_size: int) -> None:
 
 
 def _read_docs(path: str):
-  """The documents stage 1 wrote to `path`, in order."""
+  """The documents stage 1 wrote to `path`, in order (none when its task kept none: JsonlWriter
+  makes a file for the first document)."""
   from datatrove.pipeline.readers import JsonlReader
+  if not os.path.exists(path):
+    return iter(())
   folder, name = os.path.split(path)
   return JsonlReader(folder, glob_pattern=name, compression='gzip', doc_progress=False).run()
 
@@ -314,6 +317,28 @@ def check_cluster(cluster, paths: list[str]) -> None:
                     'each machine runs tasks offset .. offset + local_tasks - 1')
 
 
+def as_machine_of(data_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.data with data.shard='i/N' as its data.cluster: the local executor, this machine
+  running the i-th N-th of data.cluster.tasks (raised to N if fewer) and data.shard cleared.
+  UserError unless it is 'i/N' with 0 <= i < N, or if N does not divide the tasks."""
+  try:
+    i, n = (int(x) for x in data_cfg.shard.split('/'))
+  except ValueError:
+    i = n = -1
+  if not 0 <= i < n:
+    raise UserError(f"data.shard={data_cfg.shard!r} is not 'i/N' with 0 <= i < N; pass e.g. "
+                    '--config.data.shard=0/4 on the first of 4 machines')
+  tasks = max(data_cfg.cluster.tasks, n)
+  if tasks % n:
+    raise UserError(f'data.shard={data_cfg.shard}: {n} machines cannot share '
+                    f'data.cluster.tasks={tasks} tasks evenly; pass a multiple of {n}')
+  machine = ml_collections.ConfigDict(data_cfg.to_dict())
+  machine.shard = ''
+  machine.cluster.update(executor='local', tasks=tasks, local_tasks=tasks // n,
+                         local_rank_offset=i * tasks // n)
+  return machine
+
+
 def prepare_on_cluster(data_cfg: ml_collections.ConfigDict, vocab_size: int,
                        log: Callable[[str], None] = print) -> str:
   """Prepares config.data's corpus on datatrove's executors (module docstring) into the
@@ -327,9 +352,6 @@ def prepare_on_cluster(data_cfg: ml_collections.ConfigDict, vocab_size: int,
     raise UserError('preparing on several machines needs one tokenizer: pass '
                     '--config.data.tokenizer (e.g. one python -m gpt_jax.prepare trained on a '
                     'sample of the files)')
-  if data_cfg.shard:
-    raise UserError(f'data.shard={data_cfg.shard} and data.cluster are two ways to prepare in '
-                    'parts; drop --config.data.shard')
   settings, directory = prepare.keyed_settings(data_cfg, vocab_size, cleaning, given, paths)
   if os.path.exists(os.path.join(directory, 'manifest.json')):
     log(f'reusing prepared data at {directory}')

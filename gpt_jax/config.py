@@ -149,7 +149,7 @@ def base_config() -> ml_collections.ConfigDict:
   cluster.slurm_time = '2:00:00'  # each task's time limit on SLURM
   data.tokenizer_sentences = 2_000_000  # lines the tokenizer trains on, sampled from train
   data.shard_tokens = 1 << 24  # tokens per .npy file of a prepared split
-  data.shard = ''  # 'i/N': prepare part i of N of the corpus files (python -m gpt_jax.prepare)
+  data.shard = ''  # 'i/N': python -m gpt_jax.prepare runs as machine i of N of cluster_prepare
 
   data.tasks = ''  # fine-tuning: task or preference files, directories or globs (comma-separated)
   data.held_out_tasks = ''  # their held-out instances, in tasks of the same names; '' = split off

@@ -1,8 +1,9 @@
 """Prepared data, and the grain pipelines that cut it into training and evaluation batches.
 
 `prepare` gives the corpus of config.data cleaned, split into train and val, tokenized and kept
-in the cache as .npy shards (gpt_jax.prepare builds it: streamed, on every core, in parts), or
-a corpus tokenized by datatrove, read in place (gpt_jax.token_files);
+in the cache as .npy shards (gpt_jax.prepare builds it: streamed, on every core; on several
+machines gpt_jax.cluster_prepare, as .ds files), or a corpus tokenized by datatrove, read in
+place (gpt_jax.token_files);
 `Prepared.tokens(split)` reads a split's shards as one memory-mapped sequence of tokens.
 """
 
@@ -48,10 +49,8 @@ class Prepared:
 
 def prepare(data_cfg: ml_collections.ConfigDict, vocab_size: int,
             log: Callable[[str], None] = print) -> Prepared:
-  """The prepared data for `data_cfg` (config.data), from the cache or built into it."""
-  if data_cfg.shard:
-    raise UserError(f'data.shard={data_cfg.shard} prepares one part of the corpus: run python -m '
-                    'gpt_jax.prepare with it for each part, then train without --config.data.shard')
+  """The prepared data for `data_cfg` (config.data), from the cache or built into it; UserError
+  with data.shard (one machine's part: python -m gpt_jax.prepare)."""
   return Prepared.open(prepare_lib.prepare_directory(data_cfg, vocab_size, log))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY
-from gpt_jax import cluster_prepare, config, corpus, data, tokenizer as tokenizer_lib
+from gpt_jax import cluster_prepare, config, corpus, data, prepare, tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
 pytest.importorskip('datatrove', reason="needs datatrove: pip install -e '.[cluster]'")
@@ -37,10 +37,10 @@ def planted(small_corpus, tmp_path_factory) -> tuple[str, str]:
   return str(root / 'corpus'), str(root / 'tokenizer.model')
 
 
-def data_config(planted, cache_dir, **cluster):
+def data_config(planted, cache_dir, val_fraction=0.2, near_dedup=True, **cluster):
   cfg = config.base_config().data
-  cfg.update(corpus=planted[0], tokenizer=planted[1], cache_dir=str(cache_dir), val_fraction=0.2,
-             near_dedup=True)
+  cfg.update(corpus=planted[0], tokenizer=planted[1], cache_dir=str(cache_dir),
+             val_fraction=val_fraction, near_dedup=near_dedup)
   cfg.cluster.update(dict(tasks=4, workers=2) | cluster)
   return cfg
 
@@ -110,14 +110,13 @@ def test_a_failed_task_is_redone_alone_on_the_rerun(planted, one_machine, tmp_pa
 
 @pytest.mark.slow
 def test_four_machines_without_a_scheduler_give_the_same(planted, one_machine, tmp_path):
-  """Four processes, each running one task of the local executor (local_tasks=1,
-  local_rank_offset=i) on a shared cache; the one at offset 0 deduplicates and merges."""
-  args = [sys.executable, '-m', 'gpt_jax.cluster_prepare', f'--config={TINY}',
+  """Four processes, `python -m gpt_jax.prepare --config.data.shard=i/4` each: the local executor
+  with one task per machine on a shared cache; the one at offset 0 deduplicates and merges."""
+  args = [sys.executable, '-m', 'gpt_jax.prepare', f'--config={TINY}',
           f'--config.data.corpus={planted[0]}', f'--config.data.tokenizer={planted[1]}',
           f'--config.data.cache_dir={tmp_path}', '--config.data.val_fraction=0.2',
-          '--config.data.near_dedup=True', '--config.data.cluster.tasks=4',
-          '--config.data.cluster.local_tasks=1']
-  machines = [subprocess.Popen(args + [f'--config.data.cluster.local_rank_offset={i}'], cwd=ROOT,
+          '--config.data.near_dedup=True']
+  machines = [subprocess.Popen(args + [f'--config.data.shard={i}/4'], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for i in range(4)]
   outputs = [machine.communicate(timeout=300) for machine in machines]
@@ -125,6 +124,53 @@ def test_four_machines_without_a_scheduler_give_the_same(planted, one_machine, t
   directories = {out.strip().splitlines()[-1] for out, _ in outputs}
   assert len(directories) == 1
   assert_same_as_one_machine(directories.pop().removeprefix('prepared data: '), one_machine)
+
+
+def test_a_shard_is_a_machine_of_the_local_executor():
+  cfg = config.base_config().data
+  cfg.update(shard='2/4')
+  cfg.cluster.update(executor='slurm', tasks=8)
+  machine = cluster_prepare.as_machine_of(cfg)
+  assert (machine.shard, machine.cluster.executor, machine.cluster.tasks,
+          machine.cluster.local_tasks, machine.cluster.local_rank_offset) == ('', 'local', 8, 2, 4)
+  cfg.cluster.tasks = 2  # fewer tasks than machines: one each
+  assert cluster_prepare.as_machine_of(cfg).cluster.local_tasks == 1
+  for shard, message in (('4/4', r"^data.shard='4/4' is not 'i/N' with 0 <= i < N"),
+                         ('x', r"^data.shard='x' is not 'i/N'")):
+    cfg.shard = shard
+    with pytest.raises(UserError, match=message):
+      cluster_prepare.as_machine_of(cfg)
+  cfg.update(shard='0/4')
+  cfg.cluster.tasks = 6
+  with pytest.raises(UserError, match=r'^data.shard=0/4: 4 machines cannot share data.cluster.'
+                     'tasks=6 tasks evenly; pass a multiple of 4'):
+    cluster_prepare.as_machine_of(cfg)
+
+
+def test_an_empty_task_and_tasks_without_validation_are_no_error(planted, small_corpus,
+                                                                 tmp_path):
+  """Tasks hold what their files give, an empty or train-only one included; only the whole
+  corpus must have both splits, as on one machine."""
+  docs = corpus.load_documents(small_corpus)[0]
+  val = [d.text for d in docs if prepare.is_validation(d.text, 0.1)][:1]
+  train = [d.text for d in docs if not prepare.is_validation(d.text, 0.1)][:30]
+  rows = lambda texts: '\n'.join(json.dumps({'text': t}) for t in texts)
+  for name, texts in (('a', val + train[:10]), ('b', train[10:20]), ('c', train[20:])):
+    (tmp_path / f'{name}.jsonl').write_text(rows(texts))
+  (tmp_path / 'd.txt').write_text('')
+  spec = ','.join(str(tmp_path / name) for name in ('a.jsonl', 'b.jsonl', 'c.jsonl', 'd.txt'))
+  cfg = lambda spec, cache, tasks=4: data_config((spec, planted[1]), tmp_path / cache,
+                                                 val_fraction=0.1, near_dedup=False, tasks=tasks)
+  whole = data.prepare(cfg(spec, 'one'), VOCAB, log=lambda _: None)
+  # Tasks 1 and 2 have no validation document, task 3 no document at all.
+  directory = cluster_prepare.prepare_on_cluster(cfg(spec, 'four'), VOCAB, log=lambda _: None)
+  for split in data.SPLITS:
+    np.testing.assert_array_equal(np.asarray(data.Prepared.open(directory).tokens(split)),
+                                  np.asarray(whole.tokens(split)))
+  assert data.Prepared.open(directory).manifest['splits']['val']['documents'] == 1
+  spec = ','.join(str(tmp_path / name) for name in ('b.jsonl', 'c.jsonl'))
+  with pytest.raises(UserError, match=r'^the val split is empty: 20 documents with val_fraction'):
+    cluster_prepare.prepare_on_cluster(cfg(spec, 'two', tasks=2), VOCAB, log=lambda _: None)
 
 
 @pytest.mark.parametrize('cluster, message', [

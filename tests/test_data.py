@@ -323,77 +323,9 @@ def test_grain_batches_and_resume_over_shards_are_bitwise(prepared, sharded):
                                                 max_batches=0)))
 
 
-def test_parts_prepared_apart_merge_into_one_pass(prepared, small_corpus, tmp_path):
-  tokenizer = os.path.join(prepared.directory, 'tokenizer.model')
-  whole = data.prepare(data_config(small_corpus, str(tmp_path / 'whole'), tokenizer=tokenizer),
-                       VOCAB, log=lambda _: None)
-  cfg = data_config(small_corpus, str(tmp_path / 'parts'), tokenizer=tokenizer)
-  with pytest.raises(UserError, match=r'^data.shard=0/3 prepares one part .* run python -m '
-                     'gpt_jax.prepare'):
-    data.prepare(data_config(small_corpus, shard='0/3'), VOCAB, log=lambda _: None)
-  parts = [prepare_lib.prepare_directory(data_config(small_corpus, str(tmp_path / 'parts'),
-                                                     tokenizer=tokenizer, shard=f'{i}/3'),
-                                         VOCAB, log=lambda _: None) for i in (0, 2)]
-  assert [os.path.basename(p) for p in parts] == ['part-00000-of-00003', 'part-00002-of-00003']
-  with pytest.raises(UserError, match=r'holds 2 of 3 parts: part 1 missing; run python -m '
-                     r'gpt_jax.prepare with --config.data.shard=i/3 for each'):
-    data.prepare(cfg, VOCAB, log=lambda _: None)
-  prepare_lib.prepare_directory(data_config(small_corpus, str(tmp_path / 'parts'),
-                                            tokenizer=tokenizer, shard='1/3'), VOCAB,
-                                log=lambda _: None)
-  stray = os.path.join(os.path.dirname(parts[0]), 'part-00000-of-00002')  # of another split
-  os.makedirs(stray)
-  files.write_json(os.path.join(stray, 'manifest.json'), {})
-  logs = []
-  merged = data.prepare(cfg, VOCAB, log=logs.append)
-  assert logs[0] == f'merged 3 parts in {merged.directory} (each de-duplicated on its own)'
-  for split in data.SPLITS:
-    np.testing.assert_array_equal(merged.tokens(split)[0:len(merged.tokens(split))],
-                                  whole.tokens(split))
-    for name in ('documents', 'tokens', 'bytes', 'chars', 'lines'):
-      assert merged.manifest['splits'][split][name] == whole.manifest['splits'][split][name]
-  assert merged.manifest['cleaning_counts'] == whole.manifest['cleaning_counts']
-  assert data.prepare(cfg, VOCAB, log=logs.append).manifest == merged.manifest  # reused
-
-
-def test_an_empty_part_and_parts_without_validation_merge(prepared, small_corpus, tmp_path):
-  """Parts hold what their files give, an empty or train-only part included; only the merged
-  corpus must have both splits."""
-  tokenizer = os.path.join(prepared.directory, 'tokenizer.model')
-  docs = corpus.load_documents(small_corpus)[0]
-  val = [d.text for d in docs if prepare_lib.is_validation(d.text, 0.1)][:1]
-  train = [d.text for d in docs if not prepare_lib.is_validation(d.text, 0.1)][:30]
-  rows = lambda texts: '\n'.join(json.dumps({'text': t}) for t in texts)
-  for name, texts in (('a', val + train[:10]), ('b', train[10:20]), ('c', train[20:])):
-    (tmp_path / f'{name}.jsonl').write_text(rows(texts))
-  (tmp_path / 'd.txt').write_text('')
-  spec = ','.join(str(tmp_path / name) for name in ('a.jsonl', 'b.jsonl', 'c.jsonl', 'd.txt'))
-  whole = data.prepare(data_config(spec, str(tmp_path / 'whole'), tokenizer=tokenizer), VOCAB,
-                       log=lambda _: None)
-  for i in range(4):  # b and c have no validation document, d no document at all
-    prepare_lib.prepare_directory(data_config(spec, str(tmp_path / 'parts'), tokenizer=tokenizer,
-                                              shard=f'{i}/4'), VOCAB, log=lambda _: None)
-  merged = data.prepare(data_config(spec, str(tmp_path / 'parts'), tokenizer=tokenizer), VOCAB,
-                        log=lambda _: None)
-  for split in data.SPLITS:
-    np.testing.assert_array_equal(merged.tokens(split)[0:len(merged.tokens(split))],
-                                  whole.tokens(split))
-  assert merged.manifest['splits']['val']['documents'] == 1
-
-  spec = ','.join(str(tmp_path / name) for name in ('b.jsonl', 'c.jsonl'))
-  for i in range(2):
-    prepare_lib.prepare_directory(data_config(spec, str(tmp_path / 'parts'), tokenizer=tokenizer,
-                                              shard=f'{i}/2'), VOCAB, log=lambda _: None)
-  with pytest.raises(UserError, match=r'^the val split is empty: 20 documents with val_fraction'):
-    data.prepare(data_config(spec, str(tmp_path / 'parts'), tokenizer=tokenizer), VOCAB,
-                 log=lambda _: None)
-
-
 @pytest.mark.parametrize('overrides, message', [
-    (dict(shard='3/3'), r"^data.shard='3/3' is not 'i/N' with 0 <= i < N; pass e.g."),
-    (dict(shard='a/b'), r"^data.shard='a/b' is not 'i/N'"),
-    (dict(shard='0/2'), r'^data.shard=0/2: the parts of a corpus need one tokenizer; prepare a '
-                        'sample'),
+    (dict(shard='0/2'), r"^data.shard=0/2 prepares one machine's part of the corpus: run python "
+                        '-m gpt_jax.prepare with it on each machine'),
     (dict(bad_lines='maybe'), r"^data.bad_lines='maybe' is not 'stop' or 'skip'"),
     (dict(near_dedup=True, near_dedup_threshold=1.5), r'^data.near_dedup_threshold=1.5 is not in '
                                                       r'\(0, 1\]'),

@@ -1,6 +1,6 @@
-"""Preparing a corpus for training: streamed, in bounded memory, on every core, and in parts.
+"""Preparing a corpus for training: streamed, in bounded memory, on every core.
 
-    python -m gpt_jax.prepare --config=FILE [--config.data.KEY=VALUE ...]
+    python -m gpt_jax.prepare --config=FILE [--config.data.KEY=VALUE ...]   (__main__.py)
 
 cleans the corpus, splits it by document into train and val, trains the tokenizer on the training
 split and writes each split's tokens (every document followed by EOS) as .npy shards:
@@ -22,21 +22,18 @@ Two passes, each over worker processes (data.workers) that take chunks of about 
 Memory holds a few chunks per worker, one shard being filled and the de-duplication keys (16
 bytes per document, and with near_dedup its MinHash signature), never the corpus.
 
-On a cluster, `--config.data.shard=i/N` prepares part i of N (the i-th of N equal runs of the
-corpus files) into <key>/part-0000i-of-0000N/ with a given tokenizer (data.tokenizer); the first
-run without data.shard that finds all N parts merges their manifests (de-duplication is within a
-part; a part may be empty or lack a split, the merged corpus may not). gpt_jax.cluster_prepare
-runs the same stages on datatrove's executors instead, de-duplicating across the whole corpus,
-into the directory this module would write. A corpus of datatrove's tokenized .ds files is read
-in place (gpt_jax.token_files). The shards are .npy rather than ArrayRecord: windows of tokens
-are slices of a memory map, no records to decode, and numpy needs no other package.
+On several machines, gpt_jax.cluster_prepare runs the same stages on datatrove's executors,
+de-duplicating across the whole corpus, into the directory this module would write (the command's
+--config.data.shard=i/N is its front end for machine i of N). A corpus of datatrove's tokenized
+.ds files is read in place (gpt_jax.token_files). The shards are .npy rather than ArrayRecord:
+windows of tokens are slices of a memory map, no records to decode, and numpy needs no other
+package.
 """
 
 import functools
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -46,7 +43,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from gpt_jax import clean, cli, corpus, files, token_files, workers
+from gpt_jax import clean, corpus, files, token_files, workers
 from gpt_jax import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
@@ -57,44 +54,27 @@ _CHUNK_BYTES = 1 << 20  # input per task sent to a worker
 
 def prepare_directory(data_cfg: ml_collections.ConfigDict, vocab_size: int,
                       log: Callable[[str], None] = print) -> str:
-  """The prepared data directory of `data_cfg` (config.data), from the cache, merged from parts,
-  or built; with data.shard, the directory of that part."""
-  shard = parse_shard(data_cfg.shard)
+  """The prepared data directory of `data_cfg` (config.data), from the cache or built on this
+  machine (prepared on several, data.shard, by gpt_jax.cluster_prepare into the same place)."""
+  if data_cfg.shard:
+    raise UserError(f'data.shard={data_cfg.shard} prepares one machine\'s part of the corpus: run '
+                    'python -m gpt_jax.prepare with it on each machine, then train without '
+                    '--config.data.shard')
   cleaning, given, paths = inputs(data_cfg, vocab_size)
   if any(map(token_files.is_token_file, paths)):
     return _prepare_token_files(paths, data_cfg, given, log)
   settings, directory = keyed_settings(data_cfg, vocab_size, cleaning, given, paths)
-  build = functools.partial(_build, data_cfg=data_cfg, vocab_size=vocab_size, cleaning=cleaning,
-                            given=given, log=log)
-  if shard:
-    i, n = shard
-    if not given:
-      raise UserError(f'data.shard={data_cfg.shard}: the parts of a corpus need one tokenizer; '
-                      'prepare a sample of the files once without data.shard and pass its '
-                      'tokenizer.model as --config.data.tokenizer')
-    if len(paths) < n:
-      raise UserError(f'data.shard={data_cfg.shard}: the corpus has {len(paths)} files, fewer '
-                      f'than {n} parts; use at most {len(paths)} parts')
-    part = os.path.join(directory, _part_name(i, n))
-    if _exists(part):
-      log(f'reusing part {i} of {n} at {part}')
-      return part
-    first, end = i * len(paths) // n, (i + 1) * len(paths) // n
-    log(f'part {i} of {n}: files {first + 1} to {end} of {len(paths)} ({paths[first]} to '
-        f'{paths[end - 1]})')
-    return build(part, paths[first:end], {**settings, 'part': [i, n]})
   if _exists(directory):
     # The preparation's own report, shown again as what was done then, not now.
     log(f'reusing prepared data at {directory}, prepared earlier:')
     for line in read_manifest(directory)['log']:
       log(f'  {line}')
     return directory
-  if os.path.isdir(directory) and _parts(directory):
-    return _merge(directory, settings, data_cfg, cleaning, log)
   if os.path.isdir(directory) and os.listdir(directory):
-    raise UserError(f'{directory} holds unfinished parts only (being prepared, or left by a killed '
-                    'run); wait for the python -m gpt_jax.prepare runs of its parts, or remove it')
-  return build(directory, paths, settings)
+    raise UserError(f'{directory} holds no finished preparation (the parts of an older version?); '
+                    'remove it and run again')
+  return _build(directory, paths, settings, data_cfg=data_cfg, vocab_size=vocab_size,
+                cleaning=cleaning, given=given, log=log)
 
 
 def inputs(data_cfg, vocab_size: int) -> tuple[clean.Settings, object, list[str]]:
@@ -154,20 +134,6 @@ def _prepare_token_files(paths: list[str], data_cfg, tokenizer, log) -> str:
   return token_files.prepare(paths, tokenizer, data_cfg.val_fraction, directory, log)
 
 
-def parse_shard(spec: str) -> tuple[int, int] | None:
-  """(i, N) of data.shard 'i/N', or None for ''."""
-  if not spec:
-    return None
-  try:
-    i, n = (int(x) for x in spec.split('/'))
-  except ValueError:
-    i = n = -1
-  if not 0 <= i < n:
-    raise UserError(f"data.shard={spec!r} is not 'i/N' with 0 <= i < N; pass e.g. "
-                    '--config.data.shard=0/4 (or leave it empty for the whole corpus)')
-  return i, n
-
-
 def read_manifest(directory: str) -> dict:
   with open(os.path.join(directory, 'manifest.json')) as f:
     return json.load(f)
@@ -202,14 +168,6 @@ def _exists(directory: str) -> bool:
   return os.path.exists(os.path.join(directory, 'manifest.json'))
 
 
-def _part_name(i: int, n: int) -> str:
-  return f'part-{i:05d}-of-{n:05d}'
-
-
-def _parts(directory: str) -> list[str]:
-  return sorted(name for name in os.listdir(directory) if name.startswith('part-'))
-
-
 def _load_tokenizer(path: str, vocab_size: int):
   tokenizer = tokenizer_lib.load(path)
   if tokenizer.vocab_size > vocab_size:
@@ -231,8 +189,7 @@ def _build(directory: str, paths: list[str], settings: dict, *, data_cfg, vocab_
     build = os.path.join(tmp, 'build')
     os.mkdir(texts)
     os.mkdir(build)
-    lines, counts, cleaned, loaded = _clean_pass(pool, paths, data_cfg, cleaning, texts, log,
-                                                 whole='part' not in settings)
+    lines, counts, cleaned, loaded = _clean_pass(pool, paths, data_cfg, cleaning, texts, log)
     if given:
       tokenizer = given
     else:
@@ -301,11 +258,11 @@ def _inspect_chunk(records: list[corpus.Record], *, read: dict,
 
 
 def _clean_pass(pool: workers.Workers, paths: list[str], data_cfg, cleaning: clean.Settings,
-                texts: str, log, whole: bool
+                texts: str, log
                 ) -> tuple[list[str], dict, clean.CleanReport, corpus.LoadReport]:
   """Pass 1: the kept documents of each split into texts/<split>; the log lines, the splits'
-  counts, the cleaning report and what was read. `whole`: the corpus, not a part of it, whose
-  text and splits are checked (check_prepared)."""
+  counts, the cleaning report and what was read. UserError for no text, nothing kept or an
+  empty split (check_prepared)."""
   loaded = corpus.LoadReport(data_cfg.corpus, len(paths))
   cleaned, dedup = clean.CleanReport(), clean.Deduplicator(cleaning)
   read = dict(text_field=data_cfg.text_field, url_field=data_cfg.url_field,
@@ -332,8 +289,7 @@ def _clean_pass(pool: workers.Workers, paths: list[str], data_cfg, cleaning: cle
       progress.set_postfix_str(f'{loaded.num_documents / (time.perf_counter() - start):,.0f} '
                                'documents/s', refresh=False)
   seconds = time.perf_counter() - start
-  if whole:  # a part may be empty, or hold one split only: the merge checks the whole corpus
-    check_prepared(loaded, cleaned, cleaning, counts, data_cfg)
+  check_prepared(loaded, cleaned, cleaning, counts, data_cfg)
   lines = [loaded.summary(),
            loaded.cut_summary(data_cfg.max_document_chars, data_cfg.piece_chars),
            cleaned.summary(cleaning),
@@ -480,66 +436,3 @@ class _ShardWriter:
     np.save(os.path.join(self._directory, name), self._buffer[:self._filled])
     self._shards.append({'file': name, 'tokens': self._filled})
     self._filled = 0
-
-
-def _merge(directory: str, settings: dict, data_cfg, cleaning: clean.Settings, log) -> str:
-  """Writes the manifest of a corpus prepared in parts, from the parts' manifests; UserError if
-  the whole has no text or an empty split (check_prepared), whatever its parts hold."""
-  finished = [name for name in _parts(directory) if _exists(os.path.join(directory, name))]
-  counts = sorted({int(name.rsplit('-', 1)[1]) for name in _parts(directory)})
-  missing = {n: [i for i in range(n) if _part_name(i, n) not in finished] for n in counts}
-  complete = [n for n in counts if not missing[n]]
-  if not complete:
-    n = counts[-1]
-    raise UserError(f'{directory} holds {n - len(missing[n])} of {n} parts: part '
-                    f'{", ".join(map(str, missing[n]))} missing; run python -m gpt_jax.prepare '
-                    f'with --config.data.shard=i/{n} for each, then run this again')
-  n = complete[-1]
-  parts = [read_manifest(os.path.join(directory, _part_name(i, n))) for i in range(n)]
-  if len({part['tokenizer_sha256'] for part in parts}) > 1:
-    raise UserError(f'the parts in {directory} were tokenized with different tokenizers; prepare '
-                    'every part with the same --config.data.tokenizer')
-  cleaned = clean.CleanReport()
-  read = {name: sum(part['read'][name] for part in parts) for name in parts[0]['read']}
-  names = ('documents', 'chars', 'bytes', 'lines', 'tokens')
-  splits = {split: {**dict.fromkeys(names, 0), 'shards': []} for split in SPLITS}
-  for i, part in enumerate(parts):
-    cleaned.add(clean.CleanReport.from_json(part['cleaning_counts']))
-    for split in SPLITS:
-      for name in names:
-        splits[split][name] += part['splits'][split][name]
-      splits[split]['shards'] += [{**shard, 'file': f'{_part_name(i, n)}/{shard["file"]}'}
-                                  for shard in part['splits'][split]['shards'] if shard['tokens']]
-  loaded = corpus.LoadReport(data_cfg.corpus, len(settings['files']),
-                             num_documents=read['documents'], num_chars=read['chars'],
-                             bad_lines=read['bad_lines'], missing_text=read['missing_text'],
-                             urls=read['urls'])
-  check_prepared(loaded, cleaned, cleaning, splits, data_cfg)
-  tokenizer_file = tokenizer_lib.find(os.path.join(directory, _part_name(0, n)))
-  with files.atomic_path(os.path.join(directory, os.path.basename(tokenizer_file))) as tmp:
-    shutil.copyfile(tokenizer_file, tmp)
-  summary = cleaned.summary(cleaning)
-  lines = [f'merged {n} parts in {directory} (each de-duplicated on its own)', summary]
-  lines += [_split_line(split, s) for split, s in splits.items()]
-  manifest = {**settings, 'files': len(settings['files']), 'parts': n, 'corpus': parts[0]['corpus'],
-              'read': read, 'cleaning': summary, 'cleaning_counts': cleaned.to_json(),
-              'log': lines,
-              'tokenizer_sha256': parts[0]['tokenizer_sha256'],
-              'vocab_size': parts[0]['vocab_size'], 'splits': splits}
-  files.write_json(os.path.join(directory, 'manifest.json'), manifest)
-  for line in lines:
-    log(line)
-  return directory
-
-
-def main(argv=None) -> None:
-  def run():
-    config, _ = cli.parse_train_args(sys.argv if argv is None else argv)
-    directory = prepare_directory(config.data, config.model.vocab_size)
-    print(f'prepared data: {directory}')
-
-  cli.run(run)
-
-
-if __name__ == '__main__':
-  main()
