@@ -301,12 +301,16 @@ def _wait(executor, stage: str, log) -> None:
     time.sleep(_POLL_S)
 
 
-def check_cluster(cluster, paths: list[str]) -> None:
-  """UserError for data.cluster settings out of range."""
+def check_cluster(cluster, paths: list[str], shard: str = '') -> None:
+  """UserError for data.cluster settings out of range (`shard`: the data.shard they came from)."""
   if cluster.executor not in EXECUTORS:
     raise UserError(f'data.cluster.executor={cluster.executor!r}: pass one of '
                     f'{", ".join(EXECUTORS)} (or prepare on this machine: python -m '
                     'gpt_jax.prepare)')
+  if shard and cluster.tasks > len(paths):
+    raise UserError(f'data.shard={shard}: the corpus has {len(paths)} files, fewer than the '
+                    f'{cluster.tasks} tasks of its machines (a task reads whole files); use at '
+                    f'most {len(paths)} machines, or more files')
   if not 1 <= cluster.tasks <= len(paths):
     raise UserError(f'data.cluster.tasks={cluster.tasks}: the corpus has {len(paths)} files; '
                     f'pass 1 to {len(paths)} tasks (a task reads whole files)')
@@ -319,7 +323,7 @@ def check_cluster(cluster, paths: list[str]) -> None:
 
 def as_machine_of(data_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """config.data with data.shard='i/N' as its data.cluster: the local executor, this machine
-  running the i-th N-th of data.cluster.tasks (raised to N if fewer) and data.shard cleared.
+  running the i-th N-th of data.cluster.tasks (raised to N if fewer).
   UserError unless it is 'i/N' with 0 <= i < N, or if N does not divide the tasks."""
   try:
     i, n = (int(x) for x in data_cfg.shard.split('/'))
@@ -332,8 +336,7 @@ def as_machine_of(data_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigD
   if tasks % n:
     raise UserError(f'data.shard={data_cfg.shard}: {n} machines cannot share '
                     f'data.cluster.tasks={tasks} tasks evenly; pass a multiple of {n}')
-  machine = ml_collections.ConfigDict(data_cfg.to_dict())
-  machine.shard = ''
+  machine = ml_collections.ConfigDict(data_cfg.to_dict())  # data.shard kept, for the messages
   machine.cluster.update(executor='local', tasks=tasks, local_tasks=tasks // n,
                          local_rank_offset=i * tasks // n)
   return machine
@@ -347,7 +350,7 @@ def prepare_on_cluster(data_cfg: ml_collections.ConfigDict, vocab_size: int,
   _require_datatrove()
   cleaning, given, paths = prepare.inputs(data_cfg, vocab_size)
   cluster = data_cfg.cluster
-  check_cluster(cluster, paths)
+  check_cluster(cluster, paths, data_cfg.shard)
   if given is None:
     raise UserError('preparing on several machines needs one tokenizer: pass '
                     '--config.data.tokenizer (e.g. one python -m gpt_jax.prepare trained on a '

@@ -11,10 +11,11 @@ the corpus as it is; by default it is cleaned by the default data.* stages, as `
 """
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
-from gpt_jax import cli, config as config_lib, runs, vocab_expansion
+from gpt_jax import cli, config as config_lib, files, runs, vocab_expansion
 from gpt_jax.errors import UserError
 
 
@@ -23,7 +24,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                               description=__doc__.split('\n\n')[0])
   parser.add_argument('--base', required=True, help='the run to extend (trained or imported)')
   parser.add_argument('--corpus', required=True,
-                      help="the new domain's text: files, directories or globs, as data.corpus")
+                      help="the new domain's text: files, directories or globs, as data.corpus "
+                      "(a directory gives its .txt/.md/.jsonl/.json/.parquet files: name code "
+                      "by a glob, e.g. 'DIR/*.py')")
   parser.add_argument('--pieces', type=int, required=True, help='new pieces to add, at most')
   parser.add_argument('--out', required=True, help='the extended run (a new directory)')
   parser.add_argument('--init', choices=vocab_expansion.INITS, default='mean',
@@ -46,13 +49,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def expand(args: argparse.Namespace, log=print) -> str:
   """Writes the extended run; returns its directory."""
   runs.read_config(args.base, '--base')  # a UserError now if it is not a run
+  files.check_new_directory(args.out, '--out')
   data = config_lib.base_config().data
   data.update(corpus=args.corpus, text_field=args.text_field)
   if not args.clean:
     data.update(min_chars=0, min_letter_fraction=0.0, exact_dedup=False, scrub_pii=False)
-  texts = vocab_expansion.domain_texts(data, log)
+  try:
+    texts = vocab_expansion.domain_texts(data, log)
+  except UserError as e:  # corpus and cleaning errors name the training config's settings
+    raise UserError(_this_commands_flags(str(e))) from None
   return vocab_expansion.expand_run(args.base, texts, args.pieces, args.out, init=args.init,
                                     vocab_size=args.vocab_size, seed=args.seed, log=log)
+
+
+def _this_commands_flags(message: str) -> str:
+  """A corpus or cleaning error with this command's flags for the config's it names."""
+  message = re.sub(r'relax \w+ with --config\.data\.\S+( or --config\.data\.\S+)?',
+                   'pass --no-clean to learn from it as it is', message)
+  return (message.replace('--config.data.corpus', '--corpus')
+          .replace('--config.data.text_field', '--text_field'))
 
 
 def main(argv=None) -> None:

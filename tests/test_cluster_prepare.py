@@ -131,8 +131,8 @@ def test_a_shard_is_a_machine_of_the_local_executor():
   cfg.update(shard='2/4')
   cfg.cluster.update(executor='slurm', tasks=8)
   machine = cluster_prepare.as_machine_of(cfg)
-  assert (machine.shard, machine.cluster.executor, machine.cluster.tasks,
-          machine.cluster.local_tasks, machine.cluster.local_rank_offset) == ('', 'local', 8, 2, 4)
+  assert (machine.cluster.executor, machine.cluster.tasks, machine.cluster.local_tasks,
+          machine.cluster.local_rank_offset) == ('local', 8, 2, 4)
   cfg.cluster.tasks = 2  # fewer tasks than machines: one each
   assert cluster_prepare.as_machine_of(cfg).cluster.local_tasks == 1
   for shard, message in (('4/4', r"^data.shard='4/4' is not 'i/N' with 0 <= i < N"),
@@ -182,6 +182,11 @@ def test_an_empty_task_and_tasks_without_validation_are_no_error(planted, small_
 def test_bad_cluster_settings_are_one_line(planted, tmp_path, cluster, message):
   with pytest.raises(UserError, match=message):
     cluster_prepare.prepare_on_cluster(data_config(planted, tmp_path, **cluster), VOCAB)
+  cfg = data_config(planted, tmp_path)
+  cfg.shard = '0/8'
+  with pytest.raises(UserError, match=r'^data.shard=0/8: the corpus has 4 files, fewer than the 8 '
+                     'tasks of its machines'):
+    cluster_prepare.prepare_on_cluster(cluster_prepare.as_machine_of(cfg), VOCAB)
   cfg = data_config(planted, tmp_path)
   cfg.tokenizer = ''
   with pytest.raises(UserError, match=r'^preparing on several machines needs one tokenizer'):

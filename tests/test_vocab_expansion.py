@@ -99,6 +99,20 @@ def continued(ext, out: str, code_corpus: str, steps: int):
   return config
 
 
+def test_corpus_errors_name_this_commands_flags(tiny_base, tmp_path):
+  (tmp_path / 'short').mkdir()
+  (tmp_path / 'short' / 'a.txt').write_text('def f(): pass\n')
+  (tmp_path / 'blank').mkdir()
+  (tmp_path / 'blank' / 'a.txt').write_text('\n')
+  cases = (('short', 'cleaning removed every one of its 1 documents (quality 1); pass other text, '
+                     'or pass --no-clean to learn from it as it is'),
+           ('blank', 'point --corpus at files with text'))
+  for corpus_dir, message in cases:
+    out = run_main(f'--base={tiny_base}', f'--corpus={tmp_path / corpus_dir}', '--pieces=8',
+                   f'--out={tmp_path / "x"}', module='gpt_jax.expand_vocab')
+    assert out.returncode == 2 and message in out.stderr.strip().splitlines()[-1], out.stderr
+
+
 @pytest.mark.slow
 def test_continued_pretraining_starts_from_the_extended_run(expanded, code_corpus, tmp_path):
   _, ext, out = expanded

@@ -238,7 +238,8 @@ def load_base(config, mesh, log) -> runs.Run:
                                      config_lib.base_config().model.vocab_size):
     raise UserError(f'model.vocab_size={config.model.vocab_size}, but init_from='
                     f'{config.init_from!r} has {base_model.vocab_size}: a fine-tuned model keeps '
-                    "its base's vocabulary; drop --config.model.vocab_size")
+                    f"its base's vocabulary; pass --config.model.vocab_size="
+                    f'{base_model.vocab_size} (the config file sets another)')
   kept = {key: config.model[key] for key in ('attention', 'remat', 'dropout')}
   config.model.update(base_model.to_dict() | kept)
   if config.model.position == 'learned' and config.seq_len > config.model.block_size:
