@@ -20,7 +20,8 @@ whole):
      datatrove's .ds/.ds.index files (TokenizedFile).
   4. merge (1 task): the manifest, which training reads like prepare's (the .ds files in place,
      data.TokenShards), under the key that prepare would give the same settings: the kept
-     documents and their tokens are the one-machine ones, in the same order (tested).
+     documents and their tokens are the one-machine ones, in the same order (tested). The
+     stages' copies of the text go.
 
 Datatrove's own readers, quality filters and MinHash stages are not used: its readers shard files
 by stride, not in runs (the corpus order the first-copy rule needs), and do not read this
@@ -213,6 +214,8 @@ def _merge(plan: Plan, data, rank: int, world_size: int) -> None:
   tokenizer.save(os.path.join(build, tokenizer.filename))
   files.write_json(os.path.join(build, 'manifest.json'), manifest)
   os.rename(build, plan.directory)
+  for copy in ('docs', 'keys', 'tokens'):  # the corpus's text again, and links to the tokens
+    shutil.rmtree(os.path.join(plan.work, copy), ignore_errors=True)
 
 
 def _read_json(path: str):
@@ -227,6 +230,7 @@ class _Stage:
   plan: Plan
 
   def __call__(self, data, rank: int = 0, world_size: int = 1) -> None:
+    # Looked up when called, in the task's process: the module's function as it is there.
     globals()[f'_{self.name}'](self.plan, data, rank, world_size)
 
   def __repr__(self) -> str:  # datatrove logs its pipeline's steps
@@ -384,8 +388,6 @@ def prepare_on_cluster(data_cfg: ml_collections.ConfigDict, vocab_size: int,
     _wait(executor, stage, log)
   if not os.path.exists(os.path.join(directory, 'manifest.json')):
     raise UserError(f'the merge did not write {directory}: see its log under {work}/logs/merge')
-  for copy in ('docs', 'keys', 'tokens'):  # the corpus's text, and links to the tokens
-    shutil.rmtree(os.path.join(work, copy), ignore_errors=True)
   for line in prepare.read_manifest(directory)['log']:
     log(line)
   return directory
