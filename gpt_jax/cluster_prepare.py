@@ -245,8 +245,10 @@ def _executor(cluster, stage: str, plan: Plan, tasks: int, depends=None):
     from datatrove.executor import LocalPipelineExecutor
     mine = tasks if tasks == 1 else cluster.local_tasks if cluster.local_tasks > 0 else tasks
     offset = 0 if tasks == 1 else cluster.local_rank_offset
-    return LocalPipelineExecutor(pipeline, tasks=tasks, workers=cluster.workers or -1,
-                                 logging_dir=logs, local_tasks=mine, local_rank_offset=offset)
+    # A one-task stage runs in this process: a pool of workers would only start for it.
+    workers = min(cluster.workers or tasks, mine)
+    return LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=logs,
+                                 local_tasks=mine, local_rank_offset=offset)
   if cluster.executor == 'slurm':
     from datatrove.executor import SlurmPipelineExecutor
     return SlurmPipelineExecutor(pipeline, tasks=tasks, time=cluster.slurm_time,
