@@ -50,7 +50,7 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 
-from gpt_jax import clean, cli, corpus, files, prepare, tokenizer as tokenizer_lib
+from gpt_jax import clean, cli, corpus, files, prepare, token_files, tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
 EXECUTORS = ('local', 'slurm', 'ray')
@@ -155,7 +155,7 @@ def _tokenize(plan: Plan, data, rank: int, world_size: int) -> None:
   from datatrove.pipeline.tokens.tokenizer import TokenizedFile
   removed = set(_read_json(plan.stats('deduplicate', 0))['removed'][str(rank)])
   tokenizer = tokenizer_lib.load(plan.tokenizer_path)
-  token_size = 2 if tokenizer.vocab_size <= 1 << 16 else 4
+  token_size = token_files.token_dtype(tokenizer.vocab_size).itemsize
   outputs = {split: TokenizedFile(os.path.join(plan.work, 'tokens', split), f'{rank:05d}.ds',
                                   token_size=token_size) for split in prepare.SPLITS}
   counts = {split: {'documents': 0, 'chars': 0, 'bytes': 0, 'lines': 0, 'tokens': 0}
@@ -179,7 +179,7 @@ def _merge(plan: Plan, data, rank: int, world_size: int) -> None:
   del data, rank, world_size
   loaded, cleaned = corpus.LoadReport(plan.corpus, len(plan.paths)), clean.CleanReport()
   tokenizer = tokenizer_lib.load(plan.tokenizer_path)
-  dtype = '<u2' if tokenizer.vocab_size <= 1 << 16 else '<u4'
+  dtype = token_files.token_dtype(tokenizer.vocab_size).str
   splits = {split: {'documents': 0, 'chars': 0, 'bytes': 0, 'lines': 0, 'tokens': 0,
                     'shards': []} for split in prepare.SPLITS}
   for part in range(plan.tasks):

@@ -35,6 +35,12 @@ _FIX_TOKENIZER = ('pass the tokenizer the files were made with as --config.data.
                   'tokenizer.json or .model)')
 
 
+def token_dtype(vocab_size: int) -> np.dtype:
+  """Tokens of a vocabulary of `vocab_size` ids: little-endian uint16 up to 65,536 ids, else
+  uint32, as datatrove's TokenizedFile sizes them and prepare's shards hold them."""
+  return np.dtype('<u2' if vocab_size <= 1 << 16 else '<u4')
+
+
 def is_token_file(path: str) -> bool:
   return path.endswith(EXTENSION)
 
@@ -51,7 +57,7 @@ def _document_ends(path: str) -> np.ndarray:
 def _token_size(path: str, tokenizer) -> int:
   """Bytes per token: the tokenizer's (2 up to 65,536 ids, else 4), checked against the file's
   .metadata where it has one."""
-  size = 2 if tokenizer.vocab_size <= 1 << 16 else 4
+  size = token_dtype(tokenizer.vocab_size).itemsize
   metadata = path + '.metadata'
   if os.path.exists(metadata):
     with open(metadata) as f:

@@ -334,7 +334,7 @@ def _cached_tokenizer(path: str):
 def _tokenize_pass(pool: workers.Workers, texts: str, build: str, tokenizer, counts: dict,
                    shard_tokens: int, log) -> dict:
   """Pass 2: each split's documents as shards of tokens in `build`; the manifest's splits."""
-  dtype = 'uint16' if tokenizer.vocab_size <= 1 << 16 else 'uint32'
+  dtype = token_files.token_dtype(tokenizer.vocab_size).str
   # Worker processes encode on one thread each: more threads than cores only contend.
   task = functools.partial(_encode_chunk, dtype=dtype, threads=1 if pool.count > 1 else 0,
                            tokenizer_path=os.path.join(build, tokenizer.filename))
