@@ -165,9 +165,8 @@ def _tokenize(plan: Plan, data, rank: int, world_size: int) -> None:
     for text, ids in zip(texts, tokenizer.encode_batch(texts)):
       split = 'val' if prepare.is_validation(text, plan.val_fraction) else 'train'
       outputs[split].write(ids + [tokenizer.eos_id], None)
-      for name, n in (('documents', 1), ('chars', len(text)), ('bytes', len(text.encode())),
-                      ('lines', text.count('\n') + 1), ('tokens', len(ids) + 1)):
-        counts[split][name] += n
+      prepare.count_document(counts[split], text, len(text.encode()))
+      counts[split]['tokens'] += len(ids) + 1
   for output in outputs.values():
     output.close()
   files.write_json(plan.stats('tokenize', rank), counts)

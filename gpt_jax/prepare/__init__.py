@@ -282,10 +282,8 @@ def _clean_pass(pool: workers.Workers, paths: list[str], data_cfg, cleaning: cle
         cleaned.count(item, stage)
         if not stage:
           split = 'val' if is_validation(item.doc.text, data_cfg.val_fraction) else 'train'
-          size = (train if split == 'train' else val).write(item.doc.text)
-          for name, n in (('documents', 1), ('chars', len(item.doc.text)), ('bytes', size),
-                          ('lines', item.doc.text.count('\n') + 1)):
-            counts[split][name] += n
+          count_document(counts[split], item.doc.text,
+                         (train if split == 'train' else val).write(item.doc.text))
       progress.set_postfix_str(f'{loaded.num_documents / (time.perf_counter() - start):,.0f} '
                                'documents/s', refresh=False)
   seconds = time.perf_counter() - start
@@ -299,6 +297,13 @@ def _clean_pass(pool: workers.Workers, paths: list[str], data_cfg, cleaning: cle
   for line in lines:
     log(line)
   return lines, counts, cleaned, loaded
+
+
+def count_document(counts: dict, text: str, size: int) -> None:
+  """Adds a kept document of `text` (`size` UTF-8 bytes) to its split's counts."""
+  for name, n in (('documents', 1), ('chars', len(text)), ('bytes', size),
+                  ('lines', text.count('\n') + 1)):
+    counts[name] += n
 
 
 def check_prepared(loaded: corpus.LoadReport, cleaned: clean.CleanReport,
