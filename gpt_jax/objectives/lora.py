@@ -40,10 +40,11 @@ class LoraTuning(Objective):
                       '--config.init_from=DIR (a finished run, or a model imported by gpt_jax.hf)')
     layers = lora.targeted_layers(config.lora.targets,
                                   runs.read_config(config.init_from, 'init_from').model.mlp)
-    if config.lora.trainable_tokens_from < 0 and vocab_expansion.first_new_id(config.init_from):
+    first_new_id = vocab_expansion.first_new_id(config.init_from)
+    if config.lora.trainable_tokens_from < 0 and first_new_id:
       # Recorded in config.json as resolved; -1 stays (none) for other bases, as runs made
       # before the setting existed read it.
-      config.lora.trainable_tokens_from = vocab_expansion.first_new_id(config.init_from)
+      config.lora.trainable_tokens_from = first_new_id
     # sft and classify adopt the base's model and load it (base.load_base); so does 'lm' here.
     base = load_base(config, mesh, log) if config.objective == 'lm' else None
     inner = build_inner()
