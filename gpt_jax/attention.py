@@ -135,6 +135,15 @@ def einsum_attention(q_BLHD, k_BSKD, v_BSKD, *, window: int = 0, block: int = 64
   return jnp.transpose(out_BHLD, (0, 2, 1, 3))
 
 
+def cached_attention(q_BLHD, k_BSKD, v_BSKD, q_positions_BL, k_positions_BS, *,
+                     window: int = 0, implementation: str = 'auto') -> jax.Array:
+  """Decoding's attention: L new queries (B, L, H, D) over a KV cache of S slots (B, S, K, D)
+  that already holds their own keys, masked by position (position_mask: empty slots and
+  padding carry a negative position). Returns (B, L, H, D)."""
+  mask_BLS = position_mask(q_positions_BL, k_positions_BS, window)
+  return attention(q_BLHD, k_BSKD, v_BSKD, implementation=implementation, mask_BLS=mask_BLS)
+
+
 def attention(q_BLHD, k_BSKD, v_BSKD, *, implementation: str = 'auto', window: int = 0,
               mask_BLS=None, segment_ids_BL=None):
   """Causal attention through the chosen implementation (see the module docstring), or, given

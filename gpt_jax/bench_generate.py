@@ -117,13 +117,14 @@ def run_row(args) -> dict:
     chosen = _row_by_row(args, workload, machine)
   else:
     chosen = policy_lib.search(workload, machine, fixed=zigzag.FIXED_FRACTIONS,
-                               attention_on_host=(False,), max_block=args.num_prompts)
+                               max_block=args.num_prompts)
   runtime = _status_gib('VmRSS')  # JAX (or torch) alone
   off = zigzag.Offloaded.place(gpt, tiers.nested(store.read('resident')),
                                lambda j: tiers.nested(store.read(f'{prefix}_{j}')),
                                chosen.weights, store, prefix)
   settings = dict(temperature=0.0, top_k=0, top_p=1.0, num_tokens=None)
-  zigzag.compile_steps(off, chosen.batch_size, args.prompt_len, args.gen_len, **settings)
+  zigzag.compile_steps(off, chosen.batch_size, args.prompt_len, args.gen_len,
+                       chosen.attention_on_host, **settings)
   _reset_peak()
   start, read = time.perf_counter(), _storage_read()
   rows = [row for block in zigzag.generate_blocks(
@@ -263,6 +264,16 @@ def _result(args, policy: str, tokens: int, seconds: float, disk_bytes: int,
           'device_peak_gib': stats.get('peak_bytes_in_use', 0) / GIB}
 
 
+def compute_bound(m, prompt_len: int, gen_len: int, peak: float) -> float:
+  """Tokens/s that no schedule can beat on a device of `peak` FLOP/s, whatever it keeps in
+  memory: each prompt's matmuls alone, 2 FLOPs per weight and token (Kaplan et al. 2020) over
+  the blocks for its prompt_len + gen_len − 1 positions (the last new token is never fed back)
+  and over the head for its gen_len new tokens, at that peak; attention and I/O left out."""
+  blocks = flops.param_count(m, embeddings=False)
+  per_prompt = 2 * blocks * (prompt_len + gen_len - 1) + 2 * m.vocab_size * m.n_embd * gen_len
+  return gen_len * peak / per_prompt
+
+
 def disk_budget(args) -> float:
   return args.disk_gib * GIB or float(os.statvfs(args.disk_dir).f_bavail *
                                       os.statvfs(args.disk_dir).f_frsize)
@@ -379,6 +390,11 @@ def main(argv=None) -> None:
           f'{args.gen_len} new (the paper: 512 and 32, scaled down to run in minutes here); '
           f'budgets: device {args.device_gib} GiB, host {args.host_gib} GiB, disk {args.disk_dir}'
           f'\nmachine: {flops.cpu_key()}')
+    on_cpu = jax.default_backend() == 'cpu'
+    peak = flops.measure_cpu_peak() if on_cpu else flops.device_peak_flops()
+    print(f'compute bound: {compute_bound(m, args.prompt_len, args.gen_len, peak):.3g} tokens/s '
+          f'(the matmuls alone at {peak / 1e9:.0f} GFLOP/s'
+          f'{", measured now" if on_cpu else ""}: no schedule is faster here)')
     print('| row | policy | tokens/s | seconds | peak RSS generating (JAX alone), GiB | '
           'read from storage, GiB |\n|---|---|---|---|---|---|')
     for row in args.rows:

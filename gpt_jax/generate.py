@@ -112,15 +112,16 @@ def choose_policy(workload, machine, requested: dict | None,
                   num_prompts: int) -> policy_lib.Policy:
   """The policy to run: the program's best for a block of up to num_prompts (rounded up to a
   power of 2) sequences (requested None), or the requested block shape with the best fractions
-  for it (or the requested fractions, checked against the budgets)."""
+  for it (or the requested fractions, checked against the budgets); either way with attention
+  over an offloaded cache on the host or on the device, whichever the program finds faster."""
   if requested is None:
-    return policy_lib.search(workload, machine, attention_on_host=(False,),
-                             fixed=zigzag.FIXED_FRACTIONS,
+    return policy_lib.search(workload, machine, fixed=zigzag.FIXED_FRACTIONS,
                              max_block=1 << (num_prompts - 1).bit_length())
   fixed = dict(zigzag.FIXED_FRACTIONS,
                **{k: requested[k] for k in ('weights', 'cache') if k in requested})
-  chosen = policy_lib.solve(workload, machine, requested['batch_size'],
-                            requested['num_batches'], False, fixed)
+  fits = [policy_lib.solve(workload, machine, requested['batch_size'],
+                           requested['num_batches'], on_host, fixed) for on_host in (False, True)]
+  chosen = max(filter(None, fits), key=lambda p: p.tokens_per_s, default=None)
   if chosen is None:
     gib = lambda b: f'{b / GIB:.3g}'
     raise UserError(f'--policy does not fit the budgets (device {gib(machine.device_memory)}, '
@@ -252,7 +253,7 @@ def _generate(args, records, wheres, done, store_dir, log) -> None:
       num_batches=chosen.num_batches, max_new_tokens=args.max_tokens,
       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
       eos_id=tokenizer.eos_id, seed=args.seed, num_tokens=tokenizer.vocab_size, store=store,
-      first_row=done, codec=codec)
+      first_row=done, codec=codec, attention_on_host=chosen.attention_on_host)
   bar = tqdm.tqdm(total=len(records), initial=done, unit='prompt', file=sys.stderr,
                   dynamic_ncols=True)
   start, generated = time.perf_counter(), 0

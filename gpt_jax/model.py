@@ -140,47 +140,18 @@ def rope(x_BLHE: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
   return rotated.astype(x_BLHE.dtype)
 
 
-class Attention(nn.Module):
-  config: ml_collections.FrozenConfigDict
-  window: int
-  plan: layers.Plan
+class KVCache(nn.Module):
+  """One attention layer's decoding cache (flax collection 'cache'): the keys, values and
+  positions of every token so far, in S slots (as many as the tokens the cache was created
+  with, see init_cache), and the index of the next free slot. Only the K key/value heads are
+  stored, so GQA/MQA caches are H/K times smaller. Attention keeps it in its own scope
+  (attn/cached_key, ...); offloaded generation (gpt_jax.offload) applies it alone, to a cache
+  kept off the device."""
 
   @nn.compact
-  def __call__(self, x_ND, positions_BL, segment_ids_BL=None, decode: bool = False,
-               deterministic: bool = True):
-    c = self.config
-    E = head_size(c)
-    dense = lambda *args: functools.partial(_dense(c, self.plan, *args),
-                                        deterministic=deterministic)
-    unflat = lambda y: y.reshape(positions_BL.shape + y.shape[1:])
-    q_BLHE = unflat(dense((c.n_head, E), ('embed',), ('heads', 'kv'), c.init_std, 'query')(x_ND))
-    k_BLKE = unflat(dense((c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std,
-                          'key')(x_ND))
-    v_BLKE = unflat(dense((c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std,
-                          'value')(x_ND))
-    if c.qk_norm:
-      q_BLHE, k_BLKE = _head_norm(c, 'query_norm')(q_BLHE), _head_norm(c, 'key_norm')(k_BLKE)
-    if c.position == 'rope':
-      q_BLHE = rope(q_BLHE, positions_BL, c.rope_theta)
-      k_BLKE = rope(k_BLKE, positions_BL, c.rope_theta)
-    q_BLHE = nn.with_logical_constraint(q_BLHE, ('batch', 'length', 'heads', 'kv'))
-    k_BLKE = nn.with_logical_constraint(k_BLKE, ('batch', 'length', 'kv_heads', 'kv'))
-    v_BLKE = nn.with_logical_constraint(v_BLKE, ('batch', 'length', 'kv_heads', 'kv'))
-    if decode:
-      k_BSKE, v_BSKE, k_positions_BS = self._cache(k_BLKE, v_BLKE, positions_BL)
-      mask_BLS = attention.position_mask(positions_BL, k_positions_BS, self.window)
-      out_BLHE = attention.attention(q_BLHE, k_BSKE, v_BSKE, implementation=c.attention,
-                                     mask_BLS=mask_BLS)
-    else:
-      out_BLHE = attention.attention(q_BLHE, k_BLKE, v_BLKE, implementation=c.attention,
-                                     window=self.window, segment_ids_BL=segment_ids_BL)
-    out_NHE = out_BLHE.reshape(-1, *out_BLHE.shape[2:])
-    return dense(c.n_embd, ('heads', 'kv'), ('embed',), output_std(c), 'out')(out_NHE)
-
-  def _cache(self, k_BLKE, v_BLKE, positions_BL):
-    """Writes the new keys, values and their positions at the cache's index and returns the
-    whole cache (S slots: as many as the tokens the cache was created with, see init_cache).
-    Only the K key/value heads are stored, so GQA/MQA caches are H/K times smaller."""
+  def __call__(self, k_BLKE, v_BLKE, positions_BL):
+    """Writes the new keys, values and positions at the index; returns the whole cache
+    (k_BSKE, v_BSKE, k_positions_BS)."""
     key = self.variable('cache', 'cached_key', jnp.zeros, k_BLKE.shape, k_BLKE.dtype)
     value = self.variable('cache', 'cached_value', jnp.zeros, v_BLKE.shape, v_BLKE.dtype)
     positions = self.variable('cache', 'cached_positions', jnp.zeros, positions_BL.shape, jnp.int32)
@@ -194,6 +165,63 @@ class Attention(nn.Module):
                                                    positions_BL.astype(jnp.int32), (0, i))
     index.value = i + k_BLKE.shape[1]
     return key.value, value.value, positions.value
+
+
+class Attention(nn.Module):
+  """Self-attention over flat rows x_ND, in three steps that can be applied alone: `project`
+  (queries, keys and values), the attention itself (over the KV cache when decoding), and
+  `output` (the heads back into the residual stream)."""
+  config: ml_collections.FrozenConfigDict
+  window: int
+  plan: layers.Plan
+
+  def setup(self):
+    c = self.config
+    E = head_size(c)
+    dense = functools.partial(_dense, c, self.plan)
+    self.query = dense((c.n_head, E), ('embed',), ('heads', 'kv'), c.init_std, 'query')
+    self.key = dense((c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std, 'key')
+    self.value = dense((c.n_kv_head, E), ('embed',), ('kv_heads', 'kv'), c.init_std, 'value')
+    if c.qk_norm:
+      self.query_norm, self.key_norm = _head_norm(c, 'query_norm'), _head_norm(c, 'key_norm')
+    self.out = dense(c.n_embd, ('heads', 'kv'), ('embed',), output_std(c), 'out')
+    self.kv_cache = KVCache()
+    nn.share_scope(self, self.kv_cache)
+
+  def __call__(self, x_ND, positions_BL, segment_ids_BL=None, decode: bool = False,
+               deterministic: bool = True):
+    c = self.config
+    q_BLHE, k_BLKE, v_BLKE = self.project(x_ND, positions_BL, deterministic)
+    if decode:
+      k_BSKE, v_BSKE, k_positions_BS = self.kv_cache(k_BLKE, v_BLKE, positions_BL)
+      out_BLHE = attention.cached_attention(q_BLHE, k_BSKE, v_BSKE, positions_BL,
+                                            k_positions_BS, window=self.window,
+                                            implementation=c.attention)
+    else:
+      out_BLHE = attention.attention(q_BLHE, k_BLKE, v_BLKE, implementation=c.attention,
+                                     window=self.window, segment_ids_BL=segment_ids_BL)
+    return self.output(out_BLHE, deterministic)
+
+  def project(self, x_ND, positions_BL, deterministic: bool = True):
+    """(q_BLHE, k_BLKE, v_BLKE): the queries, keys and values of x_ND's rows (B·L of them), with
+    QK-norm and RoPE applied as configured."""
+    c = self.config
+    unflat = lambda y: y.reshape(positions_BL.shape + y.shape[1:])
+    q_BLHE = unflat(self.query(x_ND, deterministic=deterministic))
+    k_BLKE = unflat(self.key(x_ND, deterministic=deterministic))
+    v_BLKE = unflat(self.value(x_ND, deterministic=deterministic))
+    if c.qk_norm:
+      q_BLHE, k_BLKE = self.query_norm(q_BLHE), self.key_norm(k_BLKE)
+    if c.position == 'rope':
+      q_BLHE = rope(q_BLHE, positions_BL, c.rope_theta)
+      k_BLKE = rope(k_BLKE, positions_BL, c.rope_theta)
+    return (nn.with_logical_constraint(q_BLHE, ('batch', 'length', 'heads', 'kv')),
+            nn.with_logical_constraint(k_BLKE, ('batch', 'length', 'kv_heads', 'kv')),
+            nn.with_logical_constraint(v_BLKE, ('batch', 'length', 'kv_heads', 'kv')))
+
+  def output(self, out_BLHE, deterministic: bool = True):
+    """The heads' outputs projected back to flat rows y_ND."""
+    return self.out(out_BLHE.reshape(-1, *out_BLHE.shape[2:]), deterministic=deterministic)
 
 
 class MLP(nn.Module):
@@ -219,19 +247,37 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-LN residual block over flat rows x_ND: x + Attention(Norm(x)), then x + MLP(Norm(x))."""
+  """Pre-LN residual block over flat rows x_ND: x + Attention(Norm(x)), then x + MLP(Norm(x)).
+  `attention_inputs` and `attention_outputs` are the block before and after the attention
+  itself, for a caller that computes it elsewhere (gpt_jax.offload: over a cache kept on the
+  host, on the host)."""
   config: ml_collections.FrozenConfigDict
   window: int = 0
   plan: layers.Plan = layers.Plan()
 
-  @nn.compact
-  def __call__(self, x_ND, positions_BL, segment_ids_BL, deterministic: bool, decode: bool):
+  def setup(self):
     c = self.config
-    h_ND = Attention(c, self.window, self.plan, name='attn')(
-        _norm(c, 'ln_1')(x_ND), positions_BL, segment_ids_BL, decode, deterministic)
-    x_ND = x_ND + nn.Dropout(c.dropout)(h_ND, deterministic=deterministic)
-    h_ND = MLP(c, self.plan, name='mlp')(_norm(c, 'ln_2')(x_ND), deterministic)
-    x_ND = x_ND + nn.Dropout(c.dropout)(h_ND, deterministic=deterministic)
+    self.ln_1, self.attn = _norm(c, 'ln_1'), Attention(c, self.window, self.plan, name='attn')
+    self.ln_2, self.mlp = _norm(c, 'ln_2'), MLP(c, self.plan, name='mlp')
+    self.attn_dropout = nn.Dropout(c.dropout, name='Dropout_0')
+    self.mlp_dropout = nn.Dropout(c.dropout, name='Dropout_1')
+
+  def __call__(self, x_ND, positions_BL, segment_ids_BL, deterministic: bool, decode: bool):
+    h_ND = self.attn(self.ln_1(x_ND), positions_BL, segment_ids_BL, decode, deterministic)
+    return self._after_attention(x_ND, h_ND, deterministic)
+
+  def attention_inputs(self, x_ND, positions_BL):
+    """(q_BLHE, k_BLKE, v_BLKE) of the block's attention over x_ND (no dropout)."""
+    return self.attn.project(self.ln_1(x_ND), positions_BL)
+
+  def attention_outputs(self, x_ND, out_BLHE):
+    """The block's output x_ND, given its attention's output out_BLHE (no dropout)."""
+    return self._after_attention(x_ND, self.attn.output(out_BLHE), True)
+
+  def _after_attention(self, x_ND, h_ND, deterministic: bool):
+    x_ND = x_ND + self.attn_dropout(h_ND, deterministic=deterministic)
+    h_ND = self.mlp(self.ln_2(x_ND), deterministic)
+    x_ND = x_ND + self.mlp_dropout(h_ND, deterministic=deterministic)
     return nn.with_logical_constraint(x_ND, ('batch', 'embed'))
 
 

@@ -222,10 +222,12 @@ def test_zigzag_greedy_tokens_are_sample_s_with_every_tier_used(tmp_path, option
   off = zigzag.Offloaded.place(gpt, zigzag.resident_params(params),
                                lambda j: zigzag.layer_params(params, gpt.config, j), weights,
                                store)
-  blocks = list(zigzag.generate_blocks(off, cache, PROMPTS, batch_size=2, num_batches=2,
-                                       max_new_tokens=7, store=store))
-  assert [len(b) for b in blocks] == [4, 2]  # the last block is not full
-  assert [row for block in blocks for row in block] == want
+  for attention_on_host in (False, True):  # FlexGen's CPU delegation for the host and disk
+    blocks = list(zigzag.generate_blocks(off, cache, PROMPTS, batch_size=2, num_batches=2,
+                                         max_new_tokens=7, store=store,
+                                         attention_on_host=attention_on_host))
+    assert [len(b) for b in blocks] == [4, 2]  # the last block is not full
+    assert [row for block in blocks for row in block] == want
   assert store.bytes_read > 0 and 'weights_3' in store and 'cache_3_1' in store
 
 
@@ -333,12 +335,13 @@ def test_a_four_bit_cache_decodes_alike_on_every_tier_and_near_the_float_one(tmp
   off = zigzag.Offloaded.place(gpt, zigzag.resident_params(params),
                                lambda j: zigzag.layer_params(params, gpt.config, j),
                                (1.0, 0.0, 0.0), store)
-  decode = lambda cache, codec: [row for block in zigzag.generate_blocks(
+  decode = lambda cache, codec, on_host=False: [row for block in zigzag.generate_blocks(
       off, cache, PROMPTS, batch_size=2, num_batches=3, max_new_tokens=7, store=store,
-      codec=codec) for row in block]
+      codec=codec, attention_on_host=on_host) for row in block]
   codec = compression.CacheCodec(group=16)
   on_device = decode((1.0, 0.0, 0.0), codec)
   assert decode((0.25, 0.5, 0.25), codec) == on_device  # the same numbers wherever they are
+  assert decode((0.25, 0.5, 0.25), codec, on_host=True) == on_device  # and attended wherever
   exact = decode((1.0, 0.0, 0.0), None)
   matches = np.mean([a == b for x, y in zip(on_device, exact) for a, b in zip(x, y)])
   assert 0.5 < matches < 1.0 or on_device == exact, matches
@@ -390,6 +393,15 @@ def test_bench_generate_rows_count_every_token(tmp_path, monkeypatch):
     assert result['policy'].startswith({'c': 'blocks of ', 'e': 'one batch of 4'}[row])
   with pytest.raises(UserError, match=r'--rows=a,x must name some of a,b,c,d,e'):
     bench_generate.parse_args(['--disk_dir=d', '--rows=a,x'])
+
+
+def test_the_compute_bound_is_the_matmuls_flops_over_the_peak():
+  from gpt_jax import bench_generate
+  # GPT-2 124M: 85,056,000 weights in its blocks, a 50,304 × 768 head; 32 + 16 − 1 positions
+  # through the blocks, 16 through the head, at 1 TFLOP/s.
+  flops = 2 * 85_056_000 * 47 + 2 * 50_304 * 768 * 16
+  bound = bench_generate.compute_bound(bench_generate.model_config('gpt2'), 32, 16, 1e12)
+  assert bound == pytest.approx(16 * 1e12 / flops, rel=1e-12)
 
 
 def test_a_run_read_a_layer_at_a_time_is_the_run_loaded_whole(tiny_base):

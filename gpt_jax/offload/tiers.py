@@ -48,6 +48,12 @@ def to_device(tree):
   return jax.device_put(tree, _memory('device'))
 
 
+def to_host_cpu(tree):
+  """tree on the host's CPU, to compute there (FlexGen's CPU delegation); on a CPU backend the
+  device itself."""
+  return jax.device_put(tree, jax.devices('cpu')[0])
+
+
 def flat(tree) -> dict:
   return {name: np.asarray(value) for name, value in
           traverse_util.flatten_dict(tree, sep='/').items()}
@@ -90,16 +96,18 @@ class LayerCache:
   bits on every tier when a `codec` is given (offload.compression).
 
   `load(j, k)` gives batch k's cache of layer j on the device, as a model.Block reads it (the
-  flax 'cache' collection); `store_step(j, k, cache, slots, start)` keeps what a step changed:
-  uncompressed on the device, the whole new cache; else only the new token slots (`slots`:
-  cached_key, cached_value and cached_positions at [start, start + L) of axis 1), compressed if
-  so, written into the device's or host's arrays or in place on disk.
+  flax 'cache' collection), or, with attention_on_host, a host or disk layer's on the host's
+  CPU, where its attention runs (`on_host(j)`); `store_step(j, k, cache, slots, start)` keeps
+  what a step changed: uncompressed on the device, the whole new cache; else only the new token
+  slots (`slots`: cached_key, cached_value and cached_positions at [start, start + L) of axis
+  1), compressed if so, written into the device's or host's arrays or in place on disk.
   """
 
   def __init__(self, tiers: list[str], empty, num_batches: int, store: DiskStore | None,
-               codec: compression.CacheCodec | None = None):
+               codec: compression.CacheCodec | None = None, attention_on_host: bool = False):
     """empty: one batch's empty cache of one layer (numpy; see empty_block_cache)."""
     self.tiers, self.store, self.codec = tiers, store, codec
+    self.attention_on_host = attention_on_host
     key = empty['attn']['cached_key']
     self.heads, self.dtype = key.shape[2], key.dtype
     stored = flat(compression.compress_cache(codec, empty) if codec else empty)
@@ -117,12 +125,17 @@ class LayerCache:
   def _group(self, j: int, k: int) -> str:
     return f'cache_{j}_{k}'
 
+  def on_host(self, j: int) -> bool:
+    """Whether layer j's attention runs on the host, over its cache where it is."""
+    return self.attention_on_host and self.tiers[j] != 'device'
+
   def load(self, j: int, k: int):
     tier = self.tiers[j]
+    move = to_host_cpu if self.on_host(j) else to_device
     if tier == 'disk':
-      cache = to_device(nested(self.store.read(self._group(j, k))))
+      cache = move(nested(self.store.read(self._group(j, k))))
     elif tier == 'host':
-      cache = to_device(nested(self.caches[j, k]))
+      cache = move(nested(self.caches[j, k]))
     else:
       cache = self.caches[j, k]
     if self.codec:

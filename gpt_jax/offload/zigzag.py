@@ -5,7 +5,11 @@ For each new token (the prompt's prefill first), for each layer j, for each batc
 block: run layer j on batch k's hidden states with batch k's KV cache of layer j. While batch k
 computes, one I/O thread brings layer j + 1's weights to the device and another moves caches:
 batch k + 1's cache in, batch k's new token slots out (offload.tiers), so the device holds two
-layers' weights and two batches' caches beyond what the policy keeps there. The row-by-row
+layers' weights and two batches' caches beyond what the policy keeps there. With the policy's
+attention_on_host (FlexGen's CPU delegation), a layer whose cache is on the host or disk runs
+its attention on the host's CPU where the cache is (model.KVCache and
+attention.cached_attention, the decoding path's own), so only the batch's new queries, keys and
+values go to the host and the attention's output comes back, not the cache. The row-by-row
 schedule (every layer reloaded for every batch: what Hugging Face Accelerate's offloading does)
 is this one with a block of a single batch.
 
@@ -29,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import config as config_lib, losses, model, network, quant, sample
+from gpt_jax import attention, config as config_lib, losses, model, network, quant, sample
 from gpt_jax.offload import compression, hardware, policy as policy_lib, tiers
 from gpt_jax.offload.disk import DiskStore
 
@@ -123,10 +127,44 @@ def _layer(block, params, cache, x_ND, positions_BL):
   x_ND, variables = block.apply({'params': params, 'cache': cache}, x_ND, positions_BL, None,
                                 True, True, mutable=['cache'])
   new = variables['cache']
-  start, L = cache['attn']['index'], positions_BL.shape[1]
-  slots = {name: jax.lax.dynamic_slice_in_dim(new['attn'][name], start, L, axis=1)
-           for name in ('cached_key', 'cached_value', 'cached_positions')}
-  return x_ND, new, slots
+  return x_ND, new, _new_slots(new['attn'], cache['attn']['index'], positions_BL.shape[1])
+
+
+def _new_slots(attn_cache, start, length: int) -> dict:
+  return {name: jax.lax.dynamic_slice_in_dim(attn_cache[name], start, length, axis=1)
+          for name in ('cached_key', 'cached_value', 'cached_positions')}
+
+
+def _layer_on_host(block, params, cache, x_ND, positions_BL):
+  """One layer over one batch with its attention computed on the host over a cache kept there
+  (FlexGen's CPU delegation: the cache never moves to the device; the queries, new keys and
+  values move to the host and the attention's output back), the rest on the device: the new
+  hidden states and the slots written, as _layer gives them."""
+  qkv = tiers.to_host_cpu(_attention_inputs(block, params, x_ND, positions_BL))
+  out_BLHE, slots = _attend(block, cache, *qkv, tiers.to_host_cpu(positions_BL))
+  return _attention_outputs(block, params, x_ND, tiers.to_device(out_BLHE)), slots
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _attention_inputs(block, params, x_ND, positions_BL):
+  return block.apply({'params': params}, x_ND, positions_BL, method='attention_inputs')
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _attend(block, cache, q_BLHE, k_BLKE, v_BLKE, positions_BL):
+  """block's attention over its cache (model.KVCache, the decoding path's own), run where the
+  arguments are: the output (B, L, H, E) and the slots written."""
+  (k_BSKE, v_BSKE, k_positions_BS), new = model.KVCache().apply(
+      {'cache': cache['attn']}, k_BLKE, v_BLKE, positions_BL, mutable=['cache'])
+  out_BLHE = attention.cached_attention(q_BLHE, k_BSKE, v_BSKE, positions_BL, k_positions_BS,
+                                        window=block.window,
+                                        implementation=block.config.attention)
+  return out_BLHE, _new_slots(new['cache'], cache['attn']['index'], positions_BL.shape[1])
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _attention_outputs(block, params, x_ND, out_BLHE):
+  return block.apply({'params': params}, x_ND, out_BLHE, method='attention_outputs')
 
 
 def _last_logits(gpt, resident, x_ND, length: int):
@@ -150,15 +188,19 @@ def _next_token(gpt, resident, x_ND, rng, rows_B, t, *, length, temperature, top
 
 
 def compile_steps(off: Offloaded, batch_size: int, prompt_len: int, max_new_tokens: int,
-                  **settings) -> None:
-  """Compiles what generation at these sizes runs (the prefill's and a decode step's shapes),
-  on layer 0 and zeros, so that a timed run measures generation alone. settings: sampling's."""
+                  attention_on_host: bool = False, **settings) -> None:
+  """Compiles what generation at these sizes runs (the prefill's and a decode step's shapes,
+  the attention on the host too with attention_on_host), on layer 0 and zeros, so that a timed
+  run measures generation alone. settings: sampling's."""
   c = off.gpt.config
   empty = tiers.empty_block_cache(off.blocks[0], batch_size, prompt_len + max_new_tokens,
                                   c.n_embd, c.dtype)
   params = off.load(0)
   for length in (prompt_len, 1):
     tokens_BL = np.zeros((batch_size, length), np.int32)
+    if attention_on_host:
+      _layer_on_host(off.blocks[0], params, tiers.to_host_cpu(empty),
+                     _embed(off.gpt, off.resident, tokens_BL, tokens_BL), tokens_BL)
     x_ND = _embed(off.gpt, off.resident, tokens_BL, tokens_BL)
     x_ND, _, _ = _layer(off.blocks[0], params, tiers.to_device(empty), x_ND, tokens_BL)
     rows_B = np.arange(batch_size, dtype=np.int32)
@@ -217,14 +259,15 @@ def generate_blocks(off: Offloaded, cache_fractions: tuple[float, float, float],
                     max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
                     top_p: float = 1.0, eos_id: int = -1, seed: int = 0,
                     num_tokens: int | None = None, store: DiskStore | None = None,
-                    first_row: int = 0, codec: compression.CacheCodec | None = None
-                    ) -> Iterator[list[list[int]]]:
+                    first_row: int = 0, codec: compression.CacheCodec | None = None,
+                    attention_on_host: bool = False) -> Iterator[list[list[int]]]:
   """The continuations of each block of batch_size · num_batches prompts, block after block:
   each up to max_new_tokens or its first EOS (not included), chosen as sample.next_token
   chooses (greedy at temperature 0). Prompt i draws with key (seed, first_row + i), so a run
   resumed at prompt first_row samples what the whole run would have. With a codec the KV cache
-  is kept in 4 bits (offload.compression). UserError as sample.pad_prompts raises it, before
-  any work."""
+  is kept in 4 bits (offload.compression); with attention_on_host the attention over a cache
+  off the device runs on the host (FlexGen's CPU delegation). UserError as sample.pad_prompts
+  raises it, before any work."""
   sample.check_sampling(temperature, top_k, top_p)
   bls = batch_size * num_batches
   context = sample.context_length(off.gpt.config)
@@ -236,15 +279,16 @@ def generate_blocks(off: Offloaded, cache_fractions: tuple[float, float, float],
     rows_R = first_row + first + np.arange(bls, dtype=np.int32)
     out_RT, _ = _generate_block(off, cache_fractions, _pad_block(block, bls), rows_R,
                                 batch_size, num_batches, max_new_tokens, eos_id,
-                                jax.random.key(seed), store, codec, settings)
+                                jax.random.key(seed), store, codec, settings,
+                                attention_on_host=attention_on_host)
     yield sample.strip(out_RT[:len(block)], eos_id)
 
 
 def score_blocks(off: Offloaded, cache_fractions: tuple[float, float, float],
                  prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], *,
                  batch_size: int, num_batches: int, store: DiskStore | None = None,
-                 codec: compression.CacheCodec | None = None,
-                 num_tokens: int | None = None) -> Iterator[list[float]]:
+                 codec: compression.CacheCodec | None = None, num_tokens: int | None = None,
+                 attention_on_host: bool = False) -> Iterator[list[float]]:
   """The log-likelihood (nats, float) of each continuation (all of one length T) after its
   prompt, block after block, computed through the same schedule, tiers and cache compression
   as generate_blocks (teacher forcing: each step reads the continuation's token, not the
@@ -260,7 +304,8 @@ def score_blocks(off: Offloaded, cache_fractions: tuple[float, float, float],
     forced_RT = np.asarray(_pad_block(continuations[first:first + bls], bls), np.int32)
     _, log_prob_R = _generate_block(off, cache_fractions, _pad_block(block, bls),
                                     np.zeros(bls, np.int32), batch_size, num_batches, T, -1,
-                                    jax.random.key(0), store, codec, settings, forced_RT)
+                                    jax.random.key(0), store, codec, settings, forced_RT,
+                                    attention_on_host)
     yield log_prob_R[:len(block)].tolist()
 
 
@@ -273,8 +318,8 @@ def _log_prob(gpt, resident, x_ND, targets_B, *, length, num_tokens):
 
 
 def _generate_block(off, cache_fractions, prompts, rows_R, batch_size, num_batches,
-                    max_new_tokens, eos_id, rng, store, codec, settings, forced_RT=None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    max_new_tokens, eos_id, rng, store, codec, settings, forced_RT=None,
+                    attention_on_host=False) -> tuple[np.ndarray, np.ndarray]:
   """(tokens (R, T), summed log-probs (R,) of forced_RT's tokens when given: then each step
   reads those, not the chosen ones)."""
   c = off.gpt.config
@@ -284,7 +329,7 @@ def _generate_block(off, cache_fractions, prompts, rows_R, batch_size, num_batch
   batches = [slice(k * batch_size, (k + 1) * batch_size) for k in range(num_batches)]
   empty = tiers.empty_block_cache(off.blocks[0], batch_size, P + T, c.n_embd, c.dtype)
   cache = tiers.LayerCache(tiers.layer_tiers(cache_fractions, c.n_layer), empty, num_batches,
-                           store, codec)
+                           store, codec, attention_on_host)
   out_RT = np.zeros((len(prompts), T), np.int32)
   log_prob_R = np.zeros(len(prompts), np.float64)
   done_R = np.zeros(len(prompts), bool)
@@ -336,8 +381,12 @@ def _run_layers(off, cache, x, positions, start, weight_io, cache_io) -> None:
     layer_cache = loading.result()
     if i + 1 < len(order):
       loading = cache_io.submit(cache.load, *order[i + 1])
-    x[k], new, slots = _layer(off.blocks[j], params, layer_cache, x[k], positions[k])
-    kept = new if cache.tiers[j] == 'device' else None
+    if cache.on_host(j):
+      x[k], slots = _layer_on_host(off.blocks[j], params, layer_cache, x[k], positions[k])
+      kept = None
+    else:
+      x[k], new, slots = _layer(off.blocks[j], params, layer_cache, x[k], positions[k])
+      kept = new if cache.tiers[j] == 'device' else None
     stores.append(cache_io.submit(cache.store_step, j, k, kept, slots, start))
   for store in stores:  # every slot written (or its error raised) before the next step
     store.result()
