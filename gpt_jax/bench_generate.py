@@ -390,11 +390,9 @@ def main(argv=None) -> None:
           f'{args.gen_len} new (the paper: 512 and 32, scaled down to run in minutes here); '
           f'budgets: device {args.device_gib} GiB, host {args.host_gib} GiB, disk {args.disk_dir}'
           f'\nmachine: {flops.cpu_key()}')
-    on_cpu = jax.default_backend() == 'cpu'
-    peak = flops.measure_cpu_peak() if on_cpu else flops.device_peak_flops()
+    peak = flops.current_peak_flops()
     print(f'compute bound: {compute_bound(m, args.prompt_len, args.gen_len, peak):.3g} tokens/s '
-          f'(the matmuls alone at {peak / 1e9:.0f} GFLOP/s'
-          f'{", measured now" if on_cpu else ""}: no schedule is faster here)')
+          f'(the matmuls alone at {peak / 1e9:.0f} GFLOP/s: no schedule is faster here)')
     print('| row | policy | tokens/s | seconds | peak RSS generating (JAX alone), GiB | '
           'read from storage, GiB |\n|---|---|---|---|---|---|')
     for row in args.rows:

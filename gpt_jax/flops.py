@@ -129,6 +129,14 @@ def measure_cpu_peak(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / best
 
 
+def current_peak_flops(device=None) -> float:
+  """device_peak_flops, but on a CPU measured now rather than read from the cache: what a
+  cost model planning this run needs (the cached figure is the first measurement on this CPU
+  model, which a busy machine may have lowered)."""
+  device = device or jax.devices()[0]
+  return measure_cpu_peak() if device.platform == 'cpu' else device_peak_flops(device)
+
+
 @functools.cache
 def device_peak_flops(device=None) -> float:
   """Peak FLOP/s of one device: the table above for accelerators; on CPU a measurement, kept in

@@ -374,10 +374,12 @@ def quantize_params(params, model_config: ml_collections.ConfigDict, quant: Quan
   return _map_modules(convert, params)
 
 
-def dequantize_params(params, model_config: ml_collections.ConfigDict):
-  """The float parameters (model_config.param_dtype) of a quantized model's: each quantized
-  kernel and table dequantized, as the model without quant declares them."""
+def dequantize_params(params, model_config: ml_collections.ConfigDict, dtype=None):
+  """The float parameters (in dtype, by default model_config.param_dtype) of a quantized
+  model's: each quantized kernel and table dequantized, as the model without quant declares
+  them."""
   quant = spec(model_config)
+  dtype = dtype or model_config.param_dtype
 
   def convert(path, module_params, scanned):
     out = {key: value for key, value in module_params.items()
@@ -385,7 +387,7 @@ def dequantize_params(params, model_config: ml_collections.ConfigDict):
     for prefix in PREFIXES:
       stored = parts(module_params, prefix)
       if stored:
-        w = _dequantize_jit(stored, quant, scanned).astype(model_config.param_dtype)
+        w = _dequantize_jit(stored, quant, scanned).astype(dtype)
         out[prefix] = w.T if prefix == 'embedding' else w
     return out
 

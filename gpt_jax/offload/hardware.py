@@ -55,7 +55,7 @@ def measure(device_memory: float, host_memory: float, disk_memory: float, disk_d
     store.write(group, {'data': host[:disk.ALIGN]})
     disk_latency = _best_seconds(lambda: store.read(group), 10 * repeats)
     store.remove(group)
-  peak = flops.device_peak_flops()
+  peak = flops.current_peak_flops()
   return policy.Hardware(device_memory, host_memory, disk_memory, peak, peak, device_bandwidth,
                          host_bandwidth, to_device, to_host, from_disk, to_disk,
                          disk_latency=disk_latency)

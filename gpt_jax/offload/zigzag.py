@@ -105,8 +105,8 @@ class Offloaded:
 def _compute_weights(config, params):
   """One layer's stored weights as its float Block multiplies them: dequantized if the model is
   quantized (gpt_jax.quant), in the compute dtype."""
-  if quant.spec(config):
-    params = quant.dequantize_params({'h_0': params}, config)['h_0']
+  if quant.spec(config):  # straight to the compute dtype, as the quantized model's matmuls do
+    params = quant.dequantize_params({'h_0': params}, config, config.dtype)['h_0']
   return _in_compute_dtype(config.dtype, params)
 
 
