@@ -81,6 +81,19 @@ def test_offloaded_weights_are_shared_by_a_bigger_block():
   assert policy_lib.search(w, hw).block_size > 4
 
 
+def test_delegation_is_chosen_for_a_host_cache_unless_its_overhead_outweighs_it():
+  """FlexGen's CPU delegation pays on the T4 with the cache on the host (the cache stays off
+  PCIe); the executor's measured cost of a delegated call (its extra launches and moves) is
+  charged per batch of the layers attended on the host, so a costly one is not chosen."""
+  import dataclasses
+  w, hw = gpt2_xl_workload(), t4(device_gib=2.0)
+  assert policy_lib.search(w, hw).attention_on_host
+  costly = dataclasses.replace(hw, delegation_overhead=0.1)
+  assert not policy_lib.search(w, costly).attention_on_host
+  assert (policy_lib.solve(w, costly, 4, 8, True).tokens_per_s
+          < policy_lib.solve(w, hw, 4, 8, True).tokens_per_s / 10)
+
+
 def test_four_bit_weights_and_cache_are_faster_when_offloaded():
   hw = t4(device_gib=2.0)
   plain = policy_lib.search(gpt2_xl_workload(), hw)

@@ -56,6 +56,9 @@ class Hardware:
   host_to_disk: float
   call_overhead: float = 0.0  # seconds per layer run on one batch, beyond its FLOPs and bytes
   disk_latency: float = 0.0  # seconds per read or write of one group on disk, beyond its bytes
+  # seconds added to such a run when its attention is computed on the host (CPU delegation:
+  # more launches, and the queries, keys, values and output moved between the two)
+  delegation_overhead: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,9 +179,9 @@ def _streams(w: Workload, hw: Hardware, bls: int, prefill: bool, attention_on_ho
   compute = {None: matmul_flops / hw.device_flops}
   memory = {None: weights / hw.device_bandwidth}
   if attention_on_host:  # the device's share of the cache on the device, the rest on the host
-    compute.update({_C + _G: attention_flops / hw.device_flops,
-                    _C + _H: attention_flops / hw.host_flops,
-                    _C + _D: attention_flops / hw.host_flops})
+    delegated = attention_flops / hw.host_flops + num_batches * hw.delegation_overhead
+    compute.update({_C + _G: attention_flops / hw.device_flops, _C + _H: delegated,
+                    _C + _D: delegated})
     memory.update({_C + _G: cache_read / hw.device_bandwidth,
                    _C + _H: cache_read / hw.host_bandwidth,
                    _C + _D: cache_read / hw.host_bandwidth})

@@ -211,16 +211,20 @@ def compile_steps(off: Offloaded, batch_size: int, prompt_len: int, max_new_toke
 def machine(device_memory: float, host_memory: float, disk_memory: float,
             disk_dir: str | None) -> policy_lib.Hardware:
   """This machine as the policy sees it for this executor: offload.hardware's measurements
-  under the budgets (bytes), and the schedule's own fixed cost per call."""
+  under the budgets (bytes), and the schedule's own fixed costs per call."""
   measured = hardware.measure(device_memory, host_memory, disk_memory, disk_dir)
-  return dataclasses.replace(measured, call_overhead=call_overhead(disk_dir))
+  overhead, on_host = (call_overhead(disk_dir, attention_on_host=a) for a in (False, True))
+  return dataclasses.replace(measured, call_overhead=overhead,
+                             delegation_overhead=max(on_host - overhead, 0.0))
 
 
-def call_overhead(disk_dir: str | None, repeats: int = 3) -> float:
+def call_overhead(disk_dir: str | None, attention_on_host: bool = False,
+                  repeats: int = 3) -> float:
   """Seconds per (layer, batch) step of this schedule beyond its FLOPs and bytes: its dispatch,
-  thread hand-offs and small copies (policy.Hardware.call_overhead), timed on a GPT too small
-  for anything else to count, its weights and cache on the host and, with disk_dir, on disk
-  (files in a folder made and removed there)."""
+  thread hand-offs and small copies (policy.Hardware.call_overhead; with attention_on_host,
+  that of a step whose attention runs on the host), timed on a GPT too small for anything else
+  to count, its weights and cache on the host and, with disk_dir, on disk (files in a folder
+  made and removed there)."""
   m = config_lib.base_config().model
   m.update(vocab_size=64, n_layer=4, n_head=2, n_kv_head=2, n_embd=32, block_size=16)
   gpt = network.build(m)
@@ -234,7 +238,8 @@ def call_overhead(disk_dir: str | None, repeats: int = 3) -> float:
     num_batches, steps = 4, 4
     decode = lambda: list(generate_blocks(off, fractions, [[1, 2, 3, 4]] * num_batches,
                                           batch_size=1, num_batches=num_batches,
-                                          max_new_tokens=steps, store=store))
+                                          max_new_tokens=steps, store=store,
+                                          attention_on_host=attention_on_host))
     decode()  # compiles
     seconds = min(_seconds(decode) for _ in range(repeats))
   finally:
