@@ -340,11 +340,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--disk_dir', default='', help='the disk tier (random weights too)')
   parser.add_argument('--shape', default='gpt2-xl', help=f'one of {", ".join(SHAPES)}')
-  parser.add_argument('--prompt_len', type=int, default=16)
-  parser.add_argument('--gen_len', type=int, default=8)
-  parser.add_argument('--num_prompts', type=int, default=32)
-  parser.add_argument('--device_gib', type=float, default=1.0)
-  parser.add_argument('--host_gib', type=float, default=0.5)
+  parser.add_argument('--prompt_len', type=int, default=16, help='tokens per random prompt')
+  parser.add_argument('--gen_len', type=int, default=8, help='new tokens per prompt')
+  parser.add_argument('--num_prompts', type=int, default=32, help='prompts per row')
+  parser.add_argument('--device_gib', type=float, default=1.0, help="the device tier's budget")
+  parser.add_argument('--host_gib', type=float, default=0.5, help="the host tier's budget")
   parser.add_argument('--disk_gib', type=float, default=0.0, help='0 = the free space')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                       help='the compute dtype (float32 on a CPU, where XLA\'s bfloat16 matmuls '
@@ -393,13 +393,14 @@ def main(argv=None) -> None:
     peak = flops.current_peak_flops()
     print(f'compute bound: {compute_bound(m, args.prompt_len, args.gen_len, peak):.3g} tokens/s '
           f'(the matmuls alone at {peak / 1e9:.0f} GFLOP/s: no schedule is faster here)')
-    print('| row | policy | tokens/s | seconds | peak RSS generating (JAX alone), GiB | '
+    print('| row | policy | tokens/s | seconds | peak RSS generating (runtime alone), GiB | '
           'read from storage, GiB |\n|---|---|---|---|---|---|')
     for row in args.rows:
       child = subprocess.run([sys.executable, '-m', 'gpt_jax.bench_generate', *argv,
                               f'--row={row}'], capture_output=True, text=True)
       if child.returncode:
-        raise UserError(f'row {row} failed: {child.stderr.strip().splitlines()[-1]}')
+        last = child.stderr.strip().splitlines()[-1]
+        raise UserError(f'row {row} failed: {last.removeprefix("error: ")}')
       r = json.loads(child.stdout.strip().splitlines()[-1])
       if 'skipped' in r:
         print(f'| {row}: {ROWS[row]} | skipped: {r["skipped"]} | | | | |')

@@ -59,7 +59,16 @@ def read_prompts(path: str) -> tuple[list[dict], list[str]]:
 
 def completed_lines(path: str, records: list[dict]) -> int:
   """How many prompts `path` (an earlier run's --out) already holds, after dropping a last line
-  cut short (atomically). UserError if its lines are not these prompts' results."""
+  cut short (atomically). UserError if its lines are not these prompts' results, or if it
+  cannot be written."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise UserError(f'--out={path} is a folder; pass a file path for the JSON lines')
+  if not os.path.isdir(folder):
+    raise UserError(f'--out={path}: the folder {folder} does not exist; make it or pass another '
+                    '--out')
+  if not os.access(folder, os.W_OK):
+    raise UserError(f'--out={path}: the folder {folder} is not writable; pass another --out')
   if not os.path.exists(path):
     return 0
   with open(path, 'rb') as f:
@@ -80,6 +89,9 @@ def completed_lines(path: str, records: list[dict]) -> int:
     if not isinstance(done, dict) or done.get('prompt') != record['prompt']:
       raise UserError(f'--out={path} line {number} is not the result of prompt {number}; pass a '
                       'new --out (or the --prompts it was made from)')
+    if not isinstance(done.get('completion'), str):
+      raise UserError(f'--out={path} line {number} has no "completion": it is not this '
+                      'command\'s output; pass a new --out')
   return len(lines)
 
 
@@ -124,9 +136,11 @@ def choose_policy(workload, machine, requested: dict | None,
   chosen = max(filter(None, fits), key=lambda p: p.tokens_per_s, default=None)
   if chosen is None:
     gib = lambda b: f'{b / GIB:.3g}'
+    disk = ('move more to the host or disk' if machine.disk_memory else
+            'move more to the host, pass --disk_dir for a disk tier')
     raise UserError(f'--policy does not fit the budgets (device {gib(machine.device_memory)}, '
                     f'host {gib(machine.host_memory)}, disk {gib(machine.disk_memory)} GiB): '
-                    'lower the block or move more to the host or disk, raise a budget, or pass '
+                    f'lower the block or {disk}, raise --device_gib or --host_gib, or pass '
                     '--policy=auto')
   return chosen
 
@@ -188,6 +202,9 @@ def _tokenize(gpt, tokenizer, records: list[dict], wheres: list[str],
   prompts = [[tokenizer.eos_id] + ids
              for ids in tokenizer.encode_batch([r['prompt'] for r in records])]
   for where, prompt in zip(wheres, prompts):
+    if len(prompt) >= context:
+      raise UserError(f'{where}: the prompt is {len(prompt)} tokens, the model\'s context '
+                      f'{context}, with no room for new tokens; shorten it')
     if len(prompt) + max_tokens > context:
       raise UserError(f'{where}: the prompt is {len(prompt)} tokens; with --max_tokens='
                       f'{max_tokens} that exceeds the model\'s context of {context}: shorten it '
@@ -199,9 +216,9 @@ def _weights(workdir: str, compress: bool):
   """(GPT, model config, tokenizer, resident parameters, layer(j) -> block j's parameters) of
   the run: read a layer at a time from its checkpoint where it can be (runs.layer_reader), else
   loaded whole; with `compress`, each layer quantized to 4 bits as it is read."""
-  reader = runs.layer_reader(workdir)
+  reader = runs.layer_reader(workdir, '--workdir')
   if reader is None:
-    run = runs.load(workdir)
+    run = runs.load(workdir, what='--workdir')
     gpt, c, tokenizer = run.gpt, run.config.model, run.tokenizer
     resident = zigzag.resident_params(run.params)
     layer = lambda j: zigzag.layer_params(run.params, c, j)
@@ -215,13 +232,36 @@ def _weights(workdir: str, compress: bool):
           lambda j: compression.quantize_layer(layer(j), c))
 
 
+_TIER_PREFIX = 'gpt_jax_offload_'  # + the pid of the run that made it, '_', a random tail
+
+
+def remove_stale_tiers(disk_dir: str) -> None:
+  """Deletes the disk tiers that runs killed before they could clean up (SIGKILL, power loss)
+  left in disk_dir: the folders named for a process of this machine that no longer exists."""
+  for name in os.listdir(disk_dir):
+    pid = name[len(_TIER_PREFIX):].split('_')[0] if name.startswith(_TIER_PREFIX) else ''
+    if not pid.isdigit():
+      continue
+    try:
+      os.kill(int(pid), 0)
+    except ProcessLookupError:
+      shutil.rmtree(os.path.join(disk_dir, name), ignore_errors=True)
+    except PermissionError:  # another user's live process
+      pass
+
+
 def generate(args: argparse.Namespace, log=print) -> None:
   records, wheres = read_prompts(args.prompts)
   done = completed_lines(args.out, records)
   store_dir = None
   if args.disk_dir:
     DiskStore(args.disk_dir)  # UserError now if the folder cannot be made or written
-    store_dir = tempfile.mkdtemp(prefix='gpt_jax_offload_', dir=args.disk_dir)
+    remove_stale_tiers(args.disk_dir)
+    try:
+      store_dir = tempfile.mkdtemp(prefix=f'{_TIER_PREFIX}{os.getpid()}_', dir=args.disk_dir)
+    except OSError as e:
+      raise UserError(f'cannot make a folder in --disk_dir={args.disk_dir} ({e.strerror}); pass a '
+                      'folder this user can write') from None
   try:
     _generate(args, records, wheres, done, store_dir, log)
   finally:

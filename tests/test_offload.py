@@ -111,10 +111,15 @@ def test_a_policy_reads_as_one_line():
                           'cache on the host; predicted 123 tokens/s')
 
 
-def test_a_budget_too_small_for_one_layer_is_one_line():
-  with pytest.raises(UserError, match=r'^no policy fits: one layer is 58\.6 MiB .* raise the '
-                                      r'device budget \(now 100 MiB\)'):
-    policy_lib.search(gpt2_xl_workload(), t4(device_gib=100 / 1024))
+def test_a_budget_too_small_for_one_layer_is_one_line_naming_the_least_that_fits():
+  w = gpt2_xl_workload()
+  with pytest.raises(UserError, match=r'^no policy fits: a block of one sequence needs at least '
+                     r'416\.2 MiB on the device .* raise the device budget \(now 100\.0 MiB\)'):
+    policy_lib.search(w, t4(device_gib=100 / 1024))
+  least = 416.2 / 1024 + 1e-4  # GiB: the figure named is the real threshold (batches of 1)
+  assert policy_lib.search(w, t4(device_gib=least)).batch_size == 1
+  with pytest.raises(UserError):
+    policy_lib.search(w, t4(device_gib=least - 1 / 1024))
 
 
 # --- the disk tier ----------------------------------------------------------------------------
@@ -301,8 +306,16 @@ def test_generate_s_bad_inputs_are_one_line_before_any_work(tiny_base, tmp_path)
       ('{"prompt": "a"}\n{"text": "b"}\n', (), r'line 2 has no "prompt" string'),
       ('{"prompt": "a"}\nnot json\n', (), r'line 2 is not JSON'),
       ('{"prompt": "a"}\n{"prompt": "' + 'word ' * 400 + '"}\n', ('--max_tokens', 8),
-       r'^error: --prompts=.* line 2: the prompt is \d+ tokens; with --max_tokens=8 that '
+       r'^error: --prompts=.* line 2: the prompt is \d+ tokens, the model\'s context 64, with '
+       r'no room for new tokens; shorten it'),
+      ('{"prompt": "a"}\n', ('--max_tokens', 63),
+       r'^error: --prompts=.* line 1: the prompt is 2 tokens; with --max_tokens=63 that '
        r'exceeds the model\'s context of 64'),
+      ('{"prompt": "a"}\n', ('--out', tmp_path / 'missing' / 'o.jsonl'),
+       r'the folder .*missing does not exist; make it or pass another --out'),
+      ('{"prompt": "a"}\n', ('--out', tmp_path), r'is a folder; pass a file path'),
+      ('{"prompt": "a"}\n', ('--out', prompts), r'line 1 has no "completion": it is not this '
+       r'command\'s output; pass a new --out'),
       ('{"prompt": "a"}\n', ('--disk_dir', tmp_path / 'prompts.jsonl' / 'd'),
        r'^error: cannot make the disk directory'),
       ('{"prompt": "a"}\n', ('--policy', '2,x'), r'--policy=\'2,x\' is not a list of numbers'),
@@ -318,6 +331,31 @@ def test_generate_s_bad_inputs_are_one_line_before_any_work(tiny_base, tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert re.search(message, result.stderr), (message, result.stderr)
     assert not (tmp_path / 'out.jsonl').exists()
+
+
+def test_a_disk_folder_that_refuses_a_subfolder_is_one_line(tiny_base, tmp_path, monkeypatch):
+  from gpt_jax import generate
+
+  def refuse(**_):
+    raise PermissionError(1, 'Operation not permitted')
+  monkeypatch.setattr(generate.tempfile, 'mkdtemp', refuse)
+  prompts = tmp_path / 'prompts.jsonl'
+  prompts.write_text('{"prompt": "a"}\n')
+  result = _generate('--workdir', tiny_base, '--prompts', prompts, '--out', tmp_path / 'o.jsonl',
+                     '--disk_dir', tmp_path / 'disk')
+  assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+      f'error: cannot make a folder in --disk_dir={tmp_path / "disk"} (Operation not permitted); '
+      'pass a folder this user can write'], result.stderr
+
+
+def test_tiers_left_by_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+  from gpt_jax import generate
+  names = ['gpt_jax_offload_999999999_ab', f'gpt_jax_offload_{os.getpid()}_cd', 'mine']
+  for name in names:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'cache_0_0.bin').write_bytes(b'x')
+  generate.remove_stale_tiers(str(tmp_path))  # no process has a pid above Linux's 2**22
+  assert sorted(os.listdir(tmp_path)) == sorted(names[1:])
 
 
 def test_four_bit_cache_round_trips_within_half_a_step_and_exactly_on_its_grid():

@@ -289,12 +289,15 @@ def search(w: Workload, hw: Hardware, batch_sizes=(1, 2, 4, 8, 16, 32, 64),
     if policy and (best is None or policy.tokens_per_s > best.tokens_per_s):
       best = policy
   if best is None:
-    mib = lambda params, bytes_per_param: f'{params * bytes_per_param / 2**20:.1f} MiB'
+    mib = lambda n: f'{n / 2**20:.1f} MiB'
+    coefficients, fixed_bytes = _memory(w, 1, 1, True)[0]
+    smallest = fixed_bytes + coefficients[_W + _D]  # one sequence, every weight streamed
+    resident = w.other_params * max(w.weight_bytes, w.activation_bytes)
     raise UserError(
-        f'no policy fits: one layer is {mib(w.layer_params, w.weight_bytes)} of weights '
-        f'({mib(w.layer_params, w.activation_bytes)} converted for compute) and the run needs '
-        f'two in flight besides the resident embeddings and head '
-        f'({mib(w.other_params, max(w.weight_bytes, w.activation_bytes))}) on the device, and '
-        f'every weight and cache byte somewhere; raise the device budget (now '
-        f'{hw.device_memory / 2**20:.0f} MiB), the host or the disk budget')
+        f'no policy fits: a block of one sequence needs at least {mib(smallest)} on the device '
+        f'(the resident embeddings and head, {mib(resident)}; two layers in flight, '
+        f'{mib(2 * w.layer_params * w.weight_bytes)} as stored and '
+        f'{mib(2 * w.layer_params * w.activation_bytes)} converted for compute; scratch), and '
+        f'every weight and cache byte a place on some tier; raise the device budget (now '
+        f'{mib(hw.device_memory)}), the host or the disk budget')
   return best
