@@ -105,12 +105,13 @@ def run_row(args) -> dict:
   gpt = network.build(m)
   prefix = 'int4' if quantized else 'weights'
   codec = compression.cache_codec(m) if quantized else None
-  workload = zigzag.workload(m, args.prompt_len, args.gen_len, store.read(f'{prefix}_0'), codec)
+  first = tiers.nested(store.read(f'{prefix}_0'))
+  workload = zigzag.workload(m, args.prompt_len, args.gen_len, first, codec)
   prompts = _prompts(args)
   if args.row == 'e':
     return _all_in_memory(args, gpt, m, store, workload, prompts)
   machine = zigzag.machine(args.device_gib * GIB, args.host_gib * GIB, disk_budget(args),
-                           args.disk_dir)
+                           args.disk_dir, gpt.config, first)
   if args.row == 'b':
     return _hugging_face(args, m, store, workload, prompts, machine)
   if args.row == 'a':

@@ -282,7 +282,7 @@ def _generate(args, records, wheres, done, store_dir, log) -> None:
   workload = zigzag.workload(c, max(map(len, prompts)), args.max_tokens, first[0], codec)
   device, host = default_budgets()
   machine = zigzag.machine(args.device_gib * GIB or device, args.host_gib * GIB or host,
-                           disk_budget, store_dir)
+                           disk_budget, store_dir, gpt.config, first[0])
   chosen = choose_policy(workload, machine, args.requested, len(prompts) - done)
   log(f'policy: {chosen.describe()}')
   store = DiskStore(store_dir) if store_dir else None

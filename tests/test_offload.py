@@ -94,6 +94,14 @@ def test_delegation_is_chosen_for_a_host_cache_unless_its_overhead_outweighs_it(
           < policy_lib.solve(w, hw, 4, 8, True).tokens_per_s / 10)
 
 
+def test_converting_a_layer_for_compute_counts_once_per_layer_and_step():
+  import dataclasses
+  w, hw = gpt2_xl_workload(), t4(device_gib=80.0)
+  slow = policy_lib.solve(w, dataclasses.replace(hw, convert_s=0.5), 4, 8, False)
+  assert slow.decode_s >= 0.5 and slow.prefill_s >= 0.5  # however large the block
+  assert slow.tokens_per_s <= 32 * w.gen_len / (w.n_layer * w.gen_len * 0.5)
+
+
 def test_four_bit_weights_and_cache_are_faster_when_offloaded():
   hw = t4(device_gib=2.0)
   plain = policy_lib.search(gpt2_xl_workload(), hw)

@@ -59,6 +59,9 @@ class Hardware:
   # seconds added to such a run when its attention is computed on the host (CPU delegation:
   # more launches, and the queries, keys, values and output moved between the two)
   delegation_overhead: float = 0.0
+  # seconds to turn one layer's stored weights into the compute dtype (dequantized, or widened
+  # from bfloat16), once per layer and step for the whole block, on the same processor
+  convert_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +191,7 @@ def _streams(w: Workload, hw: Hardware, bls: int, prefill: bool, attention_on_ho
   else:
     compute[None] += attention_flops / hw.device_flops
     memory[None] += cache_read / hw.device_bandwidth
-  compute[None] += num_batches * hw.call_overhead
+  compute[None] += num_batches * hw.call_overhead + hw.convert_s
   scale = lambda terms, rate: {k: v / rate for k, v in terms.items()}
   from_disk, to_disk = scale(from_disk, hw.disk_to_host), scale(to_disk, hw.host_to_disk)
   from_disk[_W + _D] += hw.disk_latency

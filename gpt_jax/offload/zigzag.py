@@ -209,13 +209,25 @@ def compile_steps(off: Offloaded, batch_size: int, prompt_len: int, max_new_toke
 
 
 def machine(device_memory: float, host_memory: float, disk_memory: float,
-            disk_dir: str | None) -> policy_lib.Hardware:
+            disk_dir: str | None, config, layer) -> policy_lib.Hardware:
   """This machine as the policy sees it for this executor: offload.hardware's measurements
-  under the budgets (bytes), and the schedule's own fixed costs per call."""
+  under the budgets (bytes), the schedule's own fixed costs per call, and the time it takes to
+  convert one layer for compute (`layer`: one block's parameters as stored, of the GPT whose
+  frozen config is `config`)."""
   measured = hardware.measure(device_memory, host_memory, disk_memory, disk_dir)
   overhead, on_host = (call_overhead(disk_dir, attention_on_host=a) for a in (False, True))
   return dataclasses.replace(measured, call_overhead=overhead,
-                             delegation_overhead=max(on_host - overhead, 0.0))
+                             delegation_overhead=max(on_host - overhead, 0.0),
+                             convert_s=convert_seconds(config, layer))
+
+
+def convert_seconds(config, layer, repeats: int = 3) -> float:
+  """The fastest of `repeats` conversions of `layer` (stored parameters) into what a Block
+  multiplies (_compute_weights: dequantized, in the compute dtype), after a compiling one."""
+  stored = tiers.to_device(layer)
+  convert = lambda: jax.block_until_ready(_compute_weights(config, stored))
+  convert()
+  return min(_seconds(convert) for _ in range(repeats))
 
 
 def call_overhead(disk_dir: str | None, attention_on_host: bool = False,
