@@ -1,7 +1,7 @@
 """What the policy's cost model needs to know of this machine, measured: the device's matmul
 rate and memory bandwidth, the host's, the bandwidth of each link between the tiers (host to
 device and back, disk to host and back), the fixed cost of a disk read (an executor's fixed
-cost per call is its own: offload.zigzag.call_overhead). On a CPU the device and the host are
+cost per call is its own: offload.zigzag.call_overheads). On a CPU the device and the host are
 the same memory, so their links are copies within it; the disk is measured through the disk
 tier itself (offload.disk: O_DIRECT), so the page cache cannot flatter it."""
 

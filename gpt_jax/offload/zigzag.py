@@ -215,7 +215,7 @@ def machine(device_memory: float, host_memory: float, disk_memory: float,
   convert one layer for compute (`layer`: one block's parameters as stored, of the GPT whose
   frozen config is `config`)."""
   measured = hardware.measure(device_memory, host_memory, disk_memory, disk_dir)
-  overhead, on_host = (call_overhead(disk_dir, attention_on_host=a) for a in (False, True))
+  overhead, on_host = call_overheads(disk_dir)
   return dataclasses.replace(measured, call_overhead=overhead,
                              delegation_overhead=max(on_host - overhead, 0.0),
                              convert_s=convert_seconds(config, layer))
@@ -230,34 +230,37 @@ def convert_seconds(config, layer, repeats: int = 3) -> float:
   return min(_seconds(convert) for _ in range(repeats))
 
 
-def call_overhead(disk_dir: str | None, attention_on_host: bool = False,
-                  repeats: int = 3) -> float:
+def call_overheads(disk_dir: str | None, repeats: int = 3) -> tuple[float, float]:
   """Seconds per (layer, batch) step of this schedule beyond its FLOPs and bytes: its dispatch,
-  thread hand-offs and small copies (policy.Hardware.call_overhead; with attention_on_host,
-  that of a step whose attention runs on the host), timed on a GPT too small for anything else
-  to count, its weights and cache on the host and, with disk_dir, on disk (files in a folder
-  made and removed there)."""
+  thread hand-offs and small copies (policy.Hardware.call_overhead), for an ordinary step and
+  for one whose attention runs on the host, timed on a GPT too small for anything else to
+  count, its weights and cache on the host and, with disk_dir, on disk (files in a folder made
+  and removed there)."""
   m = config_lib.base_config().model
   m.update(vocab_size=64, n_layer=4, n_head=2, n_kv_head=2, n_embd=32, block_size=16)
   gpt = network.build(m)
   params = jax.jit(model.init_params, static_argnums=(0, 2))(gpt, jax.random.key(0), 1)
   fractions = (0.0, 0.5, 0.5) if disk_dir else (0.0, 1.0, 0.0)
   folder = tempfile.mkdtemp(prefix='probe_', dir=disk_dir) if disk_dir else None
+  num_batches, steps = 4, 4
   try:
     store = DiskStore(folder) if folder else None
     off = Offloaded.place(gpt, resident_params(params),
                           lambda j: layer_params(params, gpt.config, j), fractions, store)
-    num_batches, steps = 4, 4
-    decode = lambda: list(generate_blocks(off, fractions, [[1, 2, 3, 4]] * num_batches,
-                                          batch_size=1, num_batches=num_batches,
-                                          max_new_tokens=steps, store=store,
-                                          attention_on_host=attention_on_host))
-    decode()  # compiles
-    seconds = min(_seconds(decode) for _ in range(repeats))
+
+    def per_step(attention_on_host: bool) -> float:
+      decode = lambda: list(generate_blocks(off, fractions, [[1, 2, 3, 4]] * num_batches,
+                                            batch_size=1, num_batches=num_batches,
+                                            max_new_tokens=steps, store=store,
+                                            attention_on_host=attention_on_host))
+      decode()  # compiles
+      seconds = min(_seconds(decode) for _ in range(repeats))
+      return seconds / (m.n_layer * num_batches * steps)
+
+    return per_step(False), per_step(True)
   finally:
     if folder:
       shutil.rmtree(folder, ignore_errors=True)
-  return seconds / (m.n_layer * num_batches * steps)
 
 
 def _seconds(fn) -> float:
